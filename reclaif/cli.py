@@ -1,0 +1,166 @@
+"""The `reclaif` command (DESIGN.md, "The command line": a contract scripts depend on).
+
+The parser is declared here in one place; each command's work lives in the module named in
+its `_handler` string and is imported only when that command runs, so `reclaif --help` and
+`reclaif eval` never pay for torch, Ray or DeepSpeed imports they do not use.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def _handler(p: argparse.ArgumentParser, target: str) -> None:
+    p.set_defaults(_target=target)
+
+
+def _config_args(p: argparse.ArgumentParser, run_dir_required: bool = False) -> None:
+    p.add_argument("--config", help="run config YAML (configs/*.yaml)")
+    p.add_argument("--run-dir", required=run_dir_required, help="run directory (runs/NAME)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reclaif", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # data ------------------------------------------------------------------------------
+    data = sub.add_parser("data", help="prepare datasets, print their statistics")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    p = dsub.add_parser("prepare", help="raw dataset files → examples.jsonl, items.jsonl, stats.json")
+    p.add_argument("--dataset", required=True, choices=["lastfm", "beauty", "esci"])
+    p.add_argument("--source", required=True,
+                   help="lastfm: S-DPO json or LLaRA jsonl(.gz); beauty: benchmark csv(.gz); "
+                        "esci: examples parquet or joined csv/parquet")
+    p.add_argument("--items", help="item metadata: lastfm: HetRec dir; beauty: meta csv or "
+                                   "meta_*.jsonl; esci: products parquet (official layout)")
+    p.add_argument("--id2name", help="lastfm: LLaRA id2name.txt (default: beside --source)")
+    p.add_argument("--split", help="split name written into the examples (default: from file)")
+    p.add_argument("--seed", type=int, default=0, help="candidate sampling / split seed")
+    p.add_argument("--limit", type=int, default=0, help="keep only the first N examples")
+    p.add_argument("--shard-size", type=int, default=0,
+                   help="write examples in shards of N lines (examples-00000.jsonl ...)")
+    p.add_argument("--out", required=True, help="output directory")
+    _handler(p, "reclaif.data.prepare:cmd_prepare")
+    p = dsub.add_parser("stats", help="Table-1 counts of a prepared dataset directory")
+    p.add_argument("dirs", nargs="+", help="prepared dataset directories")
+    _handler(p, "reclaif.data.prepare:cmd_stats")
+
+    # eval ------------------------------------------------------------------------------
+    p = sub.add_parser("eval", help="score predictions, or build the paper's Table 2/3")
+    p.add_argument("--examples", required=True, help="prepared dataset dir (or examples.jsonl)")
+    p.add_argument("--predictions", help="JSONL: {id, items} or {id, text}")
+    p.add_argument("--train", help="training dataset dir (for methods that learn)")
+    p.add_argument("--methods", help="comma list: random,popularity,sasrec,bm25,dense,"
+                                     "model:PATH,llm:NAME")
+    p.add_argument("--run", dest="run_dirs", action="append", default=[],
+                   help="a run directory whose base/SFT/iteration rows join the table")
+    p.add_argument("--k", default="1,3,5", help="cut-offs, comma separated")
+    p.add_argument("--split", help="evaluate only examples of this split")
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N examples")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CI")
+    p.add_argument("--no-diversity", action="store_true", help="skip the embedding diversity")
+    p.add_argument("--out", help="write the JSON result here")
+    _handler(p, "reclaif.cli:cmd_eval")
+
+    # recommend -------------------------------------------------------------------------
+    p = sub.add_parser("recommend", help="one recommendation from a model")
+    p.add_argument("--model", default="default", help="checkpoint dir, HF dir, or 'default'")
+    p.add_argument("--backend", default="hf", help="hf, vllm, bedrock, openai_compat")
+    p.add_argument("--domain", default="music", choices=["music", "beauty", "product_search"])
+    p.add_argument("--history", help="'a; b; c' (sequential task)")
+    p.add_argument("--query", help="search query (retrieval task)")
+    p.add_argument("--candidates", required=True, help="'x; y; z'")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the Recommendation as JSON")
+    _handler(p, "reclaif.recommender:cmd_recommend")
+
+    # run and its phases -----------------------------------------------------------------
+    p = sub.add_parser("run", help="the driver: SFT then N DPO iterations; rerun to resume")
+    _config_args(p)
+    _handler(p, "reclaif.pipeline.driver:cmd_run")
+    for phase, text in [("sft", "teacher data + SFT"), ("sample", "sample two answers per prompt"),
+                        ("report", "rewrite report.md/html of a run directory")]:
+        p = sub.add_parser(phase, help=f"one phase on a run directory: {text}")
+        _config_args(p, run_dir_required=True)
+        p.add_argument("--iteration", type=int, default=0)
+        _handler(p, f"reclaif.pipeline.driver:cmd_phase_{phase}")
+
+    judge = sub.add_parser("judge", help="judge phase, or audit a verdicts file")
+    jsub = judge.add_subparsers(dest="judge_command", required=True, metavar="SUBCOMMAND")
+    p = jsub.add_parser("run", help="judge the samples of one iteration of a run directory")
+    _config_args(p, run_dir_required=True)
+    p.add_argument("--iteration", type=int, required=True)
+    _handler(p, "reclaif.pipeline.driver:cmd_phase_judge")
+    p = jsub.add_parser("audit", help="position consistency, ties, agreement with labels")
+    p.add_argument("verdicts", help="verdicts JSONL (a run's iter-NNN/verdicts.jsonl)")
+    p.add_argument("--examples", help="dataset dir, for agreement with the human labels")
+    p.add_argument("--json", action="store_true")
+    _handler(p, "reclaif.judge.audit:cmd_audit")
+
+    train = sub.add_parser("train", help="one training phase (runs under any launcher)")
+    tsub = train.add_subparsers(dest="train_command", required=True, metavar="PHASE")
+    for phase in ("sft", "dpo"):
+        p = tsub.add_parser(phase, help=f"{phase.upper()} on a run directory's data")
+        _config_args(p, run_dir_required=True)
+        p.add_argument("--iteration", type=int, default=0, help="DPO iteration (1-based)")
+        _handler(p, f"reclaif.train.entry:cmd_train_{phase}")
+
+    # bench and plan ---------------------------------------------------------------------
+    p = sub.add_parser("bench", help="benchmarks: ratios measured side by side")
+    p.add_argument("name", choices=["logprobs", "sampling", "train", "e2e"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smaller shapes (smoke test)")
+    _handler(p, "reclaif.bench:cmd_bench")
+
+    p = sub.add_parser("plan", help="memory and time plan for a cluster run")
+    p.add_argument("--config", required=True)
+    p.add_argument("--gpus", type=int, required=True, help="GPUs per node")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0)
+    p.add_argument("--json", action="store_true")
+    _handler(p, "reclaif.plan:cmd_plan")
+    return parser
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """`--predictions` scores one file; `--methods`/`--run` build the paper's table."""
+    from reclaif.errors import ReclaifError
+
+    if args.methods or args.run_dirs:
+        from reclaif.baselines.table import cmd_table
+
+        return cmd_table(args)
+    if not args.predictions:
+        raise ReclaifError("eval: give --predictions FILE, or --methods LIST / --run DIR")
+    from reclaif.metrics.evaluate import cmd_eval_predictions
+
+    return cmd_eval_predictions(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module, func = args._target.split(":")
+    from reclaif.errors import ReclaifError
+
+    try:
+        return int(getattr(importlib.import_module(module), func)(args) or 0)
+    except ReclaifError as e:
+        print(f"reclaif: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reclaif: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Typed run configuration: dataclasses whose fields document themselves, YAML loading,
+dotted `key=value` overrides, and validation that names the offending key.
+
+One `RunConfig` describes a whole run; each phase reads only its own section.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reclaif.errors import ConfigError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("lastfm", "Dataset name: lastfm, beauty or esci (selects prompts and metrics).")
+    path: str = _f("sample", "Directory with examples.jsonl and items.jsonl made by "
+                   "`reclaif data prepare`; 'sample' means the LastFM sample bundled in the package.")
+    train_split: str = _f("train", "Split used for SFT, sampling and DPO.")
+    eval_split: str = _f("valid", "Held-out split used for evaluation (never trained on).")
+    max_train_examples: int = _f(0, "Cap on training prompts (0 = all).")
+    max_eval_examples: int = _f(0, "Cap on evaluation prompts (0 = all).")
+    top_k: int = _f(3, "How many items the recommender is asked to return (paper: 3; ESCI: 5).")
+    seed: int = _f(0, "Seed for candidate sampling and subsetting.")
+
+
+@dataclass
+class LLMSpec:
+    backend: str = _f("hf", "Client: hf (local transformers), vllm, bedrock, openai_compat.")
+    model: str = _f("default", "Model: 'default' (embedded SmolLM2-135M-Instruct), a local HF "
+                    "directory, a hub name (where a hub is reachable), or a Bedrock/endpoint model id.")
+    dtype: str = _f("auto", "Weights dtype for local models: auto (bf16 on GPU, fp32 on CPU), "
+                    "float32, bfloat16, float16.")
+    device: str = _f("auto", "Device for local models: auto, cpu, cuda, cuda:N.")
+    attn_implementation: str = _f("auto", "auto (flash_attention_2 where installed, else sdpa), "
+                                  "sdpa, eager, flash_attention_2.")
+    batch_size: int = _f(16, "Prompts per generate call for local models.")
+    region: str = _f("us-east-1", "AWS region (bedrock).")
+    base_url: str = _f("", "Endpoint URL (openai_compat), e.g. http://host:8000/v1.")
+    api_key_env: str = _f("OPENAI_API_KEY", "Name of the environment variable holding the API "
+                          "key (openai_compat); the key itself is never written anywhere.")
+    max_concurrency: int = _f(4, "Concurrent requests to a remote endpoint.")
+    timeout_s: float = _f(60.0, "Per-request timeout for remote endpoints, seconds.")
+    max_retries: int = _f(5, "Retries on throttling, 5xx and timeouts (exponential backoff).")
+    trust_remote_code: bool = _f(False, "Allow model repos to run their own code (off by default).")
+    cache_dir: str = _f("", "Where converted default weights are cached "
+                        "(default: $RECLAIF_CACHE or ~/.cache/reclaif).")
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = _f(1.0, "Sampling temperature T for the two answers per prompt (paper: high T).")
+    top_p: float = _f(0.95, "Nucleus threshold p.")
+    max_new_tokens: int = _f(256, "Longest answer, in tokens.")
+    num_samples: int = _f(2, "Answers sampled per prompt (the judge compares the first two).")
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = _f("offline", "offline: a data-derived teacher built from labels and item text "
+                   "(named so in every report); llm: distil an LLM (Claude on Bedrock in the paper).")
+    llm: LLMSpec = field(default_factory=LLMSpec, metadata={"help": "The teacher LLM (kind=llm)."})
+    temperature: float = _f(0.0, "Teacher sampling temperature.")
+
+
+@dataclass
+class JudgeConfig:
+    kind: str = _f("rubric", "rubric (offline, label-aware, data-derived), llm (the paper's "
+                   "pairwise prompt), or panel (several judges vote).")
+    llm: LLMSpec = field(default_factory=LLMSpec, metadata={"help": "The judge LLM (kind=llm)."})
+    position_swap: bool = _f(True, "Ask in both orders (A/B and B/A); keep only pairs where both agree.")
+    weights: list[float] = _f([1.0, 1.0, 1.0], "Weights of relevance, diversity, explainability.")
+    min_margin: float = _f(0.25, "Smallest weighted score gap that is not a tie (rubric).")
+    panel: list[str] = _f([], "Judge kinds of a panel, e.g. [rubric, llm].")
+
+
+@dataclass
+class ExplainabilityConfig:
+    kind: str = _f("rubric", "rubric (grounding score, offline) or llm (the 1-100 scorer prompt).")
+    llm: LLMSpec = field(default_factory=LLMSpec, metadata={"help": "The scorer LLM (kind=llm)."})
+
+
+@dataclass
+class TrainConfig:
+    engine: str = _f("torch", "torch (single process or DDP) or deepspeed (ZeRO, any launcher).")
+    deepspeed_config: str = _f("configs/deepspeed/zero3.json", "DeepSpeed JSON (engine=deepspeed).")
+    lr: float = _f(1e-5, "Peak learning rate (AdamW).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    epochs: int = _f(1, "Passes over the data.")
+    batch_size: int = _f(4, "Micro-batch size per process (pairs for DPO, examples for SFT).")
+    grad_accum: int = _f(1, "Gradient accumulation steps.")
+    max_length: int = _f(1024, "Prompt + answer token limit; longer prompts are cut from the left.")
+    warmup_ratio: float = _f(0.1, "Fraction of steps of linear warm-up before the cosine decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    bf16: bool = _f(False, "bf16 mixed precision (GPUs).")
+    lora_r: int = _f(0, "LoRA rank; 0 = full-parameter training (the default).")
+    lora_alpha: int = _f(16, "LoRA alpha.")
+    logprob_chunk: int = _f(1024, "Token chunk of the fused log-prob kernel.")
+    save_every_steps: int = _f(50, "Training checkpoint interval (for resume mid-epoch).")
+    seed: int = _f(0, "Training seed.")
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    enabled: bool = _f(True, "Run SFT on teacher responses before DPO.")
+    lr: float = _f(3e-5, "Peak learning rate (AdamW).")
+    epochs: int = _f(2, "Passes over the teacher data.")
+    max_examples: int = _f(0, "Cap on SFT prompts (0 = all training prompts).")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    iterations: int = _f(2, "DPO iterations (sample → judge → train), paper: up to 4.")
+    beta: float = _f(0.1, "DPO beta (Eq. 2).")
+    loss_type: str = _f("sigmoid", "sigmoid (paper Eq. 2), ipo or hinge.")
+    label_smoothing: float = _f(0.0, "cDPO label smoothing (sigmoid loss only).")
+    reference: str = _f("previous", "Reference model: sft (fixed) or previous (last iteration's).")
+    lr: float = _f(5e-6, "Peak learning rate (AdamW).")
+
+
+@dataclass
+class EvalConfig:
+    k: list[int] = _f([1, 3, 5], "Cut-offs for Prec/NDCG/Hit@K.")
+    diversity_model: str = _f("default", "Sentence embedder for diversity: 'default' is the "
+                              "offline all-MiniLM-L6-v2.")
+    temperature: float = _f(0.0, "Decoding temperature at evaluation (0 = greedy).")
+    max_new_tokens: int = _f(256, "Answer token limit at evaluation.")
+
+
+@dataclass
+class RayConfig:
+    address: str = _f("", "Ray cluster address ('' = start a local Ray; 'auto' = join the running one).")
+    num_cpus: int = _f(2, "CPUs of the local Ray.")
+    num_samplers: int = _f(1, "Sampler actors.")
+    num_judges: int = _f(1, "Judge actors.")
+    gpus_per_sampler: float = _f(0.0, "GPUs per sampler actor.")
+    shard_size: int = _f(16, "Prompts per shard (unit of retry, resume and backpressure).")
+    max_in_flight: int = _f(4, "Shards in flight at once (backpressure).")
+    max_retries: int = _f(3, "Retries of a shard whose actor died or whose endpoint failed.")
+
+
+@dataclass
+class LaunchConfig:
+    mode: str = _f("inprocess", "inprocess (tests, one machine), or command (run `template`).")
+    template: str = _f("accelerate launch --config_file configs/accelerate/single_node.yaml "
+                       "-m reclaif.cli train {phase} --run-dir {run_dir} --iteration {iteration}",
+                       "Command that starts a training phase; {phase}, {run_dir}, {iteration}, "
+                       "{config} are filled in. `srun ... accelerate launch ...` on Slurm.")
+
+
+@dataclass
+class ReportConfig:
+    trackers: list[str] = _f(["tensorboard"], "accelerate trackers for training curves "
+                             "(tensorboard, wandb).")
+    examples_shown: int = _f(3, "Example recommendations shown side by side in the report.")
+
+
+@dataclass
+class RunConfig:
+    name: str = _f("run", "Run name (used for the default run directory runs/NAME).")
+    seed: int = _f(0, "Global seed.")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data."})
+    recommender: LLMSpec = field(default_factory=LLMSpec, metadata={"help": "The model trained."})
+    teacher: TeacherConfig = field(default_factory=TeacherConfig, metadata={"help": "SFT teacher."})
+    judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "Pairwise judge."})
+    explainability: ExplainabilityConfig = field(default_factory=ExplainabilityConfig,
+                                                 metadata={"help": "Explainability scorer."})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling."})
+    sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "SFT phase."})
+    dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "DPO iterations."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+    ray: RayConfig = field(default_factory=RayConfig, metadata={"help": "Ray pools."})
+    launch: LaunchConfig = field(default_factory=LaunchConfig, metadata={"help": "Training launcher."})
+    report: ReportConfig = field(default_factory=ReportConfig, metadata={"help": "Reports."})
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Converts/validates one value against a dataclass field type, naming `key` on error."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=key + ".")
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp)[:1]
+        return [_check(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _check(value, args[0], key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Builds dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            close = [n for n in names if n.startswith(str(k)[:3])]
+            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{k}'{hint}")
+    kwargs = {k: _check(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies `a.b.c=value` strings (value parsed as YAML) to a nested mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}': '{p}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Loads a YAML run config (or the defaults), applies overrides, validates everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+    data = apply_overrides(data, overrides or [])
+    try:
+        cfg = from_dict(RunConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    choices = {
+        "data.dataset": (cfg.data.dataset, {"lastfm", "beauty", "esci"}),
+        "recommender.backend": (cfg.recommender.backend, {"hf", "vllm", "bedrock", "openai_compat"}),
+        "teacher.kind": (cfg.teacher.kind, {"offline", "llm"}),
+        "judge.kind": (cfg.judge.kind, {"rubric", "llm", "panel"}),
+        "explainability.kind": (cfg.explainability.kind, {"rubric", "llm"}),
+        "dpo.loss_type": (cfg.dpo.loss_type, {"sigmoid", "ipo", "hinge"}),
+        "dpo.reference": (cfg.dpo.reference, {"sft", "previous"}),
+        "sft.engine": (cfg.sft.engine, {"torch", "deepspeed"}),
+        "dpo.engine": (cfg.dpo.engine, {"torch", "deepspeed"}),
+        "launch.mode": (cfg.launch.mode, {"inprocess", "command"}),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}: '{value}' is not one of {sorted(allowed)}")
+    if not 0 < cfg.sampling.top_p <= 1:
+        raise ConfigError(f"sampling.top_p: {cfg.sampling.top_p} must be in (0, 1]")
+    if cfg.sampling.num_samples < 2:
+        raise ConfigError("sampling.num_samples: the judge needs at least 2 answers per prompt")
+    if cfg.data.top_k < 1:
+        raise ConfigError("data.top_k: must be at least 1")
+    if len(cfg.judge.weights) != 3:
+        raise ConfigError("judge.weights: three weights (relevance, diversity, explainability)")
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

