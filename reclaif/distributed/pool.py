@@ -1,0 +1,163 @@
+"""Fan shards of work out over Ray actors with backpressure, retries and actor restarts.
+
+Each shard is a list of JSON records. At most `max_in_flight` shards are submitted at once; a
+finished shard is handed to `write` (which writes it atomically) before the next is submitted,
+so the driver's memory stays bounded on the full dataset. An actor that dies is replaced and its
+shard retried; a shard whose method keeps raising (an endpoint that keeps failing) is written
+with its records marked failed after `max_retries`, and the run goes on.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolReport:
+    shards: int = 0
+    skipped: int = 0
+    retries: int = 0
+    actor_restarts: int = 0
+    failed_records: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shards": self.shards, "skipped": self.skipped, "retries": self.retries,
+                "actor_restarts": self.actor_restarts, "failed_records": self.failed_records,
+                "errors": self.errors[:10]}
+
+
+def failed_rows(rows: list[dict], error: str) -> list[dict]:
+    """What a shard that failed for good leaves behind: one marked record per input record."""
+    return [{"example_id": r.get("example_id", r.get("id")), "failed": True, "error": error[:500]}
+            for r in rows]
+
+
+class ActorPool:
+    """`num_actors` instances of `worker_cls` (a plain class) as Ray actors."""
+
+    def __init__(self, worker_cls: type, init_args: tuple, num_actors: int = 1,
+                 num_cpus: float = 1, num_gpus: float = 0) -> None:
+        import ray
+
+        self._remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(worker_cls)
+        self._init_args = init_args
+        self.actors = [self._new() for _ in range(max(1, num_actors))]
+
+    def _new(self):
+        return self._remote.remote(*self._init_args)
+
+    def run(self, method: str, shards: list[list[dict]], args: Callable[[int], tuple],
+            write: Callable[[int, list[dict]], None], is_done: Callable[[int], bool],
+            max_in_flight: int = 4, max_retries: int = 3, desc: str = "") -> PoolReport:
+        """Runs `actor.method(shard_rows, *args(i))` for every shard i not already done."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        report = PoolReport(shards=len(shards))
+        pending = deque(i for i in range(len(shards)) if not is_done(i))
+        report.skipped = len(shards) - len(pending)
+        attempts = {i: 0 for i in pending}
+        in_flight: dict[Any, tuple[int, int]] = {}  # ref → (shard, actor slot)
+        next_slot = 0
+        bar = tqdm(total=len(shards), initial=report.skipped, desc=desc, unit="shard",
+                   disable=None)
+        while pending or in_flight:
+            while pending and len(in_flight) < max_in_flight:
+                i = pending.popleft()
+                slot = next_slot % len(self.actors)
+                next_slot += 1
+                ref = getattr(self.actors[slot], method).remote(shards[i], *args(i))
+                in_flight[ref] = (i, slot)
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            ref = done[0]
+            i, slot = in_flight.pop(ref)
+            try:
+                rows = ray.get(ref)
+            except RayActorError as e:
+                # The actor process died (killed, OOM): replace it and retry the shard.
+                log.warning("%s: actor died on shard %d (%s); restarting it", desc, i, type(e).__name__)
+                report.actor_restarts += 1
+                self._replace(slot)
+                self._retry_or_fail(i, attempts, max_retries, pending, shards, write, report,
+                                    f"actor died: {type(e).__name__}")
+                continue
+            except RayTaskError as e:
+                cause = getattr(e, "cause", None) or e
+                log.warning("%s: shard %d failed: %s", desc, i, cause)
+                self._retry_or_fail(i, attempts, max_retries, pending, shards, write, report,
+                                    f"{type(cause).__name__}: {cause}")
+                continue
+            write(i, rows)
+            report.failed_records += sum(1 for r in rows if r.get("failed"))
+            bar.update(1)
+        bar.close()
+        return report
+
+    def _replace(self, slot: int) -> None:
+        import ray
+
+        try:
+            ray.kill(self.actors[slot], no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.actors[slot] = self._new()
+
+    @staticmethod
+    def _retry_or_fail(i: int, attempts: dict[int, int], max_retries: int, pending: deque,
+                       shards: list[list[dict]], write: Callable, report: PoolReport,
+                       error: str) -> None:
+        attempts[i] += 1
+        if attempts[i] <= max_retries:
+            report.retries += 1
+            pending.append(i)
+            return
+        report.errors.append(f"shard {i}: {error}")
+        rows = failed_rows(shards[i], error)
+        report.failed_records += len(rows)
+        write(i, rows)
+
+    def call_all(self, method: str, *args: Any) -> list[Any]:
+        import ray
+
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass
+        self.actors = []
+
+
+def init_ray(address: str = "", num_cpus: int = 2) -> None:
+    """A local Ray (one machine) or an existing cluster (`address`, e.g. 'auto' or host:port)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Workers must find the package even when it is not installed (tests run from a checkout).
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
+        p for p in [here, os.environ.get("PYTHONPATH", "")] if p)}}
+    for key in ("RECLAIF_FAULTS", "RECLAIF_FAULT_DIR", "RECLAIF_CACHE", "HF_HUB_OFFLINE",
+                "TRANSFORMERS_OFFLINE"):
+        if key in os.environ:
+            env["env_vars"][key] = os.environ[key]
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
+                 log_to_driver=False, configure_logging=False)

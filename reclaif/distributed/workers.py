@@ -1,0 +1,102 @@
+"""The two actor roles: a sampler that holds a recommender model, a judge that holds a judge.
+
+Workers are plain classes (ActorPool makes them Ray actors), so tests and a Ray-less debug path
+can call them directly. Each call carries everything that defines its output (model path, seed),
+so a shard retried on a restarted actor produces exactly the records the first attempt would.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from reclaif.distributed.faults import maybe_fail
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+class SamplerWorker:
+    """Samples answers from the recommender; reloads weights when asked for another checkpoint."""
+
+    def __init__(self, spec: dict[str, Any], data_path: str, top_k: int, threads: int = 0) -> None:
+        from reclaif.config import LLMSpec, from_dict
+        from reclaif.data import load_items
+
+        _set_threads(threads)
+        self.spec = from_dict(LLMSpec, spec)
+        self.items = load_items(data_path)
+        self.top_k = top_k
+        self.model_path: str | None = None
+        self.client = None
+
+    def _ensure(self, model_path: str) -> None:
+        from reclaif.llm import make_client
+
+        if self.client is None:
+            spec_dict = dict(vars(self.spec))
+            spec_dict["model"] = model_path
+            from reclaif.config import LLMSpec
+
+            self.client = make_client(LLMSpec(**spec_dict))
+        elif model_path != self.model_path:
+            self.client.reload(model_path)
+        self.model_path = model_path
+
+    def sample(self, rows: list[dict], model_path: str, params: dict[str, Any],
+               fault_point: str = "") -> list[dict]:
+        """rows: Example JSON. Returns {example_id, prompt, answers[n]} per example."""
+        from reclaif.records import Example
+        from reclaif.recommender import Recommender
+
+        self._ensure(model_path)
+        examples = [Example.from_json(r) for r in rows]
+        rec = Recommender(self.client, self.items, self.top_k)
+        prompts = rec.prompts(examples)
+        if fault_point:
+            maybe_fail(fault_point)
+        outs = self.client.generate(prompts, n=params["n"], temperature=params["temperature"],
+                                    top_p=params["top_p"], max_new_tokens=params["max_new_tokens"],
+                                    seed=params["seed"])
+        return [{"example_id": ex.id, "prompt": p, "answers": o}
+                for ex, p, o in zip(examples, prompts, outs)]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class JudgeWorker:
+    """Compares the first two answers of each sample row with the configured judge."""
+
+    def __init__(self, judge_cfg: dict[str, Any], data_path: str, top_k: int,
+                 threads: int = 0) -> None:
+        from reclaif.config import JudgeConfig, from_dict
+        from reclaif.data import load_items
+        from reclaif.judge import make_judge
+
+        _set_threads(threads)
+        self.items = load_items(data_path)
+        self.judge = make_judge(from_dict(JudgeConfig, judge_cfg), self.items, top_k)
+
+    def judge_rows(self, rows: list[dict], fault_point: str = "") -> list[dict]:
+        """rows: sample rows, each with its Example JSON under "example" (so a judge actor needs
+        only the item catalog, not the whole dataset). Returns verdict rows
+        {example_id, prompt, a, b, verdict}."""
+        from reclaif.records import Example
+
+        live = [r for r in rows if not r.get("failed")]
+        examples = [Example.from_json(r["example"]) for r in live]
+        if fault_point:
+            maybe_fail(fault_point)
+        verdicts = self.judge.compare_many(examples, [(r["answers"][0], r["answers"][1])
+                                                      for r in live])
+        out = [{"example_id": r["example_id"], "prompt": r["prompt"], "a": r["answers"][0],
+                "b": r["answers"][1], "verdict": v.to_json()} for r, v in zip(live, verdicts)]
+        out += [{k: v for k, v in r.items() if k != "example"} for r in rows if r.get("failed")]
+        return out
+
+    def pid(self) -> int:
+        return os.getpid()

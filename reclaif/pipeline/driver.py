@@ -1,0 +1,374 @@
+"""The driver (`reclaif run`): SFT from teacher responses, then DPO iterations, end to end.
+
+Read it top to bottom like a recipe (Algorithm 1 of the paper):
+
+    base eval → teacher data → SFT → SFT eval →
+    for i in 1..N: sample (Ray) → judge (Ray) → pairs → reference log-probs + DPO → eval → report
+
+Every phase is recorded in the run directory's manifest when it finishes and skipped when the
+driver is rerun; sampling and judging resume at shard granularity. Phases talk only through
+files in the run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from reclaif.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
+from reclaif.config import RunConfig, load_config, to_dict
+from reclaif.data import check_held_out, load_examples, load_items, resolve_data_dir
+from reclaif.distributed.faults import maybe_fail
+from reclaif.errors import ReclaifError
+from reclaif.pipeline.store import RunStore
+from reclaif.records import Example, PreferencePair, Verdict
+
+log = logging.getLogger(__name__)
+
+
+def _seed(*parts: Any) -> int:
+    """A stable per-shard seed, so a retried shard samples exactly what the first attempt did."""
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def _shards(rows: list[dict], size: int) -> list[list[dict]]:
+    return [rows[i:i + size] for i in range(0, len(rows), max(1, size))]
+
+
+class Driver:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path) -> None:
+        self.store = RunStore(run_dir)
+        self.cfg = self.store.freeze_config(cfg)
+        d = self.cfg.data
+        self.data_path = resolve_data_dir(d.path)
+        self.items = load_items(self.data_path)
+        self.train = load_examples(self.data_path, split=d.train_split)
+        self.eval = load_examples(self.data_path, split=d.eval_split)
+        if d.max_train_examples:
+            self.train = self.train[:d.max_train_examples]
+        if d.max_eval_examples:
+            self.eval = self.eval[:d.max_eval_examples]
+        if not self.train or not self.eval:
+            raise ReclaifError(f"{self.data_path}: {len(self.train)} '{d.train_split}' and "
+                               f"{len(self.eval)} '{d.eval_split}' examples; both must be non-empty")
+        # Held-out discipline: no evaluation example is in any SFT, sampling or DPO input.
+        check_held_out(self.train, self.eval, by_user=d.dataset != "beauty")
+        self.top_k = d.top_k
+        self._samplers = None
+
+    # --------------------------------------------------------------------------- the recipe
+    def run(self) -> Path:
+        from reclaif.distributed.pool import init_ray
+
+        init_ray(self.cfg.ray.address, self.cfg.ray.num_cpus)
+        try:
+            self.evaluate("base", self.base_model())
+            if self.cfg.sft.enabled:
+                self.teacher_data()
+                self.train_phase("sft", 0)
+                self.evaluate("sft", str(self.store.checkpoint("sft")))
+            for i in range(1, self.cfg.dpo.iterations + 1):
+                stage = f"iter-{i:03d}"
+                self.sample(i)
+                self.judge(i)
+                self.pairs(i)
+                self.train_phase("dpo", i)
+                self.evaluate(stage, str(self.store.checkpoint(stage)))
+        finally:
+            if self._samplers is not None:
+                self._samplers.shutdown()
+        return self.report()
+
+    # --------------------------------------------------------------------------- models
+    def base_model(self) -> str:
+        from reclaif.llm.models import resolve_model
+
+        return resolve_model(self.cfg.recommender.model, self.cfg.recommender.cache_dir or None)
+
+    def policy_before(self, iteration: int) -> str:
+        if iteration > 1:
+            return str(self.store.checkpoint(f"iter-{iteration - 1:03d}"))
+        return str(self.store.checkpoint("sft")) if self.cfg.sft.enabled else self.base_model()
+
+    def samplers(self):
+        from reclaif.distributed.pool import ActorPool
+        from reclaif.distributed.workers import SamplerWorker
+
+        if self._samplers is None:
+            r = self.cfg.ray
+            cpus = max(1, r.num_cpus // max(1, r.num_samplers)) if not r.address else 1
+            spec = to_dict(self.cfg.recommender)
+            self._samplers = ActorPool(SamplerWorker, (spec, str(self.data_path), self.top_k, cpus),
+                                       num_actors=r.num_samplers, num_cpus=cpus if not r.address else 1,
+                                       num_gpus=r.gpus_per_sampler)
+        return self._samplers
+
+    # --------------------------------------------------------------------------- phases
+    def _timed(self, key: str, t0: float) -> None:
+        """Wall time per phase, kept across restarts (timings.json), shown in the report."""
+        path = self.store.root / "timings.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        atomic_write_json(path, {**old, key: round(time.time() - t0, 1)})
+
+    def _generate(self, key: str, examples: list[Example], model: str, out_dir: Path,
+                  n: int, temperature: float, top_p: float, max_new_tokens: int,
+                  seed_base: tuple) -> list[dict]:
+        """Fans generation over the sampler pool, one atomically written file per shard."""
+        r = self.cfg.ray
+        rows = [e.to_json() for e in examples]
+        shards = _shards(rows, r.shard_size)
+        shard_dir = out_dir / "shards"
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        pool = self.samplers()
+
+        def args(i: int) -> tuple:
+            params = {"n": n, "temperature": temperature, "top_p": top_p,
+                      "max_new_tokens": max_new_tokens, "seed": _seed(*seed_base, i)}
+            return (model, params, f"{key}:{i}")
+
+        report = pool.run("sample", shards, args,
+                          write=lambda i, rows: self.store.write_shard(shard_dir, i, rows),
+                          is_done=lambda i: self.store.shard_done(shard_dir, i),
+                          max_in_flight=r.max_in_flight, max_retries=r.max_retries, desc=key)
+        out = self.store.merge_shards(shard_dir, len(shards), out_dir / "samples.jsonl")
+        atomic_write_json(out_dir / "sample_report.json", report.to_json())
+        return out
+
+    def teacher_data(self) -> None:
+        from reclaif.prompts import render_recommender
+        from reclaif.teacher import make_teacher
+
+        if self.store.is_done("sft/teacher"):
+            return
+        t0 = time.time()
+        examples = self.train[:self.cfg.sft.max_examples or None]
+        teacher = make_teacher(self.cfg.teacher, self.items, self.top_k)
+        prompts = [render_recommender(e, self.items, self.top_k) for e in examples]
+        responses = teacher.respond_many(examples) if hasattr(teacher, "respond_many") else \
+            [teacher.respond(e) for e in examples]
+        rows = [{"id": e.id, "prompt": p, "response": r}
+                for e, p, r in zip(examples, prompts, responses)]
+        out = self.store.phase_dir("sft") / "teacher.jsonl"
+        atomic_write_jsonl(out, rows)
+        self.store.mark_done("sft/teacher", [out], count=len(rows), teacher=self.cfg.teacher.kind)
+        self._timed("sft/teacher", t0)
+
+    def sample(self, i: int) -> None:
+        key = f"iter-{i:03d}/sample"
+        if self.store.is_done(key):
+            return
+        t0 = time.time()
+        s = self.cfg.sampling
+        out_dir = self.store.iter_dir(i)
+        rows = self._generate(key, self.train, self.policy_before(i), out_dir, s.num_samples,
+                              s.temperature, s.top_p, s.max_new_tokens, (self.cfg.seed, "sample", i))
+        maybe_fail("sample:end")
+        self.store.mark_done(key, [out_dir / "samples.jsonl"], count=len(rows))
+        self._timed(key, t0)
+
+    def judge(self, i: int) -> None:
+        from reclaif.distributed.pool import ActorPool
+        from reclaif.distributed.workers import JudgeWorker
+
+        key = f"iter-{i:03d}/judge"
+        if self.store.is_done(key):
+            return
+        t0 = time.time()
+        r = self.cfg.ray
+        out_dir = self.store.iter_dir(i)
+        by_id = {e.id: e for e in self.train}
+        samples = read_jsonl(out_dir / "samples.jsonl")
+        rows = [{**s, "example": by_id[s["example_id"]].to_json()} if not s.get("failed") else s
+                for s in samples]
+        shards = _shards(rows, r.shard_size)
+        shard_dir = out_dir / "verdict_shards"
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        if self._samplers is not None and not r.address:
+            # One machine: give the judge the cores the samplers held; they reload next iteration.
+            self._samplers.shutdown()
+            self._samplers = None
+        pool = ActorPool(JudgeWorker, (to_dict(self.cfg.judge), str(self.data_path), self.top_k),
+                         num_actors=r.num_judges, num_cpus=1)
+        try:
+            report = pool.run("judge_rows", shards, lambda j: (f"judge:{j}",),
+                              write=lambda j, rows: self.store.write_shard(shard_dir, j, rows),
+                              is_done=lambda j: self.store.shard_done(shard_dir, j),
+                              max_in_flight=r.max_in_flight, max_retries=r.max_retries, desc=key)
+        finally:
+            pool.shutdown()
+        verdicts = self.store.merge_shards(shard_dir, len(shards), out_dir / "verdicts.jsonl")
+        atomic_write_json(out_dir / "judge_report.json", report.to_json())
+        self.store.mark_done(key, [out_dir / "verdicts.jsonl"], count=len(verdicts))
+        self._timed(key, t0)
+
+    def pairs(self, i: int) -> None:
+        from reclaif.judge import preference_pair
+        from reclaif.judge.audit import audit
+
+        key = f"iter-{i:03d}/pairs"
+        if self.store.is_done(key):
+            return
+        out_dir = self.store.iter_dir(i)
+        rows = read_jsonl(out_dir / "verdicts.jsonl")
+        by_id = {e.id: e for e in self.train}
+        pairs: list[PreferencePair] = []
+        for row in rows:
+            if row.get("failed"):
+                continue
+            pair = preference_pair(by_id[row["example_id"]], row["prompt"], row["a"], row["b"],
+                                   Verdict.from_json(row["verdict"]))
+            if pair is not None:
+                pairs.append(pair)
+        out = out_dir / "pairs.jsonl"
+        atomic_write_jsonl(out, [p.to_json() for p in pairs])
+        stats = audit([r for r in rows if not r.get("failed")], by_id, self.items, self.top_k)
+        stats.update(pairs_kept=len(pairs), failed=sum(1 for r in rows if r.get("failed")),
+                     judged=len(rows))
+        atomic_write_json(out_dir / "judge_stats.json", stats)
+        self.store.mark_done(key, [out], count=len(pairs))
+        if not pairs:
+            raise ReclaifError(f"{out}: the judge kept no preference pair in iteration {i} "
+                               f"(see {out_dir / 'judge_stats.json'}); DPO has nothing to train on")
+
+    def train_phase(self, phase: str, i: int) -> None:
+        key = "sft/train" if phase == "sft" else f"iter-{i:03d}/train"
+        if self.store.is_done(key):
+            return
+        t0 = time.time()
+        maybe_fail(f"{phase}:start")
+        if self.cfg.launch.mode == "inprocess":
+            if phase == "sft":
+                from reclaif.train.sft import run_sft
+
+                metrics = run_sft(self.cfg, self.store.root)
+            else:
+                from reclaif.train.dpo import run_dpo
+
+                metrics = run_dpo(self.cfg, self.store.root, i)
+        else:
+            metrics = self._launch(phase, i)
+        ckpt = self.store.checkpoint("sft" if phase == "sft" else f"iter-{i:03d}")
+        if not (ckpt / "config.json").exists():
+            raise ReclaifError(f"{key}: training finished without a checkpoint at {ckpt}")
+        self.store.mark_done(key, sorted(ckpt.glob("*.safetensors")), metrics=metrics or {})
+        self._timed(key, t0)
+
+    def _launch(self, phase: str, i: int) -> dict:
+        from reclaif.pipeline.launcher import render_launch, run_launch
+
+        log_path = self.store.phase_dir("logs") / f"train-{phase}-{i:03d}.log"
+        argv = render_launch(self.cfg.launch.template, phase=phase, run_dir=str(self.store.root),
+                             iteration=i, config=str(self.store.root / "config.yaml"))
+        run_launch(argv, log_path)
+        stage = "sft" if phase == "sft" else f"iter-{i:03d}"
+        metrics_file = self.store.root / stage / "train_metrics.json"
+        return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+
+    def evaluate(self, stage: str, model: str) -> None:
+        from reclaif.judge import make_explainability_scorer
+        from reclaif.metrics.diversity import DiversityScorer
+        from reclaif.metrics.evaluate import evaluate_rankings
+        from reclaif.parsing import parse_recommendation
+
+        key = f"{stage}/eval"
+        if self.store.is_done(key):
+            return
+        t0 = time.time()
+        e = self.cfg.eval
+        out_dir = self.store.phase_dir(stage)
+        rows = self._generate(key, self.eval, model, out_dir / "eval", 1, e.temperature, 1.0,
+                              e.max_new_tokens, (self.cfg.seed, "eval"))
+        by_id = {x.id: x for x in self.eval}
+        recs = {}
+        for row in rows:
+            if row.get("failed"):
+                continue
+            recs[row["example_id"]] = parse_recommendation(row["answers"][0], by_id[row["example_id"]],
+                                                           self.items, self.top_k)
+        scorer = make_explainability_scorer(self.cfg.explainability, self.items, self.top_k)
+        expl = {i: scorer.score(by_id[i], r.raw_text) for i, r in recs.items() if r.valid}
+        result = evaluate_rankings(self.eval, {i: r.items for i, r in recs.items()},
+                                   {i: r.valid for i, r in recs.items()}, self.items, e.k,
+                                   DiversityScorer(self.items, e.diversity_model), expl)
+        result.update(stage=stage, model=model, split=self.cfg.data.eval_split,
+                      failed=sum(1 for r in rows if r.get("failed")))
+        atomic_write_jsonl(out_dir / "predictions.jsonl",
+                           [{"id": i, **r.to_json()} for i, r in recs.items()])
+        atomic_write_json(out_dir / "eval.json", result)
+        maybe_fail(f"eval:{stage}")
+        self.store.mark_done(key, [out_dir / "eval.json"])
+        self._timed(key, t0)
+        self.report()
+
+    def report(self) -> Path:
+        from reclaif.pipeline.report import write_report
+
+        return write_report(self.store.root)
+
+
+# ------------------------------------------------------------------------------- commands
+def _cfg(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    if args.config is None and args.run_dir and (Path(args.run_dir) / "config.yaml").exists():
+        cfg = load_config(Path(args.run_dir) / "config.yaml", args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    return cfg, Path(args.run_dir or Path("runs") / cfg.name)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from reclaif.pipeline.report import table_markdown
+
+    cfg, run_dir = _cfg(args)
+    t0 = time.time()
+    report = Driver(cfg, run_dir).run()
+    print(f"\nRun finished in {time.time() - t0:.0f} s. Report: {report} (and report.html)\n")
+    print(table_markdown(run_dir))
+    return 0
+
+
+def _one(args: argparse.Namespace, fn: str) -> int:
+    cfg, run_dir = _cfg(args)
+    driver = Driver(cfg, run_dir)
+    from reclaif.distributed.pool import init_ray
+
+    if fn in ("sample", "judge"):
+        init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    try:
+        if fn == "sft":
+            driver.teacher_data()
+            driver.train_phase("sft", 0)
+        elif fn == "sample":
+            driver.sample(args.iteration)
+        elif fn == "judge":
+            driver.judge(args.iteration)
+            driver.pairs(args.iteration)
+        print(driver.report())
+    finally:
+        if driver._samplers is not None:
+            driver._samplers.shutdown()
+    return 0
+
+
+def cmd_phase_sft(args: argparse.Namespace) -> int:
+    return _one(args, "sft")
+
+
+def cmd_phase_sample(args: argparse.Namespace) -> int:
+    if args.iteration < 1:
+        raise ReclaifError("sample: give --iteration N (1-based)")
+    return _one(args, "sample")
+
+
+def cmd_phase_judge(args: argparse.Namespace) -> int:
+    return _one(args, "judge")
+
+
+def cmd_phase_report(args: argparse.Namespace) -> int:
+    from reclaif.pipeline.report import write_report
+
+    print(write_report(Path(args.run_dir)))
+    return 0

@@ -1,0 +1,214 @@
+"""report.md and a self-contained report.html for a run directory, rewritten after every phase.
+
+The table follows the paper: Table 3 (ValidRatio, Hit@1, NDCG@3, Diversity, Expl.) for
+sequential tasks, Table 2 (Prec@5, NDCG@5, Diversity, Expl.) for retrieval; one row per stage
+(base, SFT, each DPO iteration), plots like the paper's Figure 3, judge statistics, timings and
+example recommendations of the base and the latest model side by side.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from reclaif.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
+
+SEQUENTIAL_COLUMNS = [("ValidRatio", "valid_ratio"), ("Hit@1", "hit@1"), ("NDCG@3", "ndcg@3"),
+                      ("Diversity", "diversity"), ("Expl.", "explainability")]
+RETRIEVAL_COLUMNS = [("ValidRatio", "valid_ratio"), ("Prec@5", "precision@5"),
+                     ("NDCG@5", "ndcg@5"), ("Diversity", "diversity"),
+                     ("Expl.", "explainability")]
+
+
+def metric(result: dict[str, Any], name: str) -> float | None:
+    """The mean of one metric in an eval.json written by metrics.evaluate.evaluate_rankings."""
+    value = result.get("metrics", result).get(name)
+    if isinstance(value, dict):
+        value = value.get("mean")
+    return value if isinstance(value, (int, float)) else None
+
+
+def stages(run_dir: Path) -> list[tuple[str, dict]]:
+    """(stage name, eval.json) in pipeline order: base, sft, iter-001, ..."""
+    out = []
+    names = ["base", "sft"] + sorted(p.name for p in run_dir.glob("iter-*") if p.is_dir())
+    for name in names:
+        f = run_dir / name / "eval.json"
+        if f.exists():
+            out.append((name, json.loads(f.read_text())))
+    return out
+
+
+def _columns(run_dir: Path) -> list[tuple[str, str]]:
+    cfg = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    return RETRIEVAL_COLUMNS if "dataset: esci" in cfg else SEQUENTIAL_COLUMNS
+
+
+def _label(stage: str) -> str:
+    if stage == "base":
+        return "Base (zero-shot)"
+    if stage == "sft":
+        return "SFT"
+    return "DPO-Iter" + str(int(stage.split("-")[1]))
+
+
+def _fmt(v: float | None, expl: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if expl else f"{v:.4f}"
+
+
+def table_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
+    cols = _columns(Path(run_dir))
+    rows = []
+    for stage, result in stages(Path(run_dir)):
+        rows.append([_label(stage)] + [_fmt(metric(result, key), key == "explainability")
+                                       for _, key in cols])
+    return ["Model"] + [c for c, _ in cols], rows
+
+
+def table_markdown(run_dir: Path) -> str:
+    head, rows = table_rows(Path(run_dir))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _plot(run_dir: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    st = stages(run_dir)
+    if not st:
+        return None
+    cols = _columns(run_dir)
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 3.0))
+    labels = [_label(s) for s, _ in st]
+    for ax, (title, key) in zip(axes, cols):
+        values = [metric(r, key) or 0.0 for _, r in st]
+        ax.bar(range(len(values)), values, color="#4C72B0")
+        ax.set_xticks(range(len(values)), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = run_dir / "plots" / "metrics.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(out, tmp.read_bytes())
+    tmp.unlink()
+    return out
+
+
+def _judge_rows(run_dir: Path) -> list[list[str]]:
+    rows = []
+    for d in sorted(run_dir.glob("iter-*")):
+        f = d / "judge_stats.json"
+        if not f.exists():
+            continue
+        s = json.loads(f.read_text())
+
+        def g(k: str, pct: bool = False) -> str:
+            v = s.get(k)
+            if v is None:
+                return "-"
+            return f"{100 * v:.1f}%" if pct else str(v)
+
+        rows.append([d.name, g("judged"), g("pairs_kept"), g("tie_rate", True),
+                     g("position_disagreement_rate", True), g("label_agreement", True),
+                     g("failed")])
+    return rows
+
+
+def _examples(run_dir: Path, n: int) -> list[dict[str, str]]:
+    st = [s for s, _ in stages(run_dir)]
+    if len(st) < 2:
+        return []
+    first, last = st[0], st[-1]
+    fa, fb = run_dir / first / "predictions.jsonl", run_dir / last / "predictions.jsonl"
+    if not (fa.exists() and fb.exists()):
+        return []
+    a = {r["id"]: r for r in read_jsonl(fa)}
+    b = {r["id"]: r for r in read_jsonl(fb)}
+    ids = [i for i in a if i in b][:n]
+    return [{"id": i, first: a[i]["raw_text"], last: b[i]["raw_text"]} for i in ids]
+
+
+def _descriptions(run_dir: Path) -> list[str]:
+    cfg = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    notes = []
+    try:
+        from reclaif.judge import RUBRIC_DESCRIPTION
+        from reclaif.teacher import TEACHER_DESCRIPTION
+    except ImportError:
+        return notes
+    if "kind: offline" in cfg:
+        notes.append("**Teacher (data-derived):** " + TEACHER_DESCRIPTION)
+    if "kind: rubric" in cfg:
+        notes.append("**Judge (data-derived rubric):** " + RUBRIC_DESCRIPTION)
+    return notes
+
+
+def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
+    run_dir = Path(run_dir)
+    plot = _plot(run_dir)
+    head, rows = table_rows(run_dir)
+    judge = _judge_rows(run_dir)
+    timings = json.loads((run_dir / "timings.json").read_text()) \
+        if (run_dir / "timings.json").exists() else {}
+    shown = _examples(run_dir, examples_shown)
+    notes = _descriptions(run_dir)
+    jhead = ["Iteration", "Judged", "Pairs kept", "Ties", "Position disagreement",
+             "Agrees with labels", "Failed"]
+
+    md = [f"# RecLAIF run: {run_dir.name}", ""]
+    md += [n + "\n" for n in notes]
+    md += ["## Results (evaluation split, held out from all training)", "", table_markdown(run_dir), ""]
+    if plot:
+        md += ["![metrics](plots/metrics.png)", ""]
+    if judge:
+        md += ["## Judge", "", "| " + " | ".join(jhead) + " |", "|" + "---|" * len(jhead)]
+        md += ["| " + " | ".join(r) + " |" for r in judge] + [""]
+    if timings:
+        md += ["## Wall time per phase (s)", "", "| Phase | Seconds |", "|---|---|"]
+        md += [f"| {k} | {v} |" for k, v in timings.items()] + [""]
+    for ex in shown:
+        keys = [k for k in ex if k != "id"]
+        md += [f"## Example {ex['id']}", ""]
+        for k in keys:
+            md += [f"**{_label(k)}:**", "", "```", ex[k].strip(), "```", ""]
+    atomic_write_text(run_dir / "report.md", "\n".join(md))
+
+    def table_html(h: list[str], rs: list[list[str]]) -> str:
+        th = "".join(f"<th>{html.escape(x)}</th>" for x in h)
+        trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                      for r in rs)
+        return f"<table><tr>{th}</tr>{trs}</table>"
+
+    parts = [f"<h1>RecLAIF run: {html.escape(run_dir.name)}</h1>"]
+    parts += [f"<p>{html.escape(n.replace('**', ''))}</p>" for n in notes]
+    parts += ["<h2>Results</h2>", table_html(head, rows)]
+    if plot:
+        b64 = base64.b64encode(plot.read_bytes()).decode()
+        parts.append(f'<img alt="metrics" src="data:image/png;base64,{b64}">')
+    if judge:
+        parts += ["<h2>Judge</h2>", table_html(jhead, judge)]
+    if timings:
+        parts += ["<h2>Wall time per phase (s)</h2>",
+                  table_html(["Phase", "Seconds"], [[k, str(v)] for k, v in timings.items()])]
+    for ex in shown:
+        keys = [k for k in ex if k != "id"]
+        cells = "".join(f"<td><b>{html.escape(_label(k))}</b><pre>{html.escape(ex[k])}</pre></td>"
+                        for k in keys)
+        parts += [f"<h3>Example {html.escape(ex['id'])}</h3><table><tr>{cells}</tr></table>"]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
+             "collapse}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
+             "pre{white-space:pre-wrap;font-size:12px}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>RecLAIF report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    atomic_write_text(run_dir / "report.html", page)
+    return run_dir / "report.md"
