@@ -65,27 +65,28 @@ class ActorPool:
         pending = deque(i for i in range(len(shards)) if not is_done(i))
         report.skipped = len(shards) - len(pending)
         attempts = {i: 0 for i in pending}
-        in_flight: dict[Any, tuple[int, int]] = {}  # ref → (shard, actor slot)
-        next_slot = 0
+        in_flight: dict[Any, tuple[int, int, Any]] = {}  # ref → (shard, slot, actor handle)
         bar = tqdm(total=len(shards), initial=report.skipped, desc=desc, unit="shard",
                    disable=None)
         while pending or in_flight:
             while pending and len(in_flight) < max_in_flight:
                 i = pending.popleft()
-                slot = next_slot % len(self.actors)
-                next_slot += 1
-                ref = getattr(self.actors[slot], method).remote(shards[i], *args(i))
-                in_flight[ref] = (i, slot)
+                load = [sum(1 for _, s, _ in in_flight.values() if s == k)
+                        for k in range(len(self.actors))]
+                slot = load.index(min(load))  # the least busy actor
+                actor = self.actors[slot]
+                in_flight[getattr(actor, method).remote(shards[i], *args(i))] = (i, slot, actor)
             done, _ = ray.wait(list(in_flight), num_returns=1)
             ref = done[0]
-            i, slot = in_flight.pop(ref)
+            i, slot, actor = in_flight.pop(ref)
             try:
                 rows = ray.get(ref)
             except RayActorError as e:
                 # The actor process died (killed, OOM): replace it and retry the shard.
                 log.warning("%s: actor died on shard %d (%s); restarting it", desc, i, type(e).__name__)
-                report.actor_restarts += 1
-                self._replace(slot)
+                if self.actors[slot] is actor:  # other shards it held fail too; replace once
+                    report.actor_restarts += 1
+                    self._replace(slot)
                 self._retry_or_fail(i, attempts, max_retries, pending, shards, write, report,
                                     f"actor died: {type(e).__name__}")
                 continue

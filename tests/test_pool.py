@@ -1,0 +1,86 @@
+"""ActorPool on a real local Ray: backpressure, atomic shard files, actor death, failing endpoints."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from reclaif.pipeline.store import RunStore
+
+
+class EchoWorker:
+    """Doubles numbers; dies (os._exit) or raises on request, once per marker file."""
+
+    def __init__(self, marker_dir: str) -> None:
+        self.marker_dir = marker_dir
+
+    def work(self, rows: list[dict], mode: str) -> list[dict]:
+        marker = os.path.join(self.marker_dir, f"{mode}-{rows[0]['x']}")
+        if mode == "die" and rows[0]["x"] == 4 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)  # the actor process dies in the middle of the shard
+        if mode == "raise" and rows[0]["x"] == 4:
+            raise RuntimeError("endpoint keeps answering 500")
+        return [{"example_id": r["x"], "y": 2 * r["x"]} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    from ray import cloudpickle
+
+    from reclaif.distributed.pool import init_ray
+
+    # The worker class lives in this test module, which Ray workers cannot import by name.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    init_ray("", num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def _run(tmp_path, mode: str, max_retries: int = 2):
+    from reclaif.distributed.pool import ActorPool
+
+    store = RunStore(tmp_path / "run")
+    shard_dir = store.phase_dir("shards")
+    shards = [[{"id": 2 * i, "x": 2 * i}, {"id": 2 * i + 1, "x": 2 * i + 1}] for i in range(5)]
+    pool = ActorPool(EchoWorker, (str(tmp_path),), num_actors=2, num_cpus=0.5)
+    try:
+        report = pool.run("work", shards, lambda i: (mode,),
+                          write=lambda i, rows: store.write_shard(shard_dir, i, rows),
+                          is_done=lambda i: store.shard_done(shard_dir, i),
+                          max_in_flight=2, max_retries=max_retries, desc=mode)
+    finally:
+        pool.shutdown()
+    rows = store.merge_shards(shard_dir, len(shards), tmp_path / "out.jsonl")
+    return report, rows
+
+
+def test_every_shard_is_written_once_in_order(ray_local, tmp_path):
+    report, rows = _run(tmp_path, "ok")
+    assert [r["example_id"] for r in rows] == list(range(10))
+    assert [r["y"] for r in rows] == [2 * x for x in range(10)]
+    assert report.retries == 0 and report.failed_records == 0
+
+
+def test_killed_actor_is_replaced_and_its_shard_retried(ray_local, tmp_path):
+    report, rows = _run(tmp_path, "die")
+    assert report.actor_restarts == 1 and report.retries == 1
+    assert [r["example_id"] for r in rows] == list(range(10))
+    assert not any(r.get("failed") for r in rows)
+
+
+def test_shard_that_keeps_failing_is_marked_failed_and_the_run_goes_on(ray_local, tmp_path):
+    report, rows = _run(tmp_path, "raise", max_retries=2)
+    failed = [r for r in rows if r.get("failed")]
+    assert [r["example_id"] for r in failed] == [4, 5]
+    assert "endpoint keeps answering 500" in failed[0]["error"]
+    assert report.retries == 2 and report.failed_records == 2
+    assert len(rows) == 10
+
+
+def test_done_shards_are_skipped_on_rerun(ray_local, tmp_path):
+    _run(tmp_path, "ok")
+    report, rows = _run(tmp_path, "ok")
+    assert report.skipped == 5 and len(rows) == 10
