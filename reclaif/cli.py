@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", dest="run_dirs", action="append", default=[],
                    help="a run directory whose base/SFT/iteration rows join the table")
     p.add_argument("--k", default="1,3,5", help="cut-offs, comma separated")
+    p.add_argument("--top-k", type=int, help="items an answer must rank (default: the task's, "
+                                             "3 sequential, 5 retrieval)")
     p.add_argument("--split", help="evaluate only examples of this split")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N examples")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CI")
@@ -126,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpu-memory-gb", type=float, default=80.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    # Assumptions of the estimate; defaults live in reclaif.plan.Assumptions.
+    for flag, typ, text in [("--peak-tflops", float, "GPU peak TFLOPS (default 312, A100 bf16)"),
+                            ("--mfu", float, "training MFU (default 0.40)"),
+                            ("--sampling-mfu", float, "sampling MFU (default 0.10)"),
+                            ("--judge-latency-s", float, "seconds per remote LLM call (default 10)"),
+                            ("--headroom", float, "memory fraction kept free (default 0.10)"),
+                            ("--overhead-gb", float, "CUDA/NCCL overhead per GPU (default 2)"),
+                            ("--prompts", int, "training prompts (default: config, else 60%% of "
+                                                    "the paper's Table 1 users)"),
+                            ("--eval-prompts", int, "eval prompts (default: config, else 20%%)"),
+                            ("--prompt-tokens", int, "mean prompt tokens (default 600)")]:
+        p.add_argument(flag, type=typ, help=text)
     _handler(p, "reclaif.plan:cmd_plan")
     return parser
 
