@@ -7,6 +7,7 @@ its `_handler` string and is imported only when that command runs, so `reclaif -
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = tsub.add_parser(phase, help=f"{phase.upper()} on a run directory's data")
         _config_args(p, run_dir_required=True)
         p.add_argument("--iteration", type=int, default=0, help="DPO iteration (1-based)")
+        # the `deepspeed` launcher appends --local_rank=N; the trainer reads LOCAL_RANK instead
+        p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
         _handler(p, f"reclaif.train.entry:cmd_train_{phase}")
 
     # bench and plan ---------------------------------------------------------------------
@@ -171,6 +174,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(getattr(importlib.import_module(module), func)(args) or 0)
     except ReclaifError as e:
         print(f"reclaif: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # Disk full, read-only or unwritable run directory: every write is atomic, so what was
+        # finished before is intact and a rerun continues from it.
+        if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EFBIG,
+                           errno.EPERM):
+            raise
+        print(f"reclaif: error: cannot write {e.filename or ''}: {e.strerror}. Finished work is "
+              f"intact; free space or fix permissions and rerun the same command.",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("reclaif: interrupted; rerun the same command to resume", file=sys.stderr)
