@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -90,3 +92,16 @@ def open_text(path: str | Path, encoding: str = "utf-8") -> TextIO:
     if p.suffix == ".gz":
         return gzip.open(p, "rt", encoding=encoding, newline="")
     return open(p, encoding=encoding, newline="")
+
+
+@dataclass
+class Loaded:
+    """What a dataset loader returns: examples, the item catalog they draw on (prepare keeps only
+    the referenced items), and rows skipped by reason (reported in stats.json)."""
+
+    examples: list[Example]
+    items: dict[str, Item]
+    skipped: dict[str, int] = field(default_factory=dict)
+    # For catalogs too big to hold (ESCI listing text): given the needed item ids, yields those
+    # items one by one from the source, so prepare can write them without a dict of them all.
+    item_stream: Callable[[set[str]], Iterable[Item]] | None = None

@@ -1,0 +1,68 @@
+"""The bundled LastFM sample (reclaif/data/samples/lastfm): integrity and reproducibility."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from reclaif.data import SAMPLE_DIR, load_examples, load_items
+from reclaif.data.prepare import table1
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_examples("sample"), load_items("sample")
+
+
+def test_sample_files_and_size():
+    names = sorted(p.name for p in SAMPLE_DIR.iterdir())
+    assert names == ["SOURCE.md", "examples.jsonl", "items.jsonl", "stats.json"]
+    assert sum(p.stat().st_size for p in SAMPLE_DIR.iterdir()) < 1_000_000
+    text = (SAMPLE_DIR / "SOURCE.md").read_text()
+    assert "non-commercial" in text and "make_sample.py" in text and "S-DPO" in text
+
+
+def test_splits_and_candidate_sets(sample):
+    exs, items = sample
+    assert [e.split for e in exs].count("train") == 256
+    assert [e.split for e in exs].count("valid") == 128
+    assert len({e.id for e in exs}) == len(exs)
+    for e in exs:
+        (target,) = e.labels
+        assert e.labels[target] == 1.0 and target in e.candidates
+        assert len(e.candidates) == len(set(e.candidates)) == 20
+        assert e.task == "sequential" and e.domain == "music" and e.context
+        assert set(e.context) | set(e.candidates) <= set(items)
+
+
+def test_items_are_only_referenced_ones_with_tags(sample):
+    exs, items = sample
+    used = {i for e in exs for i in list(e.context) + e.candidates}
+    assert set(items) == used
+    assert sum(bool(it.fields.get("tags")) for it in items.values()) >= 0.99 * len(items)
+
+
+def test_users_are_disjoint_between_splits(sample):
+    exs, _ = sample
+    train_users = {e.user for e in exs if e.split == "train"}
+    assert None not in train_users and len(train_users) > 100
+    assert all(e.user is None for e in exs if e.split == "valid")  # S-DPO prompts: other users
+
+
+def test_stats_match_the_files(sample):
+    exs, items = sample
+    stats = json.loads((SAMPLE_DIR / "stats.json").read_text())
+    assert {k: stats[k] for k in ("users", "items", "interactions")} == table1(exs, items)
+    assert stats["examples"] == len(exs)
+
+
+@pytest.mark.slow
+def test_make_sample_reproduces_the_bundled_files(shared_data, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from make_sample import make_sample
+
+    make_sample(shared_data, tmp_path / "s")
+    for name in ("examples.jsonl", "items.jsonl", "stats.json"):
+        assert (tmp_path / "s" / name).read_bytes() == (SAMPLE_DIR / name).read_bytes(), name
