@@ -111,17 +111,17 @@ def _judge_rows(run_dir: Path) -> list[list[str]]:
         if not f.exists():
             continue
         s = json.loads(f.read_text())
-
-        def g(k: str, pct: bool = False) -> str:
-            v = s.get(k)
-            if v is None:
-                return "-"
-            return f"{100 * v:.1f}%" if pct else str(v)
-
-        rows.append([d.name, g("judged"), g("pairs_kept"), g("tie_rate", True),
-                     g("position_disagreement_rate", True), g("label_agreement", True),
-                     g("failed")])
+        agree = (s.get("label_agreement") or {}).get("rate")
+        consistency = s.get("position_consistency")
+        rows.append([d.name, str(s.get("judged", "-")), str(s.get("pairs_kept", "-")),
+                     _pct(s.get("tie_rate")),
+                     _pct(None if consistency is None else 1 - consistency),
+                     _pct(agree), str(s.get("failed", 0))])
     return rows
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _examples(run_dir: Path, n: int) -> list[dict[str, str]]:
