@@ -130,8 +130,11 @@ class Driver:
                       "max_new_tokens": max_new_tokens, "seed": _seed(*seed_base, i)}
             return (model, params, f"{key}:{i}")
 
-        report = pool.run("sample", shards, args,
-                          write=lambda i, rows: self.store.write_shard(shard_dir, i, rows),
+        def write(i: int, rows: list[dict]) -> None:
+            self.store.write_shard(shard_dir, i, rows)
+            maybe_fail(f"{key}:written:{i}")
+
+        report = pool.run("sample", shards, args, write=write,
                           is_done=lambda i: self.store.shard_done(shard_dir, i),
                           max_in_flight=r.max_in_flight, max_retries=r.max_retries, desc=key)
         out = self.store.merge_shards(shard_dir, len(shards), out_dir / "samples.jsonl")
@@ -194,8 +197,11 @@ class Driver:
         pool = ActorPool(JudgeWorker, (to_dict(self.cfg.judge), str(self.data_path), self.top_k),
                          num_actors=r.num_judges, num_cpus=1)
         try:
-            report = pool.run("judge_rows", shards, lambda j: (f"judge:{j}",),
-                              write=lambda j, rows: self.store.write_shard(shard_dir, j, rows),
+            def write(j: int, rows: list[dict]) -> None:
+                self.store.write_shard(shard_dir, j, rows)
+                maybe_fail(f"{key}:written:{j}")
+
+            report = pool.run("judge_rows", shards, lambda j: (f"judge:{j}",), write=write,
                               is_done=lambda j: self.store.shard_done(shard_dir, j),
                               max_in_flight=r.max_in_flight, max_retries=r.max_retries, desc=key)
         finally:
@@ -239,6 +245,10 @@ class Driver:
         if self.store.is_done(key):
             return
         t0 = time.time()
+        if self._samplers is not None and not self.cfg.ray.address:
+            # One machine: the sampler actors' cores (and GPUs) go to training.
+            self._samplers.shutdown()
+            self._samplers = None
         maybe_fail(f"{phase}:start")
         if self.cfg.launch.mode == "inprocess":
             if phase == "sft":

@@ -1,0 +1,118 @@
+"""The driver end to end on the embedded model, the bundled sample, a real local Ray — and the
+same run killed with SIGKILL at five points and restarted, which must end with exactly the
+pairs and metrics of the uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SECRETS = {"AWS_SECRET_ACCESS_KEY": "aws-secret-for-the-test-0451",
+           "OPENAI_API_KEY": "sk-test-secret-0452"}
+# Small enough for CI: 4 training prompts, 2 evaluation prompts, one DPO iteration.
+OVERRIDES = ["data.max_train_examples=4", "data.max_eval_examples=2", "ray.shard_size=2",
+             "sampling.max_new_tokens=64", "eval.max_new_tokens=64", "sft.epochs=1",
+             "sft.batch_size=2", "dpo.batch_size=2", "dpo.iterations=1",
+             "dpo.save_every_steps=1", "judge.min_margin=0.0"]
+FAULTS = ["iter-001/sample:written:0", "iter-001/sample:1", "iter-001/judge:written:0",
+          "dpo:reference", "dpo:step:1", "eval:iter-001"]
+
+
+def _run(run_dir: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **SECRETS, **(env_extra or {})}
+    cmd = [sys.executable, "-m", "reclaif.cli", "run", "--config", "configs/quickstart.yaml",
+           "--run-dir", str(run_dir), *OVERRIDES]
+    return subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("clean") / "run"
+    p = _run(run_dir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return run_dir, p
+
+
+def _pairs(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "iter-001/pairs.jsonl").read_text().splitlines()]
+
+
+def _metrics(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / stage / "eval.json").read_text())["metrics"]
+
+
+def test_run_produces_every_phase_and_the_report(clean_run):
+    run_dir, p = clean_run
+    phases = json.loads((run_dir / "manifest.json").read_text())["phases"]
+    for key in ["base/eval", "sft/teacher", "sft/train", "sft/eval", "iter-001/sample",
+                "iter-001/judge", "iter-001/pairs", "iter-001/train", "iter-001/eval"]:
+        assert phases[key]["status"] == "done", key
+    assert (run_dir / "iter-001/checkpoint/config.json").exists()
+    assert (run_dir / "iter-001/ref_logps.jsonl").exists()
+    report = (run_dir / "report.md").read_text()
+    for row in ["Base (zero-shot)", "SFT", "DPO-Iter1", "ValidRatio", "Hit@1", "NDCG@3"]:
+        assert row in report
+    assert "data-derived" in report
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html
+    assert "DPO-Iter1" in p.stdout  # the table is printed at the end
+
+
+def test_samples_are_two_per_prompt_and_pairs_are_unique(clean_run):
+    run_dir, _ = clean_run
+    samples = [json.loads(x) for x in (run_dir / "iter-001/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(len(s["answers"]) == 2 for s in samples)
+    ids = [p["example_id"] for p in _pairs(run_dir)]
+    assert len(ids) == len(set(ids))
+    evaluated = {x["id"] for x in map(json.loads, (run_dir / "iter-001/predictions.jsonl")
+                                      .read_text().splitlines())}
+    assert not evaluated & {s["example_id"] for s in samples}  # held out
+
+
+def test_no_secret_reaches_the_run_directory(clean_run):
+    run_dir, p = clean_run
+    for f in run_dir.rglob("*"):
+        if f.is_file() and f.suffix in {".json", ".jsonl", ".yaml", ".md", ".html", ".log", ".txt"}:
+            text = f.read_text(errors="ignore")
+            for secret in SECRETS.values():
+                assert secret not in text, f
+    for secret in SECRETS.values():
+        assert secret not in p.stdout + p.stderr
+
+
+def test_rerun_of_a_finished_run_does_nothing_new(clean_run):
+    run_dir, _ = clean_run
+    before = (run_dir / "iter-001/pairs.jsonl").read_bytes()
+    p = _run(run_dir)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (run_dir / "iter-001/pairs.jsonl").read_bytes() == before
+
+
+def test_sigkill_at_every_phase_then_rerun_equals_the_clean_run(clean_run, tmp_path):
+    clean_dir, _ = clean_run
+    run_dir = tmp_path / "run"
+    env = {"RECLAIF_FAULTS": ",".join(FAULTS), "RECLAIF_FAULT_DIR": str(tmp_path / "faults")}
+    kills = 0
+    for _ in range(len(FAULTS) + 2):
+        p = _run(run_dir, env)
+        if p.returncode == 0:
+            break
+        assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
+        kills += 1
+    assert p.returncode == 0
+    fired = sorted(f.name for f in (tmp_path / "faults").iterdir())
+    assert len(fired) == len(FAULTS), fired
+    assert kills == len(FAULTS) - 1  # the actor kill is absorbed by a retry, not a restart
+    assert _pairs(run_dir) == _pairs(clean_dir)
+    for stage in ["base", "sft", "iter-001"]:
+        assert _metrics(run_dir, stage) == _metrics(clean_dir, stage), stage
+    report = json.loads((run_dir / "iter-001/sample_report.json").read_text())
+    assert report["actor_restarts"] + report["retries"] >= 1
