@@ -27,6 +27,8 @@ def _config_args(p: argparse.ArgumentParser, run_dir_required: bool = False) -> 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reclaif", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # the `deepspeed` launcher passes --local_rank=N first; the trainer reads LOCAL_RANK instead
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # data ------------------------------------------------------------------------------
@@ -114,8 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
         p = tsub.add_parser(phase, help=f"{phase.upper()} on a run directory's data")
         _config_args(p, run_dir_required=True)
         p.add_argument("--iteration", type=int, default=0, help="DPO iteration (1-based)")
-        # the `deepspeed` launcher appends --local_rank=N; the trainer reads LOCAL_RANK instead
-        p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
         _handler(p, f"reclaif.train.entry:cmd_train_{phase}")
 
     # bench and plan ---------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""Training data: chat-templated tokenisation, loss masks, padding, and a resumable batch order.
+
+A prompt is the rendered user message; it goes through the tokenizer's chat template with the
+generation prompt (exactly as the samplers render it, reclaif.llm.hf), and the response follows
+with the end-of-turn token, so the model learns to stop. Only response tokens carry loss
+(paper Eq. 1). Prompts longer than `max_length` lose their beginning, never the answer.
+
+The batch order is a pure function of (seed, epoch, rank): a rerun that skips the batches a
+train_state checkpoint consumed sees exactly the batches the crashed run would have seen.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def render_prompt(tokenizer: Any, prompt: str) -> str:
+    """The prompt as a user turn, ready for the assistant's answer (same as the samplers)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def _end_ids(tokenizer: Any) -> list[int]:
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+def encode(tokenizer: Any, prompt: str, response: str, max_length: int) -> dict[str, list[int]]:
+    """input_ids = chat(prompt) + response + eos; loss_mask is 1 on response (and eos) only.
+    Too long: the prompt is cut from the left; a response that alone exceeds max_length - 1
+    is cut from the right (one prompt token stays, so the first answer token has a context)."""
+    p = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"] + _end_ids(tokenizer)
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2, got {max_length}")
+    r = r[: max_length - 1]
+    p = p[-(max_length - len(r)):] if len(p) + len(r) > max_length else p
+    return {"input_ids": p + r, "loss_mask": [0] * len(p) + [1] * len(r)}
+
+
+def encode_sft(tokenizer: Any, rows: list[dict], max_length: int) -> list[dict]:
+    """teacher.jsonl rows {id, prompt, response} → encoded examples."""
+    return [{"id": str(r["id"]), **encode(tokenizer, r["prompt"], r["response"], max_length)}
+            for r in rows]
+
+
+def encode_pairs(tokenizer: Any, pairs: list, max_length: int) -> list[dict]:
+    """PreferencePairs → {example_id, chosen: encoded, rejected: encoded}."""
+    return [{"example_id": p.example_id,
+             "chosen": encode(tokenizer, p.prompt, p.chosen, max_length),
+             "rejected": encode(tokenizer, p.prompt, p.rejected, max_length)} for p in pairs]
+
+
+def pad_batch(seqs: list[dict[str, list[int]]], pad_id: int) -> dict[str, Tensor]:
+    """Right-pads encoded sequences: input_ids, attention_mask, loss_mask [B, T]."""
+    T = max(len(s["input_ids"]) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), T), dtype=torch.long)
+    loss = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        n = len(s["input_ids"])
+        ids[i, :n] = torch.tensor(s["input_ids"])
+        att[i, :n] = 1
+        loss[i, :n] = torch.tensor(s["loss_mask"])
+    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
+
+
+def collate_pairs(items: list[dict], pad_id: int) -> dict[str, Any]:
+    """Pairs → chosen and rejected batches, plus reference log-prob sums when present."""
+    out: dict[str, Any] = {
+        "example_ids": [it["example_id"] for it in items],
+        "chosen": pad_batch([it["chosen"] for it in items], pad_id),
+        "rejected": pad_batch([it["rejected"] for it in items], pad_id),
+    }
+    if all("ref_chosen" in it for it in items):
+        out["ref_chosen"] = torch.tensor([it["ref_chosen"] for it in items], dtype=torch.float32)
+        out["ref_rejected"] = torch.tensor([it["ref_rejected"] for it in items], dtype=torch.float32)
+    return out
+
+
+def count_tokens(batch: dict[str, Tensor]) -> int:
+    return int(batch["attention_mask"].sum())
+
+
+@dataclass
+class BatchPlan:
+    """Which examples each rank sees at each micro-batch of each epoch.
+
+    Every rank runs the same number of micro-batches (ZeRO-3 collectives need that), and an
+    epoch is a whole number of optimizer steps: the shuffled order is wrapped around to fill
+    the last global batch, so a few examples may be seen twice in an epoch.
+    """
+
+    num_examples: int
+    batch_size: int
+    world_size: int = 1
+    rank: int = 0
+    grad_accum: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_examples < 1:
+            raise ValueError("no training examples")
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size * self.grad_accum
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.num_examples / self.global_batch)
+
+    @property
+    def micro_per_epoch(self) -> int:
+        return self.steps_per_epoch * self.grad_accum
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.num_examples, generator=g).tolist()
+        need = self.steps_per_epoch * self.global_batch
+        return [perm[i % len(perm)] for i in range(need)]
+
+    def micro_batches(self, epoch: int, skip: int = 0) -> list[list[int]]:
+        """This rank's micro-batches of `epoch`, without the first `skip` (already consumed)."""
+        order = self.epoch_order(epoch)
+        per_micro = self.batch_size * self.world_size
+        out = []
+        for m in range(self.micro_per_epoch):
+            start = m * per_micro + self.rank * self.batch_size
+            out.append(order[start:start + self.batch_size])
+        return out[skip:]

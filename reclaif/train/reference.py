@@ -1,0 +1,85 @@
+"""Reference log-probs, computed once per iteration and stored beside the pairs
+(iter-NNN/ref_logps.jsonl), so no reference model sits in training memory.
+
+Rows: {"example_id", "chosen", "rejected", "chosen_tokens", "rejected_tokens"}: log-prob sums of
+each answer given its prompt, and how many answer tokens they cover (the trainer checks these
+against its own tokenisation, so a stale file is refused rather than silently used).
+The pairs are split over the ranks (every rank runs the same number of forwards, as ZeRO-3's
+collectives need); rank 0 gathers and writes the file.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from reclaif.atomic import atomic_write_jsonl, read_jsonl
+from reclaif.errors import DataError
+from reclaif.train.data import pad_batch
+from reclaif.train.logprobs import model_sequence_logps
+
+
+def _logps(model: torch.nn.Module, chosen: dict, rejected: dict, chunk: int) -> torch.Tensor:
+    """[B, 4]: chosen sum, rejected sum, chosen count, rejected count (one forward for both)."""
+    B = chosen["input_ids"].shape[0]
+    T = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
+    pad = lambda x: torch.nn.functional.pad(x, (0, T - x.shape[1]))  # noqa: E731
+    cat = {k: torch.cat([pad(chosen[k]), pad(rejected[k])]) for k in chosen}
+    s, n = model_sequence_logps(model, cat["input_ids"], cat["attention_mask"], cat["loss_mask"], chunk)
+    return torch.stack([s[:B], s[B:], n[:B].float(), n[B:].float()], 1)
+
+
+@torch.no_grad()
+def compute_reference_logps(forward: Callable[..., Any], encoded: list[dict], pad_id: int,
+                            batch_size: int, chunk: int, rank: int = 0, world_size: int = 1,
+                            device: torch.device | str = "cpu") -> list[dict] | None:
+    """`forward(fn, *args)` runs fn(model, *args) on the reference model (a Strategy's forward,
+    or a plain call). Returns the rows on rank 0, None elsewhere."""
+    n = len(encoded)
+    per_rank = math.ceil(n / world_size)
+    mine = [rank + world_size * j for j in range(per_rank)]  # >= n: padding, result dropped
+    out = torch.full((per_rank, 5), -1.0, dtype=torch.float64)
+    for s in range(0, per_rank, batch_size):
+        idx = mine[s:s + batch_size]
+        items = [encoded[min(i, n - 1)] for i in idx]
+        c = {k: v.to(device) for k, v in pad_batch([it["chosen"] for it in items], pad_id).items()}
+        r = {k: v.to(device) for k, v in pad_batch([it["rejected"] for it in items], pad_id).items()}
+        vals = forward(lambda m, a, b: _logps(m, a, b, chunk), c, r).double().cpu()
+        out[s:s + len(idx), 0] = torch.tensor(idx, dtype=torch.float64)
+        out[s:s + len(idx), 1:] = vals
+    if world_size > 1:
+        parts = [torch.empty_like(out) for _ in range(world_size)]
+        torch.distributed.all_gather(parts, out)
+        out = torch.cat(parts)
+    if rank != 0:
+        return None
+    rows: dict[int, dict] = {}
+    for i, c, r, nc, nr in out.tolist():
+        if 0 <= i < n:
+            rows[int(i)] = {"example_id": encoded[int(i)]["example_id"], "chosen": c,
+                            "rejected": r, "chosen_tokens": int(nc), "rejected_tokens": int(nr)}
+    return [rows[i] for i in range(n)]
+
+
+def write_reference_logps(path: str | Path, rows: list[dict]) -> None:
+    atomic_write_jsonl(path, rows)
+
+
+def attach_reference_logps(path: str | Path, encoded: list[dict]) -> None:
+    """Adds ref_chosen/ref_rejected to each encoded pair, in order, checking ids and lengths."""
+    rows = read_jsonl(path)
+    if len(rows) != len(encoded):
+        raise DataError(f"{path}: {len(rows)} rows for {len(encoded)} pairs; delete it to recompute")
+    for n, (row, pair) in enumerate(zip(rows, encoded), 1):
+        if str(row["example_id"]) != pair["example_id"]:
+            raise DataError(f"{path}:{n}: example_id {row['example_id']!r} but the pair is "
+                            f"{pair['example_id']!r}; delete it to recompute")
+        for side in ("chosen", "rejected"):
+            want = sum(pair[side]["loss_mask"][1:])
+            got = row.get(f"{side}_tokens", want)
+            if got != want:
+                raise DataError(f"{path}:{n}: {side} covers {got} tokens, this tokenisation "
+                                f"{want} (max_length or tokenizer changed); delete it to recompute")
+        pair["ref_chosen"], pair["ref_rejected"] = float(row["chosen"]), float(row["rejected"])

@@ -1,0 +1,117 @@
+"""What both recipes need around their loop: the model to train (full or LoRA), preemption by
+SIGUSR1, and training curves (TensorBoard under RUN/tb/, rank 0 only) plus train_metrics.json.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reclaif.atomic import atomic_write_json
+from reclaif.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_policy(path: str, cfg: TrainConfig) -> nn.Module:
+    """The model to train: fp32 master weights (DeepSpeed casts to bf16 itself; the torch
+    engine autocasts), LoRA adapters on every linear layer when lora_r > 0, and gradient
+    checkpointing (non-reentrant, so frozen inputs need no requires_grad trick)."""
+    from transformers import AutoModelForCausalLM
+
+    from reclaif.llm.models import check_checkpoint_dir
+
+    model = AutoModelForCausalLM.from_pretrained(str(check_checkpoint_dir(path)),
+                                                 dtype=torch.float32, use_safetensors=True,
+                                                 attn_implementation="sdpa")
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=0.0, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
+    model.train()
+    return model
+
+
+def hf_model(model: nn.Module) -> nn.Module:
+    """The transformers model the kernels call (peft injects LoRA into it in place)."""
+    return model.get_base_model() if hasattr(model, "peft_config") else model
+
+
+class Preemption:
+    """SIGUSR1 (Slurm's warning before a job is killed or requeued) sets a flag; the loop saves a
+    training state at the next optimizer step and returns. Only the main thread can install
+    handlers; elsewhere (a worker thread) the flag simply never rises."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "Preemption":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGUSR1, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGUSR1: saving a training state at the next step, then exiting")
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+
+
+class TrainLog:
+    """Per-step scalars to TensorBoard (rank 0) and running sums for train_metrics.json."""
+
+    def __init__(self, tb_dir: Path, is_main: bool):
+        self.is_main = is_main
+        self.writer = None
+        if is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(tb_dir))
+        self.t0 = time.time()
+        self.tokens = self._tokens0 = 0
+        self.history: list[dict[str, float]] = []
+
+    def step(self, step: int, scalars: dict[str, float]) -> None:
+        self.history.append({"step": step, **scalars})
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+        if self.is_main:
+            log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+
+    def resume(self, history: list[dict[str, float]], tokens: int) -> None:
+        """Curves and token count of the run that was cut; speed counts this process only."""
+        self.history, self.tokens, self._tokens0 = history, tokens, tokens
+
+    def tokens_per_s(self) -> float:
+        return (self.tokens - self._tokens0) / max(time.time() - self.t0, 1e-9)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def write_metrics(path: Path, metrics: dict, is_main: bool) -> dict:
+    if is_main:
+        atomic_write_json(path, metrics)
+    return metrics
+
+
+def mean_over(history: list[dict[str, float]], key: str, last: int = 0) -> float | None:
+    vals = [h[key] for h in history if key in h][-last:] if last else \
+        [h[key] for h in history if key in h]
+    return sum(vals) / len(vals) if vals else None

@@ -1,0 +1,65 @@
+"""Training data: chat-templated encoding, loss on the response only, left truncation of long
+prompts, padding, and a batch order that a resumed run reproduces exactly."""
+from __future__ import annotations
+
+import pytest
+
+from reclaif.llm.models import default_model_dir, load_tokenizer
+from reclaif.records import PreferencePair
+from reclaif.train.data import (BatchPlan, collate_pairs, encode, encode_pairs, pad_batch,
+                                render_prompt)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(str(default_model_dir()))
+
+
+def test_loss_mask_covers_the_response_and_eos_only(tok):
+    enc = encode(tok, "Recommend 3 artists.", "1. Tricky", max_length=512)
+    rendered = render_prompt(tok, "Recommend 3 artists.")
+    prompt_ids = tok(rendered, add_special_tokens=False)["input_ids"]
+    n = len(prompt_ids)
+    assert enc["input_ids"][:n] == prompt_ids
+    assert enc["loss_mask"][:n] == [0] * n
+    assert enc["loss_mask"][n:] == [1] * (len(enc["input_ids"]) - n)
+    assert tok.decode(enc["input_ids"][n:]) == "1. Tricky" + tok.eos_token
+
+
+def test_long_prompt_loses_its_beginning_never_the_answer(tok):
+    long_prompt = "history: " + "; ".join(f"artist {i}" for i in range(300))
+    full = encode(tok, long_prompt, "1. Moby", max_length=10_000)
+    cut = encode(tok, long_prompt, "1. Moby", max_length=64)
+    assert len(cut["input_ids"]) == 64
+    assert cut["input_ids"] == full["input_ids"][-64:]
+    assert cut["loss_mask"] == full["loss_mask"][-64:]
+
+
+def test_padding_masks_pads_out_of_attention_and_loss(tok):
+    a = encode(tok, "p", "short", 128)
+    b = encode(tok, "p", "a somewhat longer answer", 128)
+    batch = pad_batch([a, b], tok.pad_token_id)
+    assert batch["input_ids"].shape == (2, len(b["input_ids"]))
+    assert int(batch["attention_mask"][0].sum()) == len(a["input_ids"])
+    assert int(batch["loss_mask"][0].sum()) == sum(a["loss_mask"])
+
+
+def test_pairs_collate_with_their_reference_logps(tok):
+    enc = encode_pairs(tok, [PreferencePair("x", "p", "good", "bad"),
+                             PreferencePair("y", "q", "fine", "worse answer")], 128)
+    for e, (c, r) in zip(enc, [(-1.0, -2.0), (-3.0, -4.0)]):
+        e["ref_chosen"], e["ref_rejected"] = c, r
+    batch = collate_pairs(enc, tok.pad_token_id)
+    assert batch["example_ids"] == ["x", "y"]
+    assert batch["ref_rejected"].tolist() == [-2.0, -4.0]
+    assert batch["chosen"]["input_ids"].shape[0] == 2
+
+
+def test_batch_plan_splits_ranks_and_resumes_the_same_order():
+    plans = [BatchPlan(11, 2, world_size=2, rank=r, grad_accum=2, seed=3) for r in range(2)]
+    assert plans[0].steps_per_epoch == 2 and plans[0].micro_per_epoch == 4
+    seen = [i for p in plans for b in p.micro_batches(0) for i in b]
+    assert sorted(set(seen)) == list(range(11))  # every example, the last batch wrapped
+    assert plans[0].micro_batches(0, skip=2) == plans[0].micro_batches(0)[2:]
+    assert plans[0].micro_batches(1) != plans[0].micro_batches(0)  # reshuffled per epoch
+    assert BatchPlan(11, 2, 2, 0, 2, seed=3).micro_batches(1) == plans[0].micro_batches(1)
