@@ -85,6 +85,7 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
             strategy.world_size, strategy.device)
         if strategy.is_main:
             write_reference_logps(ref_file, rows)
+            maybe_fail("dpo:reference")  # crash tests: SIGKILL after the reference is stored
         del forward
         gc.collect()
         strategy.barrier()
