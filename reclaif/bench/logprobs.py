@@ -1,0 +1,165 @@
+"""`reclaif bench logprobs`: the fused log-prob kernel against the usual path (full logits,
+log_softmax, gather), forward plus backward, side by side on the same inputs.
+
+Two comparisons per shape:
+  logps  sequence_logps (chunked, recompute in backward)  vs  usual path, sum of log-probs
+  dpo    fused_dpo_loss_from_hidden (grads formed in the forward)  vs  usual path + dpo_loss
+Reported: max_abs_err (values), grad_max_abs_err (grad_hidden and grad_weight),
+peak_mem_ratio (usual / fused) and time_ratio (fused / usual, median of repetitions).
+
+Peak memory is what a path allocates beyond its inputs and the gradients it returns, read from
+torch.profiler's memory events (allocations and frees in order; not process RSS): the maximum
+of the running sum, leaving out the allocations of the returned grad_hidden and grad_weight.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from reclaif.train.logprobs import fused_dpo_loss_from_hidden, sequence_logps
+from reclaif.train.losses import dpo_loss
+
+FULL_SHAPES = [(4096, 576, 49152), (2048, 4096, 32000)]
+QUICK_SHAPES = [(256, 64, 2048), (128, 96, 1000)]
+SEQ_LEN = 128  # tokens per sequence: a chosen/rejected pair is one 256-token chunk
+CHUNK = 256
+
+
+def _inputs(tokens: int, hidden: int, vocab: int, seed: int = 0) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    seq = min(SEQ_LEN, tokens // 2)
+    rows = tokens // seq
+    rows -= rows % 2
+    h = torch.randn(rows, seq, hidden, generator=g) / hidden ** 0.25
+    w = torch.randn(vocab, hidden, generator=g) / hidden ** 0.25
+    labels = torch.randint(0, vocab, (rows, seq), generator=g)
+    ref = -torch.rand(rows, generator=g) * seq * 3
+    return {"h": h, "w": w, "labels": labels, "ref_c": ref[: rows // 2], "ref_r": ref[rows // 2:]}
+
+
+def _usual_logps(h: Tensor, w: Tensor, labels: Tensor) -> Tensor:
+    logits = h @ w.T
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, labels[..., None]).squeeze(-1).sum(-1)
+
+
+def _logps_variants(x: dict) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    return {
+        "usual": lambda h, w: _usual_logps(h, w, x["labels"]).sum(),
+        "fused": lambda h, w: sequence_logps(h, w, x["labels"], chunk_size=CHUNK)[0].sum(),
+    }
+
+
+def _dpo_variants(x: dict, beta: float = 0.1) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    B = x["h"].shape[0] // 2
+
+    def usual(h: Tensor, w: Tensor) -> Tensor:
+        lp = _usual_logps(h, w, x["labels"])
+        return dpo_loss(lp[:B], lp[B:], x["ref_c"], x["ref_r"], beta)[0]
+
+    def fused(h: Tensor, w: Tensor) -> Tensor:
+        return fused_dpo_loss_from_hidden(h, w, x["labels"], x["ref_c"], x["ref_r"], beta,
+                                          chunk_size=CHUNK)[0]
+    return {"usual": usual, "fused": fused}
+
+
+def _run(fn: Callable[[Tensor, Tensor], Tensor], x: dict) -> tuple[Tensor, Tensor, Tensor]:
+    h = x["h"].detach().requires_grad_()
+    w = x["w"].detach().requires_grad_()
+    out = fn(h, w)
+    gh, gw = torch.autograd.grad(out, [h, w])
+    return out.detach(), gh, gw
+
+
+def _peak_bytes(fn: Callable[[Tensor, Tensor], Tensor], x: dict) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _, gh, gw = _run(fn, x)
+    # Every allocation and free, in order (the allocation records of the profiler's event tree;
+    # prof.events() folds most of them into their ops and loses the order).
+    events: list[tuple[int, int, int]] = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if type(node.extra_fields).__name__ == "_ExtraFields_Allocation":
+            ef = node.extra_fields
+            events.append((node.start_time_ns, ef.alloc_size, ef.ptr))
+        stack.extend(node.children)
+    events.sort()
+    # The returned gradients are the last allocations at their addresses: leave them out.
+    returned = {gh.untyped_storage().data_ptr(), gw.untyped_storage().data_ptr()}
+    skip = {max(i for i, (_, size, ptr) in enumerate(events) if ptr == r and size > 0)
+            for r in returned if any(ptr == r and size > 0 for _, size, ptr in events)}
+    running = peak = 0
+    for i, (_, delta, _) in enumerate(events):
+        if i not in skip:
+            running += delta
+            peak = max(peak, running)
+    return max(peak, 1)
+
+
+def _median_seconds(fn: Callable[[Tensor, Tensor], Tensor], x: dict, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        _run(fn, x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def compare(variants: dict[str, Callable], x: dict, reps: int) -> dict[str, float]:
+    """One side-by-side comparison: errors of fused vs usual, memory and time ratios."""
+    out_u, gh_u, gw_u = _run(variants["usual"], x)
+    out_f, gh_f, gw_f = _run(variants["fused"], x)
+    err = (out_f - out_u).abs().max().item()
+    gerr = max((gh_f - gh_u).abs().max().item(), (gw_f - gw_u).abs().max().item())
+    del out_u, gh_u, gw_u, out_f, gh_f, gw_f
+    peak_u, peak_f = _peak_bytes(variants["usual"], x), _peak_bytes(variants["fused"], x)
+    # interleaved repetitions, so a neighbour's load on a shared machine hits both alike
+    t_u, t_f = [], []
+    for _ in range(reps):
+        t_u.append(_median_seconds(variants["usual"], x, 1))
+        t_f.append(_median_seconds(variants["fused"], x, 1))
+    return {"max_abs_err": err, "grad_max_abs_err": gerr,
+            "peak_mem_ratio": peak_u / peak_f, "time_ratio": statistics.median(t_f) / statistics.median(t_u),
+            "usual_peak_mb": peak_u / 2**20, "fused_peak_mb": peak_f / 2**20}
+
+
+def bench(shapes: list[tuple[int, int, int]], reps: int) -> list[dict]:
+    results = []
+    for tokens, hidden, vocab in shapes:
+        x = _inputs(tokens, hidden, vocab)
+        row = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_size": CHUNK,
+               "dtype": "float32", "reps": reps}
+        row.update(compare(_logps_variants(x), x, reps))
+        row["dpo"] = compare(_dpo_variants(x), x, reps)
+        results.append(row)
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    quick = getattr(args, "quick", False)
+    results = bench(QUICK_SHAPES if quick else FULL_SHAPES, reps=2 if quick else 3)
+    report = {"benchmark": "logprobs", "device": "cpu", "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "results": results}
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"logprobs: fused kernel vs full logits (fp32, cpu, {report['threads']} threads; "
+          f"time = median of {results[0]['reps'] if results else 0}, fused/usual)")
+    print(f"{'tokens':>6} {'hidden':>6} {'vocab':>6} | {'err':>8} {'grad_err':>8} {'mem x':>6} "
+          f"{'time':>5} | dpo: {'err':>8} {'grad_err':>8} {'mem x':>6} {'time':>5}")
+    for r in results:
+        d = r["dpo"]
+        print(f"{r['tokens']:>6} {r['hidden']:>6} {r['vocab']:>6} | {r['max_abs_err']:8.1e} "
+              f"{r['grad_max_abs_err']:8.1e} {r['peak_mem_ratio']:6.1f} {r['time_ratio']:5.2f} | "
+              f"     {d['max_abs_err']:8.1e} {d['grad_max_abs_err']:8.1e} {d['peak_mem_ratio']:6.1f} "
+              f"{d['time_ratio']:5.2f}")
+    return 0

@@ -1,0 +1,75 @@
+"""The training objectives of the paper: SFT (Eq. 1) and DPO (Eq. 2) with its IPO and hinge
+variants and cDPO label smoothing.
+
+The DPO functions take sequence log-probs that the caller computed (reclaif.train.logprobs);
+they know nothing of models. Formulas follow the DPO, IPO and cDPO papers as TRL's DPOTrainer
+states them, so metrics read the same as in TRL logs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+def dpo_losses(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
+               ref_rejected: Tensor, beta: float, loss_type: str = "sigmoid",
+               label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-pair losses [B] and the implicit rewards beta*(log pi - log pi_ref) of chosen and
+    rejected [B] (detached). All inputs are [B] sequence log-probs (sums; for IPO the caller
+    passes length-normalised log-probs, as the IPO paper and TRL do)."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"dpo loss_type '{loss_type}' is not one of {list(LOSS_TYPES)}")
+    if beta <= 0:
+        raise ValueError(f"dpo beta must be > 0, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"dpo label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if label_smoothing and loss_type != "sigmoid":
+        raise ValueError(f"label_smoothing (cDPO) applies to the sigmoid loss only, not {loss_type}")
+    # fp32 at least (fp64 stays fp64 for gradcheck)
+    acc = torch.promote_types(policy_chosen.dtype, torch.float32)
+    pc, pr = policy_chosen.to(acc), policy_rejected.to(acc)
+    rc, rr = ref_chosen.to(pc.device, acc), ref_rejected.to(pc.device, acc)
+    # h = log-ratio of chosen minus log-ratio of rejected: the one quantity every variant uses.
+    h = (pc - rc) - (pr - rr)
+    if loss_type == "sigmoid":
+        # cDPO: the label is wrong with probability label_smoothing.
+        losses = (-F.logsigmoid(beta * h) * (1.0 - label_smoothing)
+                  - F.logsigmoid(-beta * h) * label_smoothing)
+    elif loss_type == "ipo":
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    else:  # hinge (SLiC)
+        losses = torch.relu(1.0 - beta * h)
+    return losses, (beta * (pc - rc)).detach(), (beta * (pr - rr)).detach()
+
+
+def dpo_metrics(losses: Tensor, rewards_chosen: Tensor, rewards_rejected: Tensor) -> dict[str, Tensor]:
+    """TRL-named means over the pairs, as detached 0-dim fp32 tensors (all-reduce friendly)."""
+    margins = rewards_chosen - rewards_rejected
+    return {
+        "loss": losses.detach().mean(),
+        "rewards/chosen": rewards_chosen.mean(),
+        "rewards/rejected": rewards_rejected.mean(),
+        "rewards/margins": margins.mean(),
+        "rewards/accuracies": (rewards_chosen > rewards_rejected).float().mean(),
+    }
+
+
+def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
+             ref_rejected: Tensor, beta: float, loss_type: str = "sigmoid",
+             label_smoothing: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """Mean DPO loss over the pairs (paper Eq. 2 for loss_type="sigmoid") and its metrics:
+    loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies."""
+    losses, r_c, r_r = dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                  beta, loss_type, label_smoothing)
+    return losses.mean(), dpo_metrics(losses, r_c, r_r)
+
+
+def sft_loss(logps_sum: Tensor, counts: Tensor) -> Tensor:
+    """Mean token negative log-likelihood over all response tokens of the batch (paper Eq. 1):
+    -sum(log p) / sum(counts), so long and short answers weigh per token, as in HF's causal LM
+    loss. A batch with no response token gives 0 (with a graph) rather than NaN."""
+    total = counts.sum().clamp(min=1).to(logps_sum.dtype)
+    return -logps_sum.sum() / total

@@ -1,0 +1,190 @@
+"""The fused log-prob kernel against an fp64 oracle (full logits -> log_softmax -> gather):
+values and both gradients, gradcheck on odd shapes, no-grad mode, tiny real Llama models with
+tied and untied embeddings, the fused DPO loss, and `reclaif bench logprobs --quick --json`."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from reclaif.train.logprobs import (fused_dpo_loss, fused_dpo_loss_from_hidden,
+                                    model_sequence_logps, sequence_logps)
+from reclaif.train.losses import dpo_loss
+
+
+def oracle(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax((hidden.double() @ weight.double().T), dim=-1)
+    keep = labels != -100
+    tok = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return (tok * keep).sum(-1)
+
+
+def odd_batch(dtype=torch.float64, B=4, T=7, H=3, V=11, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(B, T, H, generator=g).to(dtype).requires_grad_()
+    w = torch.randn(V, H, generator=g).to(dtype).requires_grad_()
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[0, :4] = -100   # a prompt that does not count
+    labels[2] = -100       # a fully masked row
+    labels[-1, -1] = -100
+    return h, w, labels
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 1024])
+def test_gradcheck_float64_odd_shapes(chunk):
+    h, w, labels = odd_batch()
+    assert torch.autograd.gradcheck(
+        lambda h, w: sequence_logps(h, w, labels, chunk_size=chunk)[0], (h, w))
+
+
+def test_values_and_counts_match_oracle_with_masked_rows():
+    h, w, labels = odd_batch()
+    logps, counts = sequence_logps(h, w, labels, chunk_size=5)  # 16 tokens: chunks 5,5,5,1
+    torch.testing.assert_close(logps, oracle(h, w, labels), rtol=0, atol=1e-12)
+    assert counts.tolist() == [3, 7, 0, 6]
+    assert logps[2].item() == 0.0
+
+
+@pytest.mark.parametrize("dtype,atol,gatol", [(torch.float32, 2e-4, 2e-5),
+                                              (torch.bfloat16, 0.6, 0.1)])
+def test_low_precision_values_and_both_gradients_against_fp64_oracle(dtype, atol, gatol):
+    h, w, labels = odd_batch(dtype, B=3, T=40, H=32, V=300, seed=1)
+    logps, _ = sequence_logps(h, w, labels, chunk_size=16)
+    assert logps.dtype == torch.float32  # sums are kept in fp32 whatever the input dtype
+    gh, gw = torch.autograd.grad(logps.sum(), [h, w])
+    assert gh.dtype == dtype and gw.dtype == dtype
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = oracle(h64, w64, labels)
+    gh64, gw64 = torch.autograd.grad(ref.sum(), [h64, w64])
+    torch.testing.assert_close(logps.double(), ref, rtol=0, atol=atol)
+    torch.testing.assert_close(gh.double(), gh64, rtol=0, atol=gatol)
+    torch.testing.assert_close(gw.double(), gw64, rtol=0, atol=gatol)
+    if dtype == torch.bfloat16:
+        # no worse than the usual bf16 path (bf16 logits, fp32 log_softmax)
+        usual = torch.log_softmax((h @ w.T).float(), -1).gather(
+            -1, labels.clamp(min=0)[..., None]).squeeze(-1).mul(labels != -100).sum(-1)
+        assert (logps.double() - ref).abs().max() <= 1.5 * (usual.double() - ref).abs().max() + 1e-3
+
+
+def test_no_grad_keeps_nothing_for_backward():
+    h, w, labels = odd_batch()
+    saved = []
+
+    def pack(t):
+        saved.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.no_grad():
+            out, _ = sequence_logps(h, w, labels, chunk_size=4)
+        assert saved == [] and out.grad_fn is None and not out.requires_grad
+        out, _ = sequence_logps(h, w, labels, chunk_size=4)  # with grad: saves its inputs
+        assert saved and out.grad_fn is not None
+
+
+def test_bad_shapes_and_chunk_raise():
+    h, w, labels = odd_batch()
+    with pytest.raises(ValueError, match="labels"):
+        sequence_logps(h, w, labels[:, :-1])
+    with pytest.raises(ValueError, match="chunk_size"):
+        sequence_logps(h, w, labels, chunk_size=0)
+
+
+def tiny_llama(tied: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=80, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
+                      attn_implementation="eager")
+    return LlamaForCausalLM(cfg).double()
+
+
+def batch(B=3, T=10, seed=0, V=80):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    att = torch.ones(B, T, dtype=torch.long)
+    att[1, -3:] = 0
+    loss = torch.zeros(B, T, dtype=torch.long)
+    loss[:, 4:] = 1
+    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss * att}
+
+
+def usual_logps(model, b):
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    labels = b["input_ids"][:, 1:].masked_fill(b["loss_mask"][:, 1:] == 0, -100)
+    logp = torch.log_softmax(logits[:, :-1], -1)
+    return (logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * (labels != -100)).sum(-1)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_model_sequence_logps_matches_full_logits_and_all_param_grads(tied):
+    model = tiny_llama(tied)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    b = batch()
+    logps, counts = model_sequence_logps(model, **b, chunk_size=4)
+    assert counts.tolist() == [6, 3, 6]
+    logps.sum().backward()
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref = usual_logps(model, b)
+    ref.sum().backward()
+    torch.testing.assert_close(logps, ref, rtol=0, atol=1e-10)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(fused[n], p.grad, rtol=0, atol=1e-10, msg=n)
+
+
+@pytest.mark.parametrize("loss_type,ls,beta", [("sigmoid", 0.0, 0.1), ("sigmoid", 0.2, 0.5),
+                                               ("ipo", 0.0, 0.1), ("hinge", 0.0, 0.02)])
+def test_fused_dpo_loss_matches_usual_path(loss_type, ls, beta):
+    model = tiny_llama(tied=True)
+    chosen, rejected = batch(2, 10, seed=1), batch(2, 7, seed=2)
+    ref_c, ref_r = torch.tensor([-20.0, -25.0]), torch.tensor([-30.0, -18.0])
+    loss, m = fused_dpo_loss(model, chosen, rejected, ref_c, ref_r, beta, loss_type, ls,
+                             chunk_size=6)
+    loss.backward()
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    pc, pr = usual_logps(model, chosen), usual_logps(model, rejected)
+    rc, rr = ref_c.double(), ref_r.double()
+    if loss_type == "ipo":  # IPO works on length-normalised log-probs
+        nc, nr = (x["loss_mask"][:, 1:].sum(1).clamp(min=1) for x in (chosen, rejected))
+        pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
+    ref, ref_m = dpo_loss(pc, pr, rc, rr, beta, loss_type, ls)
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-7)
+    for k, v in ref_m.items():
+        assert m[k].item() == pytest.approx(v.item(), rel=1e-7, abs=1e-10), k
+    assert abs(ref.item()) > 0  # the case exercises a non-zero gradient
+    # HF's eager attention takes its softmax in fp32, and chosen+rejected run as one padded
+    # batch here but separately in the reference: fp32-level differences are expected.
+    for n, p in model.named_parameters():
+        scale = p.grad.abs().max().item()
+        torch.testing.assert_close(fused[n], p.grad, rtol=1e-5, atol=1e-6 * scale + 1e-12, msg=n)
+
+
+def test_fused_dpo_gradcheck_float64_with_chunks_splitting_pairs():
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(6, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 9, (6, 5), generator=g)
+    labels[1, :3] = -100
+    labels[4] = -100
+    rc, rr = -torch.rand(3, generator=g) * 10, -torch.rand(3, generator=g) * 10
+    assert torch.autograd.gradcheck(
+        lambda h, w: fused_dpo_loss_from_hidden(h, w, labels, rc, rr, 0.3, chunk_size=3)[0], (h, w))
+
+
+def test_bench_quick_json_reports_tiny_errors():
+    out = subprocess.run([sys.executable, "-m", "reclaif.cli", "bench", "logprobs", "--quick",
+                          "--json"], capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(out.stdout)
+    assert report["benchmark"] == "logprobs" and report["results"]
+    for r in report["results"]:
+        for row in (r, r["dpo"]):
+            assert set(row) >= {"max_abs_err", "grad_max_abs_err", "peak_mem_ratio", "time_ratio"}
+            assert row["max_abs_err"] < 1e-3 and row["grad_max_abs_err"] < 1e-4
+            assert row["peak_mem_ratio"] > 0 and row["time_ratio"] > 0
