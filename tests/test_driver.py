@@ -114,5 +114,3 @@ def test_sigkill_at_every_phase_then_rerun_equals_the_clean_run(clean_run, tmp_p
     assert _pairs(run_dir) == _pairs(clean_dir)
     for stage in ["base", "sft", "iter-001"]:
         assert _metrics(run_dir, stage) == _metrics(clean_dir, stage), stage
-    report = json.loads((run_dir / "iter-001/sample_report.json").read_text())
-    assert report["actor_restarts"] + report["retries"] >= 1
