@@ -1,0 +1,36 @@
+"""LLM clients behind one protocol (`LLMClient`, base.py): hf, vllm, bedrock, openai_compat.
+
+`make_client(spec)` is the one place a backend name becomes a client; each backend module is
+imported only when chosen, so a Bedrock judge never imports torch and vLLM is never required.
+"""
+from __future__ import annotations
+
+from reclaif.config import LLMSpec
+from reclaif.errors import ConfigError
+from reclaif.llm.base import LLMClient
+
+BACKENDS = ("hf", "vllm", "bedrock", "openai_compat")
+
+
+def make_client(spec: LLMSpec) -> LLMClient:
+    """The client for `spec.backend`; local backends load their model here."""
+    if spec.backend == "hf":
+        from reclaif.llm.hf import HFClient
+
+        return HFClient(spec)
+    if spec.backend == "vllm":
+        from reclaif.llm.vllm_client import VLLMClient
+
+        return VLLMClient(spec)
+    if spec.backend == "bedrock":
+        from reclaif.llm.bedrock import BedrockClient
+
+        return BedrockClient(spec)
+    if spec.backend == "openai_compat":
+        from reclaif.llm.openai_compat import OpenAICompatClient
+
+        return OpenAICompatClient(spec)
+    raise ConfigError(f"backend: '{spec.backend}' is not one of {list(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "LLMClient", "make_client"]

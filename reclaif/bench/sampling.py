@@ -1,0 +1,115 @@
+"""`reclaif bench sampling`: batched vs one-prompt-at-a-time sampling with the hf backend.
+
+The same real LastFM recommender prompts (the bundled sample, rendered by the recommender) are
+sampled both ways, side by side in one process with one loaded model, and the bench prints
+generated tokens/s of each and their ratio. Tokens counted are each answer's own, up to its EOS,
+never padding. On a shared machine wall time is noisy, so tokens per CPU-second are printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from reclaif.config import LLMSpec, SamplingConfig
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    batch_size: int
+    prompts: int
+    prompt_tokens: int
+    padded_prompt_tokens: int
+    generated_tokens: int
+    wall_s: float
+    cpu_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        return self.generated_tokens / self.cpu_s if self.cpu_s else 0.0
+
+
+def bench_prompts(count: int, top_k: int = 3) -> list[str]:
+    """`count` real recommender prompts from the bundled LastFM sample."""
+    from reclaif.data import load_examples, load_items
+    from reclaif.prompts import render_recommender
+
+    examples = load_examples("sample")
+    if not examples:
+        from reclaif.errors import DataError
+
+        raise DataError("the bundled LastFM sample has no examples")
+    items = load_items("sample")
+    return [render_recommender(examples[i % len(examples)], items, top_k) for i in range(count)]
+
+
+def run_mode(client: Any, prompts: list[str], batch_size: int, mode: str,
+             sampling: SamplingConfig, max_new_tokens: int) -> ModeResult:
+    client.spec.batch_size = batch_size
+    c0 = time.process_time()
+    client.generate(prompts, n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+                    max_new_tokens=max_new_tokens, seed=0)
+    cpu = time.process_time() - c0
+    s = client.last_stats
+    return ModeResult(mode, batch_size, len(prompts), s.prompt_tokens, s.padded_prompt_tokens,
+                      s.generated_tokens, s.seconds, cpu)
+
+
+def measure(model: str = "default", prompts: int = 16, batch_size: int = 16,
+            max_new_tokens: int = 96) -> dict[str, Any]:
+    import torch
+
+    from reclaif.llm.hf import HFClient
+
+    t0 = time.perf_counter()
+    client = HFClient(LLMSpec(model=model, batch_size=batch_size))
+    load_s = time.perf_counter() - t0
+    texts = bench_prompts(prompts)
+    sampling = SamplingConfig()
+    client.generate(texts[:1], max_new_tokens=2)  # warm-up: first-call costs hit neither mode
+    load_before = os.getloadavg()[0]
+    batched = run_mode(client, texts, batch_size, f"batch {batch_size}", sampling, max_new_tokens)
+    single = run_mode(client, texts, 1, "one at a time", sampling, max_new_tokens)
+    return {
+        "model": client.spec.model, "device": str(client.device),
+        "attn": client.model.config._attn_implementation, "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "model_load_s": round(load_s, 2), "max_new_tokens": max_new_tokens,
+        "temperature": sampling.temperature, "top_p": sampling.top_p,
+        "modes": [{**asdict(m), "tokens_per_s": round(m.tokens_per_s, 2),
+                   "tokens_per_cpu_s": round(m.tokens_per_cpu_s, 2)} for m in (batched, single)],
+        "speedup": round(batched.tokens_per_s / single.tokens_per_s, 2) if single.tokens_per_s else 0,
+        "speedup_cpu_time": (round(batched.tokens_per_cpu_s / single.tokens_per_cpu_s, 2)
+                             if single.tokens_per_cpu_s else 0),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    quick = getattr(args, "quick", False)
+    result = measure(model=getattr(args, "model", "default") or "default",
+                     prompts=4 if quick else 16, batch_size=4 if quick else 16,
+                     max_new_tokens=16 if quick else 96)
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"sampling bench: {result['model']} on {result['device']} ({result['attn']}, "
+          f"{result['torch_threads']} threads, load average {result['load_average']})")
+    print(f"{'mode':<16}{'prompts':>8}{'prompt tok':>11}{'new tok':>9}{'wall s':>9}"
+          f"{'tok/s':>9}{'tok/cpu-s':>11}")
+    for m in result["modes"]:
+        print(f"{m['mode']:<16}{m['prompts']:>8}{m['prompt_tokens']:>11}"
+              f"{m['generated_tokens']:>9}{m['wall_s']:>9.1f}{m['tokens_per_s']:>9.2f}"
+              f"{m['tokens_per_cpu_s']:>11.2f}")
+    print(f"speed-up batched / one at a time: {result['speedup']:.2f}x tokens/s "
+          f"({result['speedup_cpu_time']:.2f}x tokens per CPU-second)")
+    return 0

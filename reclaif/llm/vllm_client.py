@@ -1,0 +1,65 @@
+"""vLLM backend (GPU): an in-process engine for fast sampling at production scale.
+
+vLLM is optional and GPU-only, so it is imported when this client is built, with an error that
+says what to do; nothing else in reclaif imports it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from reclaif.config import LLMSpec
+from reclaif.errors import ReclaifError
+from reclaif.llm import models
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as e:
+        raise ReclaifError("backend 'vllm' needs the vllm package (GPU only): pip install vllm, "
+                           f"or use backend 'hf' ({e})") from None
+    return vllm
+
+
+class VLLMClient:
+    """`LLMClient` over `vllm.LLM`; the chat template is applied with the model's tokenizer."""
+
+    def __init__(self, spec: LLMSpec, llm: Any = None):
+        self.spec = spec
+        self._vllm = _import_vllm()
+        self.model_path = models.resolve_model(spec.model, spec.cache_dir or None)
+        if llm is None:
+            dtype = "auto" if spec.dtype == "auto" else spec.dtype
+            llm = self._vllm.LLM(model=self.model_path, dtype=dtype,
+                                 trust_remote_code=spec.trust_remote_code)
+        self.llm = llm
+        self.tokenizer = llm.get_tokenizer()
+
+    def reload(self, model_path: str) -> None:
+        """A new checkpoint means a new engine (vLLM has no in-place weight swap API we rely on)."""
+        del self.llm
+        self.model_path = models.resolve_model(model_path, self.spec.cache_dir or None)
+        self.llm = self._vllm.LLM(model=self.model_path, trust_remote_code=self.spec.trust_remote_code)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def render(self, prompt: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return prompt
+
+    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
+                 top_p: float = 1.0, max_new_tokens: int = 256,
+                 seed: int = 0) -> list[list[str]]:
+        if not prompts:
+            return []
+        greedy = temperature <= 0
+        params = self._vllm.SamplingParams(
+            n=1 if greedy else n, temperature=max(0.0, temperature),
+            top_p=1.0 if greedy else top_p, max_tokens=max_new_tokens, seed=seed)
+        outputs = self.llm.generate([self.render(p) for p in prompts], params, use_tqdm=False)
+        result = []
+        for out in outputs:
+            texts = [c.text.strip() for c in out.outputs]
+            result.append(texts * n if greedy else texts)
+        return result

@@ -1,0 +1,159 @@
+"""HFClient on a tiny random Llama with the real tokenizer (fast), checked against transformers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from reclaif.config import LLMSpec
+from reclaif.errors import CheckpointError
+from reclaif.llm import make_client
+from reclaif.llm.base import LLMClient
+from reclaif.llm.hf import HFClient
+from reclaif.llm.models import build_tiny_model
+
+PROMPTS = ["Recommend one band.", "Which of these artists fits a listener of Depeche Mode, "
+           "No Doubt and The Cure best? Give reasons.", "Hi", "List three genres of music please."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    # Untied: a random tied model only echoes its last input token (whitespace here).
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", tie=False)
+
+
+@pytest.fixture(scope="module")
+def client(tiny) -> HFClient:
+    return HFClient(LLMSpec(model=str(tiny), batch_size=4, device="cpu"))
+
+
+def _reference_greedy(client: HFClient, prompt: str, max_new_tokens: int) -> str:
+    """Plain transformers on the unpadded chat-templated prompt: what the client must match."""
+    ids = client.tokenizer(client.render(prompt), add_special_tokens=False,
+                           return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = client.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                    do_sample=False, max_new_tokens=max_new_tokens,
+                                    eos_token_id=client.eos_ids,
+                                    pad_token_id=client.tokenizer.pad_token_id)
+    return client.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_make_client_builds_hf_client_with_protocol(tiny):
+    c = make_client(LLMSpec(model=str(tiny), device="cpu"))
+    assert isinstance(c, HFClient) and isinstance(c, LLMClient)
+    assert c.tokenizer.padding_side == "left"
+    assert c.model.config._attn_implementation == "sdpa"
+
+
+def test_chat_template_wraps_prompt_as_user_turn(client):
+    text = client.render("Recommend one band.")
+    assert "<|im_start|>user\nRecommend one band.<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_left_padded_batch_matches_unbatched_greedy_in_prompt_order(client):
+    out = client.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=6)
+    assert [len(o) for o in out] == [1, 1, 1, 1]
+    assert all(o[0] for o in out)  # a real answer each, not an echo of the template
+    assert [o[0] for o in out] == [_reference_greedy(client, p, 6) for p in PROMPTS]
+    assert client.last_stats.batch_sizes == [4]
+
+
+def test_batches_of_batch_size_sorted_by_length_pad_little(tiny):
+    c = HFClient(LLMSpec(model=str(tiny), batch_size=2, device="cpu"))
+    c.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=2)
+    s = c.last_stats
+    lens = sorted((len(c.tokenizer(c.render(p), add_special_tokens=False)["input_ids"])
+                   for p in PROMPTS), reverse=True)
+    assert s.batch_sizes == [2, 2]
+    # Sorted batching pads each pair to its own longest prompt, not to the global longest.
+    assert s.padded_prompt_tokens == 2 * lens[0] + 2 * lens[2]
+    assert s.prompt_tokens == sum(lens)
+
+
+def test_n_samples_per_prompt_and_seed_reproducibility(client):
+    a = client.generate(PROMPTS[:2], n=3, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=7)
+    b = client.generate(PROMPTS[:2], n=3, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=7)
+    c = client.generate(PROMPTS[:2], n=3, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=8)
+    assert [len(x) for x in a] == [3, 3]
+    assert a == b
+    assert a != c
+    assert len(set(a[0])) > 1  # samples of one prompt differ (a random model is near-uniform)
+
+
+def test_greedy_n_gives_n_identical_answers(client):
+    out = client.generate(["Hi"], n=3, temperature=0.0, max_new_tokens=5)
+    assert len(out[0]) == 3 and len(set(out[0])) == 1
+
+
+def test_stops_at_eos_and_strips_prompt(tiny, client):
+    ids = client.tokenizer(client.render("Hi"), add_special_tokens=False,
+                           return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        free = client.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     do_sample=False, max_new_tokens=8,
+                                     eos_token_id=client.eos_ids,
+                                     pad_token_id=client.tokenizer.pad_token_id)[0, ids.shape[1]:]
+    stop_token = int(free[3])
+    first = free.tolist().index(stop_token)
+    model = client.model
+    model.generation_config.eos_token_id = [client.tokenizer.eos_token_id, stop_token]
+    try:
+        c = HFClient(LLMSpec(model=str(tiny), device="cpu"), model=model, tokenizer=client.tokenizer)
+        out = c.generate(["Hi"], temperature=0.0, max_new_tokens=8)[0][0]
+    finally:
+        model.generation_config.eos_token_id = client.tokenizer.eos_token_id
+    assert stop_token in c.eos_ids
+    assert out == client.tokenizer.decode(free[:first], skip_special_tokens=True).strip()
+    assert c.last_stats.generated_tokens == first + 1
+    assert "assistant" not in out and "Hi" not in out
+
+
+def test_reload_swaps_in_a_new_checkpoint(tmp_path, tiny):
+    c = HFClient(LLMSpec(model=str(tiny), device="cpu"))
+    before = c.generate(PROMPTS[:2], temperature=0.0, max_new_tokens=6)
+    other = build_tiny_model(tmp_path / "other", seed=1, tie=False)
+    c.reload(str(other))
+    assert c.spec.model == str(other)
+    assert c.tokenizer.padding_side == "left"
+    assert c.generate(PROMPTS[:2], temperature=0.0, max_new_tokens=6) != before
+
+
+def test_reload_keeps_tokenizer_when_checkpoint_has_none(tmp_path, tiny):
+    import shutil
+
+    c = HFClient(LLMSpec(model=str(tiny), device="cpu"))
+    weights_only = tmp_path / "weights-only"
+    weights_only.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(tiny / f, weights_only / f)
+    tok = c.tokenizer
+    c.reload(str(weights_only))
+    assert c.tokenizer is tok and c.spec.model == str(weights_only)
+
+
+def test_reload_refuses_a_directory_that_is_not_a_checkpoint(tmp_path, tiny):
+    c = HFClient(LLMSpec(model=str(tiny), device="cpu"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="empty"):
+        c.reload(str(tmp_path / "empty"))
+
+
+def test_empty_prompt_list(client):
+    assert client.generate([], n=2) == []
+
+
+def test_sampling_bench_reports_both_modes_and_ratio(tiny):
+    from reclaif.bench.sampling import bench_prompts, measure
+
+    prompts = bench_prompts(3)
+    assert all("Listening History" in p for p in prompts)  # real LastFM recommender prompts
+    result = measure(model=str(tiny), prompts=3, batch_size=3, max_new_tokens=3)
+    batched, single = result["modes"]
+    assert (batched["batch_size"], single["batch_size"]) == (3, 1)
+    assert batched["prompt_tokens"] == single["prompt_tokens"] > 3 * 300
+    assert batched["generated_tokens"] > 0 and single["generated_tokens"] > 0
+    ratio = batched["tokens_per_s"] / single["tokens_per_s"]  # both rounded to 0.01 in the JSON
+    assert result["speedup"] == pytest.approx(ratio, rel=0.05)
