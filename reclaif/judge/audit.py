@@ -1,0 +1,169 @@
+"""`reclaif judge audit`: how trustworthy were a run's verdicts?
+
+Verdict row format (one JSON object per line; the driver writes RUN/iter-NNN/verdicts.jsonl so):
+
+    {"example_id": "lastfm:sdpo-valid:0",   # Example.id the two answers answer
+     "a": "<raw answer text a>",             # as shown to the judge in position A first
+     "b": "<raw answer text b>",
+     "verdict": {...}}                       # Verdict.to_json(): scores_a, scores_b, choice,
+                                             #   raw_text, consistent
+    Other keys (the driver adds "prompt") are ignored. A row with "failed": true (a shard the
+    judge could not finish after its retries) has no verdict; it is skipped and counted.
+
+Reported:
+- position consistency: the share of verdicts whose position-swapped judgement agreed
+  (`consistent`); for a judge that does not swap, trivially 1;
+- tie rate, and the a/b/tie split (a large 'a' share with few inconsistencies would mean the
+  swap is off and the judge leans to position A);
+- agreement with the human labels: among verdicts that chose an answer and whose two answers
+  differ in NDCG@k of their parsed rankings against Example.labels, how often the chosen answer
+  is the one with the higher NDCG. Pairs equal by the labels are excluded from that rate and
+  counted; an invalid answer has NDCG 0 like any miss.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from reclaif.errors import DataError
+from reclaif.records import Example, Item, Verdict
+
+REQUIRED = ("example_id", "a", "b", "verdict")
+
+
+def _verdict(row: dict, n: int) -> Verdict:
+    for key in REQUIRED:
+        if key not in row:
+            raise DataError(f"verdict row {n}: missing field {key!r} (need {list(REQUIRED)})")
+    try:
+        return Verdict.from_json(row["verdict"])
+    except (KeyError, TypeError) as e:
+        raise DataError(f"verdict row {n}: field 'verdict' is not a Verdict ({e!r})") from None
+
+
+def audit(verdict_rows: list[dict], examples: dict[str, Example] | None,
+          items: dict[str, Item] | None = None, top_k: int = 3) -> dict:
+    """The audit numbers of a list of verdict rows (format in the module docstring). Without
+    `examples`, the label agreement is left out; without `items`, titles are the item ids."""
+    from reclaif.metrics.relevance import ndcg_at_k
+    from reclaif.parsing import parse_recommendation
+
+    failed = sum(1 for r in verdict_rows if r.get("failed"))
+    verdict_rows = [r for r in verdict_rows if not r.get("failed")]
+    verdicts = [_verdict(r, n) for n, r in enumerate(verdict_rows, 1)]
+    n = len(verdicts)
+    choices = Counter(v.choice for v in verdicts)
+    inconsistent = sum(not v.consistent for v in verdicts)
+    out: dict = {
+        "verdicts": n,
+        "failed_rows": failed,
+        "position_consistency": (n - inconsistent) / n if n else None,
+        "inconsistent": inconsistent,
+        "tie_rate": choices["tie"] / n if n else None,
+        "choices": {k: choices[k] for k in ("a", "b", "tie")},
+    }
+    if examples is None:
+        return out
+    cat = items or {}
+    missing, equal, agree, decided_distinct, tie_distinct = 0, 0, 0, 0, 0
+    for row, v in zip(verdict_rows, verdicts):
+        ex = examples.get(str(row["example_id"]))
+        if ex is None:
+            missing += 1
+            continue
+        local = cat if cat else {c: Item(id=c, title=c) for c in ex.candidates}
+        recs = [parse_recommendation(row[k], ex, local, top_k) for k in ("a", "b")]
+        # As in evaluation, an invalid answer is a miss whatever its partial list holds.
+        ndcg = [ndcg_at_k(r.items, ex.labels, top_k) if r.valid else 0.0 for r in recs]
+        if abs(ndcg[0] - ndcg[1]) < 1e-12:
+            equal += 1
+            continue
+        if v.choice == "tie":
+            tie_distinct += 1
+            continue
+        decided_distinct += 1
+        agree += (v.choice == "a") == (ndcg[0] > ndcg[1])
+    out["label_agreement"] = {
+        "rate": agree / decided_distinct if decided_distinct else None,
+        "agree": agree,
+        "decided": decided_distinct,
+        "ties_on_distinct": tie_distinct,
+        "equal_by_labels": equal,
+        "missing_examples": missing,
+        "top_k": top_k,
+    }
+    return out
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: verdicts file not found")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(rows[-1], dict):
+                raise DataError(f"{path}:{n}: expected an object, got {type(rows[-1]).__name__}")
+    return rows
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def format_report(res: dict) -> str:
+    c = res["choices"]
+    lines = [f"verdicts:             {res['verdicts']}"
+             + (f" ({res['failed_rows']} failed rows skipped)" if res.get("failed_rows") else ""),
+             f"position consistency: {_fmt(res['position_consistency'])} "
+             f"({res['inconsistent']} inconsistent)",
+             f"tie rate:             {_fmt(res['tie_rate'])}  (a {c['a']}, b {c['b']}, "
+             f"tie {c['tie']})"]
+    la = res.get("label_agreement")
+    if la:
+        lines.append(f"label agreement:      {_fmt(la['rate'])}  ({la['agree']} of {la['decided']} "
+                     f"decided pairs that differ in NDCG@{la['top_k']}; {la['equal_by_labels']} "
+                     f"equal by labels excluded, {la['ties_on_distinct']} ties on distinct pairs"
+                     + (f", {la['missing_examples']} rows without their example" if
+                        la['missing_examples'] else "") + ")")
+    return "\n".join(lines)
+
+
+def _run_top_k(verdicts: Path, default: int = 3) -> int:
+    """data.top_k of the run the verdicts belong to (RUN/config.yaml beside RUN/iter-NNN/)."""
+    import yaml
+
+    for cfg in (verdicts.parent / "config.yaml", verdicts.parent.parent / "config.yaml"):
+        if cfg.is_file():
+            try:
+                k = (yaml.safe_load(cfg.read_text()) or {}).get("data", {}).get("top_k")
+            except (yaml.YAMLError, AttributeError):
+                k = None
+            if isinstance(k, int) and k > 0:
+                return k
+    return default
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    rows = read_rows(args.verdicts)
+    examples = items = None
+    top_k = _run_top_k(Path(args.verdicts))
+    if args.examples:
+        from reclaif.data import load_examples, load_items
+
+        examples = {e.id: e for e in load_examples(args.examples)}
+        try:
+            items = load_items(args.examples)
+        except (DataError, FileNotFoundError, OSError):
+            items = None  # titles default to ids; names in answers then rarely match
+    res = audit(rows, examples, items, top_k=top_k)
+    print(json.dumps(res, indent=2) if args.json else format_report(res))
+    return 0

@@ -1,0 +1,196 @@
+"""Explainability: the offline grounding score and the 1-100 scorer (paper §5, "Expl. Score").
+
+Grounding (offline, data-derived) asks two questions of a parsed answer:
+  1. are its key features supported by the context? A feature is grounded when it shares a
+     content word with the context text: the history items' titles and fields (tags, brand,
+     scent...) for sequential tasks, the query for retrieval;
+  2. is every recommended item given a reason tied to a key feature the item really has? Full
+     credit when the reason shares a word with a key feature AND that word is in the item's own
+     fields (tags, brand...); half credit when it shares words with a key feature or with the
+     item's own fields only (a reason citing a preference the item lacks, or describing the
+     item without linking it to a preference); none otherwise.
+It reads words, never instructions, so no text inside an answer or a title can steer it.
+
+The scorer is either that grounding mapped to 1-100 (kind rubric) or an LLM answering the
+explainability prompt with "Score: N" (kind llm, the paper's Claude scorer).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from reclaif.config import ExplainabilityConfig, LLMSpec
+from reclaif.errors import ConfigError
+from reclaif.llm.base import LLMClient
+from reclaif.records import Example, Item, Recommendation
+
+
+# Words that carry no evidence: function words, the task's own vocabulary ("artist", "user",
+# "preference"), and generic praise; a feature like "great music the user loves" grounds nothing.
+STOPWORDS = frozenset("""
+a an the and or but nor of to in on at by for with from as into onto than then that this these
+those it its is are was were be been being has have had do does did not no so very too also just
+their there they them he she his her him you your yours we our us i me my mine who whom which
+what when where why how all any both each few more most other some such only own same can will
+would should could may might must shall about above below over under again further once here
+while during before after up down out off between through per via like likely well much many
+user users user's listener listeners customer customers people someone preference preferences
+key feature features taste tastes interest interests history listening listened listen music
+musical artist artists band bands song songs track tracks sound sounds style styles genre genres
+recommend recommended recommendation recommendations option answer item items product products
+choose chosen select pick ignore instruction instructions great good best nice enjoy enjoys enjoyed
+love loves loved fan fans fit fits fitting match matches matching similar appeal appeals
+""".split())
+_WORD_RE = re.compile(r"[0-9a-zà-ÿ]+(?:[-'][0-9a-zà-ÿ]+)*")
+REASON_TIED_CREDIT = 1.0
+REASON_PARTIAL_CREDIT = 0.5
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased content words of `text`, crudely singularised so "vocalists" meets "vocalist"."""
+    out = set()
+    for w in _WORD_RE.findall(str(text).lower()):
+        for part in [w, *re.split(r"[-']", w)] if ("-" in w or "'" in w) else [w]:
+            if len(part) < 3 or part in STOPWORDS:
+                continue
+            if len(part) > 4 and part.endswith("s") and not part.endswith("ss"):
+                part = part[:-1]
+            out.add(part)
+    return out
+
+
+def item_field_words(item: Item | None) -> set[str]:
+    """Words of an item's own fields (tags, brand, description...), without its title: a reason
+    that only repeats the name explains nothing."""
+    if item is None:
+        return set()
+    return content_words(" ".join(str(v) for v in item.fields.values()))
+
+
+def context_words(example: Example, items: dict[str, Item]) -> set[str]:
+    """What key features may be grounded in: the query, or the history items' titles and fields."""
+    if isinstance(example.context, str):
+        return content_words(example.context)
+    words: set[str] = set()
+    for i in example.context:
+        item = items.get(i)
+        words |= content_words(item.title if item else i) | item_field_words(item)
+    return words
+
+
+@dataclass
+class Grounding:
+    """The parts of the grounding score, each in [0, 1]."""
+
+    features: float   # key features supported by the context (≥ 2 grounded for full credit)
+    reasons: float    # mean reason credit over the top_k slots (a missing item scores 0)
+    score: float      # their mean
+
+
+def grounding(rec: Recommendation, example: Example, items: dict[str, Item],
+              top_k: int) -> Grounding:
+    """The data-derived explainability of a parsed answer (see the module docstring)."""
+    ctx = context_words(example, items)
+    feats = [content_words(f) for f in rec.key_features if str(f).strip()]
+    grounded = sum(1 for f in feats if f & ctx)
+    # Half the credit for stating two grounded preferences (the prompt asks for 2-3), half for
+    # not padding them with unsupported ones.
+    feat_score = 0.0 if not feats else 0.5 * min(grounded, 2) / 2 + 0.5 * grounded / len(feats)
+    feature_words = set().union(*feats) if feats else set()
+    slots = max(1, min(top_k, len(set(example.candidates)) or top_k))
+    credit = 0.0
+    for n, item_id in enumerate(rec.items[:slots]):
+        reason = content_words(rec.reasons[n]) if n < len(rec.reasons) else set()
+        own = item_field_words(items.get(item_id))
+        if reason & feature_words & own:
+            credit += REASON_TIED_CREDIT
+        elif reason & (feature_words | own):
+            credit += REASON_PARTIAL_CREDIT
+    reason_score = credit / slots
+    return Grounding(features=feat_score, reasons=reason_score,
+                     score=0.5 * feat_score + 0.5 * reason_score)
+
+
+# "Score: 87", "**Score:** 87/100", "Explainability score - 87", "score of 87 out of 100".
+_SCORE_RES = [re.compile(p, re.IGNORECASE) for p in (
+    r"^[\s>*_#\-]*(?:overall\s+|final\s+|explainability\s+)?score\s*[*_]*\s*[:=\-]\s*[*_\[]*\s*"
+    r"(\d+(?:\.\d+)?)",
+    r"score\s*(?:is|of|:|=|-)?\s*[*_\[]*\s*(\d+(?:\.\d+)?)\s*(?:/\s*100|out\s+of\s+100)",
+    r"(\d+(?:\.\d+)?)\s*(?:/\s*100|out\s+of\s+100)",
+)]
+
+
+def parse_score(text: str) -> float | None:
+    """The 1-100 score in an LLM's answer, clamped; None when no score can be found. The last
+    "Score:" line wins: the template puts it after the reasoning, which may quote numbers."""
+    if not isinstance(text, str):
+        return None
+    for rx in _SCORE_RES:
+        hits = [m for line in text.splitlines() for m in [rx.search(line)] if m]
+        if hits:
+            return min(100.0, max(1.0, float(hits[-1].group(1))))
+    return None
+
+
+class ExplainabilityScorer:
+    """Scores one answer's explainability on 1-100. kind 'rubric': grounding mapped to 1-100
+    (an invalid answer scores 1); kind 'llm': the explainability prompt, "Score: N" parsed and
+    clamped. An unparseable LLM answer scores 1, like an invalid answer in evaluation, and is
+    counted in `n_unparseable` so reports can show how often that happened."""
+
+    def __init__(self, kind: str, items: dict[str, Item], top_k: int,
+                 client: LLMClient | None = None, max_new_tokens: int = 256):
+        if kind not in ("rubric", "llm"):
+            raise ConfigError(f"explainability.kind: '{kind}' is not one of ['rubric', 'llm']")
+        if kind == "llm" and client is None:
+            raise ConfigError("explainability.kind: 'llm' needs a client (explainability.llm)")
+        self.kind, self.items, self.top_k = kind, items, top_k
+        self.client, self.max_new_tokens = client, max_new_tokens
+        self.n_scored = 0
+        self.n_unparseable = 0
+
+    def score(self, example: Example, answer: str) -> float:
+        return self.score_many([example], [answer])[0]
+
+    def score_many(self, examples: list[Example], answers: list[str]) -> list[float]:
+        if len(examples) != len(answers):
+            raise ValueError(f"score_many: {len(examples)} examples but {len(answers)} answers")
+        if not examples:
+            return []
+        self.n_scored += len(examples)
+        if self.kind == "rubric":
+            return [self._rubric(ex, a) for ex, a in zip(examples, answers)]
+        from reclaif.prompts import render_explainability
+
+        prompts = [render_explainability(ex, self.items, a) for ex, a in zip(examples, answers)]
+        outs = self.client.generate(prompts, n=1, temperature=0.0, top_p=1.0,
+                                    max_new_tokens=self.max_new_tokens, seed=0)
+        scores = []
+        for out in outs:
+            s = parse_score(out[0] if out else "")
+            if s is None:
+                self.n_unparseable += 1
+                s = 1.0
+            scores.append(s)
+        return scores
+
+    def _rubric(self, example: Example, answer: str) -> float:
+        from reclaif.parsing import parse_recommendation
+
+        rec = parse_recommendation(answer, example, self.items, self.top_k)
+        if not rec.valid:
+            return 1.0
+        return round(1.0 + 99.0 * grounding(rec, example, self.items, self.top_k).score, 2)
+
+
+def make_explainability_scorer(cfg: ExplainabilityConfig, items: dict[str, Item], top_k: int,
+                               client_factory: Callable[[LLMSpec], LLMClient] | None = None
+                               ) -> ExplainabilityScorer:
+    """The scorer `cfg` asks for; `client_factory(spec)` builds the LLM (default make_client)."""
+    client = None
+    if cfg.kind == "llm":
+        if client_factory is None:
+            from reclaif.llm import make_client as client_factory
+        client = client_factory(cfg.llm)
+    return ExplainabilityScorer(cfg.kind, items, top_k, client=client)

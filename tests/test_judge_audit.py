@@ -1,0 +1,108 @@
+"""`reclaif judge audit`: consistency, ties and agreement with the human labels of verdict rows."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reclaif.atomic import atomic_write_jsonl as write_jsonl
+from reclaif.cli import main
+from reclaif.data import lastfm
+from reclaif.judge.audit import audit
+from reclaif.records import Scores, Verdict
+from reclaif.teacher import OfflineTeacher
+
+TOP_K = 3
+
+
+def row(ex, a, b, choice, consistent=True):
+    v = Verdict(Scores(1, 1, 1), Scores(1, 1, 1), choice, "raw", consistent=consistent)
+    return {"example_id": ex.id, "a": a, "b": b, "verdict": v.to_json()}
+
+
+@pytest.fixture(scope="module")
+def data(shared_data):
+    return lastfm.load(shared_data / "lastfm" / "sdpo" / "lastfm-val.json", limit=8)
+
+
+@pytest.fixture(scope="module")
+def answers(data):
+    """(with the target first, without the target) per example."""
+    teacher = OfflineTeacher(data.items, TOP_K)
+    out = []
+    for ex in data.examples:
+        good = teacher.respond(ex)
+        target = data.items[next(iter(ex.relevant()))].title
+        other = next(data.items[c].title for c in ex.candidates if data.items[c].title not in good)
+        out.append((good, good.replace(target, other)))
+    return out
+
+
+def test_counts_consistency_ties_and_label_agreement(data, answers):
+    exs = data.examples
+    rows = [row(exs[0], *answers[0], "a"),            # agrees with the labels
+            row(exs[1], *answers[1][::-1], "b"),      # agrees (good answer in position b)
+            row(exs[2], *answers[2], "b"),            # disagrees
+            row(exs[3], *answers[3], "tie", consistent=False),
+            row(exs[4], answers[4][1], answers[4][1], "a"),   # equal by labels: excluded
+            row(exs[5], *answers[5], "tie")]
+    res = audit(rows, {e.id: e for e in exs}, data.items, top_k=TOP_K)
+    assert res["verdicts"] == 6
+    assert res["position_consistency"] == pytest.approx(5 / 6) and res["inconsistent"] == 1
+    assert res["tie_rate"] == pytest.approx(2 / 6)
+    assert res["choices"] == {"a": 2, "b": 2, "tie": 2}
+    la = res["label_agreement"]
+    assert (la["agree"], la["decided"], la["equal_by_labels"], la["ties_on_distinct"]) == \
+        (2, 3, 1, 2)
+    assert la["rate"] == pytest.approx(2 / 3)
+
+
+def test_an_invalid_answer_counts_as_a_miss_even_if_it_names_the_target(data, answers):
+    ex = data.examples[6]
+    target = data.items[next(iter(ex.relevant()))].title
+    invalid = f"**Key Preferences:**\n- Preference 1: rock\n\n1. {target} - the next one"
+    res = audit([row(ex, invalid, answers[6][1], "b")], {ex.id: ex}, data.items, top_k=TOP_K)
+    assert res["label_agreement"]["equal_by_labels"] == 1   # both NDCG 0: excluded
+    res = audit([row(ex, invalid, answers[6][0], "b")], {ex.id: ex}, data.items, top_k=TOP_K)
+    assert res["label_agreement"]["rate"] == 1.0
+
+
+def test_failed_rows_of_the_driver_are_skipped_and_counted(data, answers):
+    rows = [row(data.examples[0], *answers[0], "a"),
+            {"example_id": data.examples[1].id, "failed": True, "error": "actor died"}]
+    res = audit(rows, None)
+    assert res["verdicts"] == 1 and res["failed_rows"] == 1
+
+
+def test_without_examples_only_the_label_free_numbers(data, answers):
+    res = audit([row(data.examples[0], *answers[0], "a")], None)
+    assert "label_agreement" not in res and res["position_consistency"] == 1.0
+
+
+def test_rows_whose_example_is_unknown_are_counted(data, answers):
+    res = audit([row(data.examples[0], *answers[0], "a")], {}, data.items)
+    assert res["label_agreement"]["missing_examples"] == 1
+    assert res["label_agreement"]["rate"] is None
+
+
+def test_cli_reads_a_run_verdicts_file_and_a_dataset_dir(data, answers, tmp_path, capsys):
+    ds = tmp_path / "ds"
+    write_jsonl(ds / "examples.jsonl", [e.to_json() for e in data.examples])
+    write_jsonl(ds / "items.jsonl", [data.items[i].to_json() for e in data.examples
+                                     for i in {*e.context, *e.candidates}])
+    verdicts = tmp_path / "run" / "iter-001" / "verdicts.jsonl"
+    write_jsonl(verdicts, [row(e, *ans, "a") for e, ans in zip(data.examples, answers)])
+    assert main(["judge", "audit", str(verdicts), "--examples", str(ds), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["label_agreement"]["rate"] == 1.0
+    assert res["label_agreement"]["decided"] == len(data.examples)
+    assert main(["judge", "audit", str(verdicts)]) == 0
+    text = capsys.readouterr().out
+    assert "position consistency: 1.000" in text and "tie rate:" in text
+
+
+def test_cli_names_the_missing_field(tmp_path, capsys):
+    bad = tmp_path / "verdicts.jsonl"
+    bad.write_text(json.dumps({"example_id": "x", "a": "", "b": ""}) + "\n")
+    assert main(["judge", "audit", str(bad)]) == 2
+    assert "missing field 'verdict'" in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""The offline teacher on real LastFM and Amazon Beauty prompts, and the LLM teacher's wiring."""
+from __future__ import annotations
+
+import pytest
+
+from reclaif.config import LLMSpec, TeacherConfig
+from reclaif.data import beauty, lastfm
+from reclaif.errors import ConfigError
+from reclaif.judge.explainability import grounding
+from reclaif.parsing import parse_recommendation
+from reclaif.records import Example
+from reclaif.teacher import (TEACHER_DESCRIPTION, LLMTeacher, OfflineTeacher, item_features,
+                             make_teacher)
+
+TOP_K = 3
+
+
+@pytest.fixture(scope="module")
+def music(shared_data):
+    return lastfm.load(shared_data / "lastfm" / "sdpo" / "lastfm-val.json", limit=25)
+
+
+@pytest.fixture(scope="module")
+def beauty_data(shared_data):
+    return beauty.load(shared_data / "beauty" / "All_Beauty.valid.csv.gz", limit=10)
+
+
+def test_answers_are_valid_and_put_the_target_first(music):
+    teacher = OfflineTeacher(music.items, TOP_K)
+    for ex in music.examples:
+        rec = parse_recommendation(teacher.respond(ex), ex, music.items, TOP_K)
+        assert rec.valid, rec.raw_text
+        assert rec.items[0] == next(iter(ex.relevant()))
+        assert len(set(rec.items)) == TOP_K and set(rec.items) <= set(ex.candidates)
+
+
+def test_key_preferences_are_tags_the_history_shares(music):
+    teacher = OfflineTeacher(music.items, TOP_K)
+    for ex in music.examples:
+        rec = parse_recommendation(teacher.respond(ex), ex, music.items, TOP_K)
+        history_tags = [set(item_features(music.items[i], "music")) for i in ex.context]
+        assert 1 <= len(rec.key_features) <= 3
+        for feature in rec.key_features:
+            tag = feature.split(" (shared by")[0]
+            count = sum(tag in tags for tags in history_tags)
+            assert count >= 1 and f"shared by {count} of the {len(ex.context)}" in feature
+            assert tag != "seen live"
+
+
+def test_reasons_cite_the_items_own_tags_and_the_feature_they_match(music):
+    teacher = OfflineTeacher(music.items, TOP_K)
+    tied = 0
+    for ex in music.examples:
+        rec = parse_recommendation(teacher.respond(ex), ex, music.items, TOP_K)
+        for item_id, reason in zip(rec.items, rec.reasons):
+            tags = item_features(music.items[item_id], "music")
+            if tags:
+                assert reason.startswith(f"Tagged {', '.join(tags[:3])}")
+            if "matching the preference for" in reason:
+                tied += 1
+                pref = reason.split("matching the preference for ")[1].rstrip(".")
+                assert any(f.startswith(pref + " (") for f in rec.key_features)
+        assert grounding(rec, ex, music.items, TOP_K).features == 1.0
+    assert tied >= len(music.examples)  # on average at least one item per answer is tied
+
+
+def test_deterministic_per_seed_and_the_seed_only_moves_fillers(music):
+    a, a2, b = (OfflineTeacher(music.items, TOP_K, seed=s) for s in (0, 0, 1))
+    outs_a = [a.respond(ex) for ex in music.examples]
+    assert outs_a == [a2.respond(ex) for ex in music.examples]
+    outs_b = [b.respond(ex) for ex in music.examples]
+    assert outs_a != outs_b
+    for ex, x, y in zip(music.examples, outs_a, outs_b):
+        first = lambda t: parse_recommendation(t, ex, music.items, TOP_K).items[0]  # noqa: E731
+        assert first(x) == first(y)
+
+
+def test_fillers_prefer_candidates_that_share_the_key_preferences(music):
+    """Over the examples, non-target picks share a key tag more often than random candidates."""
+    teacher = OfflineTeacher(music.items, TOP_K)
+    picked_hits = picked = pool_hits = pool = 0
+    for ex in music.examples:
+        rec = parse_recommendation(teacher.respond(ex), ex, music.items, TOP_K)
+        keys = {f.split(" (shared by")[0] for f in rec.key_features}
+        hit = lambda i: bool(keys & set(item_features(music.items[i], "music")))  # noqa: E731
+        picked_hits += sum(hit(i) for i in rec.items[1:])
+        picked += len(rec.items) - 1
+        pool_hits += sum(hit(c) for c in ex.candidates)
+        pool += len(ex.candidates)
+    assert picked_hits / picked > pool_hits / pool
+
+
+def test_beauty_preferences_come_from_catalog_fields(beauty_data):
+    teacher = OfflineTeacher(beauty_data.items, TOP_K)
+    for ex in beauty_data.examples:
+        rec = parse_recommendation(teacher.respond(ex), ex, beauty_data.items, TOP_K)
+        assert rec.valid and rec.items[0] == next(iter(ex.relevant()))
+        assert "**Recommended Products" in rec.raw_text
+        for f in rec.key_features:
+            if not f.startswith("Similar to"):
+                field, value = f.split(" (shared by")[0].split(": ", 1)
+                assert any(value == " ".join(str(beauty_data.items[i].fields.get(
+                    field.replace(" ", "_"), "")).split()) for i in ex.context)
+
+
+def test_product_search_preferences_are_the_query_terms(beauty_data):
+    items = beauty_data.items
+    ids = sorted(items)[:8]
+    ex = Example(id="q1", task="retrieval", context="vegan shampoo for curly hair",
+                 candidates=ids, labels={ids[3]: 3.0, ids[5]: 1.0, ids[0]: 0.0},
+                 domain="product_search")
+    rec = parse_recommendation(OfflineTeacher(items, 5).respond(ex), ex, items, 5)
+    assert rec.valid and rec.items[:2] == [ids[3], ids[5]]   # best grade first
+    assert "vegan shampoo for curly hair" in rec.key_features[0]
+    assert "**Key Features:**" in rec.raw_text
+    # A query made of the target's own title words: its reason must cite them.
+    words = [w for w in items[ids[3]].title.lower().split() if w.isalpha() and len(w) > 3][:2]
+    ex2 = Example(id="q2", task="retrieval", context=" ".join(words), candidates=ids,
+                  labels={ids[3]: 1.0}, domain="product_search")
+    rec2 = parse_recommendation(OfflineTeacher(items, 5).respond(ex2), ex2, items, 5)
+    assert rec2.items[0] == ids[3] and words
+    assert rec2.reasons[0].lower().endswith(f"matches the query terms {', '.join(sorted(words))}.")
+
+
+class EchoClient:
+    def __init__(self):
+        self.prompts = []
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=256, seed=0):
+        self.prompts += prompts
+        return [[f"answer {len(self.prompts) - len(prompts) + i}"] for i in range(len(prompts))]
+
+
+def test_llm_teacher_sends_the_recommender_prompt(music):
+    client = EchoClient()
+    teacher = make_teacher(TeacherConfig(kind="llm", llm=LLMSpec(backend="bedrock")),
+                           music.items, TOP_K, client_factory=lambda spec: client)
+    assert isinstance(teacher, LLMTeacher)
+    assert teacher.respond_many(music.examples[:2]) == ["answer 0", "answer 1"]
+    assert "top three" in client.prompts[0] and "Listening History" in client.prompts[0]
+
+
+def test_make_teacher_kinds(music):
+    assert isinstance(make_teacher(TeacherConfig(), music.items, TOP_K), OfflineTeacher)
+    with pytest.raises(ConfigError, match="teacher.kind"):
+        make_teacher(TeacherConfig(kind="oracle"), music.items, TOP_K)
+    assert "data-derived" in TEACHER_DESCRIPTION and "labels" in TEACHER_DESCRIPTION
