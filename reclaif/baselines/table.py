@@ -1,0 +1,230 @@
+"""`reclaif eval --methods ... [--run DIR]`: the paper's Table 2 (retrieval) or Table 3
+(sequential) layout, as markdown on stdout and JSON (--out).
+
+Every row is scored by `metrics.evaluate.evaluate_rankings` on the same evaluation examples;
+each relevance, validity and diversity figure carries a 95% percentile-bootstrap interval over
+examples (seeded). '-' marks a metric that does not apply, as in the paper: explainability for
+methods that write no explanation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reclaif.atomic import atomic_write_json
+from reclaif.baselines import assert_held_out, is_learned, make_ranker
+from reclaif.errors import DataError, ReclaifError
+from reclaif.records import Example, Item
+
+log = logging.getLogger(__name__)
+
+# (column header, evaluate_rankings metric key), per the paper's tables
+COLUMNS = {
+    "retrieval": [("Prec@5", "precision@5"), ("NDCG@5", "ndcg@5"), ("Diversity", "diversity"),
+                  ("Expl.", "explainability")],
+    "sequential": [("ValidRatio", "valid_ratio"), ("Hit@1", "hit@1"), ("NDCG@3", "ndcg@3"),
+                   ("Diversity", "diversity"), ("Expl.", "explainability")],
+}
+NEEDED_KS = {"retrieval": [5], "sequential": [1, 3]}
+TOP_K = {"retrieval": 5, "sequential": 3}  # items an answer holds; diversity is over these
+TABLE = {"retrieval": "Table 2", "sequential": "Table 3"}
+
+
+def group_of(method: str) -> str:
+    if method.startswith(("llm:", "model:")):
+        return "LLM-based"
+    if method in ("random", "popularity"):
+        return "Floor"
+    if method.startswith("sasrec"):
+        return "Traditional"
+    return "Retrieval-based"
+
+
+def with_ci(result: dict[str, Any], resamples: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """The metrics of an evaluate_rankings result, each with `ci95` from its per-example values
+    (None where the result carries none, e.g. an eval.json without per-example values)."""
+    from reclaif.metrics.evaluate import bootstrap_ci
+
+    per = result.get("per_example") or {}
+    out = {}
+    for name, m in result.get("metrics", {}).items():
+        values = per.get("valid" if name == "valid_ratio" else name)
+        ci = None
+        if values is not None:
+            ci = bootstrap_ci([float(v) for v in values if v is not None], resamples, seed)
+        out[name] = {"mean": m.get("mean"), "count": m.get("count"),
+                     "ci95": list(ci) if ci else None}
+    return out
+
+
+def score_method(method: str, examples: list[Example], train: list[Example],
+                 items: dict[str, Item], ks: list[int], scorer: Any, resamples: int,
+                 seed: int = 0) -> dict[str, Any]:
+    """Fits one method, ranks every example, scores the rankings; returns one table row."""
+    from reclaif.metrics.evaluate import evaluate_rankings
+
+    task = examples[0].task
+    ranker = make_ranker(method, seed=seed, top_k=TOP_K[task], diversity=scorer)
+    t0 = time.perf_counter()
+    ranker.fit(train if is_learned(method) else [], items)
+    t1 = time.perf_counter()
+    if hasattr(ranker, "prepare"):
+        ranker.prepare(examples)
+    rankings = {ex.id: ranker.rank(ex) for ex in examples}
+    t2 = time.perf_counter()
+    valid = explain = None
+    if hasattr(ranker, "recommendations"):  # an LLM: its own validity and explanations
+        from reclaif.config import ExplainabilityConfig
+        from reclaif.judge import make_explainability_scorer
+
+        valid = {ex.id: ranker.valid(ex) for ex in examples}
+        expl = make_explainability_scorer(ExplainabilityConfig(), items, TOP_K[task])
+        explain = {ex.id: expl.score(ex, ranker.recommendations[ex.id].raw_text)
+                   for ex in examples if valid[ex.id]}
+    result = evaluate_rankings(examples, rankings, valid, items, ks, scorer, explain,
+                               diversity_k=TOP_K[task])
+    row = {"method": ranker.name, "group": group_of(method), "source": "computed",
+           "metrics": with_ci(result, resamples, seed),
+           "fit_seconds": round(t1 - t0, 1), "rank_seconds": round(t2 - t1, 1)}
+    if explain is not None:
+        row["explainability_scorer"] = "rubric (offline grounding score, 1-100)"
+    if hasattr(ranker, "history_log") and ranker.history_log:
+        row["epochs"] = len(ranker.history_log)
+        row["best_val_mrr"] = max(h["val_mrr"] for h in ranker.history_log)
+    return row
+
+
+def run_rows(run_dir: str | Path, resamples: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows from the eval.json files a run directory holds: base/, sft/, iter-NNN/, eval/*.json.
+    A run without any is skipped with a printed note."""
+    root = Path(run_dir)
+    files = [root / s / "eval.json" for s in ("base", "sft")]
+    files += sorted(root.glob("iter-*/eval.json")) + sorted(root.glob("eval/*.json"))
+    rows = []
+    for f in files:
+        if not f.is_file():
+            continue
+        try:
+            result = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{f}: not valid JSON ({e.msg})") from None
+        if not isinstance(result, dict) or "metrics" not in result:
+            raise DataError(f"{f}: no 'metrics' (expected an evaluate_rankings result)")
+        stage = f.stem if f.parent.name == "eval" else f.parent.name
+        label = {"base": "Base (zero-shot)", "sft": "SFT"}.get(
+            stage, f"DPO-Iter{int(stage[5:])}" if stage.startswith("iter-") and
+            stage[5:].isdigit() else stage)
+        rows.append({"method": f"{root.name}: {label}", "group": "Ours (run)",
+                     "source": str(f), "split": result.get("split"),
+                     "n_examples": result.get("n_examples"),
+                     "metrics": with_ci(result, resamples, seed)})
+    if not rows:
+        print(f"note: {root} has no eval.json (base/, sft/, iter-*/ or eval/); no rows added")
+    return rows
+
+
+def _cell(m: dict[str, Any] | None, key: str, applies: bool) -> str:
+    if not applies or m is None or m.get("mean") is None:
+        return "-"
+    if key == "explainability":
+        return f"{m['mean']:.2f}"
+    ci = m.get("ci95")
+    return f"{m['mean']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{m['mean']:.4f}"
+
+
+def to_markdown(table: dict[str, Any]) -> str:
+    task = table["task"]
+    cols = COLUMNS[task]
+    lines = [f"### {TABLE[task]} layout ({task}): {table['eval']['examples']}", "",
+             f"- Evaluation: split {table['eval']['split']!r}, {table['eval']['n']:,} examples "
+             f"({table['eval']['candidates']} candidates each), top-{TOP_K[task]} answers.",
+             f"- Training input of learned baselines: {table['train']['path'] or '-'}, "
+             f"split {table['train']['split']!r}, {table['train']['n']:,} examples; "
+             f"held-out check: {table['held_out']}.",
+             f"- [a, b]: 95% percentile bootstrap interval over examples, "
+             f"{table['bootstrap']} resamples, seed {table['seed']}. '-': not applicable.", "",
+             "| Group | Method | " + " | ".join(h for h, _ in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    for row in table["rows"]:
+        llm_like = row["group"] in ("LLM-based", "Ours (run)")
+        cells = [_cell(row["metrics"].get(k), k, k != "explainability" or llm_like)
+                 for _, k in cols]
+        lines.append(f"| {row['group']} | {row['method']} | " + " | ".join(cells) + " |")
+    for row in table["rows"]:
+        if row.get("split") and row["split"] != table["eval"]["split"]:
+            lines.append(f"\nnote: {row['method']} was evaluated on split {row['split']!r} "
+                         f"({row.get('n_examples')} examples), not on the split above")
+    return "\n".join(lines)
+
+
+def build_table(examples: list[Example], train: list[Example], items: dict[str, Item],
+                methods: Sequence[str], ks: list[int], resamples: int = 1000, seed: int = 0,
+                diversity: bool = True, run_dirs: Sequence[str] = (),
+                eval_path: str = "", train_path: str = "") -> dict[str, Any]:
+    tasks = {ex.task for ex in examples}
+    if len(tasks) != 1:
+        raise DataError(f"{eval_path}: evaluation examples mix tasks {sorted(tasks)}; "
+                        "give --split or one dataset")
+    task = tasks.pop()
+    ks = sorted(set(ks) | set(NEEDED_KS[task]))
+    learned = [m for m in methods if is_learned(m)]
+    if learned and not train:
+        raise ReclaifError(f"methods {', '.join(learned)} learn from training data: "
+                           "give --train DIR")
+    held = "no learned method"
+    if train:
+        tolerated = assert_held_out(train, examples)
+        held = "passed" + (f" ({len(tolerated)} evaluation examples repeat a training history "
+                           "and target of an unnamed user, under 1%)" if tolerated else "")
+    scorer = None
+    if diversity:
+        from reclaif.metrics.diversity import DiversityScorer
+        scorer = DiversityScorer(items)
+    rows = []
+    for m in methods:
+        log.info("table: %s on %d examples", m, len(examples))
+        rows.append(score_method(m, examples, train, items, ks, scorer, resamples, seed))
+    for d in run_dirs:
+        rows.extend(run_rows(d, resamples, seed))
+    sizes = sorted({len(ex.candidates) for ex in examples})
+    return {"table": TABLE[task], "task": task, "columns": [h for h, _ in COLUMNS[task]],
+            "metric_keys": [k for _, k in COLUMNS[task]], "ks": ks,
+            "eval": {"examples": eval_path, "split": examples[0].split if len(
+                {ex.split for ex in examples}) == 1 else "mixed", "n": len(examples),
+                "candidates": "/".join(map(str, sizes))},
+            "train": {"path": train_path, "n": len(train),
+                      "split": ",".join(sorted({ex.split for ex in train})) or "-"},
+            "held_out": held, "bootstrap": resamples, "seed": seed, "rows": rows}
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from reclaif.data import load_examples, load_items
+    from reclaif.metrics.evaluate import parse_ks
+
+    ks = parse_ks(args.k)
+    examples = load_examples(args.examples, split=args.split)
+    if args.limit:
+        examples = examples[: args.limit]
+    if not examples:
+        raise DataError(f"{args.examples}: no examples to evaluate"
+                        + (f" in split {args.split!r}" if args.split else ""))
+    items = load_items(args.examples)
+    train: list[Example] = []
+    if args.train:
+        # a prepared directory may hold every split; learned baselines see only 'train'
+        everything = load_examples(args.train)
+        train = [ex for ex in everything if ex.split == "train"] or everything
+        items = {**load_items(args.train), **items}
+    methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
+    table = build_table(examples, train, items, methods, ks, args.bootstrap,
+                        diversity=not args.no_diversity, run_dirs=args.run_dirs,
+                        eval_path=str(args.examples), train_path=str(args.train or ""))
+    print(to_markdown(table))
+    if args.out:
+        atomic_write_json(args.out, table)
+    return 0

@@ -1,0 +1,155 @@
+"""`reclaif eval --methods ... [--run DIR]`: the paper's table layout, end to end on real
+prepared data (Amazon Beauty 5-core, S-DPO LastFM prompts)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reclaif.cli import main
+from reclaif.data.prepare import prepare
+
+HEADER3 = "| Group | Method | ValidRatio | Hit@1 | NDCG@3 | Diversity | Expl. |"
+
+
+@pytest.fixture(scope="module")
+def beauty_dirs(shared_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("beauty")
+    src = shared_data / "beauty"
+    prepare("beauty", src / "All_Beauty.train.csv.gz", root / "train")
+    prepare("beauty", src / "All_Beauty.valid.csv.gz", root / "valid")
+    return root / "train", root / "valid"
+
+
+@pytest.fixture(scope="module")
+def lastfm_dirs(shared_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """LLaRA training rows (~40 users) and the first 150 S-DPO validation prompts: short item
+    texts (artist name and tags), so the diversity embedding stays fast."""
+    root = tmp_path_factory.mktemp("lastfm")
+    lastfm = shared_data / "lastfm"
+    prepare("lastfm", lastfm / "llara" / "train.jsonl.gz", root / "train", limit=2000)
+    prepare("lastfm", lastfm / "sdpo" / "lastfm-val.json", root / "valid", limit=150)
+    return root / "train", root / "valid"
+
+
+def run_eval(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(["eval", *argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def rows_by_method(path: Path) -> dict[str, dict]:
+    return {r["method"]: r for r in json.loads(path.read_text())["rows"]}
+
+
+def test_table_command_prints_table3_with_intervals_and_writes_json(lastfm_dirs, tmp_path, capsys):
+    train, valid = lastfm_dirs
+    out = tmp_path / "table.json"
+    rc, text, _ = run_eval(capsys, "--examples", str(valid), "--train", str(train), "--methods",
+                           "random,popularity,bm25", "--limit", "120", "--bootstrap", "300",
+                           "--out", str(out))
+    assert rc == 0
+    assert HEADER3 in text and "split 'valid', 120 examples (20 candidates each)" in text
+    assert "split 'train', 2,000 examples" in text and "held-out check: passed" in text
+    table = json.loads(out.read_text())
+    assert table["table"] == "Table 3" and [r["method"] for r in table["rows"]] == \
+        ["random", "popularity", "bm25"]
+    for line in text.splitlines():
+        if line.startswith("| Floor") or line.startswith("| Retrieval"):
+            assert line.rstrip().endswith("| - |")  # no explanations: Expl. does not apply
+    for row in table["rows"]:
+        for key in ("valid_ratio", "hit@1", "ndcg@3", "diversity"):
+            m = row["metrics"][key]
+            lo, hi = m["ci95"]
+            assert lo <= m["mean"] <= hi, (row["method"], key, m)
+        assert row["metrics"]["valid_ratio"]["mean"] == 1.0
+        assert row["metrics"]["explainability"]["mean"] is None
+    hit = rows_by_method(out)["random"]["metrics"]["hit@1"]
+    assert 0.0 < hit["ci95"][1] - hit["ci95"][0] < 0.2 and hit["count"] == 120
+
+
+def test_table_refuses_baselines_trained_on_the_evaluation_examples(beauty_dirs, capsys):
+    _, valid = beauty_dirs
+    rc, _, err = run_eval(capsys, "--examples", str(valid), "--train", str(valid),
+                          "--methods", "popularity", "--no-diversity")
+    assert rc == 2 and "held-out check" in err
+
+
+def test_learned_methods_need_training_data(beauty_dirs, capsys):
+    _, valid = beauty_dirs
+    rc, _, err = run_eval(capsys, "--examples", str(valid), "--methods", "sasrec",
+                          "--no-diversity")
+    assert rc == 2 and "give --train DIR" in err
+
+
+def test_unknown_method_is_named(beauty_dirs, capsys):
+    _, valid = beauty_dirs
+    rc, _, err = run_eval(capsys, "--examples", str(valid), "--methods", "bm26", "--no-diversity")
+    assert rc == 2 and "'bm26'" in err
+
+
+def test_run_directory_rows_join_the_table(beauty_dirs, tmp_path, capsys):
+    from reclaif.data import load_examples, load_items
+    from reclaif.metrics.evaluate import evaluate_rankings
+
+    _, valid = beauty_dirs
+    examples, items = load_examples(valid)[:50], load_items(valid)
+    run = tmp_path / "runs" / "beauty-run"
+    for stage, first in (("sft", 1), ("iter-001", 0)):
+        # a stage that always ranks the target first (iter-001) or second (sft)
+        rankings = {ex.id: sorted(ex.candidates, key=lambda c: c not in ex.labels)
+                    for ex in examples}
+        if first:
+            rankings = {i: r[1:2] + r[:1] + r[2:] for i, r in rankings.items()}
+        result = evaluate_rankings(examples, rankings, None, items, [1, 3, 5], None,
+                                   {ex.id: 80.0 for ex in examples})
+        (run / stage).mkdir(parents=True)
+        (run / stage / "eval.json").write_text(json.dumps({**result, "split": "valid"}))
+    empty = tmp_path / "runs" / "empty-run"
+    empty.mkdir()
+    out = tmp_path / "t.json"
+    rc, text, _ = run_eval(capsys, "--examples", str(valid), "--methods", "random", "--limit",
+                           "50", "--run", str(run), "--run", str(empty), "--no-diversity",
+                           "--out", str(out))
+    assert rc == 0 and "empty-run has no eval.json" in text
+    rows = rows_by_method(out)
+    assert rows["beauty-run: DPO-Iter1"]["metrics"]["hit@1"]["mean"] == 1.0
+    assert rows["beauty-run: SFT"]["metrics"]["hit@1"]["mean"] == 0.0
+    assert "| Ours (run) | beauty-run: DPO-Iter1 | 1.0000 [1.000, 1.000] | 1.0000" in text
+    assert text.count("| 80.00 |") == 2  # explainability shown for the run's rows only
+
+
+def test_llm_method_ranks_through_the_recommender(shared_data, tmp_path, capsys, monkeypatch):
+    """llm:NAME goes through Recommender + parse_recommendation; a stand-in client answers
+    with the target first for every other prompt and with nonsense otherwise."""
+    import reclaif.llm
+    from reclaif.data import load_examples, load_items
+
+    d = tmp_path / "lastfm"
+    prepare("lastfm", shared_data / "lastfm" / "sdpo" / "lastfm-val.json", d, limit=12)
+    examples, items = load_examples(d), load_items(d)
+
+    class Client:
+        def generate(self, prompts, n=1, **kw):
+            out = []
+            for p in prompts:
+                ex = next(e for e in examples if all(items[c].title in p for c in e.candidates)
+                          and all(items[h].title in p for h in e.context))
+                target = next(iter(ex.relevant()))
+                others = [c for c in ex.candidates if c != target][:2]
+                names = [items[i].title for i in [target, *others]]
+                good = int(ex.id.rsplit(":", 1)[1]) % 2 == 0
+                out.append(["Key Preferences: energy\n" + "\n".join(
+                    f"{k}. {name} - fits" for k, name in enumerate(names, 1))
+                    if good else "I cannot help with that."] * n)
+            return out
+
+    monkeypatch.setattr(reclaif.llm, "make_client", lambda spec: Client())
+    out = tmp_path / "t.json"
+    rc, text, _ = run_eval(capsys, "--examples", str(d), "--methods", "llm:stand-in",
+                           "--no-diversity", "--out", str(out))
+    assert rc == 0
+    m = rows_by_method(out)["llm:stand-in"]["metrics"]
+    assert m["valid_ratio"]["mean"] == 0.5 and m["hit@1"]["mean"] == 0.5
+    assert m["explainability"]["mean"] is not None and "| LLM-based | llm:stand-in |" in text
