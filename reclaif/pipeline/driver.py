@@ -190,8 +190,9 @@ class Driver:
         shards = _shards(rows, r.shard_size)
         shard_dir = out_dir / "verdict_shards"
         shard_dir.mkdir(parents=True, exist_ok=True)
-        if self._samplers is not None and not r.address:
-            # One machine: give the judge the cores the samplers held; they reload next iteration.
+        if self._samplers is not None:
+            # Give the judge the CPUs/GPUs the samplers held (on a small cluster the judge
+            # actors could otherwise wait forever); samplers are recreated next iteration.
             self._samplers.shutdown()
             self._samplers = None
         pool = ActorPool(JudgeWorker, (to_dict(self.cfg.judge), str(self.data_path), self.top_k),
