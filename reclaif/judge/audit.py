@@ -98,20 +98,13 @@ def audit(verdict_rows: list[dict], examples: dict[str, Example] | None,
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: verdicts file not found")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(rows[-1], dict):
-                raise DataError(f"{path}:{n}: expected an object, got {type(rows[-1]).__name__}")
+    """Verdict rows of a JSONL file; errors name the file and line."""
+    from reclaif.atomic import read_jsonl
+
+    rows = read_jsonl(path)
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {n}: expected an object, got {type(row).__name__}")
     return rows
 
 
