@@ -96,10 +96,7 @@ class HFClient:
 
     def render(self, prompt: str) -> str:
         """The prompt as a user turn of the chat template, ready for the assistant's answer."""
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        return prompt
+        return models.render_chat(self.tokenizer, prompt)
 
     def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 256,

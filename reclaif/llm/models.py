@@ -203,3 +203,14 @@ def build_tiny_model(out_dir: str | os.PathLike, hidden: int = 64, layers: int =
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+def render_chat(tokenizer: Any, prompt: str) -> str:
+    """The prompt as a user turn of the chat template, ready for the assistant's answer.
+
+    The one rendering used by the samplers (hf, vllm) and by training, so a model is trained on
+    exactly the text it is later sampled from."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             tokenize=False, add_generation_prompt=True)
+    return prompt

@@ -19,11 +19,10 @@ from torch import Tensor
 
 
 def render_prompt(tokenizer: Any, prompt: str) -> str:
-    """The prompt as a user turn, ready for the assistant's answer (same as the samplers)."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                             tokenize=False, add_generation_prompt=True)
-    return prompt
+    """The prompt as a user turn, exactly as the samplers render it."""
+    from reclaif.llm.models import render_chat
+
+    return render_chat(tokenizer, prompt)
 
 
 def _end_ids(tokenizer: Any) -> list[int]:
