@@ -48,17 +48,29 @@ def test_values_and_counts_match_oracle_with_masked_rows():
     assert logps[2].item() == 0.0
 
 
+# The CUDA cases run where a GPU is (they ran on an H200: see the README's benchmarks); the
+# kernel is the same PyTorch code on both devices, cuBLAS and TF32-free fp32 matmuls there.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype,atol,gatol", [(torch.float32, 2e-4, 2e-5),
                                               (torch.bfloat16, 0.6, 0.1)])
-def test_low_precision_values_and_both_gradients_against_fp64_oracle(dtype, atol, gatol):
+def test_low_precision_values_and_both_gradients_against_fp64_oracle(dtype, atol, gatol, device):
     h, w, labels = odd_batch(dtype, B=3, T=40, H=32, V=300, seed=1)
+    h, w = (t.detach().to(device).requires_grad_() for t in (h, w))
+    labels = labels.to(device)
     logps, _ = sequence_logps(h, w, labels, chunk_size=16)
     assert logps.dtype == torch.float32  # sums are kept in fp32 whatever the input dtype
+    assert logps.device.type == device
     gh, gw = torch.autograd.grad(logps.sum(), [h, w])
     assert gh.dtype == dtype and gw.dtype == dtype
-    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    ref = oracle(h64, w64, labels)
+    h64, w64 = (t.detach().cpu().double().requires_grad_() for t in (h, w))
+    ref = oracle(h64, w64, labels.cpu())
     gh64, gw64 = torch.autograd.grad(ref.sum(), [h64, w64])
+    logps, gh, gw = logps.cpu(), gh.cpu(), gw.cpu()
+    h, w, labels = h.detach().cpu(), w.detach().cpu(), labels.cpu()
     torch.testing.assert_close(logps.double(), ref, rtol=0, atol=atol)
     torch.testing.assert_close(gh.double(), gh64, rtol=0, atol=gatol)
     torch.testing.assert_close(gw.double(), gw64, rtol=0, atol=gatol)
@@ -176,6 +188,31 @@ def test_fused_dpo_gradcheck_float64_with_chunks_splitting_pairs():
     rc, rr = -torch.rand(3, generator=g) * 10, -torch.rand(3, generator=g) * 10
     assert torch.autograd.gradcheck(
         lambda h, w: fused_dpo_loss_from_hidden(h, w, labels, rc, rr, 0.3, chunk_size=3)[0], (h, w))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_dpo_from_hidden_matches_fp64_usual_path_in_bf16(device):
+    g = torch.Generator().manual_seed(7)
+    h = torch.randn(4, 24, 64, generator=g) / 64 ** 0.25
+    w = torch.randn(500, 64, generator=g) / 64 ** 0.25
+    labels = torch.randint(0, 500, (4, 24), generator=g)
+    labels[:, :8] = -100
+    rc, rr = torch.tensor([-60.0, -70.0]), torch.tensor([-65.0, -62.0])
+
+    def grads(h, w, fused):
+        h, w = h.detach().requires_grad_(), w.detach().requires_grad_()
+        if fused:
+            loss = fused_dpo_loss_from_hidden(h, w, labels.to(h.device), rc.to(h.device),
+                                              rr.to(h.device), 0.1, chunk_size=24)[0]
+        else:
+            lp = oracle(h, w, labels)
+            loss = dpo_loss(lp[:2], lp[2:], rc.double(), rr.double(), 0.1)[0]
+        return (loss.detach().cpu().double(),
+                *(t.cpu().double() for t in torch.autograd.grad(loss, [h, w])))
+    want = grads(h.double(), w.double(), fused=False)
+    got = grads(h.to(device, torch.bfloat16), w.to(device, torch.bfloat16), fused=True)
+    for a, b, tol in zip(got, want, (5e-3, 2e-3, 2e-3)):
+        torch.testing.assert_close(a, b, rtol=0, atol=tol)
 
 
 def test_bench_quick_json_reports_tiny_errors():

@@ -80,3 +80,28 @@ def test_zero3_dpo_on_two_processes_resumes_after_a_crash_and_learns(tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
     w, b = model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight
     assert w.shape == b.shape and not torch.equal(w, b)  # full weights, gathered and trained
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_in_one_process_under_deepspeed(tmp_path, monkeypatch):
+    """The in-process driver runs SFT and then DPO in one process: the second DeepSpeed engine
+    must not inherit the first phase's destroyed process group (it did, before Strategy.close
+    reset DeepSpeed's cached world group)."""
+    from reclaif.config import load_config
+    from reclaif.train.dpo import run_dpo
+    from reclaif.train.sft import run_sft
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    model = build_tiny_model(tmp_path / "tiny")
+    ds = [f"{phase}.{k}" for phase in ("sft", "dpo") for k in
+          ("engine=deepspeed", "deepspeed_config=configs/deepspeed/zero3_cpu.json",
+           "batch_size=3", "max_length=160", "epochs=1")]
+    run = make_run_dir(tmp_path / "run", model, ["sft.lr=3.0e-3", "dpo.lr=1.0e-3", *ds])
+    cfg = load_config(run / "config.yaml")
+    sft = run_sft(cfg, run)
+    dpo = run_dpo(cfg, run, 1)
+    assert sft["engine"] == dpo["engine"] == "deepspeed"
+    assert sft["loss"] < sft["loss_first_step"] and dpo["steps"] == 2
+    assert (run / "iter-001" / "checkpoint" / "model.safetensors").exists()

@@ -31,7 +31,8 @@ SEQ_LEN = 128  # tokens per sequence: a chosen/rejected pair is one 256-token ch
 CHUNK = 256
 
 
-def _inputs(tokens: int, hidden: int, vocab: int, seed: int = 0) -> dict[str, Tensor]:
+def _inputs(tokens: int, hidden: int, vocab: int, seed: int = 0, device: str = "cpu",
+            dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
     seq = min(SEQ_LEN, tokens // 2)
     rows = tokens // seq
@@ -40,7 +41,9 @@ def _inputs(tokens: int, hidden: int, vocab: int, seed: int = 0) -> dict[str, Te
     w = torch.randn(vocab, hidden, generator=g) / hidden ** 0.25
     labels = torch.randint(0, vocab, (rows, seq), generator=g)
     ref = -torch.rand(rows, generator=g) * seq * 3
-    return {"h": h, "w": w, "labels": labels, "ref_c": ref[: rows // 2], "ref_r": ref[rows // 2:]}
+    x = {"h": h.to(dtype), "w": w.to(dtype), "labels": labels,
+         "ref_c": ref[: rows // 2], "ref_r": ref[rows // 2:]}
+    return {k: v.to(device) for k, v in x.items()}
 
 
 def _usual_logps(h: Tensor, w: Tensor, labels: Tensor) -> Tensor:
@@ -49,14 +52,15 @@ def _usual_logps(h: Tensor, w: Tensor, labels: Tensor) -> Tensor:
     return logp.gather(-1, labels[..., None]).squeeze(-1).sum(-1)
 
 
-def _logps_variants(x: dict) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+def _logps_variants(x: dict, chunk: int = CHUNK) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     return {
         "usual": lambda h, w: _usual_logps(h, w, x["labels"]).sum(),
-        "fused": lambda h, w: sequence_logps(h, w, x["labels"], chunk_size=CHUNK)[0].sum(),
+        "fused": lambda h, w: sequence_logps(h, w, x["labels"], chunk_size=chunk)[0].sum(),
     }
 
 
-def _dpo_variants(x: dict, beta: float = 0.1) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+def _dpo_variants(x: dict, chunk: int = CHUNK,
+                  beta: float = 0.1) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     B = x["h"].shape[0] // 2
 
     def usual(h: Tensor, w: Tensor) -> Tensor:
@@ -65,7 +69,7 @@ def _dpo_variants(x: dict, beta: float = 0.1) -> dict[str, Callable[[Tensor, Ten
 
     def fused(h: Tensor, w: Tensor) -> Tensor:
         return fused_dpo_loss_from_hidden(h, w, x["labels"], x["ref_c"], x["ref_r"], beta,
-                                          chunk_size=CHUNK)[0]
+                                          chunk_size=chunk)[0]
     return {"usual": usual, "fused": fused}
 
 
@@ -80,7 +84,9 @@ def _run(fn: Callable[[Tensor, Tensor], Tensor], x: dict) -> tuple[Tensor, Tenso
 def _peak_bytes(fn: Callable[[Tensor, Tensor], Tensor], x: dict) -> int:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    device = x["h"].device
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, profile_memory=True) as prof:
         _, gh, gw = _run(fn, x)
     # Every allocation and free, in order (the allocation records of the profiler's event tree;
     # prof.events() folds most of them into their ops and loses the order).
@@ -88,8 +94,10 @@ def _peak_bytes(fn: Callable[[Tensor, Tensor], Tensor], x: dict) -> int:
     stack = list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
         node = stack.pop()
-        if type(node.extra_fields).__name__ == "_ExtraFields_Allocation":
-            ef = node.extra_fields
+        ef = node.extra_fields
+        # only the inputs' device: host bookkeeping allocations are not the path's memory
+        if (type(ef).__name__ == "_ExtraFields_Allocation"
+                and torch.device(ef.device).type == device.type):
             events.append((node.start_time_ns, ef.alloc_size, ef.ptr))
         stack.extend(node.children)
     events.sort()
@@ -107,9 +115,12 @@ def _peak_bytes(fn: Callable[[Tensor, Tensor], Tensor], x: dict) -> int:
 
 def _median_seconds(fn: Callable[[Tensor, Tensor], Tensor], x: dict, reps: int) -> float:
     times = []
+    sync = torch.cuda.synchronize if x["h"].is_cuda else (lambda: None)
     for _ in range(reps):
+        sync()
         t0 = time.perf_counter()
         _run(fn, x)
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -132,27 +143,41 @@ def compare(variants: dict[str, Callable], x: dict, reps: int) -> dict[str, floa
             "usual_peak_mb": peak_u / 2**20, "fused_peak_mb": peak_f / 2**20}
 
 
-def bench(shapes: list[tuple[int, int, int]], reps: int) -> list[dict]:
+def bench(shapes: list[tuple[int, int, int]], reps: int, device: str = "cpu",
+          dtype: str = "float32", chunk: int = CHUNK) -> list[dict]:
     results = []
     for tokens, hidden, vocab in shapes:
-        x = _inputs(tokens, hidden, vocab)
-        row = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_size": CHUNK,
-               "dtype": "float32", "reps": reps}
-        row.update(compare(_logps_variants(x), x, reps))
-        row["dpo"] = compare(_dpo_variants(x), x, reps)
+        x = _inputs(tokens, hidden, vocab, device=device, dtype=getattr(torch, dtype))
+        if device != "cpu":  # warm-up: kernel selection, the caching allocator
+            for variants in (_logps_variants(x, chunk), _dpo_variants(x, chunk)):
+                for fn in variants.values():
+                    _run(fn, x)
+        row = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_size": chunk,
+               "dtype": dtype, "reps": reps}
+        row.update(compare(_logps_variants(x, chunk), x, reps))
+        row["dpo"] = compare(_dpo_variants(x, chunk), x, reps)
         results.append(row)
     return results
 
 
 def run(args: argparse.Namespace) -> int:
     quick = getattr(args, "quick", False)
-    results = bench(QUICK_SHAPES if quick else FULL_SHAPES, reps=2 if quick else 3)
-    report = {"benchmark": "logprobs", "device": "cpu", "threads": torch.get_num_threads(),
+    device, dtype = getattr(args, "device", "cpu"), getattr(args, "dtype", "float32")
+    if device == "cuda" and not torch.cuda.is_available():
+        from reclaif.errors import ConfigError
+        raise ConfigError("bench --device cuda: torch sees no CUDA device")
+    reps = (2 if quick else 3) if device == "cpu" else 10
+    chunk = getattr(args, "chunk", None) or CHUNK
+    results = bench(QUICK_SHAPES if quick else FULL_SHAPES, reps=reps, device=device, dtype=dtype,
+                    chunk=chunk)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    report = {"benchmark": "logprobs", "device": name, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "results": results}
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))
         return 0
-    print(f"logprobs: fused kernel vs full logits (fp32, cpu, {report['threads']} threads; "
+    print(f"logprobs: fused kernel (chunk {chunk} tokens) vs full logits ({dtype}, {name}, "
+          f"{report['threads']} threads; "
           f"time = median of {results[0]['reps'] if results else 0}, fused/usual)")
     print(f"{'tokens':>6} {'hidden':>6} {'vocab':>6} | {'err':>8} {'grad_err':>8} {'mem x':>6} "
           f"{'time':>5} | dpo: {'err':>8} {'grad_err':>8} {'mem x':>6} {'time':>5}")

@@ -9,7 +9,8 @@ variants, side by side in this process on the same model and batch:
               in memory), as trainers without stored reference log-probs do.
 
 --quick uses a tiny random Llama with the real 49k vocabulary (seconds); the default uses the
-embedded SmolLM2-135M-Instruct. The batch is synthetic token ids (prompt + answer masks), which
+embedded SmolLM2-135M-Instruct; --device cuda uses a random Llama of Mistral-7B's width (hidden
+4096, MLP 14336, 32/8 heads, vocab 32000) with 2 layers, 4 pairs of 1024 tokens, in --dtype. The batch is synthetic token ids (prompt + answer masks), which
 is all a throughput measurement needs. Variants alternate within each round, so drift in a
 shared machine's load affects them alike.
 """
@@ -65,6 +66,17 @@ def _step(variant: str, model, ref_model, opt, c: dict, r: dict, refs: tuple, ch
     return float(loss.detach())
 
 
+def _mistral_width_model(layers: int, dtype: torch.dtype) -> torch.nn.Module:
+    """Mistral-7B's layer shapes at a depth one GPU can train with AdamW, random weights (no
+    download): per-layer cost and the lm_head/vocab balance are what the kernels see."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=8,
+                         max_position_embeddings=4096, tie_word_embeddings=False)
+    return LlamaForCausalLM(config).to(dtype)
+
+
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
@@ -72,16 +84,29 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(0)
     quick = bool(getattr(args, "quick", False))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_model(Path(tmp) / "tiny") if quick else default_model_dir()
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    device = getattr(args, "device", "cpu")
+    dtype = getattr(torch, getattr(args, "dtype", "float32"))
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            from reclaif.errors import ConfigError
+            raise ConfigError("bench --device cuda: torch sees no CUDA device")
+        model = _mistral_width_model(layers=2, dtype=dtype).to(device)
+        label = "random Llama, Mistral-7B width, 2 layers"
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = build_tiny_model(Path(tmp) / "tiny") if quick else default_model_dir()
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        label = ("tiny random Llama (49k vocab)" if quick
+                 else "SmolLM2-135M-Instruct (embedded default)")
     model.config.use_cache = False
     model.train()
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    pairs, prompt, answer, rounds = (2, 48, 16, 2) if quick else (2, 192, 64, 2)
+    pairs, prompt, answer, rounds = ((4, 768, 256, 5) if device == "cuda" else
+                                     (2, 48, 16, 2) if quick else (2, 192, 64, 2))
     chunk = 1024
     vocab = model.config.vocab_size
-    c, r = _batch(vocab, pairs, prompt, answer, seed=1)
+    c, r = (({k: v.to(device) for k, v in side.items()} for side in
+             _batch(vocab, pairs, prompt, answer, seed=1)))
     with torch.no_grad():
         cat = {k: torch.cat([c[k], r[k]]) for k in c}
         s, _ = model_sequence_logps(ref_model, cat["input_ids"], cat["attention_mask"],
@@ -95,28 +120,39 @@ def run(args: argparse.Namespace) -> int:
     tokens = 2 * pairs * (prompt + answer)
     for v in variants:  # warm-up: allocator, kernels, lazy imports
         _step(v, model, ref_model, opt, c, r, refs, chunk)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    peak: dict[str, float] = {}
     for _ in range(rounds):
         for v in variants:
             model.load_state_dict(state)
+            sync()
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             _step(v, model, ref_model, opt, c, r, refs, chunk)
+            sync()
             times[v].append(time.perf_counter() - t0)
+            if device == "cuda":
+                peak[v] = torch.cuda.max_memory_allocated() / 2**30
     best = {v: min(ts) for v, ts in times.items()}
     result = {
-        "bench": "train", "model": "tiny random Llama (49k vocab)" if quick else
-        "SmolLM2-135M-Instruct (embedded default)", "params": sum(p.numel() for p in model.parameters()),
-        "device": "cpu", "threads": torch.get_num_threads(), "pairs_per_step": pairs,
+        "bench": "train", "model": label, "params": sum(p.numel() for p in model.parameters()),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+        "pairs_per_step": pairs,
         "tokens_per_step": tokens, "rounds": rounds,
         "tokens_per_s": {v: tokens / best[v] for v in variants},
         "step_s": {v: best[v] for v in variants},
         "speedup_fused_vs_unfused": best["unfused"] / best["fused"],
         "speedup_precomputed_vs_recomputed_ref": best["recomputed"] / best["fused"],
     }
+    if peak:  # whole process, weights and AdamW state included (step peaks, one round)
+        result["peak_gib"] = peak
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
     else:
-        print(f"DPO step, {result['model']}, {pairs} pairs x {prompt + answer} tokens, cpu "
-              f"({result['threads']} threads), best of {rounds}:")
+        print(f"DPO step, {result['model']}, {pairs} pairs x {prompt + answer} tokens, "
+              f"{result['device']} ({result['threads']} threads), best of {rounds}:")
         for v in variants:
             print(f"  {v:<11} {result['tokens_per_s'][v]:8.1f} tokens/s  ({best[v]:.2f} s/step)")
         print(f"  fused vs unfused kernel:           x{result['speedup_fused_vs_unfused']:.2f}")

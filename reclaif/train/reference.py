@@ -50,9 +50,10 @@ def compute_reference_logps(forward: Callable[..., Any], encoded: list[dict], pa
         out[s:s + len(idx), 0] = torch.tensor(idx, dtype=torch.float64)
         out[s:s + len(idx), 1:] = vals
     if world_size > 1:
+        out = out.to(device)  # NCCL gathers device tensors only
         parts = [torch.empty_like(out) for _ in range(world_size)]
         torch.distributed.all_gather(parts, out)
-        out = torch.cat(parts)
+        out = torch.cat(parts).cpu()
     if rank != 0:
         return None
     rows: dict[int, dict] = {}

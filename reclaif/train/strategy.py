@@ -176,7 +176,8 @@ class Strategy:
         if not self.distributed or not values:
             return dict(values)
         keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        # on the group's device: NCCL has no CPU tensors (gloo is fine with either)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
         return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
 
@@ -184,7 +185,7 @@ class Strategy:
         """True on every rank if any rank raised the flag (preemption must be unanimous)."""
         if not self.distributed:
             return flag
-        t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=self.device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item())
 
@@ -192,6 +193,14 @@ class Strategy:
         if self._owns_group and self.distributed:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+            if self.engine_name == "deepspeed":
+                # DeepSpeed caches its clone of the world group; the next phase in this process
+                # (the in-process driver runs SFT then DPO) would hand the destroyed one to
+                # the new engine ("Group ... is not registered").
+                from deepspeed.utils import groups
+
+                groups._WORLD_GROUP = None
+                groups._ZERO_PARAM_INTRA_PARALLEL_GROUP = None
         self._owns_group = False
 
     # ------------------------------------------------------------------ model and optimizer
