@@ -93,12 +93,12 @@ class OfflineTeacher:
         n = len(example.context)
         # Ties broken by first appearance (Counter keeps insertion order): deterministic.
         # Features two or more history items share; single-item ones only to reach two.
+        # Two, stated bare: every answer token costs SFT, sampling and DPO time, and the
+        # quickstart's 135M model must learn the whole format within its token budget.
         ranked = [f for f, _ in counts.most_common()]
-        top = [f for f in ranked if counts[f] >= 2][:3]
+        top = [f for f in ranked if counts[f] >= 2][:2]
         top += [f for f in ranked if f not in top][:max(0, 2 - len(top))]
-        noun = "artists" if example.domain == "music" else "products"
-        prefs = [(f"{f} (shared by {counts[f]} of the {n} {noun} in the history)",
-                  _feature_words(f)) for f in top]
+        prefs = [(f, _feature_words(f)) for f in top]
         if not prefs:  # no tags or fields at all: the history's own names are all there is
             names = [self.items[i].title if i in self.items else i for i in example.context[-2:]]
             prefs = [(f"Similar to {', '.join(names)}", _words(" ".join(names)))]
@@ -145,17 +145,16 @@ class OfflineTeacher:
                                                             else "")
         # A preference the item has verbatim beats one that merely shares a word with it.
         exact = {f.lower() for f in feats}
-        matched = [p for p, _ in prefs if p.split(" (shared by")[0].lower() in exact]
+        matched = [p for p, _ in prefs if p.lower() in exact]
         matched += [p for p, w in prefs if w & own and p not in matched]
         verb = "tagged" if example.domain == "music" else "described as"
-        shown = ", ".join(feats[:3])
+        shown = ", ".join(feats[:2])
         if matched:
-            pref = matched[0].split(" (shared by")[0]
-            return (f"{verb.capitalize()} {shown}, matching the preference for {pref}." if shown
-                    else f"Matches the preference for {pref}.")
+            return (f"{verb.capitalize()} {shown}; matches {matched[0]}." if shown
+                    else f"Matches {matched[0]}.")
         if shown:
-            top = prefs[0][0].split(" (shared by")[0] if prefs else "the history"
-            return f"{verb.capitalize()} {shown}, adding variety beyond {top}."
+            top = prefs[0][0] if prefs else "the history"
+            return f"{verb.capitalize()} {shown}; adds variety beyond {top}."
         return "No listed features; included to complete the list."
 
     def respond(self, example: Example) -> str:

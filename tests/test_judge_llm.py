@@ -125,6 +125,28 @@ def test_unparseable_answer_is_a_counted_tie_with_its_text_kept(data, pairs):
     assert judge.stats()["unparseable"] == 1
 
 
+def test_a_call_that_fails_for_good_costs_only_its_own_record(data, pairs):
+    """A client without per-prompt results (a local one) fails its whole batch; the judge then
+    asks each prompt alone, so only the record whose calls keep failing is lost, and counted."""
+    from reclaif.errors import LLMError
+    from reclaif.prompts import render_judge
+
+    down = fenced(render_judge(data.examples[1], data.items, *pairs[1]), "history")
+
+    def answer(prompt):
+        if fenced(prompt, "history") == down:
+            raise LLMError("endpoint: failed after 3 attempts: HTTP 500")
+        return label_reader(prompt)
+
+    judge = LLMJudge(ScriptedClient(answer), data.items, TOP_K)
+    verdicts = judge.compare_many(data.examples[:3], pairs[:3])
+    assert [o.failed for o in judge.last_outcomes] == [False, True, False]
+    assert judge.last_outcomes[1].failed_calls == 2 and "HTTP 500" in judge.last_outcomes[1].error
+    assert [v.choice for v in verdicts] == ["a", "tie", "a"]
+    stats = judge.stats()
+    assert stats["failed"] == 1 and stats["failed_calls"] == 2 and stats["unparseable"] == 0
+
+
 def test_the_prompt_is_the_papers_with_the_label(data, pairs):
     client = ScriptedClient(label_reader)
     LLMJudge(client, data.items, TOP_K).compare(data.examples[0], *pairs[0])

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-import threading
+import sys
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -14,54 +14,16 @@ from reclaif.llm import make_client
 from reclaif.llm.openai_compat import OpenAICompatClient
 from reclaif.llm.retry import Backoff
 
+sys.path.insert(0, str(Path(__file__).parent))
+from llm_server import Server, echo, serve  # noqa: E402
+
 KEY = "sk-test-do-not-log-123"
-
-
-class Server:
-    """Answers POSTs from a script of (status, headers, body) replies, recording each request."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[int, dict[str, str], bytes]] = []
-        self.requests: list[tuple[str, dict[str, str], dict]] = []
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append((self.path, dict(self.headers), body))
-                    status, headers, payload = (server.script.pop(0) if server.script
-                                                else (200, {}, server.default(body)))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    @staticmethod
-    def default(body: dict) -> bytes:
-        text = body["messages"][0]["content"]
-        choices = [{"index": i, "message": {"role": "assistant", "content": f"{text}#{i}"}}
-                   for i in range(body.get("n", 1))]
-        return json.dumps({"choices": choices}).encode()
 
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    s = Server()
-    t = threading.Thread(target=s.httpd.serve_forever, daemon=True)
-    t.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with serve() as s:
+        yield s
 
 
 def _client(server: Server, sleeps: list[float], **kw) -> OpenAICompatClient:
@@ -97,8 +59,7 @@ def test_500s_until_retries_run_out(server, monkeypatch):
     monkeypatch.setenv("RECLAIF_TEST_KEY", KEY)
     sleeps: list[float] = []
     client = _client(server, sleeps, max_retries=2)
-    server.script = [(500, {}, b"boom")] * 3 + [(200, {}, Server.default(
-        {"messages": [{"content": "never"}]}))]
+    server.script = [(500, {}, b"boom")] * 3 + [echo({"messages": [{"content": "never"}]})]
     with pytest.raises(LLMError, match="m-7b.*after 3 attempts") as err:
         client.generate(["q"])
     assert len(server.requests) == 3 and len(sleeps) == 2
@@ -147,6 +108,28 @@ def test_timeout_is_retried_then_llm_error():
         assert len(sleeps) == 1
     finally:
         listener.close()
+
+
+def test_settled_loses_only_the_prompt_that_failed(server):
+    server.respond = lambda body: ((500, {}, b"down") if body["messages"][0]["content"] == "bad"
+                                   else echo(body))
+    sleeps: list[float] = []
+    client = _client(server, sleeps, max_retries=1, max_concurrency=1)
+    ok, bad, fine = client.generate_settled(["ok", "bad", "fine"])
+    assert (ok.answers, ok.retries, fine.answers) == (["ok#0"], 0, ["fine#0"])
+    assert bad.answers is None and bad.retries == 1 and "after 2 attempts" in str(bad.error)
+    asked = [r[2]["messages"][0]["content"] for r in server.requests]
+    assert sorted(asked) == ["bad", "bad", "fine", "ok"]  # nothing that succeeded is re-asked
+    with pytest.raises(LLMError, match="after 2 attempts"):
+        client.generate(["ok", "bad"])
+
+
+def test_backoff_knobs_come_from_the_spec():
+    spec = LLMSpec(backend="openai_compat", model="m", base_url="http://127.0.0.1:9/v1",
+                   max_retries=3, retry_base_s=0.01, retry_max_s=0.05)
+    b = OpenAICompatClient(spec).backoff
+    assert (b.max_retries, b.base_s, b.max_s) == (3, 0.01, 0.05)
+    assert all(0 <= b.delay(k) <= 0.05 for k in range(10))
 
 
 def test_missing_base_url_is_config_error():

@@ -13,10 +13,11 @@ from reclaif.distributed.faults import maybe_fail
 
 
 def _set_threads(threads: int) -> None:
+    if threads <= 0:
+        return  # nothing to set: a judge actor with a remote LLM never needs torch
     import torch
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
 
 
 class SamplerWorker:
@@ -84,7 +85,9 @@ class JudgeWorker:
     def judge_rows(self, rows: list[dict], fault_point: str = "") -> list[dict]:
         """rows: sample rows, each with its Example JSON under "example" (so a judge actor needs
         only the item catalog, not the whole dataset). Returns verdict rows
-        {example_id, prompt, a, b, verdict}."""
+        {example_id, prompt, a, b, verdict}; an LLM judge adds what each record cost
+        (retries, unparseable), and a record whose call failed for good becomes a failed row
+        {example_id, failed, error, failed_calls, retries}, skipped and counted downstream."""
         from reclaif.records import Example
 
         live = [r for r in rows if not r.get("failed")]
@@ -93,8 +96,19 @@ class JudgeWorker:
             maybe_fail(fault_point)
         verdicts = self.judge.compare_many(examples, [(r["answers"][0], r["answers"][1])
                                                       for r in live])
-        out = [{"example_id": r["example_id"], "prompt": r["prompt"], "a": r["answers"][0],
-                "b": r["answers"][1], "verdict": v.to_json()} for r, v in zip(live, verdicts)]
+        # Only the LLM judge reports per-record outcomes; other judges leave rows as they were.
+        outcomes = getattr(self.judge, "last_outcomes", None) or [None] * len(live)
+        out = []
+        for r, v, o in zip(live, verdicts, outcomes):
+            if o is not None and o.failed:
+                out.append({"example_id": r["example_id"], "failed": True, "error": o.error[:500],
+                            "failed_calls": o.failed_calls, "retries": o.retries})
+                continue
+            row = {"example_id": r["example_id"], "prompt": r["prompt"], "a": r["answers"][0],
+                   "b": r["answers"][1], "verdict": v.to_json()}
+            if o is not None:
+                row.update(retries=o.retries, unparseable=o.unparseable)
+            out.append(row)
         out += [{k: v for k, v in r.items() if k != "example"} for r in rows if r.get("failed")]
         return out
 

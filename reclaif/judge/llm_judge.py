@@ -5,6 +5,10 @@ comes first). With `position_swap`, every pair is asked as (A=a, B=b) and (A=b, 
 batched call; a verdict is kept only when both orders pick the same answer, otherwise it is a tie
 with `consistent` False, and the disagreement rate is counted. An answer that cannot be read is a
 tie too (its raw text is kept and counted), never an exception.
+
+A call that still fails after the client's retries (throttling, 5xx, timeouts) costs only its own
+record: that verdict is a tie and `last_outcomes[i].failed` says so, so the judge worker writes
+the record as failed (skipped and counted) while the rest of the batch is kept.
 """
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ import re
 from dataclasses import dataclass, field
 
 from reclaif.errors import LLMError
-from reclaif.judge.base import check_pairs
-from reclaif.llm.base import LLMClient
+from reclaif.judge.base import check_pairs, tie_verdict
+from reclaif.llm.base import LLMClient, Settled, generate_settled
 from reclaif.records import Example, Item, Scores, Verdict
 
 CRITERIA = ("relevance", "diversity", "explainability")
@@ -44,6 +48,21 @@ _CHOICE_RES = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (
     r"(?:option|set|answer)\s*([ab])\b[*_]*\s+(?:is|was)\s+(?:the\s+)?(?:chosen|preferred|better|"
     r"stronger|winner|superior|selected)",
 )]
+
+
+@dataclass
+class CallOutcome:
+    """What one record's judge calls cost and how they ended; the run's counts are sums of these,
+    written per record, so they survive actor restarts and resumed runs."""
+
+    retries: int = 0          # endpoint retries (429, 5xx, timeouts) spent on this record
+    failed_calls: int = 0     # its calls that still failed after their retries
+    error: str = ""           # the first such failure
+    unparseable: bool = False  # answered, but at least one answer could not be read
+
+    @property
+    def failed(self) -> bool:
+        return self.failed_calls > 0
 
 
 def _letter(m: re.Match) -> str:
@@ -131,6 +150,10 @@ class LLMJudge:
         self.n_inconsistent = 0   # both orders read, different answers chosen
         self.n_unparseable = 0    # verdicts with at least one unreadable judge answer
         self.n_ties = 0
+        self.n_failed = 0         # records whose call failed for good (verdict: a tie)
+        self.n_failed_calls = 0
+        self.n_retries = 0
+        self.last_outcomes: list[CallOutcome] = []  # one per record of the last compare_many
 
     def compare(self, example: Example, a: str, b: str) -> Verdict:
         return self.compare_many([example], [(a, b)])[0]
@@ -145,18 +168,36 @@ class LLMJudge:
         prompts = [render_judge(ex, self.items, a, b) for ex, (a, b) in zip(examples, pairs)]
         if self.position_swap:
             prompts += [render_judge(ex, self.items, b, a) for ex, (a, b) in zip(examples, pairs)]
-        outs = self.client.generate(prompts, n=1, temperature=0.0, top_p=1.0,
-                                    max_new_tokens=self.max_new_tokens, seed=0)
+        outs = generate_settled(self.client, prompts, n=1, temperature=0.0, top_p=1.0,
+                                max_new_tokens=self.max_new_tokens, seed=0)
         if len(outs) != len(prompts):
             raise LLMError(f"judge client returned {len(outs)} answer lists for "
                            f"{len(prompts)} prompts")
-        texts = [o[0] if o else "" for o in outs]
         n = len(examples)
-        verdicts = [self._verdict(texts[i], texts[n + i] if self.position_swap else None)
-                    for i in range(n)]
+        verdicts, self.last_outcomes = [], []
+        for i in range(n):
+            calls = [outs[i]] + ([outs[n + i]] if self.position_swap else [])
+            verdict, outcome = self._settled_verdict(calls)
+            verdicts.append(verdict)
+            self.last_outcomes.append(outcome)
         self.n_verdicts += n
         self.n_ties += sum(v.choice == "tie" for v in verdicts)
         return verdicts
+
+    def _settled_verdict(self, calls: list[Settled]) -> tuple[Verdict, CallOutcome]:
+        outcome = CallOutcome(retries=sum(c.retries for c in calls))
+        self.n_retries += outcome.retries
+        errors = [c.error for c in calls if c.error is not None]
+        if errors:
+            outcome.failed_calls, outcome.error = len(errors), str(errors[0])
+            self.n_failed += 1
+            self.n_failed_calls += len(errors)
+            return tie_verdict(f"judge call failed: {outcome.error}"), outcome
+        texts = [c.answers[0] if c.answers else "" for c in calls]
+        before = self.n_unparseable  # _verdict counts an unreadable answer; note if it did
+        verdict = self._verdict(texts[0], texts[1] if self.position_swap else None)
+        outcome.unparseable = self.n_unparseable > before
+        return verdict, outcome
 
     def _verdict(self, forward: str, swapped: str | None) -> Verdict:
         f = parse_judgment(forward, self.weights)
@@ -186,4 +227,6 @@ class LLMJudge:
                 "inconsistent": self.n_inconsistent,
                 "disagreement_rate": self.n_inconsistent / n if n else 0.0,
                 "unparseable": self.n_unparseable,
-                "unparseable_rate": self.n_unparseable / n if n else 0.0}
+                "unparseable_rate": self.n_unparseable / n if n else 0.0,
+                "failed": self.n_failed, "failed_calls": self.n_failed_calls,
+                "retries": self.n_retries}

@@ -32,7 +32,8 @@ class BedrockClient:
     def __init__(self, spec: LLMSpec, client: Any = None, backoff: Backoff | None = None):
         self.spec = spec
         self.model_id = bedrock_model_id(spec)
-        self.backoff = backoff or Backoff(max_retries=spec.max_retries)
+        self.backoff = backoff or Backoff(max_retries=spec.max_retries, base_s=spec.retry_base_s,
+                                          max_s=spec.retry_max_s)
         self.client = client if client is not None else self._make_boto_client()
 
     def _make_boto_client(self) -> Any:

@@ -11,11 +11,13 @@ import os
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from reclaif.config import LLMSpec
 from reclaif.errors import ConfigError, LLMError
+from reclaif.llm.base import Settled
 from reclaif.llm.retry import Backoff, Retryable, parse_retry_after
 
 
@@ -27,7 +29,8 @@ class OpenAICompatClient:
             raise ConfigError("base_url: openai_compat needs an endpoint, e.g. http://host:8000/v1")
         self.spec = spec
         self.url = spec.base_url.rstrip("/") + "/chat/completions"
-        self.backoff = backoff or Backoff(max_retries=spec.max_retries)
+        self.backoff = backoff or Backoff(max_retries=spec.max_retries, base_s=spec.retry_base_s,
+                                          max_s=spec.retry_max_s)
 
     def __repr__(self) -> str:
         return (f"OpenAICompatClient(url={self.url!r}, model={self.spec.model!r}, "
@@ -36,13 +39,38 @@ class OpenAICompatClient:
     def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 256,
                  seed: int = 0) -> list[list[str]]:
+        settled = self.generate_settled(prompts, n, temperature, top_p, max_new_tokens, seed)
+        for s in settled:
+            if s.error is not None:
+                raise s.error
+        return [s.answers or [] for s in settled]
+
+    def generate_settled(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
+                         top_p: float = 1.0, max_new_tokens: int = 256,
+                         seed: int = 0) -> list[Settled]:
+        """Like `generate`, but a prompt that fails for good is reported in its own `Settled`
+        (with the retries it cost) instead of failing the others, which are never re-asked."""
         if not prompts:
             return []
         workers = max(1, min(self.spec.max_concurrency, len(prompts)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(
-                lambda ip: self.complete(ip[1], n, temperature, top_p, max_new_tokens,
-                                         seed + ip[0]), enumerate(prompts)))
+                lambda ip: self._settle(ip[1], n, temperature, top_p, max_new_tokens,
+                                        seed + ip[0]), enumerate(prompts)))
+
+    def _settle(self, prompt: str, n: int, temperature: float, top_p: float,
+                max_new_tokens: int, seed: int) -> Settled:
+        retries = 0
+
+        def count(_: Retryable) -> None:
+            nonlocal retries
+            retries += 1
+
+        try:
+            return Settled(self.complete(prompt, n, temperature, top_p, max_new_tokens, seed,
+                                         on_retry=count), retries=retries)
+        except LLMError as e:
+            return Settled(None, e, retries)
 
     def body(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
              seed: int) -> dict[str, Any]:
@@ -51,7 +79,8 @@ class OpenAICompatClient:
                 "max_tokens": int(max_new_tokens), "seed": int(seed)}
 
     def complete(self, prompt: str, n: int, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int) -> list[str]:
+                 max_new_tokens: int, seed: int,
+                 on_retry: Callable[[Retryable], None] | None = None) -> list[str]:
         """n answers to one prompt. Greedy asks once and repeats; a server that returns fewer
         choices than asked (some ignore n) is asked again for the rest."""
         want = 1 if temperature <= 0 else n
@@ -60,7 +89,7 @@ class OpenAICompatClient:
             body = self.body(prompt, want - len(answers), temperature, top_p, max_new_tokens,
                              seed + len(answers))
             got = self.backoff.run(lambda: self._attempt(body), f"{self.url} {self.spec.model}",
-                                   self._give_up)
+                                   self._give_up, on_retry)
             if not got:
                 raise LLMError(f"{self.url} (model {self.spec.model}): response has no choices")
             answers.extend(got)

@@ -41,10 +41,12 @@ class Backoff:
         return random.uniform(0, min(self.max_s, self.base_s * (2 ** attempt)))
 
     def run(self, attempt_fn: Callable[[], T], what: str,
-            on_give_up: Callable[[Retryable, int], Exception]) -> T:
+            on_give_up: Callable[[Retryable, int], Exception],
+            on_retry: Callable[[Retryable], None] | None = None) -> T:
         """Calls `attempt_fn` until it returns, raises a non-Retryable, or retries run out.
 
         `on_give_up(last_error, attempts)` builds the final error (an LLMError naming the model).
+        `on_retry(error)` is told of every retry, so callers can count what a record cost.
         """
         for attempt in range(self.max_retries + 1):
             try:
@@ -52,6 +54,8 @@ class Backoff:
             except Retryable as e:
                 if attempt == self.max_retries:
                     raise on_give_up(e, attempt + 1) from None
+                if on_retry is not None:
+                    on_retry(e)
                 wait = self.delay(attempt, e.retry_after)
                 log.warning("%s: %s; retry %d/%d in %.2f s", what, e, attempt + 1,
                             self.max_retries, wait)

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import string
 import subprocess
 import sys
@@ -194,8 +195,18 @@ def run_launch(argv: Sequence[str], log_path: str | Path, env: Mapping[str, str]
             proc.wait()
             raise
     if rc != 0:
-        raise PhaseError(f"{shlex.join(argv[:3])} ... exited with code {rc}; log: {log}")
+        raise PhaseError(f"{shlex.join(argv[:3])} ... {_exit_text(rc)}; log: {log}")
     return rc
+
+
+def _exit_text(rc: int) -> str:
+    """Popen's negative code means a signal: name it (SIGKILL is what the OOM killer sends)."""
+    if rc < 0:
+        try:
+            return f"was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with code {rc}"
 
 
 def _parse_values(items: Sequence[str]) -> dict[str, str]:

@@ -116,7 +116,8 @@ def _judge_rows(run_dir: Path) -> list[list[str]]:
         rows.append([d.name, str(s.get("judged", "-")), str(s.get("pairs_kept", "-")),
                      _pct(s.get("tie_rate")),
                      _pct(None if consistency is None else 1 - consistency),
-                     _pct(agree), str(s.get("failed", 0))])
+                     _pct(agree), str(s.get("failed", 0)), str(s.get("failed_calls", 0)),
+                     str(s.get("unparseable", 0)), str(s.get("endpoint_retries", 0))])
     return rows
 
 
@@ -163,7 +164,7 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
     shown = _examples(run_dir, examples_shown)
     notes = _descriptions(run_dir)
     jhead = ["Iteration", "Judged", "Pairs kept", "Ties", "Position disagreement",
-             "Agrees with labels", "Failed"]
+             "Agrees with labels", "Failed", "Failed calls", "Unparseable", "Endpoint retries"]
 
     md = [f"# RecLAIF run: {run_dir.name}", ""]
     md += [n + "\n" for n in notes]
