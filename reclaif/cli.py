@@ -66,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, help="items an answer must rank (default: the task's, "
                                              "3 sequential, 5 retrieval)")
     p.add_argument("--split", help="evaluate only examples of this split")
-    p.add_argument("--limit", type=int, default=0, help="evaluate the first N examples")
+    p.add_argument("--limit", type=int, default=0,
+                   help="evaluate the first N examples (with --methods: the first N that pass "
+                        "the held-out check)")
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="answer token limit of llm:/model: methods (the driver's "
+                        "eval.max_new_tokens; the quickstart uses 160)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CI")
     p.add_argument("--no-diversity", action="store_true", help="skip the embedding diversity")
     p.add_argument("--out", help="write the JSON result here")
@@ -123,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["logprobs", "sampling", "train", "e2e"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--quick", action="store_true", help="smaller shapes (smoke test)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="logprobs, train: where the variants run")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="logprobs, train: dtype of hidden states, weights and model")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="logprobs: token chunk of the fused kernel (default 256)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="sampling: tokens generated per prompt (default 96)")
     _handler(p, "reclaif.bench:cmd_bench")
 
     p = sub.add_parser("plan", help="memory and time plan for a cluster run")

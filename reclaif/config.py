@@ -54,6 +54,8 @@ class LLMSpec:
     max_concurrency: int = _f(4, "Concurrent requests to a remote endpoint.")
     timeout_s: float = _f(60.0, "Per-request timeout for remote endpoints, seconds.")
     max_retries: int = _f(5, "Retries on throttling, 5xx and timeouts (exponential backoff).")
+    retry_base_s: float = _f(0.5, "First backoff delay, seconds; doubles per retry (full jitter).")
+    retry_max_s: float = _f(30.0, "Longest backoff delay, seconds (a Retry-After header wins).")
     trust_remote_code: bool = _f(False, "Allow model repos to run their own code (off by default).")
     cache_dir: str = _f("", "Where converted default weights are cached "
                         "(default: $RECLAIF_CACHE or ~/.cache/reclaif).")
@@ -65,6 +67,8 @@ class SamplingConfig:
     top_p: float = _f(0.95, "Nucleus threshold p.")
     max_new_tokens: int = _f(256, "Longest answer, in tokens.")
     num_samples: int = _f(2, "Answers sampled per prompt (the judge compares the first two).")
+    max_prompts: int = _f(0, "Training prompts sampled per iteration (0 = all); iteration i "
+                          "takes the next slice, wrapping around, so iterations see new prompts.")
 
 
 @dataclass
@@ -301,6 +305,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: '{value}' is not one of {sorted(allowed)}")
     if not 0 < cfg.sampling.top_p <= 1:
         raise ConfigError(f"sampling.top_p: {cfg.sampling.top_p} must be in (0, 1]")
+    if cfg.sampling.max_prompts < 0:
+        raise ConfigError(f"sampling.max_prompts: {cfg.sampling.max_prompts} must be >= 0")
     if cfg.sampling.num_samples < 2:
         raise ConfigError("sampling.num_samples: the judge needs at least 2 answers per prompt")
     if cfg.data.top_k < 1:

@@ -13,6 +13,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch's OpenMP threads spin between parallel regions by default. On a 2-core machine that
+# other jobs also load, a spinning thread takes the core its partner needs: generating 64 tokens
+# took 140 s with 2 threads that spin and 17 s with 2 that sleep (OMP_WAIT_POLICY=PASSIVE).
+# Read when torch loads, so it must be set before the first import; subprocesses (the driver,
+# its Ray workers, launched trainers) inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

@@ -153,3 +153,76 @@ def test_llm_method_ranks_through_the_recommender(shared_data, tmp_path, capsys,
     m = rows_by_method(out)["llm:stand-in"]["metrics"]
     assert m["valid_ratio"]["mean"] == 0.5 and m["hit@1"]["mean"] == 0.5
     assert m["explainability"]["mean"] is not None and "| LLM-based | llm:stand-in |" in text
+
+
+def test_limit_takes_the_first_examples_that_pass_the_held_out_check(lastfm_dirs, tmp_path,
+                                                                      capsys):
+    """A chance duplicate (a training row's history and target, no user) planted first in the
+    evaluation file is excluded on the whole file, then --limit takes the next examples."""
+    from dataclasses import replace
+
+    from reclaif.data import load_examples
+
+    train, valid = lastfm_dirs
+    planted = replace(load_examples(train)[5], id="planted", user=None, split="valid")
+    rows = [planted] + load_examples(valid)
+    d = tmp_path / "valid"
+    d.mkdir()
+    (d / "items.jsonl").write_text((valid / "items.jsonl").read_text())
+    (d / "examples.jsonl").write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in rows))
+    out = tmp_path / "t.json"
+    rc, text, _ = run_eval(capsys, "--examples", str(d), "--train", str(train), "--methods",
+                           "random", "--limit", "5", "--no-diversity", "--bootstrap", "50",
+                           "--out", str(out))
+    assert rc == 0
+    table = json.loads(out.read_text())
+    assert table["eval"]["n"] == 5 and table["eval"]["n_split"] == len(rows)
+    assert f"the first 5 of {len(rows):,} (--limit 5)" in text
+    assert f"1 of {len(rows):,} evaluation examples" in text and "(planted)" in text
+    assert rows_by_method(out)["random"]["metrics"]["hit@1"]["count"] == 5
+
+
+@pytest.fixture(scope="module")
+def run_checkpoint(repo_root: Path, tmp_path_factory) -> Path:
+    """A tiny random model laid out as a run's checkpoint (runs/NAME/iter-002/checkpoint), the
+    run trained on the bundled sample's 'train' split as the quickstart config says."""
+    from reclaif.config import load_config
+    from reclaif.llm.models import build_tiny_model
+    from reclaif.pipeline.store import RunStore
+
+    root = tmp_path_factory.mktemp("runs") / "tiny-run"
+    store = RunStore(root)
+    store.freeze_config(load_config(repo_root / "configs" / "quickstart.yaml"))
+    store.mark_done("iter-002/train")
+    return build_tiny_model(store.checkpoint("iter-002"), tie=False)
+
+
+def test_model_checkpoint_row_and_its_runs_training_input(run_checkpoint, capsys, tmp_path):
+    out = tmp_path / "t.json"
+    method = f"model:{run_checkpoint}"
+    rc, text, _ = run_eval(capsys, "--examples", "sample", "--split", "valid", "--methods",
+                           method, "--limit", "3", "--max-new-tokens", "8", "--no-diversity",
+                           "--bootstrap", "50", "--out", str(out))
+    assert rc == 0
+    row = rows_by_method(out)[method]
+    m = row["metrics"]
+    assert m["valid_ratio"]["count"] == 3 and m["hit@1"]["count"] == 3
+    assert len(row["answers"]) == 3 and all(a["raw_text"] for a in row["answers"])
+    assert f"| LLM-based | {method} |" in text
+    assert f"run {run_checkpoint.parent.parent} 'train' split of sample" in text
+    # evaluated on the run's own training examples: refused before any generation
+    rc, _, err = run_eval(capsys, "--examples", "sample", "--split", "train", "--methods",
+                          method, "--limit", "3", "--no-diversity")
+    assert rc == 2 and "held-out check" in err and "is also a run" in err
+
+
+def test_model_outside_a_run_directory_is_said_to_be_unchecked(run_checkpoint, capsys,
+                                                                tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare-model"
+    shutil.copytree(run_checkpoint, bare)
+    rc, text, _ = run_eval(capsys, "--examples", "sample", "--split", "valid", "--methods",
+                           f"model:{bare}", "--limit", "2", "--max-new-tokens", "4",
+                           "--no-diversity", "--bootstrap", "20")
+    assert rc == 0 and f"not checked: model:{bare}" in text

@@ -108,3 +108,18 @@ def test_full_disk_leaves_the_old_file_and_a_clear_cli_error(tmp_path, shared_da
     assert "cannot write" in p.stderr and "File too large" in p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "out" / "examples.jsonl").exists()
+
+
+def test_sampling_prompts_take_the_next_slice_each_iteration(tmp_path):
+    from reclaif.pipeline.driver import Driver
+
+    cfg = load_config(None, ["data.max_train_examples=5", "sampling.max_prompts=2"])
+    driver = Driver(cfg, tmp_path / "run")
+    ids = [e.id for e in driver.train]
+    assert len(ids) == 5
+    assert [[e.id for e in driver.sampling_prompts(i)] for i in (1, 2, 3)] == [
+        ids[0:2], ids[2:4], [ids[4], ids[0]]]
+    every = Driver(load_config(None, ["data.max_train_examples=5"]), tmp_path / "all")
+    assert [e.id for e in every.sampling_prompts(2)] == ids
+    with pytest.raises(ConfigError, match="sampling.max_prompts"):
+        load_config(None, ["sampling.max_prompts=-1"])

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from reclaif.baselines.base import Ranker, assert_held_out
+from reclaif.baselines.base import Ranker
 from reclaif.errors import ReclaifError
 
 LEARNED = ("popularity", "sasrec")  # methods whose fit() reads the training examples
 
 
-def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = None) -> Ranker:
+def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = None,
+                max_new_tokens: int = 256) -> Ranker:
     """random | popularity | bm25 | dense[:MODEL] | sasrec[-ce|-bce] | llm:NAME | model:PATH.
 
     `diversity`: the table's DiversityScorer; the default dense ranker shares its model and
-    item vectors (the same all-MiniLM-L6-v2 over the same `Item.text()`)."""
+    item vectors (the same all-MiniLM-L6-v2 over the same `Item.text()`). `max_new_tokens`:
+    the answer budget of LLM methods (the driver's `eval.max_new_tokens`, to compare alike)."""
     if method == "random":
         from reclaif.baselines.floors import RandomRanker
         return RandomRanker(seed=seed)
@@ -38,7 +40,7 @@ def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = Non
         return SASRecRanker(SASRecConfig(loss=loss, seed=seed), name=f"sasrec-{loss}")
     if method.startswith(("llm:", "model:")):
         from reclaif.baselines.llm import LLMRanker
-        return LLMRanker(method, top_k=top_k)
+        return LLMRanker(method, top_k=top_k, max_new_tokens=max_new_tokens)
     raise ReclaifError(f"--methods: unknown method {method!r}; known: random, popularity, bm25, "
                        "dense[:MODEL], sasrec, sasrec-ce, sasrec-bce, llm:NAME, model:PATH")
 
@@ -47,4 +49,4 @@ def is_learned(method: str) -> bool:
     return method.split("-")[0] in LEARNED
 
 
-__all__ = ["Ranker", "assert_held_out", "make_ranker", "is_learned"]
+__all__ = ["Ranker", "make_ranker", "is_learned"]

@@ -29,6 +29,7 @@ class LLMRanker:
 
     method: str
     top_k: int = 3
+    max_new_tokens: int = 256
     backend: str = "hf"
     name: str = ""
     recommendations: dict[str, Recommendation] = field(default_factory=dict, repr=False)
@@ -62,7 +63,9 @@ class LLMRanker:
         todo = [ex for ex in examples if ex.id not in self.recommendations]
         if todo:
             # greedy decoding, one answer per prompt, as at evaluation in the driver
-            for ex, recs in zip(todo, self._recommender.recommend(todo, n=1, temperature=0.0)):
+            answers = self._recommender.recommend(todo, n=1, temperature=0.0,
+                                                  max_new_tokens=self.max_new_tokens)
+            for ex, recs in zip(todo, answers):
                 self.recommendations[ex.id] = recs[0]
 
     def valid(self, example: Example) -> bool:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from reclaif.atomic import atomic_write_json
-from reclaif.baselines import assert_held_out, is_learned, make_ranker
+from reclaif.baselines import is_learned, make_ranker
+from reclaif.data.heldout import check_held_out
 from reclaif.errors import DataError, ReclaifError
 from reclaif.records import Example, Item
 
@@ -64,12 +65,13 @@ def with_ci(result: dict[str, Any], resamples: int, seed: int = 0) -> dict[str, 
 
 def score_method(method: str, examples: list[Example], train: list[Example],
                  items: dict[str, Item], ks: list[int], scorer: Any, resamples: int,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, max_new_tokens: int = 256) -> dict[str, Any]:
     """Fits one method, ranks every example, scores the rankings; returns one table row."""
     from reclaif.metrics.evaluate import evaluate_rankings
 
     task = examples[0].task
-    ranker = make_ranker(method, seed=seed, top_k=TOP_K[task], diversity=scorer)
+    ranker = make_ranker(method, seed=seed, top_k=TOP_K[task], diversity=scorer,
+                         max_new_tokens=max_new_tokens)
     t0 = time.perf_counter()
     ranker.fit(train if is_learned(method) else [], items)
     t1 = time.perf_counter()
@@ -93,10 +95,48 @@ def score_method(method: str, examples: list[Example], train: list[Example],
            "fit_seconds": round(t1 - t0, 1), "rank_seconds": round(t2 - t1, 1)}
     if explain is not None:
         row["explainability_scorer"] = "rubric (offline grounding score, 1-100)"
+        # the parsed answers, so a low ValidRatio can be read, not only counted
+        row["answers"] = [{"id": ex.id, **ranker.recommendations[ex.id].to_json()}
+                          for ex in examples]
     if hasattr(ranker, "history_log") and ranker.history_log:
         row["epochs"] = len(ranker.history_log)
         row["best_val_mrr"] = max(h["val_mrr"] for h in ranker.history_log)
     return row
+
+
+def run_of_checkpoint(path: str | Path) -> Path | None:
+    """The run directory a checkpoint lies in (runs/NAME/STAGE/checkpoint), or None."""
+    p = Path(path)
+    for root in (p.parent.parent, p.parent):
+        if (root / "config.yaml").is_file() and (root / "manifest.json").is_file():
+            return root
+    return None
+
+
+def training_inputs(methods: Sequence[str], train: list[Example],
+                    train_path: str) -> tuple[list[Example], list[str], list[str]]:
+    """Every training input behind the table's rows: (examples, what they are, models whose
+    input is unknown). The inputs are --train (the learned baselines) and, for a model:PATH
+    inside a run directory, the training examples of that run (its SFT, sampling and DPO input,
+    as its frozen config chose them); a model outside a run directory cannot be checked."""
+    combined, names = list(train), [f"--train {train_path} ({len(train):,})"] if train else []
+    unknown = []
+    for m in methods:
+        if not m.startswith("model:"):
+            continue
+        root = run_of_checkpoint(m.partition(":")[2])
+        if root is None:
+            unknown.append(m)
+            continue
+        from reclaif.pipeline.driver import run_splits
+        from reclaif.pipeline.store import RunStore
+
+        cfg = RunStore(root).load_config()
+        run_train = run_splits(cfg)[0]
+        combined += run_train
+        names.append(f"run {root} '{cfg.data.train_split}' split of {cfg.data.path} "
+                     f"({len(run_train):,}, SFT/sampling/DPO)")
+    return combined, names, unknown
 
 
 def run_rows(run_dir: str | Path, resamples: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -142,7 +182,8 @@ def to_markdown(table: dict[str, Any]) -> str:
     cols = COLUMNS[task]
     lines = [f"### {TABLE[task]} layout ({task}): {table['eval']['examples']}", "",
              f"- Evaluation: split {table['eval']['split']!r}, {table['eval']['n']:,} examples "
-             f"({table['eval']['candidates']} candidates each), top-{TOP_K[task]} answers.",
+             f"({table['eval']['candidates']} candidates each){table['eval']['subset']}, "
+             f"top-{TOP_K[task]} answers.",
              f"- Training input of learned baselines: {table['train']['path'] or '-'}, "
              f"split {table['train']['split']!r}, {table['train']['n']:,} examples; "
              f"held-out check: {table['held_out']}.",
@@ -165,7 +206,10 @@ def to_markdown(table: dict[str, Any]) -> str:
 def build_table(examples: list[Example], train: list[Example], items: dict[str, Item],
                 methods: Sequence[str], ks: list[int], resamples: int = 1000, seed: int = 0,
                 diversity: bool = True, run_dirs: Sequence[str] = (),
-                eval_path: str = "", train_path: str = "") -> dict[str, Any]:
+                eval_path: str = "", train_path: str = "", limit: int = 0,
+                max_new_tokens: int = 256) -> dict[str, Any]:
+    """The table over `examples` (a whole split: the held-out check runs on it, then `limit`
+    keeps the first N examples that passed)."""
     tasks = {ex.task for ex in examples}
     if len(tasks) != 1:
         raise DataError(f"{eval_path}: evaluation examples mix tasks {sorted(tasks)}; "
@@ -176,11 +220,20 @@ def build_table(examples: list[Example], train: list[Example], items: dict[str, 
     if learned and not train:
         raise ReclaifError(f"methods {', '.join(learned)} learn from training data: "
                            "give --train DIR")
-    held = "no learned method"
-    if train:
-        tolerated = assert_held_out(train, examples)
-        held = "passed" + (f" ({len(tolerated)} evaluation examples repeat a training history "
-                           "and target of an unnamed user, under 1%)" if tolerated else "")
+    trained_on, inputs, unknown = training_inputs(methods, train, train_path)
+    held = "no training input to check (no --train, no model from a run directory)"
+    n_split = len(examples)
+    if trained_on:
+        result = check_held_out(trained_on, examples, what=" + ".join(inputs))
+        examples, held = result.kept, result.note()
+    if unknown:
+        held += (f"; not checked: {', '.join(unknown)} (not inside a run directory, so its "
+                 "training input is unknown)")
+    if limit:
+        examples = examples[:limit]
+    if not examples:
+        raise DataError(f"{eval_path}: no evaluation example left after the held-out check")
+    subset = f"; the first {len(examples):,} of {n_split:,} (--limit {limit})" if limit else ""
     scorer = None
     if diversity:
         from reclaif.metrics.diversity import DiversityScorer
@@ -188,7 +241,8 @@ def build_table(examples: list[Example], train: list[Example], items: dict[str, 
     rows = []
     for m in methods:
         log.info("table: %s on %d examples", m, len(examples))
-        rows.append(score_method(m, examples, train, items, ks, scorer, resamples, seed))
+        rows.append(score_method(m, examples, train, items, ks, scorer, resamples, seed,
+                                 max_new_tokens))
     for d in run_dirs:
         rows.extend(run_rows(d, resamples, seed))
     sizes = sorted({len(ex.candidates) for ex in examples})
@@ -196,6 +250,7 @@ def build_table(examples: list[Example], train: list[Example], items: dict[str, 
             "metric_keys": [k for _, k in COLUMNS[task]], "ks": ks,
             "eval": {"examples": eval_path, "split": examples[0].split if len(
                 {ex.split for ex in examples}) == 1 else "mixed", "n": len(examples),
+                "n_split": n_split, "limit": limit, "subset": subset,
                 "candidates": "/".join(map(str, sizes))},
             "train": {"path": train_path, "n": len(train),
                       "split": ",".join(sorted({ex.split for ex in train})) or "-"},
@@ -208,8 +263,6 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     ks = parse_ks(args.k)
     examples = load_examples(args.examples, split=args.split)
-    if args.limit:
-        examples = examples[: args.limit]
     if not examples:
         raise DataError(f"{args.examples}: no examples to evaluate"
                         + (f" in split {args.split!r}" if args.split else ""))
@@ -223,7 +276,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     table = build_table(examples, train, items, methods, ks, args.bootstrap,
                         diversity=not args.no_diversity, run_dirs=args.run_dirs,
-                        eval_path=str(args.examples), train_path=str(args.train or ""))
+                        eval_path=str(args.examples), train_path=str(args.train or ""),
+                        limit=args.limit, max_new_tokens=args.max_new_tokens)
     print(to_markdown(table))
     if args.out:
         atomic_write_json(args.out, table)

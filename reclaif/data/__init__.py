@@ -53,30 +53,6 @@ def load_items(path: str | Path) -> dict[str, Item]:
     return items
 
 
-def check_held_out(train: list[Example], evaluation: list[Example], what: str = "training",
-                   by_user: bool = True) -> None:
-    """Asserts no evaluation example leaks into `what` input: the same id, the same
-    (context, relevant items), or — with `by_user`, where the source has users — the same user.
-    Beauty's official split is leave-last-out per user (the same users, later targets), so its
-    callers pass by_user=False; the other checks still hold there."""
-    def key(e: Example) -> tuple:
-        ctx = e.context if isinstance(e.context, str) else tuple(e.context)
-        return (e.task, ctx, tuple(sorted(e.relevant())))
-
-    ids = {e.id for e in train}
-    users = {e.user for e in train if e.user}
-    keys = {key(e) for e in train}
-    for e in evaluation:
-        if e.id in ids:
-            raise DataError(f"held-out violation: evaluation example {e.id!r} is in the {what} input")
-        if by_user and e.user and e.user in users:
-            raise DataError(f"held-out violation: user {e.user!r} of evaluation example {e.id!r} "
-                            f"is also in the {what} input (splits must be by user)")
-        if key(e) in keys:
-            raise DataError(f"held-out violation: evaluation example {e.id!r} has the same context "
-                            f"and labels as a {what} example")
-
-
 def row_rng(seed: int, key: object) -> random.Random:
     """A generator for one row, derived from (seed, key) alone, so a row's sampled candidates do
     not depend on which rows came before it (streaming, --limit, shards all agree). Python seeds

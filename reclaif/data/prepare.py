@@ -163,6 +163,15 @@ def prepare(dataset: str, source: str | Path, out: str | Path, items: str | Path
     """Loads one dataset file, writes the prepared directory, returns its stats."""
     start = time.perf_counter()
     loaded = load(dataset, source, items, id2name, split, seed, limit)
+    return write_loaded(loaded, dataset, source, out, seed, limit, shard_size, start)
+
+
+def write_loaded(loaded: Loaded, dataset: str, source: str | Path, out: str | Path,
+                 seed: int = 0, limit: int = 0, shard_size: int = 0,
+                 start: float | None = None) -> dict[str, Any]:
+    """Writes what a loader returned as a prepared directory with its stats (also used by
+    scripts that build examples another way, e.g. tests/make_esci_sample_sets.py)."""
+    start = time.perf_counter() if start is None else start
     if not loaded.examples:
         raise DataError(f"{source}: no examples (skipped: {loaded.skipped})")
     if loaded.item_stream is not None:

@@ -40,10 +40,22 @@ class DiversityScorer:
 
     def __init__(self, items: dict[str, Item], model: Any = "default") -> None:
         """model: a name or path for `load_embedder`, or an already loaded SentenceTransformer
-        (to share one across scorers)."""
+        (to share one across scorers). A name is loaded on first use: an evaluation whose
+        answers are all invalid embeds nothing and should not pay seconds for the import."""
         self.items = items
-        self.model = load_embedder(model) if isinstance(model, str) else model
+        self._model = None if isinstance(model, str) else model
+        self._model_name = model if isinstance(model, str) else None
         self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = load_embedder(self._model_name)
+        return self._model
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self._model = value
 
     def embed(self, item_ids: list[str]) -> np.ndarray:
         """Unit-norm embeddings of `item_ids` (an id missing from the catalog embeds as text)."""

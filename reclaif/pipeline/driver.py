@@ -21,9 +21,10 @@ from typing import Any
 
 from reclaif.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
 from reclaif.config import RunConfig, load_config, to_dict
-from reclaif.data import check_held_out, load_examples, load_items, resolve_data_dir
+from reclaif.data import load_examples, load_items, resolve_data_dir
+from reclaif.data.heldout import HeldOut, check_held_out
 from reclaif.distributed.faults import maybe_fail
-from reclaif.errors import ReclaifError
+from reclaif.errors import PhaseError, ReclaifError
 from reclaif.pipeline.store import RunStore
 from reclaif.records import Example, PreferencePair, Verdict
 
@@ -39,32 +40,40 @@ def _shards(rows: list[dict], size: int) -> list[list[dict]]:
     return [rows[i:i + size] for i in range(0, len(rows), max(1, size))]
 
 
+def run_splits(cfg: RunConfig) -> tuple[list[Example], list[Example], HeldOut]:
+    """A run's training examples (the input of SFT, sampling and DPO) and its evaluation
+    examples, held out from them (`check_held_out` on the whole evaluation split, then the
+    first `max_eval_examples` of what passed). `reclaif eval --methods model:PATH` uses it
+    to check a run's checkpoint against the run's own training input."""
+    d = cfg.data
+    path = resolve_data_dir(d.path)
+    train = load_examples(path, split=d.train_split)
+    evaluation = load_examples(path, split=d.eval_split)
+    if d.max_train_examples:
+        train = train[:d.max_train_examples]
+    if not train or not evaluation:
+        raise ReclaifError(f"{path}: {len(train)} '{d.train_split}' and {len(evaluation)} "
+                           f"'{d.eval_split}' examples; both must be non-empty")
+    # Held-out discipline: no evaluation example is in any SFT, sampling or DPO input.
+    held = check_held_out(train, evaluation, what=f"'{d.train_split}' (SFT, sampling, DPO)")
+    kept = held.kept[:d.max_eval_examples] if d.max_eval_examples else held.kept
+    return train, kept, held
+
+
 class Driver:
     def __init__(self, cfg: RunConfig, run_dir: str | Path) -> None:
         self.store = RunStore(run_dir)
         self.cfg = self.store.freeze_config(cfg)
-        d = self.cfg.data
-        self.data_path = resolve_data_dir(d.path)
+        self.data_path = resolve_data_dir(self.cfg.data.path)
         self.items = load_items(self.data_path)
-        self.train = load_examples(self.data_path, split=d.train_split)
-        self.eval = load_examples(self.data_path, split=d.eval_split)
-        if d.max_train_examples:
-            self.train = self.train[:d.max_train_examples]
-        if d.max_eval_examples:
-            self.eval = self.eval[:d.max_eval_examples]
-        if not self.train or not self.eval:
-            raise ReclaifError(f"{self.data_path}: {len(self.train)} '{d.train_split}' and "
-                               f"{len(self.eval)} '{d.eval_split}' examples; both must be non-empty")
-        # Held-out discipline: no evaluation example is in any SFT, sampling or DPO input.
-        check_held_out(self.train, self.eval, by_user=d.dataset != "beauty")
-        self.top_k = d.top_k
+        self.train, self.eval, self.held_out = run_splits(self.cfg)
+        self.top_k = self.cfg.data.top_k
         self._samplers = None
 
     # --------------------------------------------------------------------------- the recipe
     def run(self) -> Path:
-        from reclaif.distributed.pool import init_ray
-
-        init_ray(self.cfg.ray.address, self.cfg.ray.num_cpus)
+        # Ray starts on first use (samplers(), judge()): a resumed run whose remaining phases
+        # need no actor (training, a finished run) skips the seconds a local Ray takes.
         try:
             self.evaluate("base", self.base_model())
             if self.cfg.sft.enabled:
@@ -95,11 +104,12 @@ class Driver:
         return str(self.store.checkpoint("sft")) if self.cfg.sft.enabled else self.base_model()
 
     def samplers(self):
-        from reclaif.distributed.pool import ActorPool
+        from reclaif.distributed.pool import ActorPool, init_ray
         from reclaif.distributed.workers import SamplerWorker
 
         if self._samplers is None:
             r = self.cfg.ray
+            init_ray(r.address, r.num_cpus)
             cpus = max(1, r.num_cpus // max(1, r.num_samplers)) if not r.address else 1
             spec = to_dict(self.cfg.recommender)
             self._samplers = ActorPool(SamplerWorker, (spec, str(self.data_path), self.top_k, cpus),
@@ -118,12 +128,13 @@ class Driver:
                   n: int, temperature: float, top_p: float, max_new_tokens: int,
                   seed_base: tuple) -> list[dict]:
         """Fans generation over the sampler pool, one atomically written file per shard."""
+        from reclaif.distributed.pool import PoolReport
+
         r = self.cfg.ray
         rows = [e.to_json() for e in examples]
         shards = _shards(rows, r.shard_size)
         shard_dir = out_dir / "shards"
         shard_dir.mkdir(parents=True, exist_ok=True)
-        pool = self.samplers()
 
         def args(i: int) -> tuple:
             params = {"n": n, "temperature": temperature, "top_p": top_p,
@@ -134,9 +145,14 @@ class Driver:
             self.store.write_shard(shard_dir, i, rows)
             maybe_fail(f"{key}:written:{i}")
 
-        report = pool.run("sample", shards, args, write=write,
-                          is_done=lambda i: self.store.shard_done(shard_dir, i),
-                          max_in_flight=r.max_in_flight, max_retries=r.max_retries, desc=key)
+        if all(self.store.shard_done(shard_dir, i) for i in range(len(shards))):
+            # Resumed after the last shard was written: no sampler (model load, Ray) to start.
+            report = PoolReport(shards=len(shards), skipped=len(shards))
+        else:
+            report = self.samplers().run("sample", shards, args, write=write,
+                                         is_done=lambda i: self.store.shard_done(shard_dir, i),
+                                         max_in_flight=r.max_in_flight,
+                                         max_retries=r.max_retries, desc=key)
         out = self.store.merge_shards(shard_dir, len(shards), out_dir / "samples.jsonl")
         atomic_write_json(out_dir / "sample_report.json", report.to_json())
         return out
@@ -167,14 +183,23 @@ class Driver:
         t0 = time.time()
         s = self.cfg.sampling
         out_dir = self.store.iter_dir(i)
-        rows = self._generate(key, self.train, self.policy_before(i), out_dir, s.num_samples,
+        rows = self._generate(key, self.sampling_prompts(i), self.policy_before(i), out_dir,
+                              s.num_samples,
                               s.temperature, s.top_p, s.max_new_tokens, (self.cfg.seed, "sample", i))
         maybe_fail("sample:end")
         self.store.mark_done(key, [out_dir / "samples.jsonl"], count=len(rows))
         self._timed(key, t0)
 
+    def sampling_prompts(self, i: int) -> list[Example]:
+        """Iteration i's prompts: all training prompts, or the i-th slice of max_prompts."""
+        n, total = self.cfg.sampling.max_prompts, len(self.train)
+        if not n or n >= total:
+            return self.train
+        start = (i - 1) * n % total
+        return [self.train[(start + j) % total] for j in range(n)]
+
     def judge(self, i: int) -> None:
-        from reclaif.distributed.pool import ActorPool
+        from reclaif.distributed.pool import ActorPool, init_ray
         from reclaif.distributed.workers import JudgeWorker
 
         key = f"iter-{i:03d}/judge"
@@ -195,6 +220,7 @@ class Driver:
             # actors could otherwise wait forever); samplers are recreated next iteration.
             self._samplers.shutdown()
             self._samplers = None
+        init_ray(r.address, r.num_cpus)
         pool = ActorPool(JudgeWorker, (to_dict(self.cfg.judge), str(self.data_path), self.top_k),
                          num_actors=r.num_judges, num_cpus=1)
         try:
@@ -233,13 +259,20 @@ class Driver:
         out = out_dir / "pairs.jsonl"
         atomic_write_jsonl(out, [p.to_json() for p in pairs])
         stats = audit([r for r in rows if not r.get("failed")], by_id, self.items, self.top_k)
+        # Endpoint trouble, summed from the per-record marks the judge workers write (so the
+        # counts survive actor restarts and resumed runs); the report shows them.
         stats.update(pairs_kept=len(pairs), failed=sum(1 for r in rows if r.get("failed")),
-                     judged=len(rows))
+                     judged=len(rows),
+                     unparseable=sum(1 for r in rows if r.get("unparseable")),
+                     failed_calls=sum(int(r.get("failed_calls", 0)) for r in rows),
+                     endpoint_retries=sum(int(r.get("retries", 0)) for r in rows))
         atomic_write_json(out_dir / "judge_stats.json", stats)
         self.store.mark_done(key, [out], count=len(pairs))
         if not pairs:
             raise ReclaifError(f"{out}: the judge kept no preference pair in iteration {i} "
-                               f"(see {out_dir / 'judge_stats.json'}); DPO has nothing to train on")
+                               f"({stats['failed']} of {len(rows)} records failed, "
+                               f"{stats['unparseable']} unparseable; see "
+                               f"{out_dir / 'judge_stats.json'}); DPO has nothing to train on")
 
     def train_phase(self, phase: str, i: int) -> None:
         key = "sft/train" if phase == "sft" else f"iter-{i:03d}/train"
@@ -270,12 +303,21 @@ class Driver:
 
     def _launch(self, phase: str, i: int) -> dict:
         from reclaif.pipeline.launcher import render_launch, run_launch
+        from reclaif.train.checkpoint import latest_train_state
 
         log_path = self.store.phase_dir("logs") / f"train-{phase}-{i:03d}.log"
         argv = render_launch(self.cfg.launch.template, phase=phase, run_dir=str(self.store.root),
                              iteration=i, config=str(self.store.root / "config.yaml"))
-        run_launch(argv, log_path)
         stage = "sft" if phase == "sft" else f"iter-{i:03d}"
+        try:
+            run_launch(argv, log_path)
+        except PhaseError as e:
+            # Tell the user what a rerun will do: the trainer resumes from its last saved state.
+            state = latest_train_state(self.store.root / stage / "train_state")
+            resume = (f"resumes from {state}" if state is not None
+                      else "starts the phase again (no training state was saved)")
+            raise PhaseError(f"{stage} training failed: {e}. Rerunning the same command "
+                             f"{resume}") from None
         metrics_file = self.store.root / stage / "train_metrics.json"
         return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
 
@@ -306,6 +348,7 @@ class Driver:
                                    {i: r.valid for i, r in recs.items()}, self.items, e.k,
                                    DiversityScorer(self.items, e.diversity_model), expl)
         result.update(stage=stage, model=model, split=self.cfg.data.eval_split,
+                      held_out=self.held_out.note(),
                       failed=sum(1 for r in rows if r.get("failed")))
         atomic_write_jsonl(out_dir / "predictions.jsonl",
                            [{"id": i, **r.to_json()} for i, r in recs.items()])
