@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the held-out check)")
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="answer token limit of llm:/model: methods (the driver's "
-                        "eval.max_new_tokens; the quickstart uses 160)")
+                        "eval.max_new_tokens; the quickstart uses 128)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CI")
     p.add_argument("--no-diversity", action="store_true", help="skip the embedding diversity")
     p.add_argument("--out", help="write the JSON result here")
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="logprobs, train: dtype of hidden states, weights and model")
     p.add_argument("--chunk", type=int, default=None,
                    help="logprobs: token chunk of the fused kernel (default 256)")
+    p.add_argument("--kernel", choices=["auto", "torch", "triton"], default="auto",
+                   help="logprobs: the fused kernel's inner loop over each chunk (auto: triton "
+                        "on CUDA where it is installed, else torch)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="sampling: tokens generated per prompt (default 96)")
     _handler(p, "reclaif.bench:cmd_bench")

@@ -27,10 +27,12 @@ OVERRIDES = ["data.max_train_examples=4", "data.max_eval_examples=2", "ray.shard
              # embedded model (the rubric judge needs answers that differ in format), the
              # offline teacher and rubric judge ("data-derived" in the report), SFT on, training
              # in the driver's process (so dpo:* faults kill the driver), one sampler actor
-             # whose death on shard 1 is retried, all 4 prompts sampled.
+             # whose death on shard 1 is retried, all 4 prompts sampled. One shard in flight:
+             # with two, the actor starts shard 1 (and kills itself) while the driver writes
+             # shard 0 and kills itself, so the restart samples it afresh and no retry is seen.
              "recommender.model=default", "teacher.kind=offline", "judge.kind=rubric",
              "sft.enabled=true", "launch.mode=inprocess", "ray.num_samplers=1",
-             "ray.max_retries=3", "sampling.max_prompts=0",
+             "ray.max_retries=3", "ray.max_in_flight=1", "sampling.max_prompts=0",
              # What decides whether the rubric judge keeps a pair (it kept 1 of 4 here): the SFT
              # model and how it samples; the quickstart's values when these tests last passed.
              "seed=0", "sampling.temperature=1.0", "sampling.top_p=0.95", "sft.lr=2.0e-4",
@@ -137,6 +139,8 @@ def test_sigkill_at_every_phase_then_rerun_equals_the_clean_run(clean_run, confi
     fired = sorted(f.name for f in (tmp_path / "faults").iterdir())
     assert len(fired) == len(FAULTS), fired
     assert kills == len(FAULTS) - 1  # the actor kill is absorbed by a retry, not a restart
+    report = json.loads((run_dir / "iter-001/sample_report.json").read_text())
+    assert report["actor_restarts"] == report["retries"] == 1, report
     assert _pairs(run_dir) == _pairs(clean_dir)
     for stage in ["base", "sft", "iter-001"]:
         assert _metrics(run_dir, stage) == _metrics(clean_dir, stage), stage

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from reclaif.train.logprobs import (fused_dpo_loss, fused_dpo_loss_from_hidden,
-                                    model_sequence_logps, sequence_logps)
+from reclaif.train.fused_dpo import fused_dpo_loss, fused_dpo_loss_from_hidden
+from reclaif.train.logprobs import model_sequence_logps, sequence_logps
 from reclaif.train.losses import dpo_loss
 
 
@@ -49,7 +49,9 @@ def test_values_and_counts_match_oracle_with_masked_rows():
 
 
 # The CUDA cases run where a GPU is (they ran on an H200: see the README's benchmarks); the
-# kernel is the same PyTorch code on both devices, cuBLAS and TF32-free fp32 matmuls there.
+# kernel is the same PyTorch code on both devices, cuBLAS and TF32-free fp32 matmuls there,
+# except that where triton is installed kernel="auto" takes the Triton inner loop on a GPU
+# (tests/test_triton_ce.py compares the two).
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))]
 

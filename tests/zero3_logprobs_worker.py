@@ -59,7 +59,8 @@ def micro_batches(kind: str) -> list[dict]:
 
 
 def micro_loss(model: torch.nn.Module, kind: str, batch: dict) -> torch.Tensor:
-    from reclaif.train.logprobs import fused_dpo_loss, model_sequence_logps
+    from reclaif.train.fused_dpo import fused_dpo_loss
+    from reclaif.train.logprobs import model_sequence_logps
     from reclaif.train.losses import sft_loss
 
     if kind == "hf":  # control: the model's own forward and loss, no fused kernel

@@ -6,6 +6,8 @@ Two comparisons per shape:
   dpo    fused_dpo_loss_from_hidden (grads formed in the forward)  vs  usual path + dpo_loss
 Reported: max_abs_err (values), grad_max_abs_err (grad_hidden and grad_weight),
 peak_mem_ratio (usual / fused) and time_ratio (fused / usual, median of repetitions).
+--kernel picks the fused kernel's inner loop (torch, triton, auto: see train/logprobs.py); to
+compare the two inner loops run it once with each (tests/gpu_triton_check.py does all at once).
 
 Peak memory is what a path allocates beyond its inputs and the gradients it returns, read from
 torch.profiler's memory events (allocations and frees in order; not process RSS): the maximum
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -22,7 +25,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from reclaif.train.logprobs import fused_dpo_loss_from_hidden, sequence_logps
+from reclaif.errors import ConfigError
+from reclaif.train.fused_dpo import fused_dpo_loss_from_hidden
+from reclaif.train.logprobs import sequence_logps
 from reclaif.train.losses import dpo_loss
 
 FULL_SHAPES = [(4096, 576, 49152), (2048, 4096, 32000)]
@@ -52,15 +57,17 @@ def _usual_logps(h: Tensor, w: Tensor, labels: Tensor) -> Tensor:
     return logp.gather(-1, labels[..., None]).squeeze(-1).sum(-1)
 
 
-def _logps_variants(x: dict, chunk: int = CHUNK) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+def _logps_variants(x: dict, chunk: int = CHUNK,
+                    kernel: str = "auto") -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     return {
         "usual": lambda h, w: _usual_logps(h, w, x["labels"]).sum(),
-        "fused": lambda h, w: sequence_logps(h, w, x["labels"], chunk_size=chunk)[0].sum(),
+        "fused": lambda h, w: sequence_logps(h, w, x["labels"], chunk_size=chunk,
+                                             kernel=kernel)[0].sum(),
     }
 
 
-def _dpo_variants(x: dict, chunk: int = CHUNK,
-                  beta: float = 0.1) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+def _dpo_variants(x: dict, chunk: int = CHUNK, beta: float = 0.1,
+                  kernel: str = "auto") -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     B = x["h"].shape[0] // 2
 
     def usual(h: Tensor, w: Tensor) -> Tensor:
@@ -69,7 +76,7 @@ def _dpo_variants(x: dict, chunk: int = CHUNK,
 
     def fused(h: Tensor, w: Tensor) -> Tensor:
         return fused_dpo_loss_from_hidden(h, w, x["labels"], x["ref_c"], x["ref_r"], beta,
-                                          chunk_size=chunk)[0]
+                                          chunk_size=chunk, kernel=kernel)[0]
     return {"usual": usual, "fused": fused}
 
 
@@ -144,39 +151,52 @@ def compare(variants: dict[str, Callable], x: dict, reps: int) -> dict[str, floa
 
 
 def bench(shapes: list[tuple[int, int, int]], reps: int, device: str = "cpu",
-          dtype: str = "float32", chunk: int = CHUNK) -> list[dict]:
+          dtype: str = "float32", chunk: int = CHUNK, kernel: str = "auto") -> list[dict]:
     results = []
     for tokens, hidden, vocab in shapes:
         x = _inputs(tokens, hidden, vocab, device=device, dtype=getattr(torch, dtype))
         if device != "cpu":  # warm-up: kernel selection, the caching allocator
-            for variants in (_logps_variants(x, chunk), _dpo_variants(x, chunk)):
+            for variants in (_logps_variants(x, chunk, kernel),
+                             _dpo_variants(x, chunk, kernel=kernel)):
                 for fn in variants.values():
                     _run(fn, x)
         row = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_size": chunk,
-               "dtype": dtype, "reps": reps}
-        row.update(compare(_logps_variants(x, chunk), x, reps))
-        row["dpo"] = compare(_dpo_variants(x, chunk), x, reps)
+               "dtype": dtype, "kernel": kernel, "reps": reps}
+        row.update(compare(_logps_variants(x, chunk, kernel), x, reps))
+        row["dpo"] = compare(_dpo_variants(x, chunk, kernel=kernel), x, reps)
         results.append(row)
     return results
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
 
 
 def run(args: argparse.Namespace) -> int:
     quick = getattr(args, "quick", False)
     device, dtype = getattr(args, "device", "cpu"), getattr(args, "dtype", "float32")
+    kernel = getattr(args, "kernel", "auto")
     if device == "cuda" and not torch.cuda.is_available():
-        from reclaif.errors import ConfigError
         raise ConfigError("bench --device cuda: torch sees no CUDA device")
+    if kernel == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError("bench --kernel triton: runs with --device cuda, or on CPU under "
+                          "TRITON_INTERPRET=1 (Triton's interpreter: a check, not a timing)")
     reps = (2 if quick else 3) if device == "cpu" else 10
     chunk = getattr(args, "chunk", None) or CHUNK
     results = bench(QUICK_SHAPES if quick else FULL_SHAPES, reps=reps, device=device, dtype=dtype,
-                    chunk=chunk)
+                    chunk=chunk, kernel=kernel)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     report = {"benchmark": "logprobs", "device": name, "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "results": results}
+              "torch": torch.__version__, "triton": _triton_version(), "results": results}
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))
         return 0
-    print(f"logprobs: fused kernel (chunk {chunk} tokens) vs full logits ({dtype}, {name}, "
+    print(f"logprobs: fused kernel ({kernel} inner loop, chunk {chunk} tokens) vs full logits "
+          f"({dtype}, {name}, "
           f"{report['threads']} threads; "
           f"time = median of {results[0]['reps'] if results else 0}, fused/usual)")
     print(f"{'tokens':>6} {'hidden':>6} {'vocab':>6} | {'err':>8} {'grad_err':>8} {'mem x':>6} "

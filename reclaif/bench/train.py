@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from reclaif.train.logprobs import fused_dpo_loss, model_sequence_logps
+from reclaif.train.fused_dpo import fused_dpo_loss
+from reclaif.train.logprobs import model_sequence_logps
 from reclaif.train.losses import dpo_loss
 
 

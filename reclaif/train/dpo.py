@@ -22,7 +22,7 @@ from reclaif.records import PreferencePair
 from reclaif.train.checkpoint import (drop_train_state, latest_train_state, load_train_state,
                                       save_hf_checkpoint, save_train_state)
 from reclaif.train.data import BatchPlan, collate_pairs, count_tokens, encode_pairs
-from reclaif.train.logprobs import fused_dpo_loss
+from reclaif.train.fused_dpo import fused_dpo_loss
 from reclaif.train.reference import (attach_reference_logps, compute_reference_logps,
                                      write_reference_logps)
 from reclaif.train.session import (Preemption, TrainLog, hf_model, load_policy, mean_over,

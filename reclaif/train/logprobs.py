@@ -7,9 +7,15 @@ visited, a chunk at a time, in ONE reused [chunk, vocab] buffer (max, exp and so
 in place), with log-sum-exp and sums in fp32. Backward recomputes each chunk's logits (one
 extra matmul) and writes grad_hidden and accumulates grad_weight in an fp32 accumulator.
 
-`fused_dpo_loss` goes one step further (as Liger does): chunks hold whole chosen/rejected
-pairs, so each chunk's DPO loss and its gradient are known inside the chunk; gradients are
-formed in the forward and backward only scales them - no recompute at all.
+`fused_dpo_loss` (reclaif/train/fused_dpo.py) goes one step further (as Liger does): chunks
+hold whole chosen/rejected pairs, so each chunk's DPO loss and its gradient are known inside
+the chunk; gradients are formed in the forward and backward only scales them.
+
+`kernel` picks the inner loop over each [chunk, vocab] block: "torch" (the reference: about
+nine elementwise passes over the block, made fp32 first), "triton" (reclaif/train/triton_ce.py:
+two passes over the block in the matmul's own dtype; on CUDA, or on CPU under
+TRITON_INTERPRET=1), or "auto" (triton where it can run, torch elsewhere). Both do the same
+math in fp32 on the same logits and differ only by the rounding of exp and the order of sums.
 
 ZeRO-3: the lm_head weight is partitioned (an empty tensor) whenever its module is not running;
 a kernel that bypasses the module's forward must gather it itself (TRL issue 4544). Forward:
@@ -22,14 +28,14 @@ equal a single-process run.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor
-
-from reclaif.train.losses import dpo_losses, dpo_metrics
-
 
 def _gathered(weight: Tensor) -> contextlib.AbstractContextManager:
     """Gathers a ZeRO-3 partitioned parameter for the duration of the block (no-op otherwise)."""
@@ -94,34 +100,89 @@ def _chunk_logits(h: Tensor, weight: Tensor) -> Tensor:
     return out.to(_acc(out))
 
 
-def _backprop_chunk(p: Tensor, g: Tensor, targets: Tensor, h: Tensor, weight: Tensor,
-                    grad_weight: Tensor | None) -> Tensor:
-    """p [n, V] softmax (overwritten by grad_logits = g * (onehot - p)); returns grad_h [n, H]
-    and adds grad_logits.T @ h into the fp32 grad_weight accumulator."""
-    p.mul_(-g[:, None])
-    p.scatter_add_(1, targets[:, None], g[:, None])
-    low = p.to(weight.dtype) if weight.dtype != p.dtype else p
-    if grad_weight is not None:
-        if h.is_cuda and h.dtype != grad_weight.dtype:
+KERNELS = ("auto", "torch", "triton")
+
+
+def _inner_loop(kernel: str, hidden: Tensor) -> ModuleType | None:
+    """The triton_ce module when the Triton inner loop is to be used, None for torch's."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "torch":
+        return None
+    if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        why = f"needs fp32, bf16 or fp16 inputs (its math is fp32), got {hidden.dtype}"
+    elif not (hidden.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        why = "needs CUDA tensors, or TRITON_INTERPRET=1 for Triton's CPU interpreter"
+    else:
+        try:  # imported here: triton is optional, and absent on most CPU machines
+            return importlib.import_module("reclaif.train.triton_ce")
+        except ImportError as e:
+            why = f"needs the triton package (pip install 'triton>=3.2'): {e}"
+    if kernel == "triton":
+        raise ValueError(f"kernel='triton' {why}")
+    return None
+
+
+class _GradWeight:
+    """The lm_head weight gradient, summed over chunks. Several chunks add into an fp32
+    accumulator (bf16 sums over many chunks would lose the small ones); a lone chunk's GEMM IS
+    the gradient, written in the weight's dtype with no accumulator, as the usual path does: in
+    bf16 at [32000, 4096] an fp32 accumulator, its zeroing and its final cast move as many bytes
+    as the GEMM itself."""
+
+    def __init__(self, weight: Tensor, chunks: int):
+        self.dtype, self.single, self.out = weight.dtype, chunks == 1, None
+        self.acc = (None if self.single else
+                    torch.zeros(weight.shape, dtype=_acc(weight), device=weight.device))
+
+    def add(self, low: Tensor, acc: Tensor, h: Tensor) -> None:
+        """low: grad_logits in the weight's dtype; acc: the same in the accumulator's, where
+        it is at hand (else low again); h: the chunk's hidden states."""
+        if self.single:
+            self.out = low.T @ h.to(low.dtype)
+        elif h.is_cuda and h.dtype != self.acc.dtype:
             # bf16/fp16 on a GPU: a tensor-core GEMM that adds into the fp32 accumulator in
             # place (cuBLAS with an fp32 C). An fp32 GEMM here was 4-9x slower than the whole
             # usual path on an H200, and `acc += low.T @ h` holds a [V, H] temporary.
             try:
-                torch.ops.aten.addmm.dtype_out(grad_weight, low.T, h, grad_weight.dtype,
-                                               out=grad_weight)
+                torch.ops.aten.addmm.dtype_out(self.acc, low.T, h, self.acc.dtype, out=self.acc)
             except (RuntimeError, NotImplementedError):  # torch builds without the overload
-                grad_weight.add_(low.T @ h)
+                self.acc.add_(low.T @ h)
         else:
-            grad_weight.addmm_(p.T, h.to(grad_weight.dtype))
+            self.acc.addmm_(acc.T.to(self.acc.dtype), h.to(self.acc.dtype))
+
+    def result(self) -> Tensor:
+        return self.out if self.single else self.acc.to(self.dtype)
+
+
+def _backprop_chunk(p: Tensor, g: Tensor, targets: Tensor, h: Tensor, weight: Tensor,
+                    grad_weight: _GradWeight | None) -> Tensor:
+    """p [n, V] softmax (overwritten by grad_logits = g * (onehot - p)); returns grad_h [n, H]
+    and adds grad_logits.T @ h into grad_weight."""
+    p.mul_(-g[:, None])
+    p.scatter_add_(1, targets[:, None], g[:, None])
+    low = p.to(weight.dtype) if weight.dtype != p.dtype else p
+    return _matmul_grads(low, p, h, weight, grad_weight)
+
+
+def _matmul_grads(low: Tensor, acc: Tensor, h: Tensor, weight: Tensor,
+                  grad_weight: _GradWeight | None) -> Tensor:
+    """grad_logits in the weight's dtype (low) and in the accumulator's where it is at hand
+    (acc; else low again): adds grad_logits.T @ h into grad_weight, returns grad_logits @ W."""
+    if grad_weight is not None:
+        grad_weight.add(low, acc, h)
     return low @ weight
 
 
 def _token_logps(h2d: Tensor, weight: Tensor, pos: Tensor, targets: Tensor,
-                 chunk: int) -> tuple[Tensor, Tensor]:
+                 chunk: int, ce: ModuleType | None = None) -> tuple[Tensor, Tensor]:
     n = pos.numel()
     tok = torch.empty(n, dtype=_acc(h2d), device=h2d.device)
     lse = torch.empty(n, dtype=_acc(h2d), device=h2d.device)
     for c in _chunks(n, chunk):
+        if ce is not None:
+            tok[c], lse[c] = ce.lse_and_target(h2d[pos[c]] @ weight.T, targets[c])
+            continue
         logits = _chunk_logits(h2d[pos[c]], weight)
         tok[c], lse[c] = _softmax_inplace(logits, targets[c], normalize=False)
         del logits
@@ -131,14 +192,15 @@ def _token_logps(h2d: Tensor, weight: Tensor, pos: Tensor, targets: Tensor,
 class _SequenceLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: Tensor, weight: Tensor, pos: Tensor, targets: Tensor,
-                seq: Tensor, batch: int, chunk: int) -> Tensor:
-        tok, lse = _token_logps(hidden.reshape(-1, hidden.shape[-1]), weight, pos, targets, chunk)
+                seq: Tensor, batch: int, chunk: int, ce: ModuleType | None) -> Tensor:
+        tok, lse = _token_logps(hidden.reshape(-1, hidden.shape[-1]), weight, pos, targets, chunk,
+                                ce)
         # A ZeRO-3 parameter is kept as the object itself: an unpacked saved tensor would lose
         # the ds_* attributes needed to gather it again in backward.
         zero3 = hasattr(weight, "ds_id")
         ctx.zero3_weight = weight if zero3 else None
         ctx.save_for_backward(hidden, None if zero3 else weight, pos, targets, seq, lse)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.ce = chunk, ce
         return torch.zeros(batch, dtype=tok.dtype, device=hidden.device).index_add_(0, seq, tok)
 
     @staticmethod
@@ -154,33 +216,40 @@ class _SequenceLogps(torch.autograd.Function):
         if need_w:
             _gather_until_accumulated(weight)
         with _gathered(weight) if not need_w else contextlib.nullcontext():
-            grad_w = (torch.zeros(weight.shape, dtype=_acc(weight), device=weight.device)
-                      if need_w else None)
-            for c in _chunks(pos.numel(), ctx.chunk):
+            chunks = list(_chunks(pos.numel(), ctx.chunk))
+            grad_w = _GradWeight(weight, len(chunks)) if need_w else None
+            for c in chunks:
                 hc = h2d[pos[c]]
-                logits = _chunk_logits(hc, weight)
-                # softmax from the saved lse: exp(logits - lse), in place.
-                p = logits.sub_(lse[c][:, None]).exp_()
-                gh = _backprop_chunk(p, g_tok[c], targets[c], hc, weight, grad_w)
-                del logits, p
+                if ctx.ce is not None:
+                    low = ctx.ce.grad_logits_inplace(hc @ weight.T, lse[c], targets[c], g_tok[c])
+                    gh = _matmul_grads(low, low, hc, weight, grad_w)
+                    del low
+                else:
+                    logits = _chunk_logits(hc, weight)
+                    # softmax from the saved lse: exp(logits - lse), in place.
+                    p = logits.sub_(lse[c][:, None]).exp_()
+                    gh = _backprop_chunk(p, g_tok[c], targets[c], hc, weight, grad_w)
+                    del logits, p
                 if grad_h is not None:
                     grad_h.index_copy_(0, pos[c], gh.to(grad_h.dtype))
         return (grad_h.view_as(hidden) if grad_h is not None else None,
-                grad_w.to(weight.dtype) if grad_w is not None else None,
-                None, None, None, None, None)
+                grad_w.result() if grad_w is not None else None,
+                None, None, None, None, None, None)
 
 
 def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, chunk_size: int = 1024,
-                   ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+                   ignore_index: int = -100, kernel: str = "auto") -> tuple[Tensor, Tensor]:
     """hidden [B,T,H] final hidden states; weight [V,H] lm_head weight; labels [B,T] where
     labels[b,t] is the token predicted FROM hidden[b,t] (already shifted) or ignore_index.
     Returns (sum of token log-probs per sequence [B] fp32, token counts [B] int64).
-    Differentiable w.r.t. hidden and weight; under torch.no_grad nothing is kept."""
+    Differentiable w.r.t. hidden and weight; under torch.no_grad nothing is kept.
+    kernel: "auto", "torch" or "triton", the inner loop over each chunk (module docstring)."""
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"sequence_logps: hidden {tuple(hidden.shape)} must be [B,T,H] and "
                          f"labels {tuple(labels.shape)} [B,T]")
     if chunk_size < 1:
         raise ValueError(f"sequence_logps: chunk_size must be >= 1, got {chunk_size}")
+    ce = _inner_loop(kernel, hidden)
     B = hidden.shape[0]
     pos, targets, seq = _pack(labels, ignore_index)
     counts = torch.bincount(seq, minlength=B)
@@ -189,12 +258,12 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, chunk_size: i
     if not grad_needed:
         with torch.no_grad(), _gathered(weight):
             tok, _ = _token_logps(hidden.reshape(-1, hidden.shape[-1]), weight, pos, targets,
-                                  chunk_size)
+                                  chunk_size, ce)
         return torch.zeros(B, dtype=tok.dtype, device=hidden.device).index_add_(0, seq, tok), counts
     # Gathered around apply, not inside forward: autograd records the weight's shape at apply
     # time and rejects a full-shape gradient for a shape-[0] (partitioned) input.
     with _gathered(weight):
-        return _SequenceLogps.apply(hidden, weight, pos, targets, seq, B, chunk_size), counts
+        return _SequenceLogps.apply(hidden, weight, pos, targets, seq, B, chunk_size, ce), counts
 
 
 def shifted_labels(input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
@@ -242,7 +311,8 @@ def _final_hidden(body: torch.nn.Module, input_ids: Tensor, attention_mask: Tens
 
 
 def model_sequence_logps(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor,
-                         loss_mask: Tensor, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
+                         loss_mask: Tensor, chunk_size: int = 1024,
+                         kernel: str = "auto") -> tuple[Tensor, Tensor]:
     """Runs the HF causal LM's body to final hidden states; hidden[:, t] predicts
     input_ids[:, t+1], counted where loss_mask[:, t+1] (and attention_mask). Returns
     (log-prob sums [B] fp32, token counts [B]). Works with tied or untied lm_head and under
@@ -251,149 +321,4 @@ def model_sequence_logps(model: torch.nn.Module, input_ids: Tensor, attention_ma
     body, weight = _body_and_weight(model)
     hidden = _final_hidden(body, input_ids, attention_mask)
     labels = shifted_labels(input_ids, attention_mask, loss_mask)
-    return sequence_logps(hidden, weight, labels, chunk_size)
-
-
-# --- DPO loss fused into the kernel -----------------------------------------------------
-
-
-def _pair_groups(counts: Tensor, pairs: int, chunk: int) -> list[tuple[int, int]]:
-    """Consecutive pair ranges [a, b) whose chosen+rejected tokens fit in `chunk` (>= 1 pair)."""
-    per_pair = (counts[:pairs] + counts[pairs:]).tolist()
-    groups, a, used = [], 0, 0
-    for i, n in enumerate(per_pair):
-        if i > a and used + n > chunk:
-            groups.append((a, i))
-            a, used = i, 0
-        used += n
-    if pairs:
-        groups.append((a, pairs))
-    return groups
-
-
-class _FusedDPO(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, hidden: Tensor, weight: Tensor, labels: Tensor, ref_c: Tensor,
-                ref_r: Tensor, opts: dict) -> tuple[Tensor, Tensor]:
-        B2, T, H = hidden.shape
-        B = B2 // 2
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        pos, targets, seq = _pack(labels, opts["ignore_index"])
-        counts = torch.bincount(seq, minlength=B2)
-        offs = [0] + torch.cumsum(counts, 0).tolist()
-        h2d = hidden.reshape(-1, H)
-        grad_h = torch.zeros_like(h2d) if need_h else None
-        stats = torch.zeros(B, 5, dtype=_acc(hidden), device=hidden.device)
-        ipo = opts["loss_type"] == "ipo"
-        grad_w = (torch.zeros(weight.shape, dtype=_acc(weight), device=weight.device)
-                  if need_w else None)
-        for a, b in _pair_groups(counts, B, opts["chunk"]):
-            idx = torch.cat([torch.arange(offs[a], offs[b], device=pos.device),
-                             torch.arange(offs[B + a], offs[B + b], device=pos.device)])
-            p_pos, p_tgt = pos[idx], targets[idx]
-            # local row: 0..n-1 chosen, n..2n-1 rejected
-            row = seq[idx]
-            local = torch.where(row < B, row - a, row - B - a + (b - a))
-            hc = h2d[p_pos]
-            p = _chunk_logits(hc, weight)
-            tok, _ = _softmax_inplace(p, p_tgt)
-            sums = torch.zeros(2 * (b - a), dtype=tok.dtype, device=hidden.device)
-            sums.index_add_(0, local, tok)
-            rows = torch.cat([torch.arange(a, b), torch.arange(B + a, B + b)]).to(counts.device)
-            scale = counts[rows]
-            scale = scale.clamp(min=1).to(sums.dtype) if ipo else torch.ones_like(sums)
-            pc = (sums[: b - a] / scale[: b - a]).requires_grad_()
-            pr = (sums[b - a:] / scale[b - a:]).requires_grad_()
-            with torch.enable_grad():
-                losses, r_c, r_r = dpo_losses(pc, pr, ref_c[a:b], ref_r[a:b], opts["beta"],
-                                              opts["loss_type"], opts["label_smoothing"])
-                g_c, g_r = torch.autograd.grad(losses.sum() / B, [pc, pr])
-            stats[a:b] = torch.stack([losses.detach(), r_c, r_r, pc.detach(), pr.detach()], 1)
-            if need_h or need_w:
-                g_tok = (torch.cat([g_c, g_r]) / scale)[local]
-                gh = _backprop_chunk(p, g_tok, p_tgt, hc, weight, grad_w)
-                if grad_h is not None:
-                    grad_h.index_copy_(0, p_pos, gh.to(grad_h.dtype))
-            del p
-        ctx.weight = weight if hasattr(weight, "ds_id") else None
-        ctx.scale, ctx.used = 1.0, False
-        ctx.grads = (grad_h.view_as(hidden) if grad_h is not None else None,
-                     grad_w.to(weight.dtype) if grad_w is not None else None)
-        ctx.mark_non_differentiable(stats)
-        return stats[:, 0].sum() / B, stats
-
-    @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor, _grad_stats: Tensor) -> tuple[Tensor | None, ...]:
-        grad_h, grad_w = ctx.grads  # kept: backward may run again with retain_graph
-        if grad_w is not None:
-            _gather_until_accumulated(ctx.weight)
-        # Gradients were formed in the forward. Under ZeRO-3 the weight is gathered again only
-        # so that AccumulateGrad sees it full-shape (see _gather_until_accumulated).
-        # The first backward scales in place (a loss scaled by 1/grad_accum would otherwise
-        # copy the [V,H] weight gradient); a retain_graph re-run gets fresh tensors, since the
-        # first ones now belong to the caller.
-        factor = grad_loss.item() / ctx.scale  # ctx.scale: the factor the stored grads carry
-        first = not ctx.used
-        ctx.used = True
-        if first:
-            ctx.scale = grad_loss.item()
-        out = []
-        for g in (grad_h, grad_w):
-            if g is not None and factor != 1.0:
-                g = g.mul_(factor) if first else g * factor
-            elif g is not None and not first:
-                g = g.clone()
-            out.append(g)
-        if first:
-            ctx.grads = tuple(out)
-        return out[0], out[1], None, None, None, None
-
-
-def _pad_right(t: Tensor, length: int, value: int = 0) -> Tensor:
-    if t.shape[1] == length:
-        return t
-    return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
-
-
-def fused_dpo_loss(model: torch.nn.Module, chosen: dict, rejected: dict, ref_chosen: Tensor,
-                   ref_rejected: Tensor, beta: float, loss_type: str = "sigmoid",
-                   label_smoothing: float = 0.0, chunk_size: int = 1024) -> tuple[Tensor, dict]:
-    """DPO loss with the loss fused into the log-prob kernel (gradients formed in the forward).
-    chosen/rejected: dicts with input_ids, attention_mask, loss_mask [B,T*] (right padding is
-    added to concatenate them into one forward). ref_chosen/ref_rejected: [B] reference
-    log-prob SUMS (as model_sequence_logps returns); for ipo both are length-normalised here.
-    Returns (mean loss, metrics: loss, rewards/*, logps/chosen, logps/rejected as 0-dim
-    detached fp32 tensors). `model`: the HF model or the DeepSpeed engine (see _unwrap)."""
-    T = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
-    cat = {k: torch.cat([_pad_right(chosen[k], T), _pad_right(rejected[k], T)])
-           for k in ("input_ids", "attention_mask", "loss_mask")}
-    body, weight = _body_and_weight(model)
-    hidden = _final_hidden(body, cat["input_ids"], cat["attention_mask"])
-    labels = shifted_labels(cat["input_ids"], cat["attention_mask"], cat["loss_mask"])
-    return fused_dpo_loss_from_hidden(hidden, weight, labels, ref_chosen, ref_rejected, beta,
-                                      loss_type, label_smoothing, chunk_size)
-
-
-def fused_dpo_loss_from_hidden(hidden: Tensor, weight: Tensor, labels: Tensor, ref_chosen: Tensor,
-                               ref_rejected: Tensor, beta: float, loss_type: str = "sigmoid",
-                               label_smoothing: float = 0.0, chunk_size: int = 1024,
-                               ignore_index: int = -100) -> tuple[Tensor, dict]:
-    """The kernel behind fused_dpo_loss: hidden [2B,T,H] (chosen rows then rejected rows),
-    labels [2B,T] shifted as in sequence_logps; ref_* [B] log-prob sums."""
-    if hidden.shape[0] % 2 or labels.shape != hidden.shape[:2]:
-        raise ValueError(f"fused_dpo_loss: hidden {tuple(hidden.shape)} must be [2B,T,H] with "
-                         f"labels [2B,T], got labels {tuple(labels.shape)}")
-    B = hidden.shape[0] // 2
-    acc = _acc(hidden)
-    ref_c, ref_r = ref_chosen.to(hidden.device, acc), ref_rejected.to(hidden.device, acc)
-    if loss_type == "ipo":
-        counts = torch.bincount(_pack(labels, ignore_index)[2], minlength=2 * B).clamp(min=1)
-        ref_c, ref_r = ref_c / counts[:B], ref_r / counts[B:]
-    opts = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
-                chunk=chunk_size, ignore_index=ignore_index)
-    with _gathered(weight):  # around apply: see sequence_logps
-        loss, stats = _FusedDPO.apply(hidden.contiguous(), weight, labels, ref_c, ref_r, opts)
-    metrics = dpo_metrics(stats[:, 0], stats[:, 1], stats[:, 2])
-    metrics["logps/chosen"] = stats[:, 3].mean()
-    metrics["logps/rejected"] = stats[:, 4].mean()
-    return loss, metrics
+    return sequence_logps(hidden, weight, labels, chunk_size, kernel=kernel)
