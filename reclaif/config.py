@@ -113,6 +113,8 @@ class TrainConfig:
     lora_r: int = _f(0, "LoRA rank; 0 = full-parameter training (the default).")
     lora_alpha: int = _f(16, "LoRA alpha.")
     logprob_chunk: int = _f(1024, "Token chunk of the fused log-prob kernel.")
+    logprob_kernel: str = _f("auto", "Inner loop of the fused log-prob kernel: auto (Triton on "
+                                     "CUDA where triton imports, else torch), torch or triton.")
     save_every_steps: int = _f(50, "Training checkpoint interval (for resume mid-epoch).")
     seed: int = _f(0, "Training seed.")
 
@@ -298,6 +300,8 @@ def validate(cfg: RunConfig) -> None:
         "dpo.reference": (cfg.dpo.reference, {"sft", "previous"}),
         "sft.engine": (cfg.sft.engine, {"torch", "deepspeed"}),
         "dpo.engine": (cfg.dpo.engine, {"torch", "deepspeed"}),
+        "sft.logprob_kernel": (cfg.sft.logprob_kernel, {"auto", "torch", "triton"}),
+        "dpo.logprob_kernel": (cfg.dpo.logprob_kernel, {"auto", "torch", "triton"}),
         "launch.mode": (cfg.launch.mode, {"inprocess", "command"}),
     }
     for key, (value, allowed) in choices.items():

@@ -35,6 +35,9 @@ def test_bad_choice_and_override_are_named():
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(None, ["dpo.beta"])
     assert load_config(None, ["dpo.beta=0.3"]).dpo.beta == 0.3
+    with pytest.raises(ConfigError, match="dpo.logprob_kernel: 'cuda'"):
+        load_config(None, ["dpo.logprob_kernel=cuda"])
+    assert load_config(None, ["sft.logprob_kernel=torch"]).sft.logprob_kernel == "torch"
 
 
 def test_every_shipped_config_validates(repo_root):

@@ -171,3 +171,23 @@ def test_bench_train_quick_reports_the_three_variants_side_by_side(capsys):
     assert set(out["tokens_per_s"]) == {"fused", "unfused", "recomputed"}
     assert all(v > 0 for v in out["tokens_per_s"].values())
     assert out["speedup_fused_vs_unfused"] > 0 and "tiny" in out["model"]
+
+
+def test_schedule_warms_up_from_a_nonzero_first_step_and_decays():
+    from reclaif.train.strategy import cosine_with_warmup
+
+    def lrs(total: int) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+        sched, out = cosine_with_warmup(opt, total, 0.1), []
+        for _ in range(total):
+            out.append(opt.param_groups[0]["lr"])  # what this step uses
+            opt.step()
+            sched.step()
+        return out
+
+    # transformers' schedule would give the first step lr 0: half of a two-step DPO iteration.
+    assert lrs(2) == pytest.approx([1.0, 2.0])
+    assert lrs(4) == pytest.approx([1.0, 2.0, 1.5, 0.5])
+    twenty = lrs(20)
+    assert twenty[:3] == pytest.approx([2 / 3, 4 / 3, 2.0]) and min(twenty) > 0
+    assert all(a >= b for a, b in zip(twenty[2:], twenty[3:]))

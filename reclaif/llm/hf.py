@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from reclaif.config import LLMSpec
 from reclaif.errors import ReclaifError
 from reclaif.llm import models
@@ -117,12 +119,18 @@ class HFClient:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
         out: list[list[str]] = [[] for _ in prompts]
         bs = max(1, self.spec.batch_size)
+        # A bar only where there is more than one batch to wait for (an evaluation, a bench);
+        # a sampler actor's shard is one batch.
+        bar = tqdm(total=len(prompts), desc="generate", unit="prompt", leave=False,
+                   disable=len(prompts) <= bs)
         for start in range(0, len(order), bs):
             chunk = order[start:start + bs]
             texts = self._generate_batch([ids[i] for i in chunk], n, temperature, top_p,
                                          max_new_tokens, stats)
             for j, i in enumerate(chunk):
                 out[i] = texts[j]
+            bar.update(len(chunk))
+        bar.close()
         stats.seconds = time.perf_counter() - t0
         return out
 

@@ -82,7 +82,7 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
         rows = compute_reference_logps(
             lambda fn, *a: forward(lambda m, *b: fn(hf_model(m), *b), *a), encoded,
             tokenizer.pad_token_id, t.batch_size, t.logprob_chunk, strategy.rank,
-            strategy.world_size, strategy.device)
+            strategy.world_size, strategy.device, kernel=t.logprob_kernel)
         if strategy.is_main:
             write_reference_logps(ref_file, rows)
             maybe_fail("dpo:reference")  # crash tests: SIGKILL after the reference is stored
@@ -104,7 +104,7 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     def dpo_step(model, batch):
         return fused_dpo_loss(hf_model(model), batch["chosen"], batch["rejected"],
                               batch["ref_chosen"], batch["ref_rejected"], t.beta, t.loss_type,
-                              t.label_smoothing, t.logprob_chunk)
+                              t.label_smoothing, t.logprob_chunk, kernel=t.logprob_kernel)
 
     # 4. the loop: micro-batches of pairs, accumulation, optimizer steps
     preempted = False
@@ -132,7 +132,7 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
                 step += 1
                 scalars = strategy.all_reduce_mean(acc)
                 tlog.tokens += int(scalars.pop("tokens") * strategy.world_size)
-                tlog.step(step, {**scalars, "grad_norm": grad_norm, "lr": strategy.lr(),
+                tlog.step(step, {**scalars, "grad_norm": grad_norm, "lr": strategy.step_lr(),
                                  "epoch": epoch, "tokens_per_s": tlog.tokens_per_s()})
                 acc = {}
                 stop = strategy.any_flag(preemption.requested)

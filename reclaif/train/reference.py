@@ -21,20 +21,23 @@ from reclaif.train.data import pad_batch
 from reclaif.train.logprobs import model_sequence_logps
 
 
-def _logps(model: torch.nn.Module, chosen: dict, rejected: dict, chunk: int) -> torch.Tensor:
+def _logps(model: torch.nn.Module, chosen: dict, rejected: dict, chunk: int,
+           kernel: str = "auto") -> torch.Tensor:
     """[B, 4]: chosen sum, rejected sum, chosen count, rejected count (one forward for both)."""
     B = chosen["input_ids"].shape[0]
     T = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
     pad = lambda x: torch.nn.functional.pad(x, (0, T - x.shape[1]))  # noqa: E731
     cat = {k: torch.cat([pad(chosen[k]), pad(rejected[k])]) for k in chosen}
-    s, n = model_sequence_logps(model, cat["input_ids"], cat["attention_mask"], cat["loss_mask"], chunk)
+    s, n = model_sequence_logps(model, cat["input_ids"], cat["attention_mask"], cat["loss_mask"], chunk,
+                                kernel=kernel)
     return torch.stack([s[:B], s[B:], n[:B].float(), n[B:].float()], 1)
 
 
 @torch.no_grad()
 def compute_reference_logps(forward: Callable[..., Any], encoded: list[dict], pad_id: int,
                             batch_size: int, chunk: int, rank: int = 0, world_size: int = 1,
-                            device: torch.device | str = "cpu") -> list[dict] | None:
+                            device: torch.device | str = "cpu",
+                            kernel: str = "auto") -> list[dict] | None:
     """`forward(fn, *args)` runs fn(model, *args) on the reference model (a Strategy's forward,
     or a plain call). Returns the rows on rank 0, None elsewhere."""
     n = len(encoded)
@@ -46,7 +49,7 @@ def compute_reference_logps(forward: Callable[..., Any], encoded: list[dict], pa
         items = [encoded[min(i, n - 1)] for i in idx]
         c = {k: v.to(device) for k, v in pad_batch([it["chosen"] for it in items], pad_id).items()}
         r = {k: v.to(device) for k, v in pad_batch([it["rejected"] for it in items], pad_id).items()}
-        vals = forward(lambda m, a, b: _logps(m, a, b, chunk), c, r).double().cpu()
+        vals = forward(lambda m, a, b: _logps(m, a, b, chunk, kernel), c, r).double().cpu()
         out[s:s + len(idx), 0] = torch.tensor(idx, dtype=torch.float64)
         out[s:s + len(idx), 1:] = vals
     if world_size > 1:

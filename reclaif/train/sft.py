@@ -28,10 +28,11 @@ from reclaif.train.strategy import Strategy
 log = logging.getLogger(__name__)
 
 
-def sft_step(model, batch: dict, chunk: int):
+def sft_step(model, batch: dict, chunk: int, kernel: str = "auto"):
     """Mean NLL of the response tokens of `batch` (prompt and padding carry no loss)."""
     logps, counts = model_sequence_logps(hf_model(model), batch["input_ids"],
-                                         batch["attention_mask"], batch["loss_mask"], chunk)
+                                         batch["attention_mask"], batch["loss_mask"], chunk,
+                                         kernel=kernel)
     return sft_loss(logps, counts)
 
 
@@ -83,7 +84,7 @@ def run_sft(cfg: RunConfig, run_dir: str | Path) -> dict:
                 batch = strategy.to_device(pad_batch([examples[i] for i in idx],
                                                      tokenizer.pad_token_id))
                 with strategy.autocast():
-                    loss = strategy.forward(sft_step, batch, t.logprob_chunk)
+                    loss = strategy.forward(sft_step, batch, t.logprob_chunk, t.logprob_kernel)
                 boundary = (m + 1) % t.grad_accum == 0
                 strategy.backward(loss, boundary)
                 acc_loss += float(loss.detach()) / t.grad_accum
@@ -95,7 +96,7 @@ def run_sft(cfg: RunConfig, run_dir: str | Path) -> dict:
                 step += 1
                 scalars = strategy.all_reduce_mean({"loss": acc_loss, "tokens": acc_tok})
                 tlog.tokens += int(scalars.pop("tokens") * strategy.world_size)
-                tlog.step(step, {**scalars, "grad_norm": grad_norm, "lr": strategy.lr(),
+                tlog.step(step, {**scalars, "grad_norm": grad_norm, "lr": strategy.step_lr(),
                                  "epoch": epoch, "tokens_per_s": tlog.tokens_per_s()})
                 acc_loss, acc_tok = 0.0, 0
                 done_micro = m + 1
