@@ -204,7 +204,7 @@ def test_two_node_rehearsal_ray_cluster_and_torchrun_zero3(tmp_path):
             f"recommender.model={tiny}", "data.max_train_examples=4", "data.max_eval_examples=2",
             f"ray.address={address}", "ray.num_samplers=2", "ray.num_judges=1",
             "ray.shard_size=2", "sampling.max_new_tokens=16", "eval.max_new_tokens=16",
-            "sft.enabled=false", "dpo.iterations=1", "dpo.engine=deepspeed",
+            "sft.enabled=false", "dpo.iterations=1", "dpo.epochs=1", "dpo.engine=deepspeed",
             "dpo.deepspeed_config=configs/deepspeed/zero3_cpu.json", "dpo.batch_size=1",
             "dpo.max_length=512", "dpo.save_every_steps=0", "launch.mode=command",
             f"launch.template={template}"]
