@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="logprobs: the fused kernel's inner loop over each chunk (auto: triton "
                         "on CUDA where it is installed, else torch)")
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="sampling: tokens generated per prompt (default 96)")
+                   help="sampling: tokens generated per prompt (default: the sampling "
+                        "config's, 256)")
     _handler(p, "reclaif.bench:cmd_bench")
 
     p = sub.add_parser("plan", help="memory and time plan for a cluster run")

@@ -151,9 +151,100 @@ def test_sampling_bench_reports_both_modes_and_ratio(tiny):
     prompts = bench_prompts(3)
     assert all("Listening History" in p for p in prompts)  # real LastFM recommender prompts
     result = measure(model=str(tiny), prompts=3, batch_size=3, max_new_tokens=3)
-    batched, single = result["modes"]
-    assert (batched["batch_size"], single["batch_size"]) == (3, 1)
+    batched, single, generate = result["modes"]
+    assert (batched["batch_size"], single["batch_size"], generate["batch_size"]) == (3, 1, 3)
+    assert result["decoder"] == "reclaif" and result["decoder_speedup_vs_generate"] > 0
+    assert generate["prompt_tokens"] == batched["prompt_tokens"]
     assert batched["prompt_tokens"] == single["prompt_tokens"] > 3 * 300
     assert batched["generated_tokens"] > 0 and single["generated_tokens"] > 0
     ratio = batched["tokens_per_s"] / single["tokens_per_s"]  # both rounded to 0.01 in the JSON
     assert result["speedup"] == pytest.approx(ratio, rel=0.05)
+
+
+def test_own_decode_loop_drops_finished_rows_without_changing_the_others(client):
+    """Rows that hit EOS leave the batch (the cache is compacted); every other row's greedy
+    answer must be what it was with all rows kept, i.e. transformers' generate's."""
+    from reclaif.llm import decode
+
+    ids = [client.tokenizer(client.render(p), add_special_tokens=False)["input_ids"]
+           for p in PROMPTS]
+    enc = client.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        free = client.model.generate(**enc, do_sample=False, max_new_tokens=12, eos_token_id=None,
+                                     pad_token_id=client.tokenizer.pad_token_id)
+    free = free[:, enc["input_ids"].shape[1]:].tolist()
+    # stop tokens met at different steps in different rows: rows end one by one
+    eos = sorted({free[0][2], free[1][6]})
+    expected = [row[:next((k + 1 for k, t in enumerate(row) if t in eos), len(row))]
+                for row in free]
+    assert len({len(e) for e in expected}) > 1
+    assert decode.supports(client.model)
+    with torch.inference_mode():
+        got = decode.sample(client.model, ids, 1, 0.0, 1.0, 12, eos,
+                            client.tokenizer.pad_token_id)
+    assert got == expected
+
+
+def test_shared_prompt_prefix_is_prefilled_once_without_changing_answers(client):
+    """The chat template's system turn starts every prompt: prefilled once, then each row's own
+    tokens behind left padding; greedy answers equal plain unbatched transformers'."""
+    from reclaif.llm import decode
+
+    head = "You recommend music. Answer with one band and one reason, in one line. " * 2
+    prompts = [head + p for p in PROMPTS]
+    ids = [client.tokenizer(client.render(p), add_special_tokens=False)["input_ids"]
+           for p in prompts]
+    shared = decode._shared_prefix(ids)
+    assert shared > decode.MIN_SHARED_PREFIX + 20
+    assert decode._shared_prefix(ids[:1]) == 0
+    with torch.inference_mode():
+        got = decode.sample(client.model, ids, 2, 0.0, 1.0, 6, client.eos_ids,
+                            client.tokenizer.pad_token_id)
+    want = [_reference_greedy(client, p, 6) for p in prompts]
+    texts = [client.tokenizer.decode([t for t in row if t not in client.eos_ids],
+                                     skip_special_tokens=True).strip() for row in got]
+    assert texts == [w for w in want for _ in range(2)]
+
+
+def test_generate_fallback_gives_the_same_greedy_answers(tiny):
+    own = HFClient(LLMSpec(model=str(tiny), batch_size=4, device="cpu"))
+    hf = HFClient(LLMSpec(model=str(tiny), batch_size=4, device="cpu"))
+    hf.decoder = "generate"
+    assert own._own_loop
+    assert (own.generate(PROMPTS, n=2, temperature=0.0, max_new_tokens=7)
+            == hf.generate(PROMPTS, n=2, temperature=0.0, max_new_tokens=7))
+
+
+def test_nucleus_filter_keeps_the_smallest_set_holding_top_p():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from reclaif.llm.decode import _next_tokens
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    torch.manual_seed(0)
+    draws = _next_tokens(logits.expand(2000, 4), temperature=1.0, top_p=0.6)
+    assert set(draws.tolist()) == {0, 1}  # 0.5 < 0.6, so the second token is needed; not a third
+    assert 0.55 < (draws == 0).float().mean().item() < 0.70  # renormalised: 0.5 / 0.8
+    assert _next_tokens(logits, temperature=0.0, top_p=0.1).tolist() == [0]
+    # the kept set matches transformers' warper on random logits
+    g = torch.Generator().manual_seed(1)
+    rand = torch.randn(8, 50, generator=g) * 3
+    warped = TopPLogitsWarper(0.9)(None, rand.clone())
+    for row in range(8):
+        keep = set(warped[row].isfinite().nonzero().squeeze(1).tolist())
+        torch.manual_seed(row)
+        seen = set(_next_tokens(rand[row:row + 1].expand(4000, 50), 1.0, 0.9).tolist())
+        assert seen <= keep and len(keep - seen) <= 2  # rare tokens of the set may go unseen
+
+
+def test_models_with_sliding_window_caches_fall_back_to_generate():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from reclaif.llm import decode
+
+    config = MistralConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                           sliding_window=8)
+    assert not decode.supports(MistralForCausalLM(config))
+    config.sliding_window = None
+    assert decode.supports(MistralForCausalLM(config))

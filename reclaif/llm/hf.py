@@ -2,7 +2,9 @@
 
 Throughput on CPU comes from batching: prompts are sorted by length before they are cut into
 batches of `spec.batch_size`, so a batch pads little, and every batch decodes with the KV cache
-under `torch.inference_mode`. Outputs are restored to the callers' order afterwards.
+under `torch.inference_mode`, in reclaif/llm/decode.py's loop, which drops answers as they end
+(transformers' `generate` for models that loop does not handle). Outputs are restored to the
+callers' order afterwards.
 """
 from __future__ import annotations
 
@@ -41,10 +43,9 @@ class GenerationStats:
 class HFClient:
     """`LLMClient` over a local causal LM (the embedded default, a checkpoint dir, or a hub name)."""
 
-    # transformers' KV cache: None = its dynamic cache, which re-concatenates every layer's
-    # cache at each step (a third of a batch-16 decode step on CPU, by torch.profiler);
-    # "static" preallocates prompt + max_new_tokens instead. Settable per client.
-    cache_implementation: str | None = None
+    # "auto": reclaif.llm.decode where the model's cache allows, else transformers' generate;
+    # "generate": always generate (the bench's comparison). Settable per client.
+    decoder: str = "auto"
 
     def __init__(self, spec: LLMSpec, model: Any = None, tokenizer: Any = None):
         self.spec = spec
@@ -65,6 +66,9 @@ class HFClient:
         self.model.eval()
         self.device = next(self.model.parameters()).device
         self.eos_ids = self._eos_ids()
+        from reclaif.llm import decode  # imports transformers: only where a model is loaded
+
+        self._own_loop = decode.supports(self.model)
 
     def _eos_ids(self) -> list[int]:
         """The tokenizer's EOS plus the model's configured ones (chat models end turns with
@@ -138,7 +142,8 @@ class HFClient:
                         top_p: float, max_new_tokens: int,
                         stats: GenerationStats) -> list[list[str]]:
         import torch
-        from transformers import GenerationConfig
+
+        from reclaif.llm import decode
 
         enc = self.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
         input_ids = enc["input_ids"].to(self.device)
@@ -149,15 +154,13 @@ class HFClient:
         greedy = temperature <= 0
         # Greedy decoding gives one answer per prompt; n copies of it are what n samples mean.
         rows = 1 if greedy else n
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=not greedy, num_return_sequences=rows,
-            eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
-            use_cache=True, cache_implementation=self.cache_implementation, **({} if greedy else {"temperature": temperature, "top_p": top_p,
-                                                  "top_k": 0}))
         with torch.inference_mode():
-            seqs = self.model.generate(input_ids=input_ids, attention_mask=attention,
-                                       generation_config=config)
-        new = seqs[:, input_ids.shape[1]:].tolist()
+            if self._own_loop and self.decoder == "auto":
+                new = decode.sample(self.model, batch_ids, rows, temperature, top_p,
+                                    max_new_tokens, self.eos_ids, self.tokenizer.pad_token_id)
+            else:
+                new = self._hf_generate(input_ids, attention, rows, temperature, top_p,
+                                        max_new_tokens)
         texts: list[list[str]] = []
         for b in range(len(batch_ids)):
             answers = []
@@ -169,3 +172,16 @@ class HFClient:
                 answers.append(self.tokenizer.decode(kept, skip_special_tokens=True).strip())
             texts.append(answers * n if greedy else answers)
         return texts
+
+    def _hf_generate(self, input_ids: Any, attention: Any, rows: int, temperature: float,
+                     top_p: float, max_new_tokens: int) -> list[list[int]]:
+        from transformers import GenerationConfig
+
+        greedy = temperature <= 0
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=not greedy, num_return_sequences=rows,
+            eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
+            **({} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}))
+        seqs = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                                   generation_config=config)
+        return seqs[:, input_ids.shape[1]:].tolist()
