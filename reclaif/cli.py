@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="sampling: tokens generated per prompt (default: the sampling "
                         "config's, 256)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="sampling: answers per prompt (default: the sampling config's, 2)")
+    p.add_argument("--with-generate", action="store_true",
+                   help="sampling: also time the batches with transformers' generate")
     _handler(p, "reclaif.bench:cmd_bench")
 
     p = sub.add_parser("plan", help="memory and time plan for a cluster run")

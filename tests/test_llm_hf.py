@@ -150,7 +150,8 @@ def test_sampling_bench_reports_both_modes_and_ratio(tiny):
 
     prompts = bench_prompts(3)
     assert all("Listening History" in p for p in prompts)  # real LastFM recommender prompts
-    result = measure(model=str(tiny), prompts=3, batch_size=3, max_new_tokens=3)
+    result = measure(model=str(tiny), prompts=3, batch_size=3, max_new_tokens=3, num_samples=1,
+                     with_generate=True)
     batched, single, generate = result["modes"]
     assert (batched["batch_size"], single["batch_size"], generate["batch_size"]) == (3, 1, 3)
     assert result["decoder"] == "reclaif" and result["decoder_speedup_vs_generate"] > 0
@@ -248,3 +249,18 @@ def test_models_with_sliding_window_caches_fall_back_to_generate():
     assert not decode.supports(MistralForCausalLM(config))
     config.sliding_window = None
     assert decode.supports(MistralForCausalLM(config))
+
+
+def test_weight_first_output_layer_gives_the_same_logits_and_is_restored(client):
+    from reclaif.llm.decode import _lm_head_weight_first
+
+    head = client.model.get_output_embeddings()
+    x = torch.randn(16, 1, head.in_features)
+    with torch.inference_mode():
+        plain = head(x)
+        with _lm_head_weight_first(client.model):
+            assert "forward" in vars(head)
+            fast = head(x)
+    assert "forward" not in vars(head)
+    assert fast.shape == plain.shape
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)

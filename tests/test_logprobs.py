@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from reclaif.train.fused_dpo import fused_dpo_loss, fused_dpo_loss_from_hidden
+from reclaif.train.fused_dpo import (_pair_groups, fused_dpo_loss,
+                                     fused_dpo_loss_from_hidden)
 from reclaif.train.logprobs import model_sequence_logps, sequence_logps
 from reclaif.train.losses import dpo_loss
 
@@ -190,6 +191,47 @@ def test_fused_dpo_gradcheck_float64_with_chunks_splitting_pairs():
     rc, rr = -torch.rand(3, generator=g) * 10, -torch.rand(3, generator=g) * 10
     assert torch.autograd.gradcheck(
         lambda h, w: fused_dpo_loss_from_hidden(h, w, labels, rc, rr, 0.3, chunk_size=3)[0], (h, w))
+
+
+@pytest.mark.parametrize("loss_type,ls", [("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0),
+                                          ("hinge", 0.0)])
+def test_fused_dpo_matches_usual_path_with_many_groups_of_pairs(loss_type, ls):
+    B, T, V, beta, chunk = 12, 10, 11, 0.5, 10
+    # Tokens per row; chosen rows 4 and 8 and rejected rows 2, 5 and 8 fully masked (pair 8
+    # has none). Chunk 10 packs the pairs into groups of 1, 3, 2, 1, 2, 1, 1, 1 pairs.
+    counts = [6, 3, 2, 1, 0, 2, 9, 4, 0, 3, 5, 1] + [4, 2, 0, 2, 3, 0, 1, 4, 0, 2, 5, 7]
+    g = torch.Generator().manual_seed(11)
+    h = torch.randn(2 * B, T, 4, generator=g, dtype=torch.float64)
+    w = torch.randn(V, 4, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, V, (2 * B, T), generator=g)
+    for row, n in enumerate(counts):
+        labels[row, :T - n] = -100
+    assert [b - a for a, b in _pair_groups(counts, B, chunk)] == [1, 3, 2, 1, 2, 1, 1, 1]
+    lengths = torch.tensor(counts).clamp(min=1) if loss_type == "ipo" else torch.ones(2 * B)
+    with torch.no_grad():  # references near the policy: margins either side of hinge's kink
+        lp = oracle(h, w, labels)
+    rc = lp[:B] + torch.rand(B, generator=g, dtype=torch.float64) * 6 - 3
+    rr = lp[B:] + torch.rand(B, generator=g, dtype=torch.float64) * 6 - 3
+
+    def run(fused):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        if fused:
+            loss, m = fused_dpo_loss_from_hidden(hh, ww, labels, rc, rr, beta, loss_type, ls,
+                                                 chunk_size=chunk)
+        else:
+            lp = oracle(hh, ww, labels) / lengths
+            loss, m = dpo_loss(lp[:B], lp[B:], rc / lengths[:B], rr / lengths[B:], beta,
+                               loss_type, ls)
+            m["logps/chosen"], m["logps/rejected"] = lp[:B].mean(), lp[B:].mean()
+        return loss, m, *torch.autograd.grad(loss, [hh, ww])
+    loss, m, gh, gw = run(fused=True)
+    ref_loss, ref_m, ref_gh, ref_gw = run(fused=False)
+    assert ref_gw.abs().max() > 1e-2  # a case with a real gradient
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+    for k, v in ref_m.items():
+        torch.testing.assert_close(m[k], v.detach(), rtol=1e-12, atol=1e-12, msg=k)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)

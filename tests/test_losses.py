@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reclaif.train.losses import dpo_loss, sft_loss
+from reclaif.train.losses import dpo_loss, dpo_loss_grad, dpo_losses, sft_loss
 
 # One pair: policy chosen -1, rejected -3; reference -2 for both.
 # log-ratio chosen = +1, rejected = -1, so h = 2.
@@ -74,6 +74,30 @@ def test_sigmoid_gradient_pushes_chosen_up_and_rejected_down():
     # dL/dpc = -beta * sigmoid(-beta*h)
     assert pc.grad.item() == pytest.approx(-0.5 * torch.sigmoid(torch.tensor(-1.0)).item())
     assert pr.grad.item() == pytest.approx(-pc.grad.item())
+
+
+@pytest.mark.parametrize("loss_type,ls,beta", [("sigmoid", 0.0, 0.3), ("sigmoid", 0.2, 0.5),
+                                               ("ipo", 0.0, 0.25), ("hinge", 0.0, 0.5),
+                                               ("hinge", 0.0, 0.25)])
+def test_closed_form_gradient_is_autograds_wrt_the_margin(loss_type, ls, beta):
+    g = torch.Generator().manual_seed(4)
+    # margins of both signs, and hinge's kink (beta * h == 1 exactly) with points either side
+    kink = 1.0 / beta
+    h = torch.cat([torch.randn(64, generator=g, dtype=torch.float64) * 4 / beta,
+                   torch.tensor([0.0, kink, kink - 1e-9, kink + 1e-9, 3 * kink],
+                                dtype=torch.float64)])
+    # pc = h with the other three 0 makes the margin (pc - rc) - (pr - rr) exactly h
+    pc, pr = h.clone().requires_grad_(), torch.zeros_like(h, requires_grad=True)
+    losses, _, _ = dpo_losses(pc, pr, torch.zeros_like(h), torch.zeros_like(h), beta,
+                              loss_type, ls)
+    want_c, want_r = torch.autograd.grad(losses.sum(), [pc, pr])
+    got = dpo_loss_grad(h, beta, loss_type, ls)
+    assert got.dtype == torch.float64 and want_c.abs().max() > 0.1 * beta
+    torch.testing.assert_close(got, want_c, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(-got, want_r, rtol=1e-12, atol=1e-15)
+    if loss_type == "hinge":
+        assert got[-4].item() == 0.0 and got[-3].item() == -beta  # at the kink, just before
+        assert set(got.tolist()) == {0.0, -beta}
 
 
 def test_reference_log_probs_get_no_gradient_and_may_live_on_cpu():

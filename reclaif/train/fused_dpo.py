@@ -16,14 +16,14 @@ from reclaif.train.logprobs import (_acc, _backprop_chunk, _body_and_weight, _ch
                                     _final_hidden, _gather_until_accumulated, _gathered,
                                     _GradWeight, _inner_loop, _matmul_grads, _pack,
                                     _softmax_inplace, shifted_labels)
-from reclaif.train.losses import dpo_losses, dpo_metrics
+from reclaif.train.losses import dpo_loss_grad, dpo_losses, dpo_metrics
 
 
-def _pair_groups(counts: Tensor, pairs: int, chunk: int) -> list[tuple[int, int]]:
+def _pair_groups(counts: list[int], pairs: int, chunk: int) -> list[tuple[int, int]]:
     """Consecutive pair ranges [a, b) whose chosen+rejected tokens fit in `chunk` (>= 1 pair)."""
-    per_pair = (counts[:pairs] + counts[pairs:]).tolist()
     groups, a, used = [], 0, 0
-    for i, n in enumerate(per_pair):
+    for i in range(pairs):
+        n = counts[i] + counts[pairs + i]
         if i > a and used + n > chunk:
             groups.append((a, i))
             a, used = i, 0
@@ -33,6 +33,23 @@ def _pair_groups(counts: Tensor, pairs: int, chunk: int) -> list[tuple[int, int]
     return groups
 
 
+def _group_layout(counts: list[int], groups: list[tuple[int, int]],
+                  device: torch.device) -> tuple[list[int], Tensor, Tensor, Tensor]:
+    """Group order lists the rows group by group, each group's chosen rows then its rejected
+    rows, so that group [a, b)'s rows are the slots [2a, 2b). Returns the groups' token bounds
+    in that order and three [2B] tensors: each row's slot, its slot within its group, and the
+    row at each slot."""
+    B = len(counts) // 2
+    rank, local, rows, bounds = [0] * (2 * B), [0] * (2 * B), [], [0]
+    for a, b in groups:
+        for k, r in enumerate((*range(a, b), *range(B + a, B + b))):
+            rank[r], local[r] = len(rows), k
+            rows.append(r)
+        bounds.append(bounds[-1] + sum(counts[r] for r in rows[2 * a:]))
+    # one host-to-device copy for all groups
+    return bounds, *torch.tensor([rank, local, rows], dtype=torch.long, device=device)
+
+
 class _FusedDPO(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: Tensor, weight: Tensor, labels: Tensor, ref_c: Tensor,
@@ -40,45 +57,45 @@ class _FusedDPO(torch.autograd.Function):
         B2, T, H = hidden.shape
         B = B2 // 2
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        beta, loss_type, ls = opts["beta"], opts["loss_type"], opts["label_smoothing"]
         pos, targets, seq = _pack(labels, opts["ignore_index"])
         counts = torch.bincount(seq, minlength=B2)
-        offs = [0] + torch.cumsum(counts, 0).tolist()
+        counts_h = counts.tolist()  # the forward's one device-to-host sync
+        groups = _pair_groups(counts_h, B, opts["chunk"])
+        bounds, rank, local, rows = _group_layout(counts_h, groups, hidden.device)
+        # Tokens sorted into group order once (stable: a row's tokens keep their order), so
+        # that the loop below takes each group's tokens as slices and builds no index.
+        order = torch.argsort(rank[seq], stable=True)
+        pos, targets, local = pos[order], targets[order], local[seq[order]]
         h2d = hidden.reshape(-1, H)
         grad_h = torch.zeros_like(h2d) if need_h else None
-        stats = torch.zeros(B, 5, dtype=_acc(hidden), device=hidden.device)
-        ipo = opts["loss_type"] == "ipo"
-        groups = _pair_groups(counts, B, opts["chunk"])
+        ipo = loss_type == "ipo"
+        lengths = counts.clamp(min=1).to(_acc(hidden))  # IPO's length normalisation
+        slot_lengths = lengths[rows]
+        sums = torch.zeros(B2, dtype=_acc(hidden), device=hidden.device)  # in group order
         grad_w = _GradWeight(weight, len(groups)) if need_w else None
-        for a, b in groups:
-            idx = torch.cat([torch.arange(offs[a], offs[b], device=pos.device),
-                             torch.arange(offs[B + a], offs[B + b], device=pos.device)])
-            p_pos, p_tgt = pos[idx], targets[idx]
-            # local row: 0..n-1 chosen, n..2n-1 rejected
-            row = seq[idx]
-            local = torch.where(row < B, row - a, row - B - a + (b - a))
+        ce = opts["ce"]
+        for (a, b), t0, t1 in zip(groups, bounds, bounds[1:]):
+            p_pos, p_tgt, p_local = pos[t0:t1], targets[t0:t1], local[t0:t1]
             hc = h2d[p_pos]
-            ce = opts["ce"]
             if ce is not None:
                 p = hc @ weight.T  # stays in its dtype: the kernels read it as it is
                 tok, lse = ce.lse_and_target(p, p_tgt)
             else:
                 p = _chunk_logits(hc, weight)
                 tok, _ = _softmax_inplace(p, p_tgt)
-            sums = torch.zeros(2 * (b - a), dtype=tok.dtype, device=hidden.device)
-            sums.index_add_(0, local, tok)
-            rows = torch.cat([torch.arange(a, b, device=counts.device),
-                              torch.arange(B + a, B + b, device=counts.device)])
-            scale = counts[rows]
-            scale = scale.clamp(min=1).to(sums.dtype) if ipo else torch.ones_like(sums)
-            pc = (sums[: b - a] / scale[: b - a]).requires_grad_()
-            pr = (sums[b - a:] / scale[b - a:]).requires_grad_()
-            with torch.enable_grad():
-                losses, r_c, r_r = dpo_losses(pc, pr, ref_c[a:b], ref_r[a:b], opts["beta"],
-                                              opts["loss_type"], opts["label_smoothing"])
-                g_c, g_r = torch.autograd.grad(losses.sum() / B, [pc, pr])
-            stats[a:b] = torch.stack([losses.detach(), r_c, r_r, pc.detach(), pr.detach()], 1)
+            s = sums[2 * a:2 * b].index_add_(0, p_local, tok)
             if need_h or need_w:
-                g_tok = (torch.cat([g_c, g_r]) / scale)[local]
+                # Closed-form loss gradient (no autograd call per group); values come after
+                # the loop, from dpo_losses for all pairs at once.
+                lp = s / slot_lengths[2 * a:2 * b] if ipo else s
+                n = b - a
+                dh = dpo_loss_grad((lp[:n] - ref_c[a:b]) - (lp[n:] - ref_r[a:b]), beta,
+                                   loss_type, ls)
+                g = torch.cat([dh, -dh]) / B  # d(mean loss)/d(log-prob) of chosen, rejected
+                if ipo:
+                    g = g / slot_lengths[2 * a:2 * b]
+                g_tok = g[p_local]
                 if ce is not None:
                     ce.grad_logits_inplace(p, lse, p_tgt, g_tok)
                     gh = _matmul_grads(p, p, hc, weight, grad_w)
@@ -87,6 +104,9 @@ class _FusedDPO(torch.autograd.Function):
                 if grad_h is not None:
                     grad_h.index_copy_(0, p_pos, gh.to(grad_h.dtype))
             del p
+        lp = sums[rank] / lengths if ipo else sums[rank]  # back to row order
+        losses, r_c, r_r = dpo_losses(lp[:B], lp[B:], ref_c, ref_r, beta, loss_type, ls)
+        stats = torch.stack([losses, r_c, r_r, lp[:B], lp[B:]], 1)
         ctx.weight = weight if hasattr(weight, "ds_id") else None
         ctx.scale, ctx.used = 1.0, False
         ctx.grads = (grad_h.view_as(hidden) if grad_h is not None else None,

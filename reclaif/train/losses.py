@@ -14,12 +14,7 @@ from torch import Tensor
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
-def dpo_losses(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
-               ref_rejected: Tensor, beta: float, loss_type: str = "sigmoid",
-               label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-pair losses [B] and the implicit rewards beta*(log pi - log pi_ref) of chosen and
-    rejected [B] (detached). All inputs are [B] sequence log-probs (sums; for IPO the caller
-    passes length-normalised log-probs, as the IPO paper and TRL do)."""
+def _check_dpo_args(beta: float, loss_type: str, label_smoothing: float) -> None:
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"dpo loss_type '{loss_type}' is not one of {list(LOSS_TYPES)}")
     if beta <= 0:
@@ -28,6 +23,15 @@ def dpo_losses(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tenso
         raise ValueError(f"dpo label_smoothing must be in [0, 0.5), got {label_smoothing}")
     if label_smoothing and loss_type != "sigmoid":
         raise ValueError(f"label_smoothing (cDPO) applies to the sigmoid loss only, not {loss_type}")
+
+
+def dpo_losses(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
+               ref_rejected: Tensor, beta: float, loss_type: str = "sigmoid",
+               label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-pair losses [B] and the implicit rewards beta*(log pi - log pi_ref) of chosen and
+    rejected [B] (detached). All inputs are [B] sequence log-probs (sums; for IPO the caller
+    passes length-normalised log-probs, as the IPO paper and TRL do)."""
+    _check_dpo_args(beta, loss_type, label_smoothing)
     # fp32 at least (fp64 stays fp64 for gradcheck)
     acc = torch.promote_types(policy_chosen.dtype, torch.float32)
     pc, pr = policy_chosen.to(acc), policy_rejected.to(acc)
@@ -43,6 +47,25 @@ def dpo_losses(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tenso
     else:  # hinge (SLiC)
         losses = torch.relu(1.0 - beta * h)
     return losses, (beta * (pc - rc)).detach(), (beta * (pr - rr)).detach()
+
+
+def dpo_loss_grad(h: Tensor, beta: float, loss_type: str = "sigmoid",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """The derivative of dpo_losses' per-pair loss wrt h = (pc - rc) - (pr - rr), in closed
+    form and in h's dtype: dloss/dpc = dloss/dh and dloss/dpr = -dloss/dh. For callers that form
+    gradients themselves (reclaif.train.fused_dpo) and would otherwise need an autograd call
+    per chunk. At hinge's kink (beta * h == 1) it is 0, as autograd's relu gives."""
+    _check_dpo_args(beta, loss_type, label_smoothing)
+    if loss_type == "sigmoid":
+        # d/dx -logsigmoid(x) = -sigmoid(-x)
+        g = torch.sigmoid(-beta * h) * (1.0 - label_smoothing)
+        if label_smoothing:
+            g = g - torch.sigmoid(beta * h) * label_smoothing
+        return -beta * g
+    if loss_type == "ipo":
+        return 2.0 * (h - 1.0 / (2.0 * beta))
+    # hinge: the same expression as dpo_losses, so the kink falls on the same h
+    return (1.0 - beta * h > 0).to(h.dtype) * -beta
 
 
 def dpo_metrics(losses: Tensor, rewards_chosen: Tensor, rewards_rejected: Tensor) -> dict[str, Tensor]:
