@@ -1,17 +1,20 @@
 """Batched sampling that drops finished answers: the hf backend's decode loop.
 
-Written by hand because transformers' `generate` does two things that cost a third of the
-throughput of a batch of 16 on a CPU (measured: `reclaif bench sampling --decoder generate`):
+Written by hand because transformers' `generate` leaves throughput on the table where batching
+is all a CPU has (`reclaif bench sampling --with-generate`: this loop 1.3-1.7x its tokens/s at a
+batch of 16 on 2 cores):
   * it decodes every row until the longest answer of the batch ends, so rows that already
     emitted EOS keep paying for their matmuls and attention;
   * its dynamic KV cache concatenates every layer's keys and values into new tensors at each
-    step (a fifth of a batch-16 step by torch.profiler), and its static cache attends over the
-    whole preallocated length instead.
+    step (a fifth of a batch-16 step by torch.profiler; its static cache attends over the whole
+    preallocated length instead and measured no faster);
+  * it prefills the n samples of a prompt n times, and the prefix every prompt of the batch
+    shares (the template's head) once per prompt;
+  * its nucleus filter sorts the whole vocabulary at every step (a quarter of a batch-16 step).
 Here each layer's cache is one buffer of the final length, written in place and read through a
-view of the filled part, and rows that finished are dropped from the batch (the buffers are
-compacted once a quarter of the rows are done, so each copy pays for many steps). A prompt's
-prefill runs once for its n samples, whose caches are then copies, and the prefix
-that all prompts of a batch share is prefilled once (see `sample`).
+view of the filled part; rows that finished leave the batch (the buffers are compacted once a
+quarter of the rows are done, so each copy pays for many steps); a prompt is prefilled once for
+its n samples and the batch's shared prefix once for all; the nucleus comes from a top-k.
 
 Sampling follows `generate`'s: temperature, then nucleus (top-p) filtering, then a draw from
 torch's global generator (the caller seeds it); temperature 0 is greedy. Models whose cache is
