@@ -93,8 +93,15 @@ def supports(model: Any) -> bool:
     window, qwen2, ...) and the forward takes position ids and `logits_to_keep` (a model's own
     remote code may not): the loop below handles those; other models use `generate`."""
     params = inspect.signature(model.forward).parameters
-    takes = all(k in params for k in ("position_ids", "past_key_values", "logits_to_keep"))
-    return takes and _cache(model, 1) is not None
+    takes = all(k in params for k in ("position_ids", "logits_to_keep"))
+    return takes and _cache_arg(model) is not None and _cache(model, 1) is not None
+
+
+def _cache_arg(model: Any) -> str | None:
+    """The forward's name for the KV cache: `cache` from transformers 5.24 (which deprecates
+    `past_key_values`, the name before it)."""
+    params = inspect.signature(model.forward).parameters
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
 
 
 def _next_tokens(logits: Tensor, temperature: float, top_p: float) -> Tensor:
@@ -173,6 +180,7 @@ def sample(model: Any, prompts: list[list[int]], n: int, temperature: float, top
 def _sample(model: Any, prompts: list[list[int]], n: int, temperature: float, top_p: float,
             max_new_tokens: int, eos_ids: list[int], pad_id: int) -> list[list[int]]:
     device = next(model.parameters()).device
+    arg = _cache_arg(model)
     shared = _shared_prefix(prompts)
     own = [ids[shared:] for ids in prompts]
     width = max(len(ids) for ids in own)
@@ -191,10 +199,10 @@ def _sample(model: Any, prompts: list[list[int]], n: int, temperature: float, to
     if shared:
         head = torch.tensor([prompts[0][:shared]], device=device)
         model(input_ids=head, attention_mask=mask[:1, :shared], position_ids=positions[:1, :shared],
-              past_key_values=cache, use_cache=True, logits_to_keep=1)
+              use_cache=True, **{arg: cache}, logits_to_keep=1)
         cache.batch_repeat_interleave(len(prompts))
     out = model(input_ids=input_ids, attention_mask=mask[:, :plen],
-                position_ids=positions[:, shared:], past_key_values=cache, use_cache=True,
+                position_ids=positions[:, shared:], use_cache=True, **{arg: cache},
                 logits_to_keep=1)
     logits = out.logits[:, -1]
     if n > 1:  # the n samples of a prompt share its prefill
@@ -223,7 +231,7 @@ def _sample(model: Any, prompts: list[list[int]], n: int, temperature: float, to
         mask[:, end - 1] = 1
         position = position + 1
         out = model(input_ids=tokens[:, None], attention_mask=mask[:, :end],
-                    position_ids=position, past_key_values=cache, use_cache=True,
+                    position_ids=position, use_cache=True, **{arg: cache},
                     logits_to_keep=1)
         logits = out.logits[:, -1]
     return answers
