@@ -231,8 +231,11 @@ def test_accelerate_template_starts_two_cpu_processes(tmp_path, repo_root, monke
     fake = tmp_path / "fake" / "reclaif"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(f"__path__.append({str(repo_root / 'reclaif')!r})\n")
-    (fake / "cli.py").write_text("import json, os, sys\nprint('RANK=' + os.environ['RANK'], "
-                                 "os.environ['WORLD_SIZE'], json.dumps(sys.argv[1:]))\n")
+    # one write per rank: print's separate writes of each argument interleave between the two
+    # ranks when stdout is unbuffered (PYTHONUNBUFFERED=1), as a CI run showed
+    (fake / "cli.py").write_text("import json, os, sys\nsys.stdout.write(' '.join(['RANK=' + "
+                                 "os.environ['RANK'], os.environ['WORLD_SIZE'], "
+                                 "json.dumps(sys.argv[1:])]) + '\\n')\n")
     argv = render_launch(TEMPLATES["accelerate"], num_machines=1, machine_rank=0,
                          main_process_ip="127.0.0.1", main_process_port=_free_port(),
                          num_processes=2, phase="sft", run_dir="runs/r", iteration=0,
