@@ -1,6 +1,7 @@
 """HFClient on a tiny random Llama with the real tokenizer (fast), checked against transformers."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -65,12 +66,19 @@ def test_batches_of_batch_size_sorted_by_length_pad_little(tiny):
     c = HFClient(LLMSpec(model=str(tiny), batch_size=2, device="cpu"))
     c.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=2)
     s = c.last_stats
-    lens = sorted((len(c.tokenizer(c.render(p), add_special_tokens=False)["input_ids"])
-                   for p in PROMPTS), reverse=True)
+    ids = sorted((c.tokenizer(c.render(p), add_special_tokens=False)["input_ids"]
+                  for p in PROMPTS), key=len, reverse=True)
+    lens = [len(x) for x in ids]
     assert s.batch_sizes == [2, 2]
-    # Sorted batching pads each pair to its own longest prompt, not to the global longest.
-    assert s.padded_prompt_tokens == 2 * lens[0] + 2 * lens[2]
+    # Sorted batching pads each pair to its own longest prompt, not to the global longest; the
+    # prefix a pair shares (the chat template's system turn) is prefilled once.
+    shared = [len(os.path.commonprefix([a, b])) for a, b in (ids[:2], ids[2:])]
+    assert min(shared) >= 16  # long enough for the loop to prefill it separately
+    assert s.padded_prompt_tokens == sum(k + 2 * (n - k) for k, n in zip(shared, lens[::2]))
     assert s.prompt_tokens == sum(lens)
+    c.decoder = "generate"
+    c.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=2)
+    assert c.last_stats.padded_prompt_tokens == 2 * lens[0] + 2 * lens[2]
 
 
 def test_n_samples_per_prompt_and_seed_reproducibility(client):

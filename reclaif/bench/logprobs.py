@@ -132,27 +132,34 @@ def _median_seconds(fn: Callable[[Tensor, Tensor], Tensor], x: dict, reps: int) 
     return statistics.median(times)
 
 
-def compare(variants: dict[str, Callable], x: dict, reps: int) -> dict[str, float]:
-    """One side-by-side comparison: errors of fused vs usual, memory and time ratios."""
+def compare_time(variants: dict[str, Callable], x: dict, reps: int) -> dict[str, float]:
+    """Errors of fused vs usual and the time ratio (medians of interleaved repetitions, so a
+    neighbour's load on a shared machine hits both alike)."""
     out_u, gh_u, gw_u = _run(variants["usual"], x)
     out_f, gh_f, gw_f = _run(variants["fused"], x)
     err = (out_f - out_u).abs().max().item()
     gerr = max((gh_f - gh_u).abs().max().item(), (gw_f - gw_u).abs().max().item())
     del out_u, gh_u, gw_u, out_f, gh_f, gw_f
-    peak_u, peak_f = _peak_bytes(variants["usual"], x), _peak_bytes(variants["fused"], x)
-    # interleaved repetitions, so a neighbour's load on a shared machine hits both alike
     t_u, t_f = [], []
     for _ in range(reps):
         t_u.append(_median_seconds(variants["usual"], x, 1))
         t_f.append(_median_seconds(variants["fused"], x, 1))
     return {"max_abs_err": err, "grad_max_abs_err": gerr,
-            "peak_mem_ratio": peak_u / peak_f, "time_ratio": statistics.median(t_f) / statistics.median(t_u),
-            "usual_peak_mb": peak_u / 2**20, "fused_peak_mb": peak_f / 2**20}
+            "time_ratio": statistics.median(t_f) / statistics.median(t_u)}
+
+
+def compare_memory(variants: dict[str, Callable], x: dict) -> dict[str, float]:
+    peak_u, peak_f = _peak_bytes(variants["usual"], x), _peak_bytes(variants["fused"], x)
+    return {"peak_mem_ratio": peak_u / peak_f, "usual_peak_mb": peak_u / 2**20,
+            "fused_peak_mb": peak_f / 2**20}
 
 
 def bench(shapes: list[tuple[int, int, int]], reps: int, device: str = "cpu",
           dtype: str = "float32", chunk: int = CHUNK, kernel: str = "auto") -> list[dict]:
     results = []
+    # Every timing before the first memory pass: on CUDA, kernels launched after a profiler
+    # session with memory events ran slower for the rest of the process (H200: the
+    # launch-bound fused DPO loss timed 1.33x after one, 0.98x in a process without).
     for tokens, hidden, vocab in shapes:
         x = _inputs(tokens, hidden, vocab, device=device, dtype=getattr(torch, dtype))
         if device != "cpu":  # warm-up: kernel selection, the caching allocator
@@ -162,9 +169,16 @@ def bench(shapes: list[tuple[int, int, int]], reps: int, device: str = "cpu",
                     _run(fn, x)
         row = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_size": chunk,
                "dtype": dtype, "kernel": kernel, "reps": reps}
-        row.update(compare(_logps_variants(x, chunk, kernel), x, reps))
-        row["dpo"] = compare(_dpo_variants(x, chunk, kernel=kernel), x, reps)
+        row.update(compare_time(_logps_variants(x, chunk, kernel), x, reps))
+        row["dpo"] = compare_time(_dpo_variants(x, chunk, kernel=kernel), x, reps)
         results.append(row)
+        del x
+    for row in results:
+        x = _inputs(row["tokens"], row["hidden"], row["vocab"], device=device,
+                    dtype=getattr(torch, dtype))
+        row.update(compare_memory(_logps_variants(x, chunk, kernel), x))
+        row["dpo"].update(compare_memory(_dpo_variants(x, chunk, kernel=kernel), x))
+        del x
     return results
 
 

@@ -164,6 +164,13 @@ def _shared_prefix(prompts: list[list[int]]) -> int:
 MIN_SHARED_PREFIX = 16  # below this a separate prefill call costs more than it saves
 
 
+def prefill_positions(prompts: list[list[int]]) -> int:
+    """Prompt positions `sample` prefills, pads included: the shared prefix once, then every
+    prompt's own part padded to the longest."""
+    shared = _shared_prefix(prompts)
+    return shared + len(prompts) * max(len(ids) - shared for ids in prompts)
+
+
 def sample(model: Any, prompts: list[list[int]], n: int, temperature: float, top_p: float,
            max_new_tokens: int, eos_ids: list[int], pad_id: int = 0) -> list[list[int]]:
     """New tokens of n answers per prompt (row r*n + j is prompt r's j-th), each cut after its
@@ -214,10 +221,11 @@ def _sample(model: Any, prompts: list[list[int]], n: int, temperature: float, to
     live = list(range(rows))  # answer index of each buffer row still decoding (-1: done)
     for step in range(max_new_tokens):
         tokens = _next_tokens(logits, temperature, top_p)
-        for row, token in zip(live, tokens.tolist()):
+        # one device-to-host copy per step for the tokens and their end flags
+        host_tokens, ended = torch.stack([tokens, torch.isin(tokens, eos).long()]).tolist()
+        for row, token in zip(live, host_tokens):
             if row >= 0:
                 answers[row].append(token)
-        ended = torch.isin(tokens, eos).tolist()
         live = [-1 if (row < 0 or end) else row for row, end in zip(live, ended)]
         active = [i for i, row in enumerate(live) if row >= 0]
         if not active or step + 1 == max_new_tokens:

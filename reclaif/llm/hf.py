@@ -145,22 +145,24 @@ class HFClient:
 
         from reclaif.llm import decode
 
-        enc = self.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
-        input_ids = enc["input_ids"].to(self.device)
-        attention = enc["attention_mask"].to(self.device)
+        own_loop = self._own_loop and self.decoder == "auto"
         stats.prompt_tokens += sum(len(x) for x in batch_ids)
-        stats.padded_prompt_tokens += input_ids.numel()
+        stats.padded_prompt_tokens += (decode.prefill_positions(batch_ids) if own_loop else
+                                       len(batch_ids) * max(len(x) for x in batch_ids))
         stats.batch_sizes.append(len(batch_ids))
         greedy = temperature <= 0
         # Greedy decoding gives one answer per prompt; n copies of it are what n samples mean.
         rows = 1 if greedy else n
         with torch.inference_mode():
-            if self._own_loop and self.decoder == "auto":
+            if own_loop:  # lays out its own rows: no padded batch here
                 new = decode.sample(self.model, batch_ids, rows, temperature, top_p,
                                     max_new_tokens, self.eos_ids, self.tokenizer.pad_token_id)
             else:
-                new = self._hf_generate(input_ids, attention, rows, temperature, top_p,
-                                        max_new_tokens)
+                enc = self.tokenizer.pad({"input_ids": batch_ids}, padding=True,
+                                         return_tensors="pt")
+                new = self._hf_generate(enc["input_ids"].to(self.device),
+                                        enc["attention_mask"].to(self.device), rows,
+                                        temperature, top_p, max_new_tokens)
         texts: list[list[str]] = []
         for b in range(len(batch_ids)):
             answers = []

@@ -7,6 +7,7 @@ of the usual path (logits, grad_hidden, grad_weight) and no fourth.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,9 +15,9 @@ from torch import Tensor
 
 from reclaif.train.logprobs import (_acc, _backprop_chunk, _body_and_weight, _chunk_logits,
                                     _final_hidden, _gather_until_accumulated, _gathered,
-                                    _GradWeight, _inner_loop, _matmul_grads, _pack,
-                                    _softmax_inplace, shifted_labels)
-from reclaif.train.losses import dpo_loss_grad, dpo_losses, dpo_metrics
+                                    _GradWeight, _inner_loop, _matmul_grads, _softmax_inplace,
+                                    shifted_labels)
+from reclaif.train.losses import _check_dpo_args, dpo_loss_grad, dpo_losses, dpo_metrics
 
 
 def _pair_groups(counts: list[int], pairs: int, chunk: int) -> list[tuple[int, int]]:
@@ -33,21 +34,53 @@ def _pair_groups(counts: list[int], pairs: int, chunk: int) -> list[tuple[int, i
     return groups
 
 
-def _group_layout(counts: list[int], groups: list[tuple[int, int]],
-                  device: torch.device) -> tuple[list[int], Tensor, Tensor, Tensor]:
-    """Group order lists the rows group by group, each group's chosen rows then its rejected
-    rows, so that group [a, b)'s rows are the slots [2a, 2b). Returns the groups' token bounds
-    in that order and three [2B] tensors: each row's slot, its slot within its group, and the
-    row at each slot."""
-    B = len(counts) // 2
-    rank, local, rows, bounds = [0] * (2 * B), [0] * (2 * B), [], [0]
+@dataclass
+class _Plan:
+    """Where every counted token goes, built on the host from one copy of the label mask.
+
+    Group order lists the rows group by group, each group's chosen rows then its rejected
+    rows, so group [a, b)'s rows are the slots [2a, 2b) and its tokens one slice. Planning on
+    the host replaces a dozen small device ops (nonzero, bincount, argsort, index builds), each
+    a kernel launch; at the bench's sizes the host's launch rate, not the GPU, set the time."""
+
+    groups: list[tuple[int, int]]
+    bounds: list[int]  # token bounds of the groups
+    pos: Tensor  # [N] flat position of each counted token, in group order
+    local: Tensor  # [N] its slot within its group
+    pair: Tensor  # [N] its pair within its group
+    sign: Tensor  # [N] +1 chosen, -1 rejected, divided by its row's count for IPO
+    rank: Tensor  # [2B] slot of each row
+    counts: Tensor  # [2B] counted tokens per row
+
+
+def _plan(labels: Tensor, ignore_index: int, chunk: int, ipo: bool) -> _Plan:
+    B2, T = labels.shape
+    B = B2 // 2
+    keep = (labels != ignore_index).cpu()  # the forward's one device-to-host copy
+    counts = keep.sum(1)
+    groups = _pair_groups(counts.tolist(), B, chunk)
+    rows, local, pair, sign = [], [], [], []
     for a, b in groups:
-        for k, r in enumerate((*range(a, b), *range(B + a, B + b))):
-            rank[r], local[r] = len(rows), k
-            rows.append(r)
-        bounds.append(bounds[-1] + sum(counts[r] for r in rows[2 * a:]))
-    # one host-to-device copy for all groups
-    return bounds, *torch.tensor([rank, local, rows], dtype=torch.long, device=device)
+        n = b - a
+        rows += [*range(a, b), *range(B + a, B + b)]
+        local += range(2 * n)
+        pair += [*range(n), *range(n)]
+        sign += [1.0] * n + [-1.0] * n
+    rows_t = torch.tensor(rows, dtype=torch.long)
+    slot, t = keep[rows_t].nonzero(as_tuple=True)  # slot by slot, each in position order
+    ends = counts[rows_t].cumsum(0).tolist()
+    bounds = [0] + [ends[2 * b - 1] for _, b in groups]
+    rank = torch.empty(B2, dtype=torch.long)
+    rank[rows_t] = torch.arange(B2)
+    sign_t = torch.tensor(sign, dtype=torch.float64)
+    if ipo:  # IPO's loss is on length-normalised log-probs
+        sign_t /= counts[rows_t].clamp(min=1)
+    ints = torch.cat([rows_t[slot] * T + t, torch.tensor(local)[slot], torch.tensor(pair)[slot],
+                      rank, counts]).to(labels.device)  # one host-to-device copy of the plan
+    n_tok = slot.numel()
+    pos, local_d, pair_d, rank_d, counts_d = ints.split([n_tok, n_tok, n_tok, B2, B2])
+    return _Plan(groups, bounds, pos, local_d, pair_d, sign_t[slot].to(labels.device), rank_d,
+                 counts_d)
 
 
 class _FusedDPO(torch.autograd.Function):
@@ -58,57 +91,59 @@ class _FusedDPO(torch.autograd.Function):
         B = B2 // 2
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         beta, loss_type, ls = opts["beta"], opts["loss_type"], opts["label_smoothing"]
-        pos, targets, seq = _pack(labels, opts["ignore_index"])
-        counts = torch.bincount(seq, minlength=B2)
-        counts_h = counts.tolist()  # the forward's one device-to-host sync
-        groups = _pair_groups(counts_h, B, opts["chunk"])
-        bounds, rank, local, rows = _group_layout(counts_h, groups, hidden.device)
-        # Tokens sorted into group order once (stable: a row's tokens keep their order), so
-        # that the loop below takes each group's tokens as slices and builds no index.
-        order = torch.argsort(rank[seq], stable=True)
-        pos, targets, local = pos[order], targets[order], local[seq[order]]
-        h2d = hidden.reshape(-1, H)
-        grad_h = torch.zeros_like(h2d) if need_h else None
         ipo = loss_type == "ipo"
-        lengths = counts.clamp(min=1).to(_acc(hidden))  # IPO's length normalisation
-        slot_lengths = lengths[rows]
-        sums = torch.zeros(B2, dtype=_acc(hidden), device=hidden.device)  # in group order
-        grad_w = _GradWeight(weight, len(groups)) if need_w else None
+        acc = _acc(hidden)
+        plan = _plan(labels, opts["ignore_index"], opts["chunk"], ipo)
+        # The counted tokens' hidden states and targets in group order, gathered once: each
+        # group then reads a slice and builds no index.
+        hs = hidden.reshape(-1, H)[plan.pos]
+        targets = labels.reshape(-1)[plan.pos]
+        lengths = plan.counts.clamp(min=1).to(acc)
+        if ipo:
+            ref_c, ref_r = ref_c / lengths[:B], ref_r / lengths[B:]
+            inv_len = (1.0 / lengths)[plan.rank.argsort()]  # per slot
+        ref_diff = ref_c - ref_r
+        coef = plan.sign.to(acc) / B  # d(mean loss)/d(token log-prob) = coef * dloss/dh
+        sums = torch.zeros(B2, dtype=acc, device=hidden.device)  # per slot
+        # grad_hidden of the counted tokens in group order, scattered to rows after the loop
+        gh = torch.empty(hs.shape, dtype=weight.dtype, device=hs.device) if need_h else None
+        grad_w = _GradWeight(weight, len(plan.groups)) if need_w else None
         ce = opts["ce"]
-        for (a, b), t0, t1 in zip(groups, bounds, bounds[1:]):
-            p_pos, p_tgt, p_local = pos[t0:t1], targets[t0:t1], local[t0:t1]
-            hc = h2d[p_pos]
+        for (a, b), t0, t1 in zip(plan.groups, plan.bounds, plan.bounds[1:]):
+            hc, tgt = hs[t0:t1], targets[t0:t1]
             if ce is not None:
                 p = hc @ weight.T  # stays in its dtype: the kernels read it as it is
-                tok, lse = ce.lse_and_target(p, p_tgt)
+                tok, lse = ce.lse_and_target(p, tgt)
             else:
                 p = _chunk_logits(hc, weight)
-                tok, _ = _softmax_inplace(p, p_tgt)
-            s = sums[2 * a:2 * b].index_add_(0, p_local, tok)
+                tok, _ = _softmax_inplace(p, tgt)
+            s = sums[2 * a:2 * b].index_add_(0, plan.local[t0:t1], tok)
             if need_h or need_w:
                 # Closed-form loss gradient (no autograd call per group); values come after
                 # the loop, from dpo_losses for all pairs at once.
-                lp = s / slot_lengths[2 * a:2 * b] if ipo else s
                 n = b - a
-                dh = dpo_loss_grad((lp[:n] - ref_c[a:b]) - (lp[n:] - ref_r[a:b]), beta,
-                                   loss_type, ls)
-                g = torch.cat([dh, -dh]) / B  # d(mean loss)/d(log-prob) of chosen, rejected
                 if ipo:
-                    g = g / slot_lengths[2 * a:2 * b]
-                g_tok = g[p_local]
+                    s = s * inv_len[2 * a:2 * b]
+                d = dpo_loss_grad(s[:n] - s[n:] - ref_diff[a:b], beta, loss_type, ls)
+                g_tok = d[plan.pair[t0:t1]] * coef[t0:t1]
+                out = gh[t0:t1] if gh is not None else None
                 if ce is not None:
-                    ce.grad_logits_inplace(p, lse, p_tgt, g_tok)
-                    gh = _matmul_grads(p, p, hc, weight, grad_w)
+                    ce.grad_logits_inplace(p, lse, tgt, g_tok)
+                    _matmul_grads(p, p, hc, weight, grad_w, out)
                 else:
-                    gh = _backprop_chunk(p, g_tok, p_tgt, hc, weight, grad_w)
-                if grad_h is not None:
-                    grad_h.index_copy_(0, p_pos, gh.to(grad_h.dtype))
+                    _backprop_chunk(p, g_tok, tgt, hc, weight, grad_w, out)
             del p
-        lp = sums[rank] / lengths if ipo else sums[rank]  # back to row order
+        lp = sums[plan.rank]
+        if ipo:
+            lp = lp / lengths
         losses, r_c, r_r = dpo_losses(lp[:B], lp[B:], ref_c, ref_r, beta, loss_type, ls)
         stats = torch.stack([losses, r_c, r_r, lp[:B], lp[B:]], 1)
         ctx.weight = weight if hasattr(weight, "ds_id") else None
         ctx.scale, ctx.used = 1.0, False
+        grad_h = None
+        if gh is not None:
+            grad_h = torch.zeros_like(hidden).view(-1, H).index_copy_(0, plan.pos,
+                                                                      gh.to(hidden.dtype))
         ctx.grads = (grad_h.view_as(hidden) if grad_h is not None else None,
                      grad_w.result() if grad_w is not None else None)
         ctx.mark_non_differentiable(stats)
@@ -178,13 +213,10 @@ def fused_dpo_loss_from_hidden(hidden: Tensor, weight: Tensor, labels: Tensor, r
     if hidden.shape[0] % 2 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"fused_dpo_loss: hidden {tuple(hidden.shape)} must be [2B,T,H] with "
                          f"labels [2B,T], got labels {tuple(labels.shape)}")
+    _check_dpo_args(beta, loss_type, label_smoothing)
     ce = _inner_loop(kernel, hidden)
-    B = hidden.shape[0] // 2
     acc = _acc(hidden)
     ref_c, ref_r = ref_chosen.to(hidden.device, acc), ref_rejected.to(hidden.device, acc)
-    if loss_type == "ipo":
-        counts = torch.bincount(_pack(labels, ignore_index)[2], minlength=2 * B).clamp(min=1)
-        ref_c, ref_r = ref_c / counts[:B], ref_r / counts[B:]
     opts = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
                 chunk=chunk_size, ignore_index=ignore_index, ce=ce)
     with _gathered(weight):  # around apply: see sequence_logps
