@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", choices=["auto", "torch", "triton"], default="auto",
                    help="logprobs: the fused kernel's inner loop over each chunk (auto: triton "
                         "on CUDA where it is installed, else torch)")
+    p.add_argument("--weight-grad", choices=["fp32", "param"], default=None,
+                   help="logprobs: where a bf16 weight's gradient sums over chunks (fp32 "
+                        "accumulator, the default, or the weight's dtype)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="sampling: tokens generated per prompt (default: the sampling "
                         "config's, 256)")

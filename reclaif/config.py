@@ -115,6 +115,10 @@ class TrainConfig:
     logprob_chunk: int = _f(1024, "Token chunk of the fused log-prob kernel.")
     logprob_kernel: str = _f("auto", "Inner loop of the fused log-prob kernel: auto (Triton on "
                                      "CUDA where triton imports, else torch), torch or triton.")
+    logprob_weight_grad: str = _f("fp32", "Where a bf16/fp16 lm_head weight's gradient sums "
+                                  "over the kernel's chunks: fp32 (an fp32 accumulator of the "
+                                  "weight's size) or param (in the weight's dtype, as Liger "
+                                  "does: less memory, one rounding per chunk).")
     save_every_steps: int = _f(50, "Training checkpoint interval (for resume mid-epoch).")
     seed: int = _f(0, "Training seed.")
 
@@ -302,6 +306,8 @@ def validate(cfg: RunConfig) -> None:
         "dpo.engine": (cfg.dpo.engine, {"torch", "deepspeed"}),
         "sft.logprob_kernel": (cfg.sft.logprob_kernel, {"auto", "torch", "triton"}),
         "dpo.logprob_kernel": (cfg.dpo.logprob_kernel, {"auto", "torch", "triton"}),
+        "sft.logprob_weight_grad": (cfg.sft.logprob_weight_grad, {"fp32", "param"}),
+        "dpo.logprob_weight_grad": (cfg.dpo.logprob_weight_grad, {"fp32", "param"}),
         "launch.mode": (cfg.launch.mode, {"inprocess", "command"}),
     }
     for key, (value, allowed) in choices.items():

@@ -100,6 +100,64 @@ def test_no_grad_keeps_nothing_for_backward():
         assert saved and out.grad_fn is not None
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_weight_grad_summed_in_the_weights_dtype_stays_near_the_fp32_accumulator(device):
+    # 120 tokens in 8 chunks: weight_grad_acc="param" rounds the bf16 running sum once per
+    # chunk; its error against fp64 stays within a few bf16 steps of the fp32 accumulator's.
+    h, w, labels = odd_batch(torch.bfloat16, B=4, T=40, H=32, V=300, seed=2)
+    h, w, labels = h.detach().to(device), w.detach().to(device), labels.to(device)
+    B = labels.shape[0] // 2
+    ref = torch.zeros(B, device=device)
+    gw = {}
+    for acc in ("fp32", "param"):
+        for name, fn in (("logps", lambda w_: sequence_logps(h, w_, labels, 16,
+                                                            weight_grad_acc=acc)[0].sum()),
+                         ("dpo", lambda w_: fused_dpo_loss_from_hidden(
+                             h, w_, labels, ref, ref, 0.5, chunk_size=16,
+                             weight_grad_acc=acc)[0])):
+            w_ = w.clone().requires_grad_()
+            gw[name, acc] = torch.autograd.grad(fn(w_), w_)[0].cpu().double()
+            assert gw[name, acc].dtype == torch.float64 and gw[name, acc].abs().sum() > 0
+    h64, w64 = (t.detach().cpu().double() for t in (h, w))
+    w64.requires_grad_()
+    exact = torch.autograd.grad(oracle(h64, w64, labels.cpu()).sum(), w64)[0]
+    err32 = (gw["logps", "fp32"] - exact).abs().max()
+    err16 = (gw["logps", "param"] - exact).abs().max()
+    assert err16 <= 4 * err32 + 1e-2
+    step = exact.abs().max() * 2 ** -8  # one bf16 step at the largest gradient
+    for name in ("logps", "dpo"):
+        assert (gw[name, "param"] - gw[name, "fp32"]).abs().max() <= 4 * step
+    # fp32 weights: the gradient is its own accumulator in both modes, bit for bit
+    h32, w32 = h.float(), w.float().requires_grad_()
+    a = torch.autograd.grad(sequence_logps(h32, w32, labels, 16)[0].sum(), w32)[0]
+    b = torch.autograd.grad(sequence_logps(h32, w32, labels, 16,
+                                           weight_grad_acc="param")[0].sum(), w32)[0]
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="weight_grad_acc"):
+        sequence_logps(h, w, labels, 16, weight_grad_acc="fp16")
+    with pytest.raises(ValueError, match="weight_grad_acc"):
+        fused_dpo_loss_from_hidden(h, w, labels, ref, ref, 0.5, weight_grad_acc="x")
+
+
+def test_batch_with_no_counted_token_gives_zero_values_and_gradients():
+    # The weight gradient's accumulator is not zeroed up front (the first chunk overwrites
+    # it): with no chunk at all it must still come back as zeros, not uninitialised memory.
+    h, w, labels = odd_batch()
+    labels = torch.full_like(labels, -100)
+    h, w = h.requires_grad_(), w.requires_grad_()
+    out, counts = sequence_logps(h, w, labels, chunk_size=4)
+    out.sum().backward()
+    assert counts.sum() == 0 and (out == 0).all()
+    assert (h.grad == 0).all() and (w.grad == 0).all()
+    if labels.shape[0] % 2 == 0:
+        h.grad = w.grad = None
+        B = labels.shape[0] // 2
+        loss, _ = fused_dpo_loss_from_hidden(h, w, labels, torch.zeros(B), torch.zeros(B), 0.1,
+                                             chunk_size=4)
+        loss.backward()
+        assert (h.grad == 0).all() and (w.grad == 0).all()
+
+
 def test_bad_shapes_and_chunk_raise():
     h, w, labels = odd_batch()
     with pytest.raises(ValueError, match="labels"):

@@ -57,17 +57,17 @@ def _usual_logps(h: Tensor, w: Tensor, labels: Tensor) -> Tensor:
     return logp.gather(-1, labels[..., None]).squeeze(-1).sum(-1)
 
 
-def _logps_variants(x: dict, chunk: int = CHUNK,
-                    kernel: str = "auto") -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+def _logps_variants(x: dict, chunk: int = CHUNK, kernel: str = "auto",
+                    weight_grad: str = "fp32") -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     return {
         "usual": lambda h, w: _usual_logps(h, w, x["labels"]).sum(),
-        "fused": lambda h, w: sequence_logps(h, w, x["labels"], chunk_size=chunk,
-                                             kernel=kernel)[0].sum(),
+        "fused": lambda h, w: sequence_logps(h, w, x["labels"], chunk_size=chunk, kernel=kernel,
+                                             weight_grad_acc=weight_grad)[0].sum(),
     }
 
 
-def _dpo_variants(x: dict, chunk: int = CHUNK, beta: float = 0.1,
-                  kernel: str = "auto") -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+def _dpo_variants(x: dict, chunk: int = CHUNK, beta: float = 0.1, kernel: str = "auto",
+                  weight_grad: str = "fp32") -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     B = x["h"].shape[0] // 2
 
     def usual(h: Tensor, w: Tensor) -> Tensor:
@@ -76,7 +76,8 @@ def _dpo_variants(x: dict, chunk: int = CHUNK, beta: float = 0.1,
 
     def fused(h: Tensor, w: Tensor) -> Tensor:
         return fused_dpo_loss_from_hidden(h, w, x["labels"], x["ref_c"], x["ref_r"], beta,
-                                          chunk_size=chunk, kernel=kernel)[0]
+                                          chunk_size=chunk, kernel=kernel,
+                                          weight_grad_acc=weight_grad)[0]
     return {"usual": usual, "fused": fused}
 
 
@@ -155,7 +156,8 @@ def compare_memory(variants: dict[str, Callable], x: dict) -> dict[str, float]:
 
 
 def bench(shapes: list[tuple[int, int, int]], reps: int, device: str = "cpu",
-          dtype: str = "float32", chunk: int = CHUNK, kernel: str = "auto") -> list[dict]:
+          dtype: str = "float32", chunk: int = CHUNK, kernel: str = "auto",
+          weight_grad: str = "fp32") -> list[dict]:
     results = []
     # Every timing before the first memory pass: on CUDA, kernels launched after a profiler
     # session with memory events ran slower for the rest of the process (H200: the
@@ -163,21 +165,23 @@ def bench(shapes: list[tuple[int, int, int]], reps: int, device: str = "cpu",
     for tokens, hidden, vocab in shapes:
         x = _inputs(tokens, hidden, vocab, device=device, dtype=getattr(torch, dtype))
         if device != "cpu":  # warm-up: kernel selection, the caching allocator
-            for variants in (_logps_variants(x, chunk, kernel),
-                             _dpo_variants(x, chunk, kernel=kernel)):
+            for variants in (_logps_variants(x, chunk, kernel, weight_grad),
+                             _dpo_variants(x, chunk, kernel=kernel, weight_grad=weight_grad)):
                 for fn in variants.values():
                     _run(fn, x)
         row = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_size": chunk,
-               "dtype": dtype, "kernel": kernel, "reps": reps}
-        row.update(compare_time(_logps_variants(x, chunk, kernel), x, reps))
-        row["dpo"] = compare_time(_dpo_variants(x, chunk, kernel=kernel), x, reps)
+               "dtype": dtype, "kernel": kernel, "weight_grad": weight_grad, "reps": reps}
+        row.update(compare_time(_logps_variants(x, chunk, kernel, weight_grad), x, reps))
+        row["dpo"] = compare_time(_dpo_variants(x, chunk, kernel=kernel, weight_grad=weight_grad),
+                                  x, reps)
         results.append(row)
         del x
     for row in results:
         x = _inputs(row["tokens"], row["hidden"], row["vocab"], device=device,
                     dtype=getattr(torch, dtype))
-        row.update(compare_memory(_logps_variants(x, chunk, kernel), x))
-        row["dpo"].update(compare_memory(_dpo_variants(x, chunk, kernel=kernel), x))
+        row.update(compare_memory(_logps_variants(x, chunk, kernel, weight_grad), x))
+        row["dpo"].update(compare_memory(_dpo_variants(x, chunk, kernel=kernel,
+                                                       weight_grad=weight_grad), x))
         del x
     return results
 
@@ -194,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     quick = getattr(args, "quick", False)
     device, dtype = getattr(args, "device", "cpu"), getattr(args, "dtype", "float32")
     kernel = getattr(args, "kernel", "auto")
+    weight_grad = getattr(args, "weight_grad", None) or "fp32"
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("bench --device cuda: torch sees no CUDA device")
     if kernel == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -202,14 +207,15 @@ def run(args: argparse.Namespace) -> int:
     reps = (2 if quick else 3) if device == "cpu" else 10
     chunk = getattr(args, "chunk", None) or CHUNK
     results = bench(QUICK_SHAPES if quick else FULL_SHAPES, reps=reps, device=device, dtype=dtype,
-                    chunk=chunk, kernel=kernel)
+                    chunk=chunk, kernel=kernel, weight_grad=weight_grad)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     report = {"benchmark": "logprobs", "device": name, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "triton": _triton_version(), "results": results}
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))
         return 0
-    print(f"logprobs: fused kernel ({kernel} inner loop, chunk {chunk} tokens) vs full logits "
+    print(f"logprobs: fused kernel ({kernel} inner loop, chunk {chunk} tokens, weight gradient "
+          f"summed in {weight_grad}) vs full logits "
           f"({dtype}, {name}, "
           f"{report['threads']} threads; "
           f"time = median of {results[0]['reps'] if results else 0}, fused/usual)")

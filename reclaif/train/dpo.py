@@ -104,7 +104,8 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     def dpo_step(model, batch):
         return fused_dpo_loss(hf_model(model), batch["chosen"], batch["rejected"],
                               batch["ref_chosen"], batch["ref_rejected"], t.beta, t.loss_type,
-                              t.label_smoothing, t.logprob_chunk, kernel=t.logprob_kernel)
+                              t.label_smoothing, t.logprob_chunk, kernel=t.logprob_kernel,
+                              weight_grad_acc=t.logprob_weight_grad)
 
     # 4. the loop: micro-batches of pairs, accumulation, optimizer steps
     preempted = False

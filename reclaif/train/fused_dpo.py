@@ -16,7 +16,7 @@ from torch import Tensor
 from reclaif.train.logprobs import (_acc, _backprop_chunk, _body_and_weight, _chunk_logits,
                                     _final_hidden, _gather_until_accumulated, _gathered,
                                     _GradWeight, _inner_loop, _matmul_grads, _softmax_inplace,
-                                    shifted_labels)
+                                    shifted_labels, WEIGHT_GRAD_ACC)
 from reclaif.train.losses import _check_dpo_args, dpo_loss_grad, dpo_losses, dpo_metrics
 
 
@@ -107,7 +107,7 @@ class _FusedDPO(torch.autograd.Function):
         sums = torch.zeros(B2, dtype=acc, device=hidden.device)  # per slot
         # grad_hidden of the counted tokens in group order, scattered to rows after the loop
         gh = torch.empty(hs.shape, dtype=weight.dtype, device=hs.device) if need_h else None
-        grad_w = _GradWeight(weight, len(plan.groups)) if need_w else None
+        grad_w = _GradWeight(weight, len(plan.groups), opts["acc"]) if need_w else None
         ce = opts["ce"]
         for (a, b), t0, t1 in zip(plan.groups, plan.bounds, plan.bounds[1:]):
             hc, tgt = hs[t0:t1], targets[t0:t1]
@@ -185,14 +185,15 @@ def _pad_right(t: Tensor, length: int, value: int = 0) -> Tensor:
 def fused_dpo_loss(model: torch.nn.Module, chosen: dict, rejected: dict, ref_chosen: Tensor,
                    ref_rejected: Tensor, beta: float, loss_type: str = "sigmoid",
                    label_smoothing: float = 0.0, chunk_size: int = 1024,
-                   kernel: str = "auto") -> tuple[Tensor, dict]:
+                   kernel: str = "auto", weight_grad_acc: str = "fp32") -> tuple[Tensor, dict]:
     """DPO loss with the loss fused into the log-prob kernel (gradients formed in the forward).
     chosen/rejected: dicts with input_ids, attention_mask, loss_mask [B,T*] (right padding is
     added to concatenate them into one forward). ref_chosen/ref_rejected: [B] reference
     log-prob SUMS (as model_sequence_logps returns); for ipo both are length-normalised here.
     Returns (mean loss, metrics: loss, rewards/*, logps/chosen, logps/rejected as 0-dim
     detached fp32 tensors). `model`: the HF model or the DeepSpeed engine (see _unwrap).
-    kernel: "auto", "torch" or "triton", the inner loop over each chunk (module docstring)."""
+    kernel: "auto", "torch" or "triton", the inner loop over each chunk (module docstring);
+    weight_grad_acc: "fp32" or "param" (see reclaif.train.logprobs._GradWeight)."""
     T = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
     cat = {k: torch.cat([_pad_right(chosen[k], T), _pad_right(rejected[k], T)])
            for k in ("input_ids", "attention_mask", "loss_mask")}
@@ -200,25 +201,29 @@ def fused_dpo_loss(model: torch.nn.Module, chosen: dict, rejected: dict, ref_cho
     hidden = _final_hidden(body, cat["input_ids"], cat["attention_mask"])
     labels = shifted_labels(cat["input_ids"], cat["attention_mask"], cat["loss_mask"])
     return fused_dpo_loss_from_hidden(hidden, weight, labels, ref_chosen, ref_rejected, beta,
-                                      loss_type, label_smoothing, chunk_size, kernel=kernel)
+                                      loss_type, label_smoothing, chunk_size, kernel=kernel,
+                                      weight_grad_acc=weight_grad_acc)
 
 
 def fused_dpo_loss_from_hidden(hidden: Tensor, weight: Tensor, labels: Tensor, ref_chosen: Tensor,
                                ref_rejected: Tensor, beta: float, loss_type: str = "sigmoid",
                                label_smoothing: float = 0.0, chunk_size: int = 1024,
-                               ignore_index: int = -100,
-                               kernel: str = "auto") -> tuple[Tensor, dict]:
+                               ignore_index: int = -100, kernel: str = "auto",
+                               weight_grad_acc: str = "fp32") -> tuple[Tensor, dict]:
     """The kernel behind fused_dpo_loss: hidden [2B,T,H] (chosen rows then rejected rows),
     labels [2B,T] shifted as in sequence_logps; ref_* [B] log-prob sums."""
     if hidden.shape[0] % 2 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"fused_dpo_loss: hidden {tuple(hidden.shape)} must be [2B,T,H] with "
                          f"labels [2B,T], got labels {tuple(labels.shape)}")
     _check_dpo_args(beta, loss_type, label_smoothing)
+    if weight_grad_acc not in WEIGHT_GRAD_ACC:
+        raise ValueError(f"fused_dpo_loss: weight_grad_acc must be one of {WEIGHT_GRAD_ACC}, "
+                         f"got {weight_grad_acc!r}")
     ce = _inner_loop(kernel, hidden)
     acc = _acc(hidden)
     ref_c, ref_r = ref_chosen.to(hidden.device, acc), ref_rejected.to(hidden.device, acc)
     opts = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
-                chunk=chunk_size, ignore_index=ignore_index, ce=ce)
+                chunk=chunk_size, ignore_index=ignore_index, ce=ce, acc=weight_grad_acc)
     with _gathered(weight):  # around apply: see sequence_logps
         loss, stats = _FusedDPO.apply(hidden.contiguous(), weight, labels, ref_c, ref_r, opts)
     metrics = dpo_metrics(stats[:, 0], stats[:, 1], stats[:, 2])

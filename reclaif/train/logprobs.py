@@ -123,36 +123,58 @@ def _inner_loop(kernel: str, hidden: Tensor) -> ModuleType | None:
     return None
 
 
-class _GradWeight:
-    """The lm_head weight gradient, summed over chunks. Several chunks add into an fp32
-    accumulator (bf16 sums over many chunks would lose the small ones); a lone chunk's GEMM IS
-    the gradient, written in the weight's dtype with no accumulator, as the usual path does: in
-    bf16 at [32000, 4096] an fp32 accumulator, its zeroing and its final cast move as many bytes
-    as the GEMM itself."""
+WEIGHT_GRAD_ACC = ("fp32", "param")
 
-    def __init__(self, weight: Tensor, chunks: int):
-        self.dtype, self.single, self.out = weight.dtype, chunks == 1, None
-        self.acc = (None if self.single else
-                    torch.zeros(weight.shape, dtype=_acc(weight), device=weight.device))
+
+class _GradWeight:
+    """The lm_head weight gradient, summed over chunks. With acc="fp32" (the default) several
+    chunks of a bf16/fp16 weight add into an fp32 accumulator (sums over many chunks in bf16
+    would lose the small ones); with acc="param" they add into the gradient itself in the
+    weight's dtype, as Liger-Kernel does: each chunk's GEMM still sums in fp32, but the running
+    sum rounds once per chunk, and no [V, H] fp32 buffer (0.5 GB at 32000 x 4096) is held.
+    A lone chunk's GEMM IS the gradient, written in the weight's dtype with no accumulator, as
+    the usual path does: in bf16 at [32000, 4096] an fp32 accumulator, its zeroing and its
+    final cast move as many bytes as the GEMM itself."""
+
+    def __init__(self, weight: Tensor, chunks: int, acc: str = "fp32"):
+        if acc not in WEIGHT_GRAD_ACC:
+            raise ValueError(f"weight_grad_acc must be one of {WEIGHT_GRAD_ACC}, got {acc!r}")
+        self.dtype, self.out = weight.dtype, None
+        self.shape, self.device = weight.shape, weight.device
+        # fp32/fp64 weights: the gradient is its own accumulator
+        in_param = chunks == 1 or acc == "param" or _acc(weight) == weight.dtype
+        # Not zeroed: the first chunk's GEMM overwrites it (beta=0), saving a [V, H] fill.
+        self.acc = (None if in_param else
+                    torch.empty(weight.shape, dtype=_acc(weight), device=weight.device))
+        self.empty = True
 
     def add(self, low: Tensor, acc: Tensor, h: Tensor) -> None:
         """low: grad_logits in the weight's dtype; acc: the same in the accumulator's, where
         it is at hand (else low again); h: the chunk's hidden states."""
-        if self.single:
-            self.out = low.T @ h.to(low.dtype)
+        beta, self.empty = (0 if self.empty else 1), False
+        if self.acc is None:
+            h = h.to(low.dtype)
+            if self.out is None:
+                self.out = low.T @ h
+            else:
+                self.out.addmm_(low.T, h)
         elif h.is_cuda and h.dtype != self.acc.dtype:
             # bf16/fp16 on a GPU: a tensor-core GEMM that adds into the fp32 accumulator in
             # place (cuBLAS with an fp32 C). An fp32 GEMM here was 4-9x slower than the whole
             # usual path on an H200, and `acc += low.T @ h` holds a [V, H] temporary.
             try:
-                torch.ops.aten.addmm.dtype_out(self.acc, low.T, h, self.acc.dtype, out=self.acc)
+                torch.ops.aten.addmm.dtype_out(self.acc, low.T, h, self.acc.dtype, beta=beta,
+                                               out=self.acc)
             except (RuntimeError, NotImplementedError):  # torch builds without the overload
-                self.acc.add_(low.T @ h)
+                grad = low.T @ h
+                self.acc.copy_(grad) if beta == 0 else self.acc.add_(grad)
         else:
-            self.acc.addmm_(acc.T.to(self.acc.dtype), h.to(self.acc.dtype))
+            self.acc.addmm_(acc.T.to(self.acc.dtype), h.to(self.acc.dtype), beta=beta)
 
     def result(self) -> Tensor:
-        return self.out if self.single else self.acc.to(self.dtype)
+        if self.empty:  # no chunk at all: nothing was counted
+            return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        return self.out if self.acc is None else self.acc.to(self.dtype)
 
 
 def _backprop_chunk(p: Tensor, g: Tensor, targets: Tensor, h: Tensor, weight: Tensor,
@@ -193,7 +215,8 @@ def _token_logps(h2d: Tensor, weight: Tensor, pos: Tensor, targets: Tensor,
 class _SequenceLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: Tensor, weight: Tensor, pos: Tensor, targets: Tensor,
-                seq: Tensor, batch: int, chunk: int, ce: ModuleType | None) -> Tensor:
+                seq: Tensor, batch: int, chunk: int, ce: ModuleType | None,
+                weight_grad_acc: str) -> Tensor:
         tok, lse = _token_logps(hidden.reshape(-1, hidden.shape[-1]), weight, pos, targets, chunk,
                                 ce)
         # A ZeRO-3 parameter is kept as the object itself: an unpacked saved tensor would lose
@@ -201,7 +224,7 @@ class _SequenceLogps(torch.autograd.Function):
         zero3 = hasattr(weight, "ds_id")
         ctx.zero3_weight = weight if zero3 else None
         ctx.save_for_backward(hidden, None if zero3 else weight, pos, targets, seq, lse)
-        ctx.chunk, ctx.ce = chunk, ce
+        ctx.chunk, ctx.ce, ctx.weight_grad_acc = chunk, ce, weight_grad_acc
         return torch.zeros(batch, dtype=tok.dtype, device=hidden.device).index_add_(0, seq, tok)
 
     @staticmethod
@@ -218,7 +241,7 @@ class _SequenceLogps(torch.autograd.Function):
             _gather_until_accumulated(weight)
         with _gathered(weight) if not need_w else contextlib.nullcontext():
             chunks = list(_chunks(pos.numel(), ctx.chunk))
-            grad_w = _GradWeight(weight, len(chunks)) if need_w else None
+            grad_w = _GradWeight(weight, len(chunks), ctx.weight_grad_acc) if need_w else None
             for c in chunks:
                 hc = h2d[pos[c]]
                 if ctx.ce is not None:
@@ -235,16 +258,22 @@ class _SequenceLogps(torch.autograd.Function):
                     grad_h.index_copy_(0, pos[c], gh.to(grad_h.dtype))
         return (grad_h.view_as(hidden) if grad_h is not None else None,
                 grad_w.result() if grad_w is not None else None,
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, chunk_size: int = 1024,
-                   ignore_index: int = -100, kernel: str = "auto") -> tuple[Tensor, Tensor]:
+                   ignore_index: int = -100, kernel: str = "auto",
+                   weight_grad_acc: str = "fp32") -> tuple[Tensor, Tensor]:
     """hidden [B,T,H] final hidden states; weight [V,H] lm_head weight; labels [B,T] where
     labels[b,t] is the token predicted FROM hidden[b,t] (already shifted) or ignore_index.
     Returns (sum of token log-probs per sequence [B] fp32, token counts [B] int64).
     Differentiable w.r.t. hidden and weight; under torch.no_grad nothing is kept.
-    kernel: "auto", "torch" or "triton", the inner loop over each chunk (module docstring)."""
+    kernel: "auto", "torch" or "triton", the inner loop over each chunk (module docstring).
+    weight_grad_acc: "fp32" or "param", where a bf16/fp16 weight's gradient sums over chunks
+    (_GradWeight)."""
+    if weight_grad_acc not in WEIGHT_GRAD_ACC:
+        raise ValueError(f"sequence_logps: weight_grad_acc must be one of {WEIGHT_GRAD_ACC}, "
+                         f"got {weight_grad_acc!r}")
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"sequence_logps: hidden {tuple(hidden.shape)} must be [B,T,H] and "
                          f"labels {tuple(labels.shape)} [B,T]")
@@ -264,7 +293,8 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, chunk_size: i
     # Gathered around apply, not inside forward: autograd records the weight's shape at apply
     # time and rejects a full-shape gradient for a shape-[0] (partitioned) input.
     with _gathered(weight):
-        return _SequenceLogps.apply(hidden, weight, pos, targets, seq, B, chunk_size, ce), counts
+        return _SequenceLogps.apply(hidden, weight, pos, targets, seq, B, chunk_size, ce,
+                                    weight_grad_acc), counts
 
 
 def shifted_labels(input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
@@ -312,8 +342,8 @@ def _final_hidden(body: torch.nn.Module, input_ids: Tensor, attention_mask: Tens
 
 
 def model_sequence_logps(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor,
-                         loss_mask: Tensor, chunk_size: int = 1024,
-                         kernel: str = "auto") -> tuple[Tensor, Tensor]:
+                         loss_mask: Tensor, chunk_size: int = 1024, kernel: str = "auto",
+                         weight_grad_acc: str = "fp32") -> tuple[Tensor, Tensor]:
     """Runs the HF causal LM's body to final hidden states; hidden[:, t] predicts
     input_ids[:, t+1], counted where loss_mask[:, t+1] (and attention_mask). Returns
     (log-prob sums [B] fp32, token counts [B]). Works with tied or untied lm_head and under
@@ -322,4 +352,5 @@ def model_sequence_logps(model: torch.nn.Module, input_ids: Tensor, attention_ma
     body, weight = _body_and_weight(model)
     hidden = _final_hidden(body, input_ids, attention_mask)
     labels = shifted_labels(input_ids, attention_mask, loss_mask)
-    return sequence_logps(hidden, weight, labels, chunk_size, kernel=kernel)
+    return sequence_logps(hidden, weight, labels, chunk_size, kernel=kernel,
+                          weight_grad_acc=weight_grad_acc)

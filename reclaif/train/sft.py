@@ -28,11 +28,12 @@ from reclaif.train.strategy import Strategy
 log = logging.getLogger(__name__)
 
 
-def sft_step(model, batch: dict, chunk: int, kernel: str = "auto"):
+def sft_step(model, batch: dict, chunk: int, kernel: str = "auto",
+             weight_grad_acc: str = "fp32"):
     """Mean NLL of the response tokens of `batch` (prompt and padding carry no loss)."""
     logps, counts = model_sequence_logps(hf_model(model), batch["input_ids"],
                                          batch["attention_mask"], batch["loss_mask"], chunk,
-                                         kernel=kernel)
+                                         kernel=kernel, weight_grad_acc=weight_grad_acc)
     return sft_loss(logps, counts)
 
 
@@ -84,7 +85,8 @@ def run_sft(cfg: RunConfig, run_dir: str | Path) -> dict:
                 batch = strategy.to_device(pad_batch([examples[i] for i in idx],
                                                      tokenizer.pad_token_id))
                 with strategy.autocast():
-                    loss = strategy.forward(sft_step, batch, t.logprob_chunk, t.logprob_kernel)
+                    loss = strategy.forward(sft_step, batch, t.logprob_chunk, t.logprob_kernel,
+                                            t.logprob_weight_grad)
                 boundary = (m + 1) % t.grad_accum == 0
                 strategy.backward(loss, boundary)
                 acc_loss += float(loss.detach()) / t.grad_accum
