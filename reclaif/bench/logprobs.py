@@ -159,9 +159,10 @@ def bench(shapes: list[tuple[int, int, int]], reps: int, device: str = "cpu",
           dtype: str = "float32", chunk: int = CHUNK, kernel: str = "auto",
           weight_grad: str = "fp32") -> list[dict]:
     results = []
-    # Every timing before the first memory pass: on CUDA, kernels launched after a profiler
-    # session with memory events ran slower for the rest of the process (H200: the
-    # launch-bound fused DPO loss timed 1.33x after one, 0.98x in a process without).
+    # Every timing before the first memory pass, so that no profiler session (CUPTI on CUDA)
+    # has run in the process before a time is taken. (Suspected, not shown: on an H200 the
+    # launch-bound fused DPO timed 0.92x fresh and 1.07-1.24x after profiling, but repeated
+    # fresh runs spread as widely.)
     for tokens, hidden, vocab in shapes:
         x = _inputs(tokens, hidden, vocab, device=device, dtype=getattr(torch, dtype))
         if device != "cpu":  # warm-up: kernel selection, the caching allocator
