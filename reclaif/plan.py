@@ -182,9 +182,13 @@ def activation_bytes(shape: ModelShape, sequences: int, seq_len: int, checkpoint
     return total * (1 if bf16 else 2)
 
 
-def logits_bytes(shape: ModelShape, tokens: int, chunk: int) -> int:
-    """fp32 logits and their gradient for one chunk of the fused log-prob kernel."""
-    return min(tokens, chunk) * shape.vocab * 4 * 2
+def logits_bytes(shape: ModelShape, tokens: int, chunk: int,
+                 fp32_weight_grad: bool = False) -> int:
+    """fp32 logits and their gradient for one chunk of the fused log-prob kernel, and the fp32
+    [vocab, hidden] accumulator a bf16 lm_head gradient sums in when the micro-batch spans
+    several chunks (logprob_weight_grad: fp32)."""
+    acc = shape.vocab * shape.hidden * 4 if fp32_weight_grad and tokens > chunk else 0
+    return min(tokens, chunk) * shape.vocab * 4 * 2 + acc
 
 
 @dataclass
@@ -208,7 +212,8 @@ def _phase_memory(cfg: RunConfig, train: TrainConfig, key: str, shape: ModelShap
     attn = cfg.recommender.attn_implementation
     acts = activation_bytes(shape, sequences, train.max_length, train.gradient_checkpointing,
                             attn, train.bf16)
-    logits = logits_bytes(shape, sequences * train.max_length, train.logprob_chunk)
+    logits = logits_bytes(shape, sequences * train.max_length, train.logprob_chunk,
+                          train.bf16 and train.logprob_weight_grad == "fp32")
     total = states + acts + logits + a.overhead_gb * GIB
     usable = gpu_gb * GIB * (1 - a.headroom)
     return {"zero": zero, "micro_batch_sequences": sequences, "seq_len": train.max_length,

@@ -108,6 +108,19 @@ def test_training_time_is_6_n_tokens_at_the_assumed_mfu(mistral_cfg):
     assert p["iteration"]["train"]["seconds"] == pytest.approx(flops / (8 * 1000e12 * 0.5))
 
 
+def test_bf16_weight_gradient_accumulator_is_counted_when_a_batch_spans_chunks(mistral_cfg):
+    import dataclasses
+
+    # DPO micro-batch: 4 sequences x 2048 tokens, chunk 1024: 8 chunks, so the fp32
+    # [32000, 4096] accumulator is held; summing in the weight's dtype holds none.
+    assert mistral_cfg.dpo.bf16 and mistral_cfg.dpo.logprob_chunk < 4 * 2048
+    param = dataclasses.replace(mistral_cfg, dpo=dataclasses.replace(
+        mistral_cfg.dpo, logprob_weight_grad="param"))
+    fp32 = plan(mistral_cfg, 8, 1)["memory"]["dpo"]["logits_gib"]
+    assert fp32 - plan(param, 8, 1)["memory"]["dpo"]["logits_gib"] == pytest.approx(
+        32000 * 4096 * 4 / GIB)
+
+
 def test_cli_prints_table_and_json(repo_root, capsys):
     from reclaif.cli import main
 

@@ -105,8 +105,7 @@ class _FusedDPO(torch.autograd.Function):
         ref_diff = ref_c - ref_r
         coef = plan.sign.to(acc) / B  # d(mean loss)/d(token log-prob) = coef * dloss/dh
         sums = torch.zeros(B2, dtype=acc, device=hidden.device)  # per slot
-        # grad_hidden of the counted tokens in group order, scattered to rows after the loop
-        gh = torch.empty(hs.shape, dtype=weight.dtype, device=hs.device) if need_h else None
+        grad_h = torch.zeros_like(hidden).view(-1, H) if need_h else None
         grad_w = _GradWeight(weight, len(plan.groups), opts["acc"]) if need_w else None
         ce = opts["ce"]
         for (a, b), t0, t1 in zip(plan.groups, plan.bounds, plan.bounds[1:]):
@@ -126,12 +125,13 @@ class _FusedDPO(torch.autograd.Function):
                     s = s * inv_len[2 * a:2 * b]
                 d = dpo_loss_grad(s[:n] - s[n:] - ref_diff[a:b], beta, loss_type, ls)
                 g_tok = d[plan.pair[t0:t1]] * coef[t0:t1]
-                out = gh[t0:t1] if gh is not None else None
                 if ce is not None:
                     ce.grad_logits_inplace(p, lse, tgt, g_tok)
-                    _matmul_grads(p, p, hc, weight, grad_w, out)
+                    gh = _matmul_grads(p, p, hc, weight, grad_w)
                 else:
-                    _backprop_chunk(p, g_tok, tgt, hc, weight, grad_w, out)
+                    gh = _backprop_chunk(p, g_tok, tgt, hc, weight, grad_w)
+                if grad_h is not None:  # written row by row, with no [tokens, H] staging buffer
+                    grad_h.index_copy_(0, plan.pos[t0:t1], gh.to(grad_h.dtype))
             del p
         lp = sums[plan.rank]
         if ipo:
@@ -140,10 +140,6 @@ class _FusedDPO(torch.autograd.Function):
         stats = torch.stack([losses, r_c, r_r, lp[:B], lp[B:]], 1)
         ctx.weight = weight if hasattr(weight, "ds_id") else None
         ctx.scale, ctx.used = 1.0, False
-        grad_h = None
-        if gh is not None:
-            grad_h = torch.zeros_like(hidden).view(-1, H).index_copy_(0, plan.pos,
-                                                                      gh.to(hidden.dtype))
         ctx.grads = (grad_h.view_as(hidden) if grad_h is not None else None,
                      grad_w.result() if grad_w is not None else None)
         ctx.mark_non_differentiable(stats)

@@ -178,23 +178,22 @@ class _GradWeight:
 
 
 def _backprop_chunk(p: Tensor, g: Tensor, targets: Tensor, h: Tensor, weight: Tensor,
-                    grad_weight: _GradWeight | None, out: Tensor | None = None) -> Tensor:
+                    grad_weight: _GradWeight | None) -> Tensor:
     """p [n, V] softmax (overwritten by grad_logits = g * (onehot - p)); returns grad_h [n, H]
     and adds grad_logits.T @ h into grad_weight."""
     p.mul_(-g[:, None])
     p.scatter_add_(1, targets[:, None], g[:, None])
     low = p.to(weight.dtype) if weight.dtype != p.dtype else p
-    return _matmul_grads(low, p, h, weight, grad_weight, out)
+    return _matmul_grads(low, p, h, weight, grad_weight)
 
 
 def _matmul_grads(low: Tensor, acc: Tensor, h: Tensor, weight: Tensor,
-                  grad_weight: _GradWeight | None, out: Tensor | None = None) -> Tensor:
+                  grad_weight: _GradWeight | None) -> Tensor:
     """grad_logits in the weight's dtype (low) and in the accumulator's where it is at hand
-    (acc; else low again): adds grad_logits.T @ h into grad_weight, returns grad_logits @ W
-    (written into `out`, in the weight's dtype, where given)."""
+    (acc; else low again): adds grad_logits.T @ h into grad_weight, returns grad_logits @ W."""
     if grad_weight is not None:
         grad_weight.add(low, acc, h)
-    return torch.mm(low, weight, out=out) if out is not None else low @ weight
+    return low @ weight
 
 
 def _token_logps(h2d: Tensor, weight: Tensor, pos: Tensor, targets: Tensor,
