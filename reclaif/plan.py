@@ -311,7 +311,7 @@ def format_plan(p: dict[str, Any], config: str = "") -> str:
              f"(largest layer {p['largest_layer_params'] / 1e6:.1f} M); {zdesc}",
              f"{'memory per GPU, GiB':<30}{batch[0]:>14}{batch[1]:>14}"]
     rows = [("model states (DeepSpeed)", "model_states_gib"), ("activations", "activations_gib"),
-            ("logits (one log-prob chunk)", "logits_gib"), ("CUDA/NCCL overhead", "overhead_gib"),
+            ("log-prob kernel", "logits_gib"), ("CUDA/NCCL overhead", "overhead_gib"),
             (f"total (usable: {m['dpo']['usable_gib']:.2f})", "total_gib")]
     for label, key in rows:
         lines.append(f"  {label:<28}{m['sft'][key]:>14.2f}{m['dpo'][key]:>14.2f}")

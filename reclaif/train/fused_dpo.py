@@ -75,8 +75,9 @@ def _plan(labels: Tensor, ignore_index: int, chunk: int, ipo: bool) -> _Plan:
     sign_t = torch.tensor(sign, dtype=torch.float64)
     if ipo:  # IPO's loss is on length-normalised log-probs
         sign_t /= counts[rows_t].clamp(min=1)
-    ints = torch.cat([rows_t[slot] * T + t, torch.tensor(local)[slot], torch.tensor(pair)[slot],
-                      rank, counts]).to(labels.device)  # one host-to-device copy of the plan
+    local_t, pair_t = (torch.tensor(x, dtype=torch.long) for x in (local, pair))
+    ints = torch.cat([rows_t[slot] * T + t, local_t[slot], pair_t[slot], rank,
+                      counts]).to(labels.device)  # one host-to-device copy of the plan
     n_tok = slot.numel()
     pos, local_d, pair_d, rank_d, counts_d = ints.split([n_tok, n_tok, n_tok, B2, B2])
     return _Plan(groups, bounds, pos, local_d, pair_d, sign_t[slot].to(labels.device), rank_d,
