@@ -133,12 +133,10 @@ class _GradWeight:
     weight's dtype, as Liger-Kernel does: each chunk's GEMM still sums in fp32, but the running
     sum rounds once per chunk, and no [V, H] fp32 buffer (0.5 GB at 32000 x 4096) is held.
     A lone chunk's GEMM IS the gradient, written in the weight's dtype with no accumulator, as
-    the usual path does: in bf16 at [32000, 4096] an fp32 accumulator, its zeroing and its
-    final cast move as many bytes as the GEMM itself."""
+    the usual path does: in bf16 at [32000, 4096] an fp32 accumulator and its final cast move as
+    many bytes as the GEMM itself. `acc` is checked by the public entry points."""
 
     def __init__(self, weight: Tensor, chunks: int, acc: str = "fp32"):
-        if acc not in WEIGHT_GRAD_ACC:
-            raise ValueError(f"weight_grad_acc must be one of {WEIGHT_GRAD_ACC}, got {acc!r}")
         self.dtype, self.out = weight.dtype, None
         self.shape, self.device = weight.shape, weight.device
         # fp32/fp64 weights: the gradient is its own accumulator
