@@ -67,8 +67,8 @@ def run_mode(client: Any, prompts: list[str], batch_size: int, mode: str,
     client.spec.batch_size = batch_size
     client.decoder = decoder
     c0 = time.process_time()
-    client.generate(prompts, n=sampling.num_samples, temperature=sampling.temperature, top_p=sampling.top_p,
-                    max_new_tokens=max_new_tokens, seed=0)
+    client.generate(prompts, n=sampling.num_samples, temperature=sampling.temperature,
+                    top_p=sampling.top_p, max_new_tokens=max_new_tokens, seed=0)
     cpu = time.process_time() - c0
     s = client.last_stats
     return ModeResult(mode, batch_size, len(prompts), s.prompt_tokens, s.padded_prompt_tokens,
@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     quick = getattr(args, "quick", False)
     result = measure(model=getattr(args, "model", "default") or "default",
                      prompts=4 if quick else 16, batch_size=4 if quick else 16,
-                     max_new_tokens=getattr(args, "max_new_tokens", None) or (16 if quick else None),
+                     max_new_tokens=(getattr(args, "max_new_tokens", None)
+                                     or (16 if quick else None)),
                      num_samples=getattr(args, "num_samples", None),
                      with_generate=getattr(args, "with_generate", False))
     if getattr(args, "json", False):

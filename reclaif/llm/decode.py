@@ -94,13 +94,12 @@ def supports(model: Any) -> bool:
     remote code may not): the loop below handles those; other models use `generate`."""
     params = inspect.signature(model.forward).parameters
     takes = all(k in params for k in ("position_ids", "logits_to_keep"))
-    return takes and _cache_arg(model) is not None and _cache(model, 1) is not None
+    return takes and _cache_arg(params) is not None and _cache(model, 1) is not None
 
 
-def _cache_arg(model: Any) -> str | None:
-    """The forward's name for the KV cache: `cache` from transformers 5.24 (which deprecates
-    `past_key_values`, the name before it)."""
-    params = inspect.signature(model.forward).parameters
+def _cache_arg(params: Any) -> str | None:
+    """The forward's name for the KV cache, from its signature's parameters: `cache` from
+    transformers 5.24 (which deprecates `past_key_values`, the name before it)."""
     return next((k for k in ("cache", "past_key_values") if k in params), None)
 
 
@@ -187,7 +186,7 @@ def sample(model: Any, prompts: list[list[int]], n: int, temperature: float, top
 def _sample(model: Any, prompts: list[list[int]], n: int, temperature: float, top_p: float,
             max_new_tokens: int, eos_ids: list[int], pad_id: int) -> list[list[int]]:
     device = next(model.parameters()).device
-    arg = _cache_arg(model)
+    arg = _cache_arg(inspect.signature(model.forward).parameters)
     shared = _shared_prefix(prompts)
     own = [ids[shared:] for ids in prompts]
     width = max(len(ids) for ids in own)

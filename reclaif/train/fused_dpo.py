@@ -16,8 +16,8 @@ from torch import Tensor
 from reclaif.train.logprobs import (_acc, _backprop_chunk, _body_and_weight, _chunk_logits,
                                     _final_hidden, _gather_until_accumulated, _gathered,
                                     _GradWeight, _inner_loop, _matmul_grads, _softmax_inplace,
-                                    shifted_labels, WEIGHT_GRAD_ACC)
-from reclaif.train.losses import _check_dpo_args, dpo_loss_grad, dpo_losses, dpo_metrics
+                                    check_weight_grad_acc, shifted_labels)
+from reclaif.train.losses import check_dpo_args, dpo_loss_grad, dpo_losses, dpo_metrics
 
 
 def _pair_groups(counts: list[int], pairs: int, chunk: int) -> list[tuple[int, int]]:
@@ -48,12 +48,13 @@ class _Plan:
     pos: Tensor  # [N] flat position of each counted token, in group order
     local: Tensor  # [N] its slot within its group
     pair: Tensor  # [N] its pair within its group
-    sign: Tensor  # [N] +1 chosen, -1 rejected, divided by its row's count for IPO
+    coef: Tensor  # [N] d(mean loss)/d(its log-prob) per unit of dloss/dh: +-1/B (/count: IPO)
     rank: Tensor  # [2B] slot of each row
     counts: Tensor  # [2B] counted tokens per row
+    slot_counts: Tensor  # [2B] counted tokens per slot
 
 
-def _plan(labels: Tensor, ignore_index: int, chunk: int, ipo: bool) -> _Plan:
+def _plan(labels: Tensor, ignore_index: int, chunk: int, ipo: bool, dtype: torch.dtype) -> _Plan:
     B2, T = labels.shape
     B = B2 // 2
     keep = (labels != ignore_index).cpu()  # the forward's one device-to-host copy
@@ -72,16 +73,17 @@ def _plan(labels: Tensor, ignore_index: int, chunk: int, ipo: bool) -> _Plan:
     bounds = [0] + [ends[2 * b - 1] for _, b in groups]
     rank = torch.empty(B2, dtype=torch.long)
     rank[rows_t] = torch.arange(B2)
-    sign_t = torch.tensor(sign, dtype=torch.float64)
+    slot_counts = counts[rows_t]
+    coef = torch.tensor(sign, dtype=torch.float64) / max(B, 1)
     if ipo:  # IPO's loss is on length-normalised log-probs
-        sign_t /= counts[rows_t].clamp(min=1)
+        coef /= slot_counts.clamp(min=1)
     local_t, pair_t = (torch.tensor(x, dtype=torch.long) for x in (local, pair))
-    ints = torch.cat([rows_t[slot] * T + t, local_t[slot], pair_t[slot], rank,
-                      counts]).to(labels.device)  # one host-to-device copy of the plan
+    ints = torch.cat([rows_t[slot] * T + t, local_t[slot], pair_t[slot], rank, counts,
+                      slot_counts]).to(labels.device)  # one host-to-device copy of the plan
     n_tok = slot.numel()
-    pos, local_d, pair_d, rank_d, counts_d = ints.split([n_tok, n_tok, n_tok, B2, B2])
-    return _Plan(groups, bounds, pos, local_d, pair_d, sign_t[slot].to(labels.device), rank_d,
-                 counts_d)
+    pos, local_d, pair_d, rank_d, counts_d, slot_d = ints.split([n_tok] * 3 + [B2] * 3)
+    return _Plan(groups, bounds, pos, local_d, pair_d, coef[slot].to(labels.device, dtype),
+                 rank_d, counts_d, slot_d)
 
 
 class _FusedDPO(torch.autograd.Function):
@@ -94,17 +96,16 @@ class _FusedDPO(torch.autograd.Function):
         beta, loss_type, ls = opts["beta"], opts["loss_type"], opts["label_smoothing"]
         ipo = loss_type == "ipo"
         acc = _acc(hidden)
-        plan = _plan(labels, opts["ignore_index"], opts["chunk"], ipo)
+        plan = _plan(labels, opts["ignore_index"], opts["chunk"], ipo, acc)
         # The counted tokens' hidden states and targets in group order, gathered once: each
         # group then reads a slice and builds no index.
         hs = hidden.reshape(-1, H)[plan.pos]
         targets = labels.reshape(-1)[plan.pos]
-        lengths = plan.counts.clamp(min=1).to(acc)
         if ipo:
+            lengths = plan.counts.clamp(min=1).to(acc)
             ref_c, ref_r = ref_c / lengths[:B], ref_r / lengths[B:]
-            inv_len = (1.0 / lengths)[plan.rank.argsort()]  # per slot
+            inv_len = 1.0 / plan.slot_counts.clamp(min=1).to(acc)
         ref_diff = ref_c - ref_r
-        coef = plan.sign.to(acc) / B  # d(mean loss)/d(token log-prob) = coef * dloss/dh
         sums = torch.zeros(B2, dtype=acc, device=hidden.device)  # per slot
         grad_h = torch.zeros_like(hidden).view(-1, H) if need_h else None
         grad_w = _GradWeight(weight, len(plan.groups), opts["acc"]) if need_w else None
@@ -125,7 +126,7 @@ class _FusedDPO(torch.autograd.Function):
                 if ipo:
                     s = s * inv_len[2 * a:2 * b]
                 d = dpo_loss_grad(s[:n] - s[n:] - ref_diff[a:b], beta, loss_type, ls)
-                g_tok = d[plan.pair[t0:t1]] * coef[t0:t1]
+                g_tok = d[plan.pair[t0:t1]] * plan.coef[t0:t1]
                 if ce is not None:
                     ce.grad_logits_inplace(p, lse, tgt, g_tok)
                     gh = _matmul_grads(p, p, hc, weight, grad_w)
@@ -156,11 +157,12 @@ class _FusedDPO(torch.autograd.Function):
         # The first backward scales in place (a loss scaled by 1/grad_accum would otherwise
         # copy the [V,H] weight gradient); a retain_graph re-run gets fresh tensors, since the
         # first ones now belong to the caller.
-        factor = grad_loss.item() / ctx.scale  # ctx.scale: the factor the stored grads carry
+        scale = grad_loss.item()  # the backward's one device sync
+        factor = scale / ctx.scale  # ctx.scale: the factor the stored grads carry
         first = not ctx.used
         ctx.used = True
         if first:
-            ctx.scale = grad_loss.item()
+            ctx.scale = scale
         out = []
         for g in (grad_h, grad_w):
             if g is not None and factor != 1.0:
@@ -212,10 +214,8 @@ def fused_dpo_loss_from_hidden(hidden: Tensor, weight: Tensor, labels: Tensor, r
     if hidden.shape[0] % 2 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"fused_dpo_loss: hidden {tuple(hidden.shape)} must be [2B,T,H] with "
                          f"labels [2B,T], got labels {tuple(labels.shape)}")
-    _check_dpo_args(beta, loss_type, label_smoothing)
-    if weight_grad_acc not in WEIGHT_GRAD_ACC:
-        raise ValueError(f"fused_dpo_loss: weight_grad_acc must be one of {WEIGHT_GRAD_ACC}, "
-                         f"got {weight_grad_acc!r}")
+    check_dpo_args(beta, loss_type, label_smoothing)
+    check_weight_grad_acc("fused_dpo_loss", weight_grad_acc)
     ce = _inner_loop(kernel, hidden)
     acc = _acc(hidden)
     ref_c, ref_r = ref_chosen.to(hidden.device, acc), ref_rejected.to(hidden.device, acc)

@@ -126,6 +126,12 @@ def _inner_loop(kernel: str, hidden: Tensor) -> ModuleType | None:
 WEIGHT_GRAD_ACC = ("fp32", "param")
 
 
+def check_weight_grad_acc(caller: str, value: str) -> None:
+    if value not in WEIGHT_GRAD_ACC:
+        raise ValueError(f"{caller}: weight_grad_acc must be one of {WEIGHT_GRAD_ACC}, "
+                         f"got {value!r}")
+
+
 class _GradWeight:
     """The lm_head weight gradient, summed over chunks. With acc="fp32" (the default) several
     chunks of a bf16/fp16 weight add into an fp32 accumulator (sums over many chunks in bf16
@@ -268,9 +274,7 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, chunk_size: i
     kernel: "auto", "torch" or "triton", the inner loop over each chunk (module docstring).
     weight_grad_acc: "fp32" or "param", where a bf16/fp16 weight's gradient sums over chunks
     (_GradWeight)."""
-    if weight_grad_acc not in WEIGHT_GRAD_ACC:
-        raise ValueError(f"sequence_logps: weight_grad_acc must be one of {WEIGHT_GRAD_ACC}, "
-                         f"got {weight_grad_acc!r}")
+    check_weight_grad_acc("sequence_logps", weight_grad_acc)
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"sequence_logps: hidden {tuple(hidden.shape)} must be [B,T,H] and "
                          f"labels {tuple(labels.shape)} [B,T]")

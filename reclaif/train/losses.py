@@ -14,7 +14,7 @@ from torch import Tensor
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
-def _check_dpo_args(beta: float, loss_type: str, label_smoothing: float) -> None:
+def check_dpo_args(beta: float, loss_type: str, label_smoothing: float) -> None:
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"dpo loss_type '{loss_type}' is not one of {list(LOSS_TYPES)}")
     if beta <= 0:
@@ -31,7 +31,7 @@ def dpo_losses(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tenso
     """Per-pair losses [B] and the implicit rewards beta*(log pi - log pi_ref) of chosen and
     rejected [B] (detached). All inputs are [B] sequence log-probs (sums; for IPO the caller
     passes length-normalised log-probs, as the IPO paper and TRL do)."""
-    _check_dpo_args(beta, loss_type, label_smoothing)
+    check_dpo_args(beta, loss_type, label_smoothing)
     # fp32 at least (fp64 stays fp64 for gradcheck)
     acc = torch.promote_types(policy_chosen.dtype, torch.float32)
     pc, pr = policy_chosen.to(acc), policy_rejected.to(acc)
@@ -55,7 +55,7 @@ def dpo_loss_grad(h: Tensor, beta: float, loss_type: str = "sigmoid",
     form and in h's dtype: dloss/dpc = dloss/dh and dloss/dpr = -dloss/dh. For callers that form
     gradients themselves (reclaif.train.fused_dpo) and would otherwise need an autograd call
     per chunk. At hinge's kink (beta * h == 1) it is 0, as autograd's relu gives."""
-    _check_dpo_args(beta, loss_type, label_smoothing)
+    check_dpo_args(beta, loss_type, label_smoothing)
     if loss_type == "sigmoid":
         # d/dx -logsigmoid(x) = -sigmoid(-x); as few ops as it takes (one kernel launch each)
         g = torch.sigmoid(h * -beta).mul_(-beta * (1.0 - label_smoothing))
