@@ -293,7 +293,8 @@ def test_fused_dpo_matches_usual_path_with_many_groups_of_pairs(loss_type, ls):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fused_dpo_from_hidden_matches_fp64_usual_path_in_bf16(device):
+@pytest.mark.parametrize("inputs_on", ["host", "device"])  # on the host: no device sync to plan
+def test_fused_dpo_from_hidden_matches_fp64_usual_path_in_bf16(device, inputs_on):
     g = torch.Generator().manual_seed(7)
     h = torch.randn(4, 24, 64, generator=g) / 64 ** 0.25
     w = torch.randn(500, 64, generator=g) / 64 ** 0.25
@@ -304,8 +305,9 @@ def test_fused_dpo_from_hidden_matches_fp64_usual_path_in_bf16(device):
     def grads(h, w, fused):
         h, w = h.detach().requires_grad_(), w.detach().requires_grad_()
         if fused:
-            loss = fused_dpo_loss_from_hidden(h, w, labels.to(h.device), rc.to(h.device),
-                                              rr.to(h.device), 0.1, chunk_size=24)[0]
+            to = h.device if inputs_on == "device" else "cpu"
+            loss = fused_dpo_loss_from_hidden(h, w, labels.to(to), rc.to(to), rr.to(to), 0.1,
+                                              chunk_size=24)[0]
         else:
             lp = oracle(h, w, labels)
             loss = dpo_loss(lp[:2], lp[2:], rc.double(), rr.double(), 0.1)[0]

@@ -169,30 +169,61 @@ def test_a_kernel_off_by_one_part_in_ten_thousand_is_caught(interpreted, monkeyp
         assert_same_as_torch_loop(h, w, labels)
 
 
-def dpo_and_grads(h, w, labels, kernel, loss_type, chunk):
+def dpo_and_grads(h, w, labels, kernel, loss_type, chunk, ls=0.0):
     h, w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     with torch.no_grad():  # references near the policy: a margin where the loss is not flat
         lp = sequence_logps(h, w, labels, kernel="torch")[0]
     rc, rr = lp[:2] + torch.tensor([0.3, -0.2]), lp[2:] + torch.tensor([-0.1, 0.4])
-    loss, metrics = fused_dpo_loss_from_hidden(h, w, labels, rc, rr, 0.5, loss_type,
+    loss, metrics = fused_dpo_loss_from_hidden(h, w, labels, rc, rr, 0.5, loss_type, ls,
                                                chunk_size=chunk, kernel=kernel)
     return loss.detach(), metrics, *torch.autograd.grad(loss, [h, w])
 
 
 @interpreter_case
 # chunk 1024: both pairs in one chunk; 16: each pair alone, longer than the chunk
-@pytest.mark.parametrize("loss_type,chunk", [("sigmoid", 1024), ("ipo", 16)])
-def test_fused_dpo_triton_loop_matches_torch_loop_at_odd_shapes(interpreted, loss_type, chunk):
+@pytest.mark.parametrize("loss_type,chunk,ls", [("sigmoid", 1024, 0.0), ("ipo", 16, 0.0),
+                                                ("hinge", 16, 0.0), ("sigmoid", 16, 0.2)])
+def test_fused_dpo_triton_loop_matches_torch_loop_at_odd_shapes(interpreted, loss_type, chunk, ls):
+    """The Triton loop's own DPO kernel (dpo_pairs) against the torch loop's dpo_losses and
+    dpo_loss_grad: every loss type, label smoothing, one group and one group per pair."""
     h, w, labels = odd_batch(B=4, T=13, seed=1)  # 2 pairs; chunk 16 splits every pair off
     labels[1, :6] = -100
-    loss, metrics, gh, gw = dpo_and_grads(h, w, labels, "triton", loss_type, chunk)
-    ref_loss, ref_metrics, ref_gh, ref_gw = dpo_and_grads(h, w, labels, "torch", loss_type, chunk)
+    loss, metrics, gh, gw = dpo_and_grads(h, w, labels, "triton", loss_type, chunk, ls)
+    ref_loss, ref_metrics, ref_gh, ref_gw = dpo_and_grads(h, w, labels, "torch", loss_type,
+                                                          chunk, ls)
     assert ref_gw.abs().max() > 1e-3  # a case with a real gradient
     torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-6)
     for k, v in ref_metrics.items():
         torch.testing.assert_close(metrics[k], v, rtol=0, atol=2e-5, msg=k)
     torch.testing.assert_close(gh, ref_gh, rtol=0, atol=1e-6)
     torch.testing.assert_close(gw, ref_gw, rtol=0, atol=1e-6)
+
+
+def _off(real, what):
+    def broken(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if what == "dpo_loss":  # the first pair's loss, a thousandth off
+            kwargs.get("stats", args[-1])[:, 0].add_(1e-3)
+        elif what == "dpo_grad":  # one sequence's loss gradient, a thousandth off
+            args[-2].mul_(1 + 1e-3)
+        else:  # lse_and_target's lse or grad_logits_inplace's first row
+            (out[1] if isinstance(out, tuple) else out)[0:1].mul_(1 + 1e-4)
+        return out
+    return broken
+
+
+@interpreter_case
+@pytest.mark.parametrize("broken", ["lse_and_target", "grad_logits_inplace", "dpo_loss",
+                                    "dpo_grad"])
+def test_a_fused_dpo_kernel_slightly_off_is_caught(interpreted, monkeypatch, broken):
+    name = "dpo_pairs" if broken.startswith("dpo") else broken
+    monkeypatch.setattr(interpreted, name, _off(getattr(interpreted, name), broken))
+    h, w, labels = odd_batch(B=4, T=13, seed=1)
+    got = dpo_and_grads(h, w, labels, "triton", "sigmoid", 16)
+    want = dpo_and_grads(h, w, labels, "torch", "sigmoid", 16)
+    with pytest.raises(AssertionError):
+        for a, b in zip((got[0], got[1]["loss"], *got[2:]), (want[0], want[1]["loss"], *want[2:])):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def test_auto_is_the_torch_loop_on_cpu_without_the_interpreter(monkeypatch):

@@ -12,6 +12,10 @@ compare the two inner loops run it once with each (tests/gpu_triton_check.py doe
 Peak memory is what a path allocates beyond its inputs and the gradients it returns, read from
 torch.profiler's memory events (allocations and frees in order; not process RSS): the maximum
 of the running sum, leaving out the allocations of the returned grad_hidden and grad_weight.
+
+The fused DPO loss is given its labels on the host, as the DPO trainer gives them (the
+collator's masks): it plans its token layout there and never waits for the GPU (see
+reclaif/train/fused_dpo.py's _Plan). The usual path gets them on the device, where it uses them.
 """
 from __future__ import annotations
 
@@ -48,7 +52,9 @@ def _inputs(tokens: int, hidden: int, vocab: int, seed: int = 0, device: str = "
     ref = -torch.rand(rows, generator=g) * seq * 3
     x = {"h": h.to(dtype), "w": w.to(dtype), "labels": labels,
          "ref_c": ref[: rows // 2], "ref_r": ref[rows // 2:]}
-    return {k: v.to(device) for k, v in x.items()}
+    out = {k: v.to(device) for k, v in x.items()}
+    out["labels_host"] = labels  # what the fused DPO loss is given, as the trainer gives it
+    return out
 
 
 def _usual_logps(h: Tensor, w: Tensor, labels: Tensor) -> Tensor:
@@ -75,7 +81,7 @@ def _dpo_variants(x: dict, chunk: int = CHUNK, beta: float = 0.1, kernel: str = 
         return dpo_loss(lp[:B], lp[B:], x["ref_c"], x["ref_r"], beta)[0]
 
     def fused(h: Tensor, w: Tensor) -> Tensor:
-        return fused_dpo_loss_from_hidden(h, w, x["labels"], x["ref_c"], x["ref_r"], beta,
+        return fused_dpo_loss_from_hidden(h, w, x["labels_host"], x["ref_c"], x["ref_r"], beta,
                                           chunk_size=chunk, kernel=kernel,
                                           weight_grad_acc=weight_grad)[0]
     return {"usual": usual, "fused": fused}

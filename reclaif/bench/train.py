@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from reclaif.train.fused_dpo import fused_dpo_loss
+from reclaif.train.fused_dpo import fused_dpo_loss, to_device_async
 from reclaif.train.logprobs import model_sequence_logps
 from reclaif.train.losses import dpo_loss
 
@@ -48,14 +48,19 @@ def _unfused_logps(model, b: dict) -> torch.Tensor:
 
 
 def _step(variant: str, model, ref_model, opt, c: dict, r: dict, refs: tuple, chunk: int) -> float:
+    """c, r: the batch on the host, as the collator leaves it. The fused loss takes it there (its
+    plan needs the host's masks); the other paths copy it over first, non-blocking from pinned
+    memory as a tuned trainer would, so no variant waits for the GPU on its input."""
+    dev = next(model.parameters()).device
+    on_dev = lambda b: {k: to_device_async(v, dev) for k, v in b.items()}  # noqa: E731
     if variant == "recomputed":
         with torch.no_grad():
-            cat = {k: torch.cat([c[k], r[k]]) for k in c}
+            cat = on_dev({k: torch.cat([c[k], r[k]]) for k in c})
             s, _ = model_sequence_logps(ref_model, cat["input_ids"], cat["attention_mask"],
                                         cat["loss_mask"], chunk)
             refs = (s[:c["input_ids"].shape[0]], s[c["input_ids"].shape[0]:])
     if variant == "unfused":
-        cat = {k: torch.cat([c[k], r[k]]) for k in c}
+        cat = on_dev({k: torch.cat([c[k], r[k]]) for k in c})
         s = _unfused_logps(model, cat)
         n = c["input_ids"].shape[0]
         loss, _ = dpo_loss(s[:n], s[n:], refs[0], refs[1], beta=0.1)
@@ -106,10 +111,9 @@ def run(args: argparse.Namespace) -> int:
                                      (2, 48, 16, 2) if quick else (2, 192, 64, 2))
     chunk = 1024
     vocab = model.config.vocab_size
-    c, r = (({k: v.to(device) for k, v in side.items()} for side in
-             _batch(vocab, pairs, prompt, answer, seed=1)))
+    c, r = _batch(vocab, pairs, prompt, answer, seed=1)
     with torch.no_grad():
-        cat = {k: torch.cat([c[k], r[k]]) for k in c}
+        cat = {k: torch.cat([c[k], r[k]]).to(device) for k in c}
         s, _ = model_sequence_logps(ref_model, cat["input_ids"], cat["attention_mask"],
                                     cat["loss_mask"], chunk)
     refs = (s[:pairs], s[pairs:])

@@ -13,6 +13,8 @@ import json
 import logging
 from pathlib import Path
 
+import torch
+
 from reclaif.atomic import read_jsonl
 from reclaif.distributed.faults import maybe_fail
 from reclaif.config import RunConfig
@@ -105,7 +107,7 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
         return fused_dpo_loss(hf_model(model), batch["chosen"], batch["rejected"],
                               batch["ref_chosen"], batch["ref_rejected"], t.beta, t.loss_type,
                               t.label_smoothing, t.logprob_chunk, kernel=t.logprob_kernel,
-                              weight_grad_acc=t.logprob_weight_grad)
+                              weight_grad_acc=t.logprob_weight_grad, device=strategy.device)
 
     # 4. the loop: micro-batches of pairs, accumulation, optimizer steps
     preempted = False
@@ -116,14 +118,15 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
             first = plan.micro_per_epoch - len(batches)
             acc: dict[str, float] = {}
             for m, idx in enumerate(batches, start=first):
-                batch = strategy.to_device(collate_pairs([encoded[i] for i in idx],
-                                                         tokenizer.pad_token_id))
+                # Left on the host: fused_dpo_loss copies it over without a device sync.
+                batch = collate_pairs([encoded[i] for i in idx], tokenizer.pad_token_id)
                 with strategy.autocast():
                     loss, metrics = strategy.forward(dpo_step, batch)
                 boundary = (m + 1) % t.grad_accum == 0
                 strategy.backward(loss, boundary)
-                for k in METRICS:
-                    acc[k] = acc.get(k, 0.0) + float(metrics[k]) / t.grad_accum
+                values = torch.stack([metrics[k] for k in METRICS]).tolist()  # one sync
+                for k, v in zip(METRICS, values):
+                    acc[k] = acc.get(k, 0.0) + v / t.grad_accum
                 acc["tokens"] = acc.get("tokens", 0.0) + count_tokens(batch["chosen"]) + \
                     count_tokens(batch["rejected"])
                 if not boundary:

@@ -4,12 +4,19 @@ Chunks hold whole chosen/rejected pairs, so each chunk's DPO loss, and with it t
 its logits, is known inside the chunk: gradients are formed in the forward, where the logits
 are at hand, and backward only scales them. No logits are recomputed: the three lm_head matmuls
 of the usual path (logits, grad_hidden, grad_weight) and no fourth.
+
+On a GPU at a few thousand tokens the step is bound by how fast the host launches kernels, not
+by the GPU (an H200 timeline: 2.3 ms of GPU work behind 70 launches took longer than the usual
+path's 2.9 ms). Hence the token layout is planned on the host (numpy, no device sync when the
+labels come from the host) and the Triton loop spends three launches per group besides the
+GEMMs (reclaif/train/triton_ce.py); the torch loop, the reference, runs a dozen small ops.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,54 +43,67 @@ def _pair_groups(counts: list[int], pairs: int, chunk: int) -> list[tuple[int, i
 
 @dataclass
 class _Plan:
-    """Where every counted token goes, built on the host from one copy of the label mask.
+    """Where every counted token goes, built on the host from the labels.
 
-    Group order lists the rows group by group, each group's chosen rows then its rejected
-    rows, so group [a, b)'s rows are the slots [2a, 2b) and its tokens one slice. Planning on
-    the host replaces a dozen small device ops (nonzero, bincount, argsort, index builds), each
-    a kernel launch; at the bench's sizes the host's launch rate, not the GPU, set the time."""
+    Slot order lists the rows group by group, each group's chosen rows then its rejected rows,
+    so group [a, b)'s rows are the slots [2a, 2b) and its tokens one slice. Planning on the
+    host replaces a dozen small device ops (nonzero, bincount, argsort, index builds), each a
+    kernel launch; at the bench's sizes the host's launch rate, not the GPU, set the time.
+    Labels given on the host (as the collator makes them) cost no device sync at all: the plan
+    then reaches the GPU in one non-blocking copy and the host runs ahead of the GPU."""
 
     groups: list[tuple[int, int]]
     bounds: list[int]  # token bounds of the groups
-    pos: Tensor  # [N] flat position of each counted token, in group order
-    local: Tensor  # [N] its slot within its group
-    pair: Tensor  # [N] its pair within its group
-    coef: Tensor  # [N] d(mean loss)/d(its log-prob) per unit of dloss/dh: +-1/B (/count: IPO)
+    pos: Tensor  # [N] flat position of each counted token, in slot order
+    targets: Tensor  # [N] its target token
+    slot: Tensor  # [N] its slot
+    coef: Tensor  # [2B] d(mean loss)/d(slot's log-prob) per unit of dloss/dh: +-1/B (/count: IPO)
     rank: Tensor  # [2B] slot of each row
     counts: Tensor  # [2B] counted tokens per row
     slot_counts: Tensor  # [2B] counted tokens per slot
 
 
-def _plan(labels: Tensor, ignore_index: int, chunk: int, ipo: bool, dtype: torch.dtype) -> _Plan:
+def to_device_async(t: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on `device` without waiting for the GPU: a blocking (or pageable) host-to-
+    device copy synchronises the stream, and the GPU then idles while the host launches the
+    next kernels. Pinned memory lets the copy queue behind the work already launched."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _plan(labels: Tensor, ignore_index: int, chunk: int, ipo: bool, dtype: torch.dtype,
+          device: torch.device) -> _Plan:
+    # numpy, not torch: each op on a few thousand host integers costs ~1 us there and 5-30 us
+    # as a torch CPU op, and this runs before the step's first GEMM, with the GPU idle.
     B2, T = labels.shape
     B = B2 // 2
-    keep = (labels != ignore_index).cpu()  # the forward's one device-to-host copy
+    flat = labels.cpu().numpy().reshape(-1)  # a device sync only if the labels are on the GPU
+    keep = (flat != ignore_index).reshape(B2, T)
     counts = keep.sum(1)
     groups = _pair_groups(counts.tolist(), B, chunk)
-    rows, local, pair, sign = [], [], [], []
+    rows, sign = [], []
     for a, b in groups:
-        n = b - a
         rows += [*range(a, b), *range(B + a, B + b)]
-        local += range(2 * n)
-        pair += [*range(n), *range(n)]
-        sign += [1.0] * n + [-1.0] * n
-    rows_t = torch.tensor(rows, dtype=torch.long)
-    slot, t = keep[rows_t].nonzero(as_tuple=True)  # slot by slot, each in position order
-    ends = counts[rows_t].cumsum(0).tolist()
+        sign += [1.0] * (b - a) + [-1.0] * (b - a)
+    rows_a = np.array(rows, dtype=np.int64)
+    slot_counts = counts[rows_a]
+    # positions slot by slot, each slot's in order
+    pos = ((rows_a * T)[:, None] + np.arange(T))[keep[rows_a]]
+    slot = np.repeat(np.arange(B2), slot_counts)
+    ends = slot_counts.cumsum().tolist()
     bounds = [0] + [ends[2 * b - 1] for _, b in groups]
-    rank = torch.empty(B2, dtype=torch.long)
-    rank[rows_t] = torch.arange(B2)
-    slot_counts = counts[rows_t]
-    coef = torch.tensor(sign, dtype=torch.float64) / max(B, 1)
+    rank = np.empty(B2, dtype=np.int64)
+    rank[rows_a] = np.arange(B2)
+    coef = np.array(sign) / max(B, 1)
     if ipo:  # IPO's loss is on length-normalised log-probs
-        coef /= slot_counts.clamp(min=1)
-    local_t, pair_t = (torch.tensor(x, dtype=torch.long) for x in (local, pair))
-    ints = torch.cat([rows_t[slot] * T + t, local_t[slot], pair_t[slot], rank, counts,
-                      slot_counts]).to(labels.device)  # one host-to-device copy of the plan
-    n_tok = slot.numel()
-    pos, local_d, pair_d, rank_d, counts_d, slot_d = ints.split([n_tok] * 3 + [B2] * 3)
-    return _Plan(groups, bounds, pos, local_d, pair_d, coef[slot].to(labels.device, dtype),
-                 rank_d, counts_d, slot_d)
+        coef /= np.maximum(slot_counts, 1)
+    # One host-to-device copy of the whole plan; the float coefficients ride as int64 bits.
+    ints = np.concatenate([pos, flat[pos], slot, coef.view(np.int64), rank, counts, slot_counts])
+    ints = to_device_async(torch.from_numpy(ints), device)
+    pos, tgt, slot_d, coef_d, rank_d, counts_d, slot_cd = ints.split([slot.size] * 3 + [B2] * 4)
+    return _Plan(groups, bounds, pos, tgt, slot_d, coef_d.view(torch.float64).to(dtype), rank_d,
+                 counts_d, slot_cd)
 
 
 class _FusedDPO(torch.autograd.Function):
@@ -96,50 +116,56 @@ class _FusedDPO(torch.autograd.Function):
         beta, loss_type, ls = opts["beta"], opts["loss_type"], opts["label_smoothing"]
         ipo = loss_type == "ipo"
         acc = _acc(hidden)
-        plan = _plan(labels, opts["ignore_index"], opts["chunk"], ipo, acc)
-        # The counted tokens' hidden states and targets in group order, gathered once: each
-        # group then reads a slice and builds no index.
+        plan = _plan(labels, opts["ignore_index"], opts["chunk"], ipo, acc, hidden.device)
+        # The counted tokens' hidden states in slot order, gathered once: each group then
+        # reads a slice and builds no index.
         hs = hidden.reshape(-1, H)[plan.pos]
-        targets = labels.reshape(-1)[plan.pos]
+        targets = plan.targets
         if ipo:
             lengths = plan.counts.clamp(min=1).to(acc)
             ref_c, ref_r = ref_c / lengths[:B], ref_r / lengths[B:]
             inv_len = 1.0 / plan.slot_counts.clamp(min=1).to(acc)
-        ref_diff = ref_c - ref_r
         sums = torch.zeros(B2, dtype=acc, device=hidden.device)  # per slot
+        g_slot = torch.empty_like(sums)  # dloss/d(slot's log-prob)
         grad_h = torch.zeros_like(hidden).view(-1, H) if need_h else None
         grad_w = _GradWeight(weight, len(plan.groups), opts["acc"]) if need_w else None
         ce = opts["ce"]
+        if ce is not None:  # the Triton loop writes each group's stats as it goes
+            stats = torch.empty(B, 5, dtype=acc, device=hidden.device)
+        else:
+            ref_diff = ref_c - ref_r
         for (a, b), t0, t1 in zip(plan.groups, plan.bounds, plan.bounds[1:]):
-            hc, tgt = hs[t0:t1], targets[t0:t1]
-            if ce is not None:
+            hc, tgt, slots = hs[t0:t1], targets[t0:t1], plan.slot[t0:t1]
+            if ce is not None:  # 3 launches besides the GEMMs (see triton_ce)
                 p = hc @ weight.T  # stays in its dtype: the kernels read it as it is
-                tok, lse = ce.lse_and_target(p, tgt)
+                _, lse = ce.lse_and_target(p, tgt, slots=slots, sums=sums)
+                ce.dpo_pairs(sums, inv_len if ipo else None, ref_c, ref_r, plan.coef, a, b,
+                             beta, loss_type, ls, g_slot, stats)
+                if need_h or need_w:
+                    ce.grad_logits_inplace(p, lse, tgt, g_slot, slots=slots)
+                    gh = _matmul_grads(p, p, hc, weight, grad_w)
             else:
                 p = _chunk_logits(hc, weight)
                 tok, _ = _softmax_inplace(p, tgt)
-            s = sums[2 * a:2 * b].index_add_(0, plan.local[t0:t1], tok)
-            if need_h or need_w:
-                # Closed-form loss gradient (no autograd call per group); values come after
-                # the loop, from dpo_losses for all pairs at once.
-                n = b - a
-                if ipo:
-                    s = s * inv_len[2 * a:2 * b]
-                d = dpo_loss_grad(s[:n] - s[n:] - ref_diff[a:b], beta, loss_type, ls)
-                g_tok = d[plan.pair[t0:t1]] * plan.coef[t0:t1]
-                if ce is not None:
-                    ce.grad_logits_inplace(p, lse, tgt, g_tok)
-                    gh = _matmul_grads(p, p, hc, weight, grad_w)
-                else:
-                    gh = _backprop_chunk(p, g_tok, tgt, hc, weight, grad_w)
-                if grad_h is not None:  # written row by row, with no [tokens, H] staging buffer
-                    grad_h.index_copy_(0, plan.pos[t0:t1], gh.to(grad_h.dtype))
+                sums.index_add_(0, slots, tok)
+                if need_h or need_w:
+                    # Closed-form loss gradient (no autograd call per group); values come
+                    # after the loop, from dpo_losses for all pairs at once.
+                    n = b - a
+                    s = sums[2 * a:2 * b] * inv_len[2 * a:2 * b] if ipo else sums[2 * a:2 * b]
+                    d = dpo_loss_grad(s[:n] - s[n:] - ref_diff[a:b], beta, loss_type, ls)
+                    torch.mul(plan.coef[2 * a:2 * b].view(2, n), d,
+                              out=g_slot[2 * a:2 * b].view(2, n))
+                    gh = _backprop_chunk(p, g_slot[slots], tgt, hc, weight, grad_w)
+            if grad_h is not None:  # written row by row, with no [tokens, H] staging buffer
+                grad_h.index_copy_(0, plan.pos[t0:t1], gh.to(grad_h.dtype))
             del p
-        lp = sums[plan.rank]
-        if ipo:
-            lp = lp / lengths
-        losses, r_c, r_r = dpo_losses(lp[:B], lp[B:], ref_c, ref_r, beta, loss_type, ls)
-        stats = torch.stack([losses, r_c, r_r, lp[:B], lp[B:]], 1)
+        if ce is None:
+            lp = sums[plan.rank]
+            if ipo:
+                lp = lp / lengths
+            losses, r_c, r_r = dpo_losses(lp[:B], lp[B:], ref_c, ref_r, beta, loss_type, ls)
+            stats = torch.stack([losses, r_c, r_r, lp[:B], lp[B:]], 1)
         ctx.weight = weight if hasattr(weight, "ds_id") else None
         ctx.scale, ctx.used = 1.0, False
         ctx.grads = (grad_h.view_as(hidden) if grad_h is not None else None,
@@ -184,20 +210,27 @@ def _pad_right(t: Tensor, length: int, value: int = 0) -> Tensor:
 def fused_dpo_loss(model: torch.nn.Module, chosen: dict, rejected: dict, ref_chosen: Tensor,
                    ref_rejected: Tensor, beta: float, loss_type: str = "sigmoid",
                    label_smoothing: float = 0.0, chunk_size: int = 1024,
-                   kernel: str = "auto", weight_grad_acc: str = "fp32") -> tuple[Tensor, dict]:
+                   kernel: str = "auto", weight_grad_acc: str = "fp32",
+                   device: torch.device | None = None) -> tuple[Tensor, dict]:
     """DPO loss with the loss fused into the log-prob kernel (gradients formed in the forward).
     chosen/rejected: dicts with input_ids, attention_mask, loss_mask [B,T*] (right padding is
     added to concatenate them into one forward). ref_chosen/ref_rejected: [B] reference
     log-prob SUMS (as model_sequence_logps returns); for ipo both are length-normalised here.
     Returns (mean loss, metrics: loss, rewards/*, logps/chosen, logps/rejected as 0-dim
     detached fp32 tensors). `model`: the HF model or the DeepSpeed engine (see _unwrap).
+    The batch may stay on the host, as the collator made it: the inputs then go to `device`
+    (where the model computes; default: its lm_head weight's) in non-blocking copies and the
+    token plan is made from the host's labels, so the step launches all its GPU work without
+    once waiting for the GPU (see _Plan).
     kernel: "auto", "torch" or "triton", the inner loop over each chunk (module docstring);
     weight_grad_acc: "fp32" or "param" (see reclaif.train.logprobs._GradWeight)."""
     T = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
     cat = {k: torch.cat([_pad_right(chosen[k], T), _pad_right(rejected[k], T)])
            for k in ("input_ids", "attention_mask", "loss_mask")}
     body, weight = _body_and_weight(model)
-    hidden = _final_hidden(body, cat["input_ids"], cat["attention_mask"])
+    dev = device or weight.device
+    hidden = _final_hidden(body, to_device_async(cat["input_ids"], dev),
+                           to_device_async(cat["attention_mask"], dev))
     labels = shifted_labels(cat["input_ids"], cat["attention_mask"], cat["loss_mask"])
     return fused_dpo_loss_from_hidden(hidden, weight, labels, ref_chosen, ref_rejected, beta,
                                       loss_type, label_smoothing, chunk_size, kernel=kernel,
@@ -210,7 +243,8 @@ def fused_dpo_loss_from_hidden(hidden: Tensor, weight: Tensor, labels: Tensor, r
                                ignore_index: int = -100, kernel: str = "auto",
                                weight_grad_acc: str = "fp32") -> tuple[Tensor, dict]:
     """The kernel behind fused_dpo_loss: hidden [2B,T,H] (chosen rows then rejected rows),
-    labels [2B,T] shifted as in sequence_logps; ref_* [B] log-prob sums."""
+    labels [2B,T] shifted as in sequence_logps; ref_* [B] log-prob sums. Labels and refs may be
+    on the host (no device sync then: see _Plan) or on hidden's device."""
     if hidden.shape[0] % 2 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"fused_dpo_loss: hidden {tuple(hidden.shape)} must be [2B,T,H] with "
                          f"labels [2B,T], got labels {tuple(labels.shape)}")
@@ -218,7 +252,7 @@ def fused_dpo_loss_from_hidden(hidden: Tensor, weight: Tensor, labels: Tensor, r
     check_weight_grad_acc("fused_dpo_loss", weight_grad_acc)
     ce = _inner_loop(kernel, hidden)
     acc = _acc(hidden)
-    ref_c, ref_r = ref_chosen.to(hidden.device, acc), ref_rejected.to(hidden.device, acc)
+    ref_c, ref_r = (to_device_async(r.to(acc), hidden.device) for r in (ref_chosen, ref_rejected))
     opts = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
                 chunk=chunk_size, ignore_index=ignore_index, ce=ce, acc=weight_grad_acc)
     with _gathered(weight):  # around apply: see sequence_logps
