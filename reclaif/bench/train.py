@@ -10,9 +10,10 @@ variants, side by side in this process on the same model and batch:
 
 --quick uses a tiny random Llama with the real 49k vocabulary (seconds); the default uses the
 embedded SmolLM2-135M-Instruct; --device cuda uses a random Llama of Mistral-7B's width (hidden
-4096, MLP 14336, 32/8 heads, vocab 32000) with 2 layers, 4 pairs of 1024 tokens, in --dtype. The batch is synthetic token ids (prompt + answer masks), which
-is all a throughput measurement needs. Variants alternate within each round, so drift in a
-shared machine's load affects them alike.
+4096, MLP 14336, 32/8 heads, vocab 32000) with 2 layers, 4 pairs of 1024 tokens, in --dtype.
+The batch is synthetic token ids (prompt + answer masks), which is all a throughput measurement
+needs; it stays on the host, as the collator leaves it (see _step). Variants alternate within
+each round, so drift in a shared machine's load affects them alike.
 """
 from __future__ import annotations
 

@@ -83,7 +83,8 @@ def _launch_shape(logits: Tensor, block: int | None) -> tuple[int, int, int]:
 
 
 def lse_and_target(logits: Tensor, targets: Tensor, block: int | None = None,
-                   slots: Tensor | None = None, sums: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                   slots: Tensor | None = None,
+                   sums: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """logits [n, V] (fp32/bf16/fp16, not modified), targets [n] int64 in [0, V).
     Returns (logits[i, targets[i]] - lse[i], lse) as fp32 [n] tensors, and with slots [n] and
     sums (fp32) also adds each row's log-prob into sums[slots[i]]. `block`: the slice width (a
