@@ -191,3 +191,21 @@ def test_schedule_warms_up_from_a_nonzero_first_step_and_decays():
     twenty = lrs(20)
     assert twenty[:3] == pytest.approx([2 / 3, 4 / 3, 2.0]) and min(twenty) > 0
     assert all(a >= b for a, b in zip(twenty[2:], twenty[3:]))
+
+
+def test_logged_lr_is_the_rate_the_last_step_used():
+    from reclaif.config import TrainConfig
+    from reclaif.train.strategy import Strategy
+
+    strategy = Strategy(TrainConfig(lr=2.0, warmup_ratio=0.1)).setup()
+    model = torch.nn.Linear(2, 1)
+    strategy.prepare(model, total_steps=4)
+    assert strategy.step_lr() == pytest.approx(1.0)  # before any step: the first step's rate
+    used = []
+    for _ in range(3):
+        used.append(strategy.optimizer.param_groups[0]["lr"])
+        model(torch.ones(1, 2)).sum().backward()
+        strategy.step()
+        assert strategy.step_lr() == pytest.approx(used[-1])  # not the scheduler's next rate
+    assert used == pytest.approx([1.0, 2.0, 1.5])
+    strategy.close()

@@ -142,6 +142,7 @@ class Strategy:
         self.optimizer: Any = None
         self.scheduler: Any = None
         self.module: nn.Module | None = None  # the HF (or peft) model being trained
+        self._step_lr: float | None = None  # the rate the last optimizer step used
 
     # ------------------------------------------------------------------ process group
     @property
@@ -325,7 +326,7 @@ class Strategy:
 
     def step_lr(self) -> float:
         """The learning rate the last optimizer step used (what a log line should show)."""
-        return getattr(self, "_step_lr", self.lr())
+        return self.lr() if self._step_lr is None else self._step_lr
 
     def train(self, mode: bool = True) -> None:
         self.engine.train(mode)
