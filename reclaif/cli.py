@@ -13,6 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from reclaif.config import LOGPROB_KERNELS, LOGPROB_WEIGHT_GRADS
+
 
 def _handler(p: argparse.ArgumentParser, target: str) -> None:
     p.set_defaults(_target=target)
@@ -134,10 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="logprobs, train: dtype of hidden states, weights and model")
     p.add_argument("--chunk", type=int, default=None,
                    help="logprobs: token chunk of the fused kernel (default 256)")
-    p.add_argument("--kernel", choices=["auto", "torch", "triton"], default="auto",
+    p.add_argument("--kernel", choices=LOGPROB_KERNELS, default="auto",
                    help="logprobs: the fused kernel's inner loop over each chunk (auto: triton "
                         "on CUDA where it is installed, else torch)")
-    p.add_argument("--weight-grad", choices=["fp32", "param"], default=None,
+    p.add_argument("--weight-grad", choices=LOGPROB_WEIGHT_GRADS, default=None,
                    help="logprobs: where a bf16 weight's gradient sums over chunks (fp32 "
                         "accumulator, the default, or the weight's dtype)")
     p.add_argument("--max-new-tokens", type=int, default=None,

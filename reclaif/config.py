@@ -96,6 +96,11 @@ class ExplainabilityConfig:
     llm: LLMSpec = field(default_factory=LLMSpec, metadata={"help": "The scorer LLM (kind=llm)."})
 
 
+# The fused log-prob kernel's choices, here (torch-free) for the config, the CLI and the kernel.
+LOGPROB_KERNELS = ("auto", "torch", "triton")
+LOGPROB_WEIGHT_GRADS = ("fp32", "param")
+
+
 @dataclass
 class TrainConfig:
     engine: str = _f("torch", "torch (single process or DDP) or deepspeed (ZeRO, any launcher).")
@@ -304,10 +309,10 @@ def validate(cfg: RunConfig) -> None:
         "dpo.reference": (cfg.dpo.reference, {"sft", "previous"}),
         "sft.engine": (cfg.sft.engine, {"torch", "deepspeed"}),
         "dpo.engine": (cfg.dpo.engine, {"torch", "deepspeed"}),
-        "sft.logprob_kernel": (cfg.sft.logprob_kernel, {"auto", "torch", "triton"}),
-        "dpo.logprob_kernel": (cfg.dpo.logprob_kernel, {"auto", "torch", "triton"}),
-        "sft.logprob_weight_grad": (cfg.sft.logprob_weight_grad, {"fp32", "param"}),
-        "dpo.logprob_weight_grad": (cfg.dpo.logprob_weight_grad, {"fp32", "param"}),
+        "sft.logprob_kernel": (cfg.sft.logprob_kernel, set(LOGPROB_KERNELS)),
+        "dpo.logprob_kernel": (cfg.dpo.logprob_kernel, set(LOGPROB_KERNELS)),
+        "sft.logprob_weight_grad": (cfg.sft.logprob_weight_grad, set(LOGPROB_WEIGHT_GRADS)),
+        "dpo.logprob_weight_grad": (cfg.dpo.logprob_weight_grad, set(LOGPROB_WEIGHT_GRADS)),
         "launch.mode": (cfg.launch.mode, {"inprocess", "command"}),
     }
     for key, (value, allowed) in choices.items():

@@ -37,6 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reclaif.config import LOGPROB_KERNELS, LOGPROB_WEIGHT_GRADS
+
+
 def _gathered(weight: Tensor) -> contextlib.AbstractContextManager:
     """Gathers a ZeRO-3 partitioned parameter for the duration of the block (no-op otherwise)."""
     if hasattr(weight, "ds_id"):
@@ -100,7 +103,7 @@ def _chunk_logits(h: Tensor, weight: Tensor) -> Tensor:
     return out.to(_acc(out))
 
 
-KERNELS = ("auto", "torch", "triton")
+KERNELS = LOGPROB_KERNELS
 
 
 def _inner_loop(kernel: str, hidden: Tensor) -> ModuleType | None:
@@ -123,7 +126,7 @@ def _inner_loop(kernel: str, hidden: Tensor) -> ModuleType | None:
     return None
 
 
-WEIGHT_GRAD_ACC = ("fp32", "param")
+WEIGHT_GRAD_ACC = LOGPROB_WEIGHT_GRADS
 
 
 def check_weight_grad_acc(caller: str, value: str) -> None:
