@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import glob
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -189,8 +191,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return cmd_eval_predictions(args)
 
 
+def _no_gpu_means_cpu_deepspeed() -> None:
+    """DeepSpeed, imported by transformers through accelerate, guesses its accelerator and says
+    so on *stdout* when no GPU is found, which breaks `--json` output. Where the machine has no
+    GPU device node, tell it CPU, as it would decide anyway; a GPU machine keeps auto-detect."""
+    if "DS_ACCELERATOR" in os.environ:
+        return
+    if not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd")):
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _no_gpu_means_cpu_deepspeed()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module, func = args._target.split(":")

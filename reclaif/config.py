@@ -96,6 +96,21 @@ class ExplainabilityConfig:
     llm: LLMSpec = field(default_factory=LLMSpec, metadata={"help": "The scorer LLM (kind=llm)."})
 
 
+@dataclass
+class EvidenceConfig:
+    mode: str = _f("none", "none: the paper's names-only prompt; hybrid: every candidate line "
+                   "carries what collaborative models fitted on the training split say of it "
+                   "(reclaif/evidence).")
+    sources: list[str] = _f([], "Evidence sources; [] = the task's default: sequential "
+                            "[sasrec, transition, tags], retrieval [bm25].")
+    folds: int = _f(5, "Out-of-fold fits for the training prompts' evidence: K models, each "
+                    "fitted without one K-th of the users, so SFT and DPO see evidence as "
+                    "reliable as it is on unseen users. Evaluation uses one model fitted on all.")
+    order: str = _f("score", "score: candidates listed best first by the first ranking source "
+                    "(as a reranker gets its first stage's list); given: the data's order.")
+    sasrec_max_seconds: float = _f(120.0, "Wall-clock cap on each SASRec fit (best epoch kept).")
+
+
 # The fused log-prob kernel's choices, here (torch-free) for the config, the CLI and the kernel.
 LOGPROB_KERNELS = ("auto", "torch", "triton")
 LOGPROB_WEIGHT_GRADS = ("fp32", "param")
@@ -193,6 +208,8 @@ class RunConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "Pairwise judge."})
     explainability: ExplainabilityConfig = field(default_factory=ExplainabilityConfig,
                                                  metadata={"help": "Explainability scorer."})
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig,
+                                     metadata={"help": "Collaborative evidence in the prompt."})
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling."})
     sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "SFT phase."})
     dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "DPO iterations."})
@@ -328,6 +345,18 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.top_k: must be at least 1")
     if len(cfg.judge.weights) != 3:
         raise ConfigError("judge.weights: three weights (relevance, diversity, explainability)")
+    _validate_evidence(cfg.evidence)
+
+
+def _validate_evidence(ev: EvidenceConfig) -> None:
+    if ev.mode not in ("none", "hybrid"):
+        raise ConfigError(f"evidence.mode: '{ev.mode}' is not one of ['hybrid', 'none']")
+    if ev.order not in ("score", "given"):
+        raise ConfigError(f"evidence.order: '{ev.order}' is not one of ['given', 'score']")
+    if ev.folds < 2:
+        raise ConfigError(f"evidence.folds: {ev.folds} must be at least 2 (out-of-fold fits)")
+    if not ev.sasrec_max_seconds > 0:
+        raise ConfigError(f"evidence.sasrec_max_seconds: {ev.sasrec_max_seconds} must be > 0")
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import unicodedata
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from reclaif.records import Example, Item, Recommendation
@@ -39,7 +40,11 @@ _LIST_HEADER_RE = re.compile(r"recommend|ranked|ranking|\btop\b|results|picks|se
                              re.IGNORECASE)
 # Name/reason separators, tried longest name first (titles may contain one themselves).
 _SEP_RE = re.compile(r"\s+[-–—]{1,2}\s+|\s*[:|]\s+|\s+\(|\s*[–—]\s*")
-_DISPLAY_FIELDS_RE = re.compile(r"\s*\([\w ]{1,20}: [^()]*\)$")
+_DISPLAY_FIELDS_RE = re.compile(r"\s*\([\w ]{1,20}: [^()]*\)$|\s*\[[^\[\]]*\]$")
+# Longest line and name compared: fuzzy matching is quadratic in length, and no list line or
+# title needs more (a 5,000-character title once made one answer take over a minute).
+MAX_LINE_CHARS = 400
+MAX_FUZZY_CHARS = 160
 # The template's own placeholder copied instead of filled in: "[Description]".
 _PLACEHOLDER_RE = re.compile(r"\[[^\]]*\]")
 _QUOTES = "\"'“”‘’`«»"
@@ -83,7 +88,8 @@ class _CandidateIndex:
         for i, t in zip(self.ids, self.titles):
             self.norm.setdefault(normalize(t), i)
         self.norm.pop("", None)
-        self.norm_titles = [(normalize(t), i) for i, t in zip(self.ids, self.titles)]
+        self.norm_titles = [(normalize(t)[:MAX_FUZZY_CHARS], i)
+                            for i, t in zip(self.ids, self.titles)]
 
     def exact_or_normalized(self, name: str) -> str | None:
         name = name.strip()
@@ -92,7 +98,7 @@ class _CandidateIndex:
         return self.norm.get(normalize(name))
 
     def fuzzy(self, name: str, threshold: float) -> tuple[float, str | None]:
-        key = normalize(name)
+        key = normalize(name)[:MAX_FUZZY_CHARS]
         if not key:
             return 0.0, None
         best, best_id = 0.0, None
@@ -191,18 +197,21 @@ def parse_recommendation(text: str, example: Example, items: dict[str, Item],
                          top_k: int, threshold: float = 0.85) -> Recommendation:
     """Recovers key features, ranked candidate ids and their reasons from an LLM's answer.
 
-    Names map to the example's candidates with `match_candidate`'s rules; names outside the
-    candidates and repeats are dropped, and at most `top_k` items are kept. Never raises on
-    any text; `valid` is decided by `is_valid`.
+    The ranked list is the answer's list lines: lines with a list marker outside the key
+    section, and any line under the list header. Each names a candidate (`match_candidate`'s
+    rules) or nothing in the set; a name in prose never enters the list. `items` keeps the
+    first `top_k` distinct candidates named; `valid` is `is_valid` of every list line. Never
+    raises on any text.
     """
     text = text if isinstance(text, str) else ""
     index = _CandidateIndex.build(example, items)
     features: list[str] = []
+    entries: list[str | None] = []   # every list line: the candidate it names, or None
     ranked: list[str] = []
     reasons: list[str] = []
     state, blank_after_feature = "start", False
     for raw in text.splitlines():
-        line = raw.strip()
+        line = raw.strip()[:MAX_LINE_CHARS]
         if not line or set(line) <= set("`-=*_#~"):
             blank_after_feature = state == "key" and bool(features)
             continue
@@ -218,12 +227,15 @@ def parse_recommendation(text: str, example: Example, items: dict[str, Item],
         body = _LABEL_RE.sub("", _MARKER_RE.sub("", _strip_markup(line)), count=1).strip()
         hit = _match_line(body, index, threshold) if body else None
         if hit is not None and (state != "key" or not _FEATURE_LABEL_RE.match(body)):
+            if state == "key":
+                state = "list"
+            if not has_marker and state != "list":
+                continue  # a candidate named in prose: not a list line
             item, reason = hit
+            entries.append(item)
             if item not in ranked and len(ranked) < top_k:
                 ranked.append(item)
                 reasons.append(reason)
-            if state == "key":
-                state = "list"
             continue
         if state == "key":
             if blank_after_feature and not has_marker:
@@ -236,30 +248,24 @@ def parse_recommendation(text: str, example: Example, items: dict[str, Item],
         elif state == "list" and ranked and not reasons[-1] and raw[:1].isspace():
             # An indented line under a bare name carries that item's reason.
             reasons[-1] = _clean_reason(re.sub(r"^(?:reason|why)\s*:\s*", "", body, flags=re.I))
+        elif has_marker and state in ("list", "start", "after") and body:
+            entries.append(None)  # a list line naming nothing in the candidate set
     return Recommendation(key_features=features, items=ranked, reasons=reasons,
-                          valid=is_valid(ranked, features, top_k, len(set(example.candidates)),
-                                         text),
-                          raw_text=text)
+                          valid=is_valid(entries, example.candidates, top_k), raw_text=text)
 
 
-def is_valid(items: list[str], key_features: list[str], top_k: int, n_candidates: int,
-             raw_text: str) -> bool:
-    """THE ValidRatio rule (the paper's, following LLaRA and S-DPO), the project's only one.
+def is_valid(entries: Sequence[str | None], candidates: Collection[str], top_k: int) -> bool:
+    """THE ValidRatio rule (LLaRA's, which the paper and S-DPO follow), the project's only one,
+    for parsed answers and `{"items": [...]}` predictions alike.
 
-    An answer is valid iff
-      1. its text is not blank, and
-      2. it states at least one key feature (non-blank), and
-      3. its ranked list holds exactly min(top_k, n_candidates) items, all distinct.
-    `items` are the ids `parse_recommendation` matched to the candidate set, so LLaRA's "names
-    an item of the candidate set" is built in: names outside it are dropped before counting,
-    and an answer with fewer than k candidate names is invalid.
+    `entries` are the answer's ranked list, one per list line (None: a line that names nothing
+    in the candidate set). Valid iff the list holds exactly min(top_k, |candidates|) entries,
+    all distinct and all candidates: extra items, repeats and out-of-set names are invalid.
     """
-    if not isinstance(raw_text, str) or not raw_text.strip():
-        return False
-    if not any(isinstance(f, str) and f.strip() for f in key_features):
-        return False
-    want = min(top_k, n_candidates)
-    return want > 0 and len(items) == want and len(set(items)) == want
+    cands = set(candidates)
+    want = min(top_k, len(cands))
+    return (want > 0 and len(entries) == want and len(set(entries)) == want
+            and all(e is not None and e in cands for e in entries))
 
 
 def format_recommendation(key_features: list[str], item_titles: list[str], reasons: list[str],

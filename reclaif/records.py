@@ -39,6 +39,8 @@ class Example:
 
     `context` is the query string (retrieval) or the history item ids, oldest first (sequential).
     `labels` maps item id → graded relevance; for next-item tasks the target has 1.
+    `evidence` maps a candidate id → the short text collaborative models say of it (hybrid
+    mode, reclaif.evidence); empty in the paper's names-only mode.
     """
 
     id: str
@@ -49,12 +51,16 @@ class Example:
     split: str = "train"
     domain: Domain = "music"
     user: str | None = None
+    evidence: dict[str, str] = field(default_factory=dict)
 
     def relevant(self) -> set[str]:
         return {i for i, g in self.labels.items() if g > 0}
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.evidence:  # names-only files stay as they were
+            del out["evidence"]
+        return out
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "Example":
@@ -67,6 +73,7 @@ class Example:
             split=obj.get("split", "train"),
             domain=obj.get("domain", "music"),
             user=obj.get("user"),
+            evidence={str(k): str(v) for k, v in (obj.get("evidence") or {}).items()},
         )
 
 

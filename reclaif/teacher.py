@@ -15,6 +15,7 @@ from collections.abc import Callable
 from reclaif.config import LLMSpec, TeacherConfig
 from reclaif.errors import ConfigError
 from reclaif.llm.base import LLMClient
+from reclaif.data.features import BEAUTY_FIELDS, NON_DESCRIPTIVE_TAGS, item_features  # noqa: F401
 from reclaif.records import Example, Item
 
 TEACHER_DESCRIPTION = (
@@ -25,24 +26,18 @@ TEACHER_DESCRIPTION = (
     "(product search); its ranking puts the labelled items first, best grade first, and fills "
     "the rest of the top-k greedily by feature overlap with the key preferences minus overlap "
     "with the items already chosen (relevance and diversity); each item's reason cites the key "
-    "preference it matches and the item's own tags or fields. Its answers are templated text in "
+    "preference it matches and the item's own tags or fields. In hybrid mode (evidence in the "
+    "prompt) the rest of the top-k follows the evidence's order instead, and each reason cites "
+    "the item's own evidence (its SASRec rank, transition count and real tags). Its answers "
+    "are templated text in "
     "the canonical answer format, deterministic per seed: SFT on them teaches the format and "
     "label-aware rankings, not an LLM's reasoning."
 )
 
-# HetRec tags that say nothing about the music (listening habits, praise, the tagger).
-NON_DESCRIPTIVE_TAGS = frozenset({
-    "seen live", "favorites", "favourites", "favorite", "favourite", "love", "loved", "awesome",
-    "beautiful", "amazing", "cool", "good", "great", "best", "lastfm hipster artists", "my music",
-    "albums i own", "check out", "spotify", "under 2000 listeners", "all", "music", "want to see live",
-})
-# Beauty catalog fields that make a preference, in the order they are preferred.
-BEAUTY_FIELDS = ("brand", "item_form", "scent", "hair_type", "skin_type", "material_type_free",
-                 "finish_type", "color", "material", "product_benefits", "special_feature",
-                 "age_range_(description)", "use_for", "manufacturer")
 _QUERY_STOP = frozenset("a an the and or of for to in on with without by from at is are my your "
                         "me i you it that this these those be as not no".split())
 _WORD_RE = re.compile(r"[0-9a-z]+")
+_PROBABILITY_RE = re.compile(r" \(\d\.\d\d\)")
 
 
 def _words(text: str) -> set[str]:
@@ -52,23 +47,6 @@ def _words(text: str) -> set[str]:
 def _feature_words(feature: str) -> set[str]:
     """Words of a feature's value: 'brand: Olaplex' matches on 'olaplex', never on 'brand'."""
     return _words(feature.split(": ", 1)[-1])
-
-
-def item_features(item: Item | None, domain: str) -> list[str]:
-    """An item's descriptive features: its tags (music) or its catalog fields as 'field: value'."""
-    if item is None:
-        return []
-    if domain == "music":
-        tags = [t.strip() for t in re.split(r"[,;|]", item.fields.get("tags", "")) if t.strip()]
-        return [t for t in tags if t.lower() not in NON_DESCRIPTIVE_TAGS]
-    out = []
-    for key in BEAUTY_FIELDS if domain == "beauty" else ("brand", "color", "product_brand",
-                                                          "product_color"):
-        value = " ".join(str(item.fields.get(key, "")).split())
-        if value and len(value) <= 60:
-            label = key.removeprefix("product_") if domain == "product_search" else key
-            out.append(f"{label.replace('_', ' ')}: {value}")
-    return out
 
 
 class OfflineTeacher:
@@ -114,6 +92,10 @@ class OfflineTeacher:
         chosen = labelled[:want]
         pref_words = set().union(*(w for _, w in prefs)) if prefs else set()
         rest = [c for c in dict.fromkeys(example.candidates) if c not in chosen]
+        if example.evidence:
+            # Hybrid: after the labels, the evidence's own order (the candidates are listed
+            # best first), so SFT teaches when the evidence is right and the labels overrule it.
+            return chosen + rest[:want - len(chosen)]
         rng.shuffle(rest)  # the seed decides among equally good fillers
         while len(chosen) < want and rest:
             seen = set().union(*(self._words(c, example.domain) for c in chosen)) if chosen else set()
@@ -131,6 +113,8 @@ class OfflineTeacher:
                              item_features(self.items.get(item_id), domain)))
 
     def reason(self, item_id: str, example: Example, prefs: list[tuple[str, set[str]]]) -> str:
+        if example.evidence.get(item_id):
+            return self._evidence_reason(item_id, example, prefs)
         item = self.items.get(item_id)
         title = item.title if item else item_id
         feats = item_features(item, example.domain)
@@ -156,6 +140,19 @@ class OfflineTeacher:
             top = prefs[0][0] if prefs else "the history"
             return f"{verb.capitalize()} {shown}; adds variety beyond {top}."
         return "No listed features; included to complete the list."
+
+    def _evidence_reason(self, item_id: str, example: Example,
+                         prefs: list[tuple[str, set[str]]]) -> str:
+        """Hybrid: the item's own evidence, without the probabilities (the rank says enough and
+        costs fewer tokens), then the key preference its own tags or fields carry, if any."""
+        parts = [_PROBABILITY_RE.sub("", p).replace("tags: ", "tagged ", 1)
+                 for p in example.evidence[item_id].split("; ")]
+        own = {f.lower() for f in item_features(self.items.get(item_id), example.domain)}
+        matched = [p for p, _ in prefs if p.lower() in own]
+        if matched and not any(matched[0].lower() in p.lower() for p in parts):
+            parts.append(f"matches {matched[0]}")
+        text = "; ".join(parts) + "."
+        return text[0].upper() + text[1:]
 
     def respond(self, example: Example) -> str:
         from reclaif.parsing import format_recommendation

@@ -29,14 +29,14 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def _predictions(examples) -> list[dict]:
-    """Even examples: an ids list with the target first; odd: a text answer ranking it second.
-    The last example gets no prediction; example 1's text names only two candidates."""
+    """Even examples: an ids list of top-3 with the target first; odd: a text answer ranking it
+    second. The last example gets no prediction; example 1's text names only two candidates."""
     rows = []
     for n, ex in enumerate(examples[:-1]):
         (target,) = ex.labels
         others = [c for c in ex.candidates if c != target]
         if n % 2 == 0:
-            rows.append({"id": ex.id, "items": [target, *others[:4]]})
+            rows.append({"id": ex.id, "items": [target, *others[:2]]})
         else:
             picks = [others[0], target, others[1]][: 2 if n == 1 else 3]
             text = format_recommendation(["moody rock"], picks, ["r"] * len(picks))

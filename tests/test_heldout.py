@@ -131,6 +131,35 @@ def test_the_driver_checks_with_the_same_helper(tmp_path: Path, repo_root: Path)
     with pytest.raises(DataError, match="'planted'"):
         run_splits(cfg)
     ok = load_config(quickstart)
-    got_train, got_eval, held = run_splits(ok)
-    assert len(got_train) == ok.data.max_train_examples
-    assert len(got_eval) == ok.data.max_eval_examples and held.excluded == []
+    splits = run_splits(ok)
+    assert len(splits.train) == ok.data.max_train_examples
+    assert len(splits.evaluation) == ok.data.max_eval_examples
+    # the check covers the interaction windows the evidence and baselines are fitted on: one
+    # S-DPO prompt repeats an LLaRA window of another user (a chance duplicate) and is excluded
+    assert len(splits.windows) == 49_824
+    assert splits.held.excluded == ["lastfm:sdpo-valid:838"]
+    assert "lastfm:sdpo-valid:838" not in {ex.id for ex in splits.evaluation}
+
+
+def test_an_evaluation_users_sequence_in_the_interactions_stops_the_run(tmp_path: Path,
+                                                                          repo_root: Path):
+    """Interactions are training input too: an evaluation user's own sequence there is a leak."""
+    from reclaif.config import load_config
+    from reclaif.data import SAMPLE_DIR, load_examples
+    from reclaif.pipeline.driver import run_splits
+
+    rows = load_examples("sample")
+    train = [ex for ex in rows if ex.split == "train"][:20]
+    val = [replace(ex, user=f"val-u{n}") for n, ex in enumerate(
+        ex for ex in rows if ex.split == "valid")][:10]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.jsonl").write_text((SAMPLE_DIR / "items.jsonl").read_text())
+    (data / "examples.jsonl").write_text("".join(json.dumps(ex.to_json()) + "\n"
+                                                 for ex in train + val))
+    seqs = [{"user": "val-u3", "items": list(val[3].context) + list(val[3].labels),
+             "split": "train"}]
+    (data / "interactions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seqs))
+    cfg = load_config(repo_root / "configs" / "quickstart.yaml", [f"data.path={data}"])
+    with pytest.raises(DataError, match="val-u3"):
+        run_splits(cfg)

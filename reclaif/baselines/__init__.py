@@ -8,12 +8,13 @@ from typing import Any
 from reclaif.baselines.base import Ranker
 from reclaif.errors import ReclaifError
 
-LEARNED = ("popularity", "sasrec")  # methods whose fit() reads the training examples
+LEARNED = ("popularity", "sasrec", "transition")  # methods whose fit() reads training examples
 
 
 def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = None,
                 max_new_tokens: int = 256) -> Ranker:
-    """random | popularity | bm25 | dense[:MODEL] | sasrec[-ce|-bce] | llm:NAME | model:PATH.
+    """random | popularity | transition | bm25 | dense[:MODEL] | sasrec[-ce|-bce] | llm:NAME |
+    model:PATH.
 
     `diversity`: the table's DiversityScorer; the default dense ranker shares its model and
     item vectors (the same all-MiniLM-L6-v2 over the same `Item.text()`). `max_new_tokens`:
@@ -34,6 +35,9 @@ def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = Non
         if model == "default" and diversity is not None:
             ranker.shared = diversity
         return ranker
+    if method == "transition":
+        from reclaif.evidence.transition import TransitionRanker
+        return TransitionRanker(seed=seed)
     if method in ("sasrec", "sasrec-ce", "sasrec-bce"):
         from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker
         loss = "bce" if method.endswith("bce") else "ce"
@@ -41,7 +45,8 @@ def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = Non
     if method.startswith(("llm:", "model:")):
         from reclaif.baselines.llm import LLMRanker
         return LLMRanker(method, top_k=top_k, max_new_tokens=max_new_tokens)
-    raise ReclaifError(f"--methods: unknown method {method!r}; known: random, popularity, bm25, "
+    raise ReclaifError(f"--methods: unknown method {method!r}; known: random, popularity, "
+                       "transition, bm25, "
                        "dense[:MODEL], sasrec, sasrec-ce, sasrec-bce, llm:NAME, model:PATH")
 
 

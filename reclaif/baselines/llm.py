@@ -34,6 +34,8 @@ class LLMRanker:
     name: str = ""
     recommendations: dict[str, Recommendation] = field(default_factory=dict, repr=False)
     _recommender: Any = field(default=None, repr=False)
+    _evidence: Any = field(default=None, repr=False)
+    _items: dict[str, Item] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         kind, target = parse_method(self.method)
@@ -53,14 +55,23 @@ class LLMRanker:
                                f"({e}); use the non-LLM methods meanwhile") from None
         from reclaif.config import LLMSpec
 
+        from reclaif.evidence import evidence_of_checkpoint
+
         client = make_client(LLMSpec(backend=self.backend, model=self._model))
         self._recommender = Recommender(client, items, self.top_k)
+        self._items = items
+        # a checkpoint of a hybrid run reads evidence: its run's evaluation model writes it
+        self._evidence = (evidence_of_checkpoint(self._model, items)
+                          if self.method.startswith("model:") else None)
 
     def prepare(self, examples: Sequence[Example]) -> None:
         """One batched generate call over all examples (an LLM is slow one prompt at a time)."""
         if self._recommender is None:
             raise ReclaifError(f"{self.name}: call fit(train, items) before rank()")
         todo = [ex for ex in examples if ex.id not in self.recommendations]
+        if todo and self._evidence is not None:
+            self._evidence.prepare(todo)
+            todo = [self._evidence.annotate(ex, self._items) for ex in todo]
         if todo:
             # greedy decoding, one answer per prompt, as at evaluation in the driver
             answers = self._recommender.recommend(todo, n=1, temperature=0.0,

@@ -9,17 +9,21 @@ user. Candidates are scored by the dot product of the last hidden state with the
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from reclaif.baselines.base import history, order_by_scores, targets
-from reclaif.errors import ReclaifError
+from reclaif.atomic import atomic_write_bytes, atomic_write_json
+from reclaif.errors import DataError, ReclaifError
 from reclaif.records import Example, Item
 
 log = logging.getLogger(__name__)
@@ -118,7 +122,7 @@ class SASRecRanker:
     vocab: dict[str, int] = field(default_factory=dict, repr=False)
     model: SASRecModel | None = field(default=None, repr=False)
     history_log: list[dict] = field(default_factory=list, repr=False)
-    _scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _scores: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
 
     # -- data ---------------------------------------------------------------------------
     def _index(self, ids: Sequence[str]) -> list[int]:
@@ -246,15 +250,48 @@ class SASRecRanker:
         """Scores all examples' candidates in a few batched forward passes (cached by id)."""
         if self.model is None:
             raise ReclaifError("sasrec: call fit(train, items) before rank()")
-        todo = [ex for ex in examples if ex.id not in self._scores]
+        todo = [ex for ex in examples if self._key(ex) not in self._scores]
         for s in range(0, len(todo), 1024):
             chunk = todo[s: s + 1024]
             for ex, row in zip(chunk, self._candidate_scores(chunk).numpy()):
-                self._scores[ex.id] = row[: len(ex.candidates)]
+                self._scores[self._key(ex)] = row[: len(ex.candidates)]
+
+    @staticmethod
+    def _key(example: Example) -> tuple:
+        # the candidates are part of the key: evidence lists an example's candidates reordered
+        return example.id, tuple(example.candidates)
 
     def scores(self, example: Example) -> np.ndarray:
         self.prepare([example])
-        return self._scores[example.id]
+        return self._scores[self._key(example)]
 
     def rank(self, example: Example) -> list[str]:
         return order_by_scores(example, self.scores(example), self.config.seed)
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """sasrec.pt (weights) and sasrec.json (config and vocabulary), each written atomically."""
+        import io
+
+        if self.model is None:
+            raise ReclaifError("sasrec: nothing to save before fit()")
+        buf = io.BytesIO()
+        torch.save(self.model.state_dict(), buf)
+        atomic_write_bytes(directory / "sasrec.pt", buf.getvalue())
+        atomic_write_json(directory / "sasrec.json",
+                          {"config": dataclasses.asdict(self.config), "vocab": self.vocab,
+                           "name": self.name})
+
+    @classmethod
+    def load(cls, directory: Path) -> "SASRecRanker":
+        try:
+            meta = json.loads((directory / "sasrec.json").read_text(encoding="utf-8"))
+            cfg = SASRecConfig(**meta["config"])
+            ranker = cls(config=cfg, name=meta.get("name", "sasrec"), vocab=meta["vocab"])
+            ranker.model = SASRecModel(len(ranker.vocab) + 2, cfg)
+            state = torch.load(directory / "sasrec.pt", map_location="cpu", weights_only=True)
+            ranker.model.load_state_dict(state)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise DataError(f"{directory}: not a saved SASRec model ({e})") from None
+        ranker.model.eval()
+        return ranker

@@ -19,7 +19,10 @@ from typing import Any
 from reclaif.atomic import atomic_write_json
 from reclaif.baselines import is_learned, make_ranker
 from reclaif.data.heldout import check_held_out
+from reclaif.data.interactions import fit_windows
+from reclaif.evidence import run_of_checkpoint
 from reclaif.errors import DataError, ReclaifError
+from reclaif.parsing import is_valid
 from reclaif.records import Example, Item
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ def group_of(method: str) -> str:
         return "LLM-based"
     if method in ("random", "popularity"):
         return "Floor"
-    if method.startswith("sasrec"):
+    if method.startswith("sasrec") or method == "transition":
         return "Traditional"
     return "Retrieval-based"
 
@@ -77,9 +80,11 @@ def score_method(method: str, examples: list[Example], train: list[Example],
     t1 = time.perf_counter()
     if hasattr(ranker, "prepare"):
         ranker.prepare(examples)
-    rankings = {ex.id: ranker.rank(ex) for ex in examples}
+    # Every row answers with the top-k it would show, and passes the one validity rule.
+    rankings = {ex.id: ranker.rank(ex)[:TOP_K[task]] for ex in examples}
     t2 = time.perf_counter()
-    valid = explain = None
+    valid = {ex.id: is_valid(rankings[ex.id], ex.candidates, TOP_K[task]) for ex in examples}
+    explain = None
     if hasattr(ranker, "recommendations"):  # an LLM: its own validity and explanations
         from reclaif.config import ExplainabilityConfig
         from reclaif.judge import make_explainability_scorer
@@ -104,15 +109,6 @@ def score_method(method: str, examples: list[Example], train: list[Example],
     return row
 
 
-def run_of_checkpoint(path: str | Path) -> Path | None:
-    """The run directory a checkpoint lies in (runs/NAME/STAGE/checkpoint), or None."""
-    p = Path(path)
-    for root in (p.parent.parent, p.parent):
-        if (root / "config.yaml").is_file() and (root / "manifest.json").is_file():
-            return root
-    return None
-
-
 def training_inputs(methods: Sequence[str], train: list[Example],
                     train_path: str) -> tuple[list[Example], list[str], list[str]]:
     """Every training input behind the table's rows: (examples, what they are, models whose
@@ -132,8 +128,10 @@ def training_inputs(methods: Sequence[str], train: list[Example],
         from reclaif.pipeline.store import RunStore
 
         cfg = RunStore(root).load_config()
-        run_train = run_splits(cfg)[0]
-        combined += run_train
+        splits = run_splits(cfg)
+        run_train = splits.train
+        known = {ex.id for ex in combined}
+        combined += [ex for ex in run_train + splits.windows if ex.id not in known]
         names.append(f"run {root} '{cfg.data.train_split}' split of {cfg.data.path} "
                      f"({len(run_train):,}, SFT/sampling/DPO)")
     return combined, names, unknown
@@ -272,6 +270,9 @@ def cmd_table(args: argparse.Namespace) -> int:
         # a prepared directory may hold every split; learned baselines see only 'train'
         everything = load_examples(args.train)
         train = [ex for ex in everything if ex.split == "train"] or everything
+        # the directory's interaction sequences, where it has them: what a run's evidence
+        # models are fitted on, so the baseline rows and the evidence come from the same data
+        train = fit_windows(args.train, "train", train) or train
         items = {**load_items(args.train), **items}
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     table = build_table(examples, train, items, methods, ks, args.bootstrap,

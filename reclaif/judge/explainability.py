@@ -4,11 +4,12 @@ Grounding (offline, data-derived) asks two questions of a parsed answer:
   1. are its key features supported by the context? A feature is grounded when it shares a
      content word with the context text: the history items' titles and fields (tags, brand,
      scent...) for sequential tasks, the query for retrieval;
-  2. is every recommended item given a reason tied to a key feature the item really has? Full
-     credit when the reason shares a word with a key feature AND that word is in the item's own
-     fields (tags, brand...); half credit when it shares words with a key feature or with the
-     item's own fields only (a reason citing a preference the item lacks, or describing the
-     item without linking it to a preference); none otherwise.
+  2. is every recommended item given a reason that is true of it and tied to a key feature?
+     A reason that cites a catalog word the item's own fields (tags, brand...) and evidence lack,
+     or an evidence figure (SASRec rank, listener count) other than the item's own, gets none:
+     only grounded reasons are credited. Full credit when a true reason shares a word with a
+     key feature and with the item's own fields (or cites its evidence and a key feature);
+     half credit when it only describes the item truly; none otherwise.
 It reads words, never instructions, so no text inside an answer or a title can steer it.
 
 The scorer is either that grounding mapped to 1-100 (kind rubric) or an LLM answering the
@@ -88,6 +89,45 @@ class Grounding:
     score: float      # their mean
 
 
+def catalog_words(items: dict[str, Item]) -> frozenset[str]:
+    """Every word some item's fields use: the vocabulary a reason can make claims in."""
+    key = id(items)
+    if _VOCAB.get("key") != key or _VOCAB.get("n") != len(items):
+        vocab: set[str] = set()
+        for item in items.values():
+            vocab |= item_field_words(item)
+        _VOCAB.update(key=key, n=len(items), words=frozenset(vocab))
+    return _VOCAB["words"]
+
+
+_VOCAB: dict = {}
+_CLAIM_RES = (re.compile(r"sasrec\s*#\s*(\d+)", re.I), re.compile(r"bm25\s*#\s*(\d+)", re.I),
+              re.compile(r"(\d+)\s+(?:listeners|buyers|shoppers)", re.I))
+
+
+def reason_credit(reason: str, item: Item | None, evidence: str, feature_words: set[str],
+                  vocab: frozenset[str]) -> float:
+    """Credit of one reason, only for what is true of the item: 0 when it cites a catalog word
+    the item's own fields and evidence lack (a tag it does not have) or an evidence figure
+    other than the item's own (a wrong SASRec rank or listener count); else 1 when it ties a
+    key feature to the item's own fields or evidence, 0.5 when it only describes the item."""
+    words = content_words(reason)
+    own = item_field_words(item) | content_words(evidence)
+    title = content_words(item.title) if item is not None else set()
+    if (words & vocab) - own - title:
+        return 0.0
+    for rx in _CLAIM_RES:
+        claimed, true = set(rx.findall(reason)), set(rx.findall(evidence))
+        if claimed - true:
+            return 0.0
+    if words & feature_words & own or (evidence and any(rx.search(reason) for rx in _CLAIM_RES)
+                                       and words & feature_words):
+        return REASON_TIED_CREDIT
+    if words & own or (evidence and any(rx.search(reason) for rx in _CLAIM_RES)):
+        return REASON_PARTIAL_CREDIT
+    return 0.0
+
+
 def grounding(rec: Recommendation, example: Example, items: dict[str, Item],
               top_k: int) -> Grounding:
     """The data-derived explainability of a parsed answer (see the module docstring)."""
@@ -99,14 +139,12 @@ def grounding(rec: Recommendation, example: Example, items: dict[str, Item],
     feat_score = 0.0 if not feats else 0.5 * min(grounded, 2) / 2 + 0.5 * grounded / len(feats)
     feature_words = set().union(*feats) if feats else set()
     slots = max(1, min(top_k, len(set(example.candidates)) or top_k))
+    vocab = catalog_words(items)
     credit = 0.0
     for n, item_id in enumerate(rec.items[:slots]):
-        reason = content_words(rec.reasons[n]) if n < len(rec.reasons) else set()
-        own = item_field_words(items.get(item_id))
-        if reason & feature_words & own:
-            credit += REASON_TIED_CREDIT
-        elif reason & (feature_words | own):
-            credit += REASON_PARTIAL_CREDIT
+        reason = rec.reasons[n] if n < len(rec.reasons) else ""
+        credit += reason_credit(reason, items.get(item_id), example.evidence.get(item_id, ""),
+                                feature_words, vocab)
     reason_score = credit / slots
     return Grounding(features=feat_score, reasons=reason_score,
                      score=0.5 * feat_score + 0.5 * reason_score)

@@ -93,6 +93,19 @@ def bootstrap_ci(values: list[float], resamples: int = 1000, seed: int = 0,
     return float(lo), float(hi)
 
 
+def paired_bootstrap_ci(a: list[float], b: list[float], resamples: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float, float] | None:
+    """Mean of a − b over the same examples and its percentile interval, the examples resampled
+    together (a paired test: the example-to-example spread both share cancels)."""
+    if len(a) != len(b) or not a or resamples <= 0:
+        return None
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
 def parse_ks(text: str) -> list[int]:
     try:
         ks = [int(k) for k in str(text).split(",") if k.strip()]
@@ -146,7 +159,7 @@ def _load_items_if_any(path: str | Path) -> dict[str, Item]:
 def cmd_eval_predictions(args) -> int:
     """`reclaif eval --examples DIR --predictions FILE [--k 1,3,5] [--out FILE]`."""
     from reclaif.data import load_examples
-    from reclaif.parsing import parse_recommendation
+    from reclaif.parsing import is_valid, parse_recommendation
 
     ks = parse_ks(args.k)
     everything = load_examples(args.examples)
@@ -171,9 +184,7 @@ def cmd_eval_predictions(args) -> int:
         top_k = top_k_arg or TASK_TOP_K.get(ex.task, 3)
         if isinstance(row.get("items"), list):
             ranked = [str(i) for i in row["items"]]
-            cands = set(ex.candidates)
-            valid[ex.id] = bool(ranked) and len(set(ranked)) == len(ranked) and \
-                all(i in cands for i in ranked)
+            valid[ex.id] = is_valid(ranked, ex.candidates, top_k)
         else:
             rec = parse_recommendation(row["text"], ex, items, top_k)
             ranked, valid[ex.id] = rec.items, rec.valid

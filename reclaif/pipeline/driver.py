@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from reclaif.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
 from reclaif.config import RunConfig, load_config, to_dict
 from reclaif.data import load_examples, load_items, resolve_data_dir
 from reclaif.data.heldout import HeldOut, check_held_out
+from reclaif.data.interactions import fit_windows
 from reclaif.distributed.faults import maybe_fail
 from reclaif.errors import PhaseError, ReclaifError
 from reclaif.pipeline.store import RunStore
@@ -40,24 +42,40 @@ def _shards(rows: list[dict], size: int) -> list[list[dict]]:
     return [rows[i:i + size] for i in range(0, len(rows), max(1, size))]
 
 
-def run_splits(cfg: RunConfig) -> tuple[list[Example], list[Example], HeldOut]:
-    """A run's training examples (the input of SFT, sampling and DPO) and its evaluation
-    examples, held out from them (`check_held_out` on the whole evaluation split, then the
-    first `max_eval_examples` of what passed). `reclaif eval --methods model:PATH` uses it
-    to check a run's checkpoint against the run's own training input."""
+@dataclass
+class RunSplits:
+    """A run's inputs: `train` (SFT, sampling and DPO prompts), `evaluation` (held out from
+    them and from `windows`), the held-out report, and `windows` (the interactions evidence
+    models and learned baselines are fitted on: reclaif.data.interactions)."""
+
+    train: list[Example]
+    evaluation: list[Example]
+    held: HeldOut
+    windows: list[Example]
+
+
+def run_splits(cfg: RunConfig) -> RunSplits:
+    """A run's splits: `check_held_out` on the whole evaluation split against every training
+    input, then the first `max_eval_examples` of what passed. The check is the same in both
+    evidence modes, so a hybrid and a names-only run evaluate the same examples. `reclaif eval
+    --methods model:PATH` uses it to check a run's checkpoint against the run's own inputs."""
     d = cfg.data
     path = resolve_data_dir(d.path)
-    train = load_examples(path, split=d.train_split)
+    train_all = load_examples(path, split=d.train_split)
     evaluation = load_examples(path, split=d.eval_split)
-    if d.max_train_examples:
-        train = train[:d.max_train_examples]
+    train = train_all[:d.max_train_examples] if d.max_train_examples else train_all
     if not train or not evaluation:
         raise ReclaifError(f"{path}: {len(train)} '{d.train_split}' and {len(evaluation)} "
                            f"'{d.eval_split}' examples; both must be non-empty")
-    # Held-out discipline: no evaluation example is in any SFT, sampling or DPO input.
-    held = check_held_out(train, evaluation, what=f"'{d.train_split}' (SFT, sampling, DPO)")
+    windows = fit_windows(path, d.train_split, train_all)
+    known = {ex.id for ex in train}
+    inputs = train + [w for w in windows if w.id not in known]
+    what = f"'{d.train_split}' (SFT, sampling, DPO)" + (
+        f" + {len(windows):,} interaction windows (evidence, baselines)" if windows else "")
+    # Held-out discipline: no evaluation example is in any SFT, sampling, DPO or fit input.
+    held = check_held_out(inputs, evaluation, what=what)
     kept = held.kept[:d.max_eval_examples] if d.max_eval_examples else held.kept
-    return train, kept, held
+    return RunSplits(train, kept, held, windows)
 
 
 class Driver:
@@ -66,15 +84,19 @@ class Driver:
         self.cfg = self.store.freeze_config(cfg)
         self.data_path = resolve_data_dir(self.cfg.data.path)
         self.items = load_items(self.data_path)
-        self.train, self.eval, self.held_out = run_splits(self.cfg)
+        splits = run_splits(self.cfg)
+        self.train, self.eval, self.held_out = splits.train, splits.evaluation, splits.held
+        self.windows = splits.windows
         self.top_k = self.cfg.data.top_k
         self._samplers = None
+        self._evidence_ready = self.cfg.evidence.mode == "none"
 
     # --------------------------------------------------------------------------- the recipe
     def run(self) -> Path:
         # Ray starts on first use (samplers(), judge()): a resumed run whose remaining phases
         # need no actor (training, a finished run) skips the seconds a local Ray takes.
         try:
+            self.evidence()
             self.evaluate("base", self.base_model())
             if self.cfg.sft.enabled:
                 self.teacher_data()
@@ -118,6 +140,59 @@ class Driver:
         return self._samplers
 
     # --------------------------------------------------------------------------- phases
+    def evidence(self) -> None:
+        """Hybrid mode: fit the evidence models (out of fold for the training prompts) and give
+        every training and evaluation example its evidence; resumed, read what was written."""
+        from reclaif.evidence import apply_saved, build_evidence
+
+        if self._evidence_ready:
+            return
+        out = self.store.evidence_dir()
+        if self.store.is_done("evidence"):
+            self.train = apply_saved(self.train, out / "train.jsonl")
+            self.eval = apply_saved(self.eval, out / "eval.jsonl")
+            self._evidence_ready = True
+            return
+        t0 = time.time()
+        ev = build_evidence(self.cfg.evidence, self.train, self.eval, self.windows, self.items,
+                            out, seed=self.cfg.seed)
+        self.train, self.eval = ev.train, ev.evaluation
+        baselines = self._evidence_baselines(out)
+        atomic_write_json(out / "baselines.json", baselines)
+        maybe_fail("evidence:end")
+        self.store.mark_done("evidence", ev.files + [out / "baselines.json"],
+                             description=ev.description, windows=len(self.windows),
+                             folds=self.cfg.evidence.folds)
+        self._evidence_ready = True
+        self._timed("evidence", t0)
+
+    def _evidence_baselines(self, out: Path) -> dict[str, Any]:
+        """The evaluation model's own rankings (SASRec-CE, transition) and the two floors, on
+        exactly the run's evaluation examples: the rows the report shows beside the LLM's."""
+        from reclaif.baselines import make_ranker
+        from reclaif.evidence import load_evaluation_models
+        from reclaif.metrics.evaluate import evaluate_rankings
+        from reclaif.parsing import is_valid
+
+        models = load_evaluation_models(self.store.root, self.items)
+        rankers = {"random": make_ranker("random", self.cfg.seed),
+                   "popularity": make_ranker("popularity", self.cfg.seed)}
+        rankers["popularity"].fit(self.windows or self.train, self.items)
+        if models.sasrec is not None:
+            rankers["sasrec-ce"] = models.sasrec
+        if models.transition is not None:
+            rankers["transition"] = models.transition
+        if models.bm25 is not None:
+            rankers["bm25"] = models.bm25
+        rows = {}
+        for name, ranker in rankers.items():
+            ranked = {ex.id: ranker.rank(ex)[:self.top_k] for ex in self.eval}
+            valid = {ex.id: is_valid(ranked[ex.id], ex.candidates, self.top_k)
+                     for ex in self.eval}
+            rows[name] = evaluate_rankings(self.eval, ranked, valid, self.items,
+                                           self.cfg.eval.k, None)
+        return rows
+
     def _timed(self, key: str, t0: float) -> None:
         """Wall time per phase, kept across restarts (timings.json), shown in the report."""
         path = self.store.root / "timings.json"
@@ -191,11 +266,15 @@ class Driver:
         self._timed(key, t0)
 
     def sampling_prompts(self, i: int) -> list[Example]:
-        """Iteration i's prompts: all training prompts, or the i-th slice of max_prompts."""
+        """Iteration i's prompts: all training prompts, or the i-th slice of max_prompts. With
+        sft.max_examples below the training prompts, the slices start after SFT's, so every
+        iteration samples prompts neither SFT nor an earlier iteration saw (until they wrap)."""
         n, total = self.cfg.sampling.max_prompts, len(self.train)
         if not n or n >= total:
             return self.train
-        start = (i - 1) * n % total
+        sft = self.cfg.sft
+        offset = sft.max_examples if sft.enabled and 0 < sft.max_examples < total else 0
+        start = (offset + (i - 1) * n) % total
         return [self.train[(start + j) % total] for j in range(n)]
 
     def judge(self, i: int) -> None:
@@ -387,6 +466,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _one(args: argparse.Namespace, fn: str) -> int:
     cfg, run_dir = _cfg(args)
     driver = Driver(cfg, run_dir)
+    driver.evidence()
     from reclaif.distributed.pool import init_ray
 
     if fn in ("sample", "judge"):

@@ -17,6 +17,7 @@ from reclaif.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 
 SEQUENTIAL_COLUMNS = [("ValidRatio", "valid_ratio"), ("Hit@1", "hit@1"), ("NDCG@3", "ndcg@3"),
                       ("Diversity", "diversity"), ("Expl.", "explainability")]
+BOOTSTRAP = 1000  # resamples of every interval in the report (seeded: reports are reproducible)
 RETRIEVAL_COLUMNS = [("ValidRatio", "valid_ratio"), ("Prec@5", "precision@5"),
                      ("NDCG@5", "ndcg@5"), ("Diversity", "diversity"),
                      ("Expl.", "explainability")]
@@ -60,19 +61,85 @@ def _fmt(v: float | None, expl: bool = False) -> str:
     return f"{v:.2f}" if expl else f"{v:.4f}"
 
 
+def _values(result: dict, key: str) -> list[float] | None:
+    per = result.get("per_example") or {}
+    values = per.get("valid" if key == "valid_ratio" else key)
+    return None if values is None else [float(v) for v in values if v is not None]
+
+
+def _ci(result: dict, key: str) -> tuple[float, float] | None:
+    from reclaif.metrics.evaluate import bootstrap_ci
+
+    values = _values(result, key)
+    return bootstrap_ci(values, BOOTSTRAP) if values else None
+
+
+def _cell(result: dict, key: str) -> str:
+    """Mean and 95% bootstrap interval; explainability as a plain mean (1-100)."""
+    v = metric(result, key)
+    if key == "explainability" or v is None:
+        return _fmt(v, key == "explainability")
+    ci = _ci(result, key)
+    return f"{v:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.3f}"
+
+
+def evidence_rows(run_dir: Path) -> list[tuple[str, dict]]:
+    """(label, result) of the evidence phase's own rankings on the same evaluation examples."""
+    f = Path(run_dir) / "evidence" / "baselines.json"
+    if not f.is_file():
+        return []
+    rows = json.loads(f.read_text(encoding="utf-8"))
+    names = {"random": "Random", "popularity": "Popularity", "transition": "Transition",
+             "sasrec-ce": "SASRec-CE (evidence model)", "bm25": "BM25 (evidence)"}
+    return [(names.get(k, k), v) for k, v in rows.items()]
+
+
 def table_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
     cols = _columns(Path(run_dir))
     rows = []
+    for label, result in evidence_rows(Path(run_dir)):
+        rows.append([label] + [_cell(result, key) if key != "explainability" else "-"
+                               for _, key in cols])
     for stage, result in stages(Path(run_dir)):
-        rows.append([_label(stage)] + [_fmt(metric(result, key), key == "explainability")
-                                       for _, key in cols])
+        rows.append([_label(stage)] + [_cell(result, key) for _, key in cols])
     return ["Model"] + [c for c, _ in cols], rows
+
+
+def paired_lines(run_dir: Path) -> list[str]:
+    """The last iteration against SFT (and against base without SFT) on the same examples:
+    mean difference and its paired 95% bootstrap interval, per ranking metric."""
+    from reclaif.metrics.evaluate import paired_bootstrap_ci
+
+    st = dict(stages(Path(run_dir)))
+    iters = sorted(k for k in st if k.startswith("iter-"))
+    ref = "sft" if "sft" in st else "base"
+    if not iters or ref not in st:
+        return []
+    last = iters[-1]
+    out = []
+    keys = ["hit@1", "ndcg@3"] if "hit@1" in st[last].get("metrics", {}) else ["ndcg@5"]
+    for key in keys + ["valid_ratio"]:
+        a, b = st[last].get("per_example", {}), st[ref].get("per_example", {})
+        name = "valid" if key == "valid_ratio" else key
+        if name not in a or name not in b or a.get("ids") != b.get("ids"):
+            continue
+        diff = paired_bootstrap_ci([float(x) for x in a[name]], [float(x) for x in b[name]],
+                                   BOOTSTRAP)
+        if diff is None:
+            continue
+        mean, lo, hi = diff
+        out.append(f"- {_label(last)} − {_label(ref)}, {key}: {mean:+.3f} "
+                   f"[{lo:+.3f}, {hi:+.3f}] (paired bootstrap, same examples)")
+    return out
 
 
 def table_markdown(run_dir: Path) -> str:
     head, rows = table_rows(Path(run_dir))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    paired = paired_lines(Path(run_dir))
+    if paired:
+        lines += [""] + paired
     return "\n".join(lines)
 
 
@@ -90,7 +157,15 @@ def _plot(run_dir: Path) -> Path | None:
     labels = [_label(s) for s, _ in st]
     for ax, (title, key) in zip(axes, cols):
         values = [metric(r, key) or 0.0 for _, r in st]
-        ax.bar(range(len(values)), values, color="#4C72B0")
+        cis = [_ci(r, key) if key != "explainability" else None for _, r in st]
+        err = [[max(0.0, v - c[0]) if c else 0.0 for v, c in zip(values, cis)],
+               [max(0.0, c[1] - v) if c else 0.0 for v, c in zip(values, cis)]]
+        ax.bar(range(len(values)), values, color="#4C72B0", yerr=err, capsize=3)
+        for label, result in evidence_rows(run_dir):
+            if label.startswith("SASRec") and metric(result, key) is not None \
+                    and key != "explainability":
+                ax.axhline(metric(result, key), color="#C44E52", ls="--", lw=1, label=label)
+                ax.legend(fontsize=6)
         ax.set_xticks(range(len(values)), labels, rotation=45, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -151,6 +226,15 @@ def _descriptions(run_dir: Path) -> list[str]:
         notes.append("**Teacher (data-derived):** " + TEACHER_DESCRIPTION)
     if "kind: rubric" in cfg:
         notes.append("**Judge (data-derived rubric):** " + RUBRIC_DESCRIPTION)
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file():
+        entry = json.loads(manifest.read_text(encoding="utf-8"))["phases"].get("evidence")
+        if entry:
+            notes.append(f"**Hybrid mode (evidence in the prompt):** {entry.get('description')} "
+                         f"Fitted on the training split only ({entry.get('windows', 0):,} "
+                         f"interaction windows); training prompts' evidence out of fold "
+                         f"({entry.get('folds')} folds), evaluation's from one model fitted on "
+                         "all. The evidence model's own ranking is the SASRec row below.")
     return notes
 
 
@@ -168,7 +252,9 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
 
     md = [f"# RecLAIF run: {run_dir.name}", ""]
     md += [n + "\n" for n in notes]
-    md += ["## Results (evaluation split, held out from all training)", "", table_markdown(run_dir), ""]
+    md += ["## Results (evaluation split, held out from all training)", "",
+           "Each cell: mean [95% bootstrap interval over the same evaluation examples].", "",
+           table_markdown(run_dir), ""]
     if plot:
         md += ["![metrics](plots/metrics.png)", ""]
     if judge:

@@ -88,6 +88,10 @@ class RunStore:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def evidence_dir(self) -> Path:
+        """evidence/: fold-N/ and full/ models, train.jsonl, eval.jsonl, baselines.json."""
+        return self.phase_dir("evidence")
+
     def iter_dir(self, iteration: int) -> Path:
         return self.phase_dir(f"iter-{iteration:03d}")
 

@@ -131,19 +131,45 @@ def display_item(item_id: str, items: dict[str, Item], domain: str) -> str:
     return f"{title} ({'; '.join(extra)})" if extra else title
 
 
-def _item_lines(ids: list[str], items: dict[str, Item], domain: str) -> str:
-    return "\n".join(f"- {display_item(i, items, domain)}" for i in ids) or "(none)"
+def _item_lines(ids: list[str], items: dict[str, Item], domain: str,
+                evidence: dict[str, str] | None = None) -> str:
+    """One `- item` line per id; in hybrid mode a candidate's evidence follows in brackets."""
+    lines = []
+    for i in ids:
+        line = f"- {display_item(i, items, domain)}"
+        if evidence and evidence.get(i):
+            line += f" [{sanitize(evidence[i], multiline=False)}]"
+        lines.append(line)
+    return "\n".join(lines) or "(none)"
+
+
+# The sentence hybrid prompts add after the data notice (names-only prompts are unchanged).
+EVIDENCE_NOTE = {
+    "music": "In square brackets after a candidate: evidence from models fitted on other "
+             "listeners (its SASRec rank and probability among these candidates, how many "
+             "listeners went to it straight from your last artist, its tags). Weigh it, and "
+             "cite it in your reasons.",
+    "beauty": "In square brackets after a candidate: evidence from models fitted on other "
+              "shoppers (its SASRec rank and probability among these candidates, how many "
+              "buyers went to it straight from your last product). Weigh it, and cite it in "
+              "your reasons.",
+    "product_search": "In square brackets after a candidate: its BM25 rank and score for the "
+                      "query. Weigh it, and cite it in your reasons.",
+}
 
 
 def _context_values(example: Example, items: dict[str, Item]) -> dict[str, str]:
-    """Slots every role shares: the query or the history, and the candidates."""
+    """Slots every role shares: the query or the history, the candidates, the evidence note."""
     if isinstance(example.context, str):
         query, history_ids = example.context, [example.context]
     else:
         query, history_ids = " ".join(example.context), list(example.context)
+    note = " " + EVIDENCE_NOTE[example.domain] if example.evidence else ""
     return {"query": sanitize(query, multiline=False),
             "history": _item_lines(history_ids, items, example.domain),
-            "candidates": _item_lines(example.candidates, items, example.domain)}
+            "candidates": _item_lines(example.candidates, items, example.domain,
+                                      example.evidence),
+            "evidence_note": note}
 
 
 def _label_text(example: Example, items: dict[str, Item]) -> str:
