@@ -73,11 +73,42 @@ def adhoc_example(args: argparse.Namespace) -> tuple[Example, dict[str, Item]]:
     return ex, items
 
 
+def with_run_evidence(example: Example, items: dict[str, Item], model: str
+                      ) -> tuple[Example, dict[str, Item]]:
+    """For a checkpoint of a hybrid run: the names mapped to the run's catalog ids (exact, then
+    case-insensitive title) and the run's evaluation evidence model's lines on the candidates,
+    so the model reads the prompt it was trained on. Other models: unchanged."""
+    from reclaif.config import load_config
+    from reclaif.data import load_items
+    from reclaif.evidence import evidence_of_checkpoint, run_of_checkpoint
+
+    root = run_of_checkpoint(model)
+    if root is None or load_config(root / "config.yaml").evidence.mode != "hybrid":
+        return example, items
+    catalog = load_items(load_config(root / "config.yaml").data.path)
+    by_title = {}
+    for item in catalog.values():
+        by_title.setdefault(item.title, item.id)
+        by_title.setdefault(item.title.casefold(), item.id)
+
+    def to_id(name: str) -> str:
+        return by_title.get(name) or by_title.get(name.casefold()) or name
+
+    merged = {**items, **catalog}
+    models = evidence_of_checkpoint(model, merged)
+    context = example.context if isinstance(example.context, str) else \
+        [to_id(n) for n in example.context]
+    mapped = replace(example, context=context, candidates=[to_id(n) for n in example.candidates])
+    models.prepare([mapped])
+    return models.annotate(mapped, merged), merged
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     """`reclaif recommend`: one recommendation from a model for names given on the command line."""
     from reclaif.llm import make_client
 
     example, items = adhoc_example(args)
+    example, items = with_run_evidence(example, items, args.model)
     spec = replace(LLMSpec(), backend=args.backend, model=args.model)
     rec = Recommender(make_client(spec), items, args.top_k)
     result = rec.recommend([example], n=1, temperature=args.temperature,
@@ -88,7 +119,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         if result.key_features:
             print("Key features: " + ", ".join(result.key_features))
         for rank, (item, reason) in enumerate(zip(result.items, result.reasons), 1):
-            print(f"{rank}. {item}" + (f": {reason}" if reason else ""))
+            title = items[item].title if item in items else item
+            print(f"{rank}. {title}" + (f": {reason}" if reason else ""))
         if not result.valid:
             print("(the answer did not parse as a valid recommendation; raw text follows)")
             print(result.raw_text)

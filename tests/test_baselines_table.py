@@ -192,7 +192,8 @@ def run_checkpoint(repo_root: Path, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("runs") / "tiny-run"
     store = RunStore(root)
-    store.freeze_config(load_config(repo_root / "configs" / "quickstart.yaml"))
+    store.freeze_config(load_config(repo_root / "configs" / "quickstart.yaml",
+                                    ["evidence.mode=none"]))
     store.mark_done("iter-002/train")
     return build_tiny_model(store.checkpoint("iter-002"), tie=False)
 

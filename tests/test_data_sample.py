@@ -18,16 +18,18 @@ def sample():
 
 def test_sample_files_and_size():
     names = sorted(p.name for p in SAMPLE_DIR.iterdir())
-    assert names == ["SOURCE.md", "examples.jsonl", "items.jsonl", "stats.json"]
-    assert sum(p.stat().st_size for p in SAMPLE_DIR.iterdir()) < 1_000_000
+    assert names == ["SOURCE.md", "examples.jsonl", "interactions.jsonl", "items.jsonl",
+                     "stats.json"]
+    # the interaction sequences the evidence models are fitted on are ~0.44 MB of it
+    assert sum(p.stat().st_size for p in SAMPLE_DIR.iterdir()) < 1_300_000
     text = (SAMPLE_DIR / "SOURCE.md").read_text()
     assert "non-commercial" in text and "make_sample.py" in text and "S-DPO" in text
 
 
 def test_splits_and_candidate_sets(sample):
     exs, items = sample
-    assert [e.split for e in exs].count("train") == 256
-    assert [e.split for e in exs].count("valid") == 128
+    assert [e.split for e in exs].count("train") == 512
+    assert [e.split for e in exs].count("valid") == 320
     assert len({e.id for e in exs}) == len(exs)
     for e in exs:
         (target,) = e.labels
@@ -40,6 +42,8 @@ def test_splits_and_candidate_sets(sample):
 def test_items_are_only_referenced_ones_with_tags(sample):
     exs, items = sample
     used = {i for e in exs for i in list(e.context) + e.candidates}
+    rows = [json.loads(line) for line in (SAMPLE_DIR / "interactions.jsonl").open()]
+    used |= {i for r in rows for i in r["items"]}
     assert set(items) == used
     assert sum(bool(it.fields.get("tags")) for it in items.values()) >= 0.99 * len(items)
 
@@ -64,5 +68,5 @@ def test_make_sample_reproduces_the_bundled_files(shared_data, tmp_path):
     from make_sample import make_sample
 
     make_sample(shared_data, tmp_path / "s")
-    for name in ("examples.jsonl", "items.jsonl", "stats.json"):
+    for name in ("examples.jsonl", "interactions.jsonl", "items.jsonl", "stats.json"):
         assert (tmp_path / "s" / name).read_bytes() == (SAMPLE_DIR / name).read_bytes(), name

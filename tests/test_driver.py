@@ -39,8 +39,11 @@ OVERRIDES = ["data.max_train_examples=4", "data.max_eval_examples=2", "ray.shard
              "sft.lora_r=0", "sft.max_length=640", "sft.grad_accum=1", "sft.max_examples=0",
              # Evaluation answers only have to be the same after a kill; 32 greedy tokens show
              # that as well as 64 (neither writes a whole valid top-3) in half the decoding.
-             "eval.max_new_tokens=32"]
-FAULTS = ["iter-001/sample:written:0", "iter-001/sample:1", "iter-001/judge:written:0",
+             "eval.max_new_tokens=32",
+             # Hybrid mode on, its evidence from the fast sources only (a SASRec fit per fold
+             # would add minutes per run): the evidence phase is killed and resumed like any.
+             "evidence.mode=hybrid", "evidence.sources=[transition,tags]", "evidence.folds=2"]
+FAULTS = ["evidence:end", "iter-001/sample:written:0", "iter-001/sample:1", "iter-001/judge:written:0",
           "dpo:reference", "dpo:step:1", "eval:iter-001"]
 
 
@@ -80,7 +83,8 @@ def _metrics(run_dir: Path, stage: str) -> dict:
 def test_run_produces_every_phase_and_the_report(clean_run):
     run_dir, p = clean_run
     phases = json.loads((run_dir / "manifest.json").read_text())["phases"]
-    for key in ["base/eval", "sft/teacher", "sft/train", "sft/eval", "iter-001/sample",
+    for key in ["evidence", "base/eval", "sft/teacher", "sft/train", "sft/eval",
+                "iter-001/sample",
                 "iter-001/judge", "iter-001/pairs", "iter-001/train", "iter-001/eval"]:
         assert phases[key]["status"] == "done", key
     assert (run_dir / "iter-001/checkpoint/config.json").exists()
@@ -89,6 +93,14 @@ def test_run_produces_every_phase_and_the_report(clean_run):
     for row in ["Base (zero-shot)", "SFT", "DPO-Iter1", "ValidRatio", "Hit@1", "NDCG@3"]:
         assert row in report
     assert "data-derived" in report
+    assert "Hybrid mode (evidence in the prompt)" in report and "| Transition |" in report
+    # the evidence reached every prompt the model saw: teacher answers, samples, evaluation
+    teacher = [json.loads(x) for x in (run_dir / "sft/teacher.jsonl").read_text().splitlines()]
+    assert teacher and all("follows your last artist" in t["prompt"] or "tags: " in t["prompt"]
+                           for t in teacher)
+    hashed = json.loads((run_dir / "manifest.json").read_text())["phases"]["evidence"]["hashes"]
+    assert {"evidence/train.jsonl", "evidence/eval.jsonl",
+            "evidence/full/transition.json"} <= set(hashed)
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html
     assert "DPO-Iter1" in p.stdout  # the table is printed at the end
@@ -142,5 +154,7 @@ def test_sigkill_at_every_phase_then_rerun_equals_the_clean_run(clean_run, confi
     report = json.loads((run_dir / "iter-001/sample_report.json").read_text())
     assert report["actor_restarts"] == report["retries"] == 1, report
     assert _pairs(run_dir) == _pairs(clean_dir)
+    assert (run_dir / "evidence/train.jsonl").read_bytes() == \
+        (clean_dir / "evidence/train.jsonl").read_bytes()
     for stage in ["base", "sft", "iter-001"]:
         assert _metrics(run_dir, stage) == _metrics(clean_dir, stage), stage

@@ -121,7 +121,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _overrides(model: Path, url: str, train_examples: int) -> list[str]:
-    return [f"recommender.model={model}", "sft.enabled=false", "dpo.iterations=1",
+    return ["evidence.mode=none", f"recommender.model={model}", "sft.enabled=false", "dpo.iterations=1",
             f"data.max_train_examples={train_examples}", "data.max_eval_examples=2",
             # top_p=1 skips the nucleus sort over the 49k vocabulary at every decoding step;
             # 8 noise tokens still make the two answers differ.
@@ -223,7 +223,7 @@ def test_killed_training_command_names_its_log_and_the_rerun_resumes(tiny_model,
     run_dir = tmp_path / "run"
     log = run_dir / "logs" / "train-sft-000.log"
     env = {"RECLAIF_FAULTS": "sft:step:1", "RECLAIF_FAULT_DIR": str(tmp_path / "faults")}
-    overrides = [f"recommender.model={tiny_model}", "sft.enabled=true",
+    overrides = ["evidence.mode=none", f"recommender.model={tiny_model}", "sft.enabled=true",
                  "data.max_train_examples=4", "data.max_eval_examples=2",
                  # Pinned, not taken from the quickstart: 4 teacher answers make exactly 2 steps.
                  "sft.max_examples=0", "sft.batch_size=2", "sft.epochs=1", "sft.grad_accum=1",

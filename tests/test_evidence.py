@@ -174,3 +174,44 @@ def test_a_hybrid_runs_checkpoint_reads_its_evidence_at_eval(built, sample, tmp_
     names.freeze_config(load_config(repo_root / "configs" / "quickstart.yaml"))
     names.mark_done("x")
     assert evidence_of_checkpoint(names.checkpoint("iter-001"), sample[2]) is None
+
+
+def test_recommend_on_a_hybrid_runs_checkpoint_maps_names_and_adds_evidence(built, sample,
+                                                                           tmp_path, repo_root):
+    import shutil
+
+    from reclaif.config import load_config
+    from reclaif.pipeline.store import RunStore
+    from reclaif.recommender import with_run_evidence
+
+    _, _, out, _ = built
+    store = RunStore(tmp_path / "run")
+    store.freeze_config(load_config(repo_root / "configs" / "quickstart.yaml",
+                                    ["evidence.mode=hybrid"]))
+    store.mark_done("evidence")
+    shutil.copytree(out / "full", store.root / "evidence" / "full")
+    ckpt = store.checkpoint("iter-001")
+    items = sample[2]
+    ex = sample[1][0]
+    names = Example("cli", "sequential", [items[i].title for i in ex.context],
+                    [items[c].title.upper() for c in ex.candidates], {}, split="cli")
+    got, merged = with_run_evidence(names, {}, str(ckpt))
+    assert sorted(got.candidates) == sorted(ex.candidates)  # names → the run's catalog ids
+    assert all(got.evidence[c].startswith("SASRec #") for c in got.candidates)
+
+
+def test_retrieval_evidence_is_bm25_and_needs_no_folds(tmp_path):
+    from reclaif.records import Item
+
+    items = {"p1": Item("p1", "red lipstick matte", {"brand": "Acme"}),
+             "p2": Item("p2", "blue running shoes", {"brand": "Fast"}),
+             "p3": Item("p3", "lipstick set, red and pink", {"brand": "Acme"})}
+    ex = Example("q1", "retrieval", "red lipstick", ["p2", "p1", "p3"], {"p1": 1.0},
+                 domain="product_search", user=None)
+    ev = build_evidence(EvidenceConfig(mode="hybrid"), [ex], [ex], [], items, tmp_path)
+    got = ev.evaluation[0]
+    assert got.candidates[-1] == "p2" and got.evidence["p2"].startswith("BM25 #3")
+    assert not list(tmp_path.glob("fold-*"))  # nothing learned from interactions: one model
+    with pytest.raises(Exception, match="do not apply to retrieval"):
+        build_evidence(EvidenceConfig(mode="hybrid", sources=["sasrec"]), [ex], [ex], [], items,
+                       tmp_path / "x")

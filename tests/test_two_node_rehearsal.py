@@ -201,7 +201,7 @@ def test_two_node_rehearsal_ray_cluster_and_torchrun_zero3(tmp_path):
                    MAIN_PROCESS_PORT=str(_free_port()), PYTHON=sys.executable)
         env.pop("SLURM_JOB_ID", None)
         overrides = [
-            f"recommender.model={tiny}", "data.max_train_examples=4", "data.max_eval_examples=2",
+            "evidence.mode=none", f"recommender.model={tiny}", "data.max_train_examples=4", "data.max_eval_examples=2",
             f"ray.address={address}", "ray.num_samplers=2", "ray.num_judges=1",
             "ray.shard_size=2", "sampling.max_new_tokens=16", "eval.max_new_tokens=16",
             "sft.enabled=false", "dpo.iterations=1", "dpo.epochs=1", "dpo.engine=deepspeed",
