@@ -157,3 +157,19 @@ def test_bootstrap_interval_brackets_the_mean():
     lo, hi = bootstrap_ci(values, 500, seed=1)
     assert lo < 0.5 < hi and 0.3 < lo and hi < 0.7
     assert bootstrap_ci([], 100) is None and bootstrap_ci([1.0], 0) is None
+
+
+def test_paired_bootstrap_sees_a_gain_that_unpaired_intervals_miss():
+    """Two models on the same 60 examples, B right on 6 more of them: the per-example spread
+    they share cancels in the paired interval, which lies above 0."""
+    from reclaif.metrics.evaluate import paired_bootstrap_ci
+
+    a = [1.0] * 30 + [0.0] * 30
+    b = [1.0] * 36 + [0.0] * 24
+    mean, lo, hi = paired_bootstrap_ci(b, a, 2000, seed=0)
+    assert mean == pytest.approx(0.1) and 0 < lo <= mean <= hi
+    a_lo, a_hi = bootstrap_ci(a, 2000, seed=0)
+    b_lo, b_hi = bootstrap_ci(b, 2000, seed=0)
+    assert b_lo < a_hi  # the unpaired intervals overlap
+    assert paired_bootstrap_ci(a, a, 100)[1:] == (0.0, 0.0)
+    assert paired_bootstrap_ci(a, b[:-1], 100) is None and paired_bootstrap_ci([], [], 10) is None
