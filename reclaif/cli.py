@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
 from reclaif.config import LOGPROB_KERNELS, LOGPROB_WEIGHT_GRADS
+from reclaif.logs import redact, setup_logging
 
 
 def _handler(p: argparse.ArgumentParser, target: str) -> None:
@@ -191,15 +191,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     module, func = args._target.split(":")
     from reclaif.errors import ReclaifError
 
     try:
         return int(getattr(importlib.import_module(module), func)(args) or 0)
     except ReclaifError as e:
-        print(f"reclaif: error: {e}", file=sys.stderr)
+        print(f"reclaif: error: {redact(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:
         # Disk full, read-only or unwritable run directory: every write is atomic, so what was
