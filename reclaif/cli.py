@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="one recommendation from a model")
     p.add_argument("--model", default="default", help="checkpoint dir, HF dir, or 'default'")
     p.add_argument("--backend", default="hf", help="hf, vllm, bedrock, openai_compat")
+    p.add_argument("--base-url", help="openai_compat: the endpoint, e.g. http://host:8000/v1")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="openai_compat: the environment variable that holds the API key")
     p.add_argument("--domain", default="music", choices=["music", "beauty", "product_search"])
     p.add_argument("--history", help="'a; b; c' (sequential task)")
     p.add_argument("--query", help="search query (retrieval task)")
