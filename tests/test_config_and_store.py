@@ -184,3 +184,34 @@ def test_edge_values_that_mean_off_are_accepted():
     cfg = load_config(None, ["dpo.iterations=0", "data.max_eval_examples=0", "sft.lora_r=0",
                              "dpo.save_every_steps=0", "sampling.temperature=0", "eval.k=[1]"])
     assert cfg.dpo.iterations == 0 and cfg.eval.k == [1]
+
+
+def test_full_disk_while_saving_a_checkpoint_is_an_oserror_not_a_safetensor_error(tmp_path):
+    """safetensors says SafetensorError("... (os error 27)"); the CLI's one-line handler knows
+    OSError. The previous checkpoint stays whole and no temporary directory is left."""
+    from reclaif.llm.models import build_tiny_model
+
+    src = build_tiny_model(tmp_path / "src")
+    out = tmp_path / "run/sft/checkpoint"
+    build_tiny_model(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    script = textwrap.dedent(f"""
+        import errno, resource, signal, sys
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from reclaif.train.checkpoint import save_hf_checkpoint
+        model = AutoModelForCausalLM.from_pretrained({str(src)!r})
+        tok = AutoTokenizer.from_pretrained({str(src)!r})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        try:
+            save_hf_checkpoint(model, tok, {str(out)!r}, is_main=True)
+        except OSError as e:
+            print("OSError", errno.errorcode[e.errno], e.filename)
+            sys.exit(0)
+        sys.exit(3)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"OSError EFBIG {out}" in p.stdout
+    assert {q.name: q.read_bytes() for q in out.iterdir()} == before
+    assert [q.name for q in out.parent.iterdir()] == ["checkpoint"]
