@@ -68,10 +68,19 @@ def _item(where: str, asin: str, title: Any, description: Any, price: Any, detai
     return Item(id=asin, title=title, fields=fields)
 
 
+def _once(first: dict[str, str], asin: str, where: str) -> None:
+    """A repeated item id would silently replace the earlier item's text: an error instead."""
+    if asin in first:
+        raise DataError(f"{where}: parent_asin {asin!r} repeats {first[asin]}; each item must "
+                        "appear once")
+    first[asin] = "line " + where.rsplit(":", 1)[-1]
+
+
 def load_meta(path: str | Path) -> dict[str, Item]:
     """Item catalog from the 5-core items CSV or the official meta_*.jsonl(.gz)."""
     path = Path(path)
     items: dict[str, Item] = {}
+    first: dict[str, str] = {}
     try:
         with open_text(path) as f:
             if ".jsonl" in path.name:
@@ -86,6 +95,7 @@ def load_meta(path: str | Path) -> dict[str, Item]:
                     if not isinstance(obj, dict) or not isinstance(obj.get("parent_asin"), str):
                         raise DataError(f"{where}: missing field 'parent_asin'")
                     asin = obj["parent_asin"]
+                    _once(first, asin, where)
                     items[asin] = _item(where, asin, obj.get("title"), obj.get("description"),
                                         obj.get("price"), obj.get("details"), obj.get("features"))
             else:
@@ -103,6 +113,7 @@ def load_meta(path: str | Path) -> dict[str, Item]:
                     asin = get("parent_asin").strip()
                     if not asin:
                         raise DataError(f"{where}: empty parent_asin")
+                    _once(first, asin, where)
                     items[asin] = _item(where, asin, get("title"), get("description"),
                                         get("price"), get("details"), get("features"))
     except (UnicodeDecodeError, csv.Error, EOFError, OSError, zlib.error) as e:
