@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -192,27 +193,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return cmd_eval_predictions(args)
 
 
+_WRITE_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EPERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     module, func = args._target.split(":")
     from reclaif.errors import ReclaifError
 
+    def fail(message: str) -> int:
+        # One line for the user; the traceback only with -v (through the redacting logger).
+        if args.verbose:
+            logging.getLogger("reclaif.cli").debug("traceback", exc_info=True)
+        print(f"reclaif: error: {redact(message)}", file=sys.stderr)
+        return 2
+
     try:
         return int(getattr(importlib.import_module(module), func)(args) or 0)
     except ReclaifError as e:
-        print(f"reclaif: error: {redact(str(e))}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     except OSError as e:
-        # Disk full, read-only or unwritable run directory: every write is atomic, so what was
-        # finished before is intact and a rerun continues from it.
-        if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EFBIG,
-                           errno.EPERM):
-            raise
-        print(f"reclaif: error: cannot write {e.filename or ''}: {e.strerror}. Finished work is "
-              f"intact; free space or fix permissions and rerun the same command.",
-              file=sys.stderr)
-        return 2
+        if e.errno in _WRITE_ERRORS:
+            # Disk full, read-only or unwritable run directory: every write is atomic, so
+            # what was finished before is intact and a rerun continues from it.
+            return fail(f"cannot write {e.filename or ''}: {e.strerror}. Finished work is "
+                        "intact; free space or fix permissions and rerun the same command.")
+        if e.filename is not None:
+            return fail(f"{e.filename}: {e.strerror or e}")
+        raise
     except KeyboardInterrupt:
         print("reclaif: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -185,3 +185,19 @@ def test_redact_masks_headers_key_ids_and_secret_environment_values(monkeypatch)
                   "AKIAABCDEFGHIJKLMNOP tok-0123456789 plain words")
     assert "sk-abc" not in text and "abc/def" not in text and "AKIAABCD" not in text
     assert "tok-0123456789" not in text and "plain words" in text
+
+
+def test_user_errors_are_one_line_and_show_a_traceback_only_with_verbose(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"name: caf\xe9\n")
+    for verbose, want in (([], False), (["-v"], True)):
+        p = subprocess.run([sys.executable, "-m", "reclaif.cli", *verbose, "plan", "--config",
+                            str(bad), "--gpus", "8"], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, p.stderr[-2000:]
+        lines = [x for x in p.stderr.splitlines() if x.startswith("reclaif: error:")]
+        assert lines == [f"reclaif: error: {bad}: not UTF-8 text (byte 0xe9 at offset 9); save "
+                         "the file as UTF-8"], p.stderr
+        assert ("Traceback" in p.stderr) is want
