@@ -233,3 +233,18 @@ def test_sigkill_at_every_file_operation_then_rerun_equals_the_clean_run(tmp_pat
             assert (run / "iter-001/pairs.jsonl").read_bytes() == want, (k, cut)
             m = json.loads((run / "manifest.json").read_text())
             assert m["phases"]["iter-001/judge"]["count"] == 7, (k, cut)
+
+
+def test_reclaif_report_on_damaged_run_files_is_one_line(tmp_path, capsys):
+    from reclaif.atomic import atomic_write_json
+    from reclaif.cli import main
+
+    run = tmp_path / "run"
+    RunStore(run).freeze_config(load_config(None))
+    atomic_write_json(run / "base/eval.json", {"metrics": {}, "stage": "base"})
+    (run / "timings.json").write_text('{"base/eval": 4')
+    assert main(["report", "--run-dir", str(run)]) == 0  # timings only inform: left out
+    (run / "base/eval.json").write_bytes(b'{"metrics": {')
+    assert main(["report", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'base/eval.json'}: damaged" in err and "Traceback" not in err
