@@ -68,12 +68,14 @@ def _item(where: str, asin: str, title: Any, description: Any, price: Any, detai
     return Item(id=asin, title=title, fields=fields)
 
 
-def _once(first: dict[str, str], asin: str, where: str) -> None:
-    """A repeated item id would silently replace the earlier item's text: an error instead."""
-    if asin in first:
-        raise DataError(f"{where}: parent_asin {asin!r} repeats {first[asin]}; each item must "
-                        "appear once")
-    first[asin] = "line " + where.rsplit(":", 1)[-1]
+def _once(items: dict[str, Item], first: dict[str, str], item: Item, where: str) -> None:
+    """Adds `item`; a repeated id with other text would silently replace the earlier item's
+    text: an error instead (an exact repeat is harmless)."""
+    if item.id in first and items[item.id] != item:
+        raise DataError(f"{where}: parent_asin {item.id!r} repeats {first[item.id]} with other "
+                        "text; each item must appear once")
+    first.setdefault(item.id, "line " + where.rsplit(":", 1)[-1])
+    items.setdefault(item.id, item)
 
 
 def load_meta(path: str | Path) -> dict[str, Item]:
@@ -95,9 +97,9 @@ def load_meta(path: str | Path) -> dict[str, Item]:
                     if not isinstance(obj, dict) or not isinstance(obj.get("parent_asin"), str):
                         raise DataError(f"{where}: missing field 'parent_asin'")
                     asin = obj["parent_asin"]
-                    _once(first, asin, where)
-                    items[asin] = _item(where, asin, obj.get("title"), obj.get("description"),
-                                        obj.get("price"), obj.get("details"), obj.get("features"))
+                    _once(items, first, _item(where, asin, obj.get("title"),
+                                              obj.get("description"), obj.get("price"),
+                                              obj.get("details"), obj.get("features")), where)
             else:
                 reader = csv.reader(f)
                 header = next(reader, None) or []
@@ -113,9 +115,9 @@ def load_meta(path: str | Path) -> dict[str, Item]:
                     asin = get("parent_asin").strip()
                     if not asin:
                         raise DataError(f"{where}: empty parent_asin")
-                    _once(first, asin, where)
-                    items[asin] = _item(where, asin, get("title"), get("description"),
-                                        get("price"), get("details"), get("features"))
+                    _once(items, first, _item(where, asin, get("title"), get("description"),
+                                              get("price"), get("details"), get("features")),
+                                        where)
     except (UnicodeDecodeError, csv.Error, EOFError, OSError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise DataError(f"{path}: file not found") from None
