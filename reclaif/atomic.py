@@ -5,8 +5,8 @@ the previous state intact (write to a temporary name in the same directory, fsyn
 fsync the directory: without the last, a power loss can keep the rename of a manifest that
 says "done" and lose the rename of the file it vouches for).
 
-JSON is written strictly: NaN and Infinity are not JSON (other readers reject them), so a
-non-finite float is written as null.
+JSON documents (atomic_write_json: eval.json, manifests, stats) are written strictly: NaN and
+Infinity are not JSON (other readers reject them), so a non-finite float is written as null.
 """
 from __future__ import annotations
 
@@ -79,7 +79,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
     """Writes one JSON object per line; returns the number of rows."""
-    lines = [dumps(r) for r in rows]
+    # Rows keep Python's NaN/Infinity (reference log-probs may hold -Infinity and must read
+    # back as floats); only the JSON documents people and other tools read are strict.
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
 
