@@ -293,3 +293,17 @@ def test_trickled_headers_hit_the_deadline_too():
         assert time.monotonic() - t0 < 2.5
     finally:
         srv.close()
+
+
+def test_a_response_cut_short_is_retried_not_parsed():
+    body = chat_body(["whole answer"])
+
+    def short(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+
+    srv = RawServer(short)
+    try:
+        with pytest.raises(LLMError, match=r"after 1 attempts: connection closed after 10 of"):
+            _raw_client(srv.url).generate(["q"])
+    finally:
+        srv.close()

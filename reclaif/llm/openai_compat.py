@@ -192,6 +192,8 @@ class OpenAICompatClient:
                     break
             if expired.is_set():
                 raise Retryable(f"no complete response within timeout_s={timeout:g} s")
+            if length and length.isdigit() and size < int(length):
+                raise Retryable(f"connection closed after {size} of {length} bytes")
             return resp.status, resp.headers, b"".join(chunks)
         except (OSError, http.client.HTTPException) as e:
             if expired.is_set() or isinstance(e, (socket.timeout, TimeoutError)):
