@@ -1,11 +1,17 @@
 """Atomic file writes: a file is either the old one or the whole new one, never half.
 
 Every writer in the project goes through these, so a crash, a SIGKILL or a full disk leaves
-the previous state intact (write to a temporary name in the same directory, fsync, rename).
+the previous state intact (write to a temporary name in the same directory, fsync, rename,
+fsync the directory: without the last, a power loss can keep the rename of a manifest that
+says "done" and lose the rename of the file it vouches for).
+
+JSON documents (atomic_write_json: eval.json, manifests, stats) are written strictly: NaN and
+Infinity are not JSON (other readers reject them), so a non-finite float is written as null.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -29,6 +35,38 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Makes the renames inside directory `path` durable (a no-op where directories cannot be
+    opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and /proc-like mounts) refuse fsync on a directory
+    finally:
+        os.close(fd)
+
+
+def finite_json(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, ±Infinity) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """json.dumps that never writes NaN or Infinity."""
+    return json.dumps(finite_json(obj), ensure_ascii=False, allow_nan=False, **kw)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -36,26 +74,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    atomic_write_text(path, dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
     """Writes one JSON object per line; returns the number of rows."""
+    # Rows keep Python's NaN/Infinity (reference log-probs may hold -Infinity and must read
+    # back as floats); only the JSON documents people and other tools read are strict.
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads a JSONL file; a malformed line raises DataError naming file and line."""
+    """Reads a JSONL file; a malformed or non-UTF-8 line raises DataError naming file and line."""
     from reclaif.errors import DataError
 
     rows = []
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1}); the file must be UTF-8 JSON lines") from None
             if not line.strip():
                 continue
             try:

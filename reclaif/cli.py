@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from reclaif.config import LOGPROB_KERNELS, LOGPROB_WEIGHT_GRADS
+from reclaif.logs import redact, setup_logging
 
 
 def _handler(p: argparse.ArgumentParser, target: str) -> None:
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="one recommendation from a model")
     p.add_argument("--model", default="default", help="checkpoint dir, HF dir, or 'default'")
     p.add_argument("--backend", default="hf", help="hf, vllm, bedrock, openai_compat")
+    p.add_argument("--base-url", help="openai_compat: the endpoint, e.g. http://host:8000/v1")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="openai_compat: the environment variable that holds the API key")
     p.add_argument("--domain", default="music", choices=["music", "beauty", "product_search"])
     p.add_argument("--history", help="'a; b; c' (sequential task)")
     p.add_argument("--query", help="search query (retrieval task)")
@@ -201,29 +205,36 @@ def _no_gpu_means_cpu_deepspeed() -> None:
         os.environ["DS_ACCELERATOR"] = "cpu"
 
 
+_WRITE_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EPERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _no_gpu_means_cpu_deepspeed()
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     module, func = args._target.split(":")
     from reclaif.errors import ReclaifError
+
+    def fail(message: str) -> int:
+        # One line for the user; the traceback only with -v (through the redacting logger).
+        if args.verbose:
+            logging.getLogger("reclaif.cli").debug("traceback", exc_info=True)
+        print(f"reclaif: error: {redact(message)}", file=sys.stderr)
+        return 2
 
     try:
         return int(getattr(importlib.import_module(module), func)(args) or 0)
     except ReclaifError as e:
-        print(f"reclaif: error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     except OSError as e:
-        # Disk full, read-only or unwritable run directory: every write is atomic, so what was
-        # finished before is intact and a rerun continues from it.
-        if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EFBIG,
-                           errno.EPERM):
-            raise
-        print(f"reclaif: error: cannot write {e.filename or ''}: {e.strerror}. Finished work is "
-              f"intact; free space or fix permissions and rerun the same command.",
-              file=sys.stderr)
-        return 2
+        if e.errno in _WRITE_ERRORS:
+            # Disk full, read-only or unwritable run directory: every write is atomic, so
+            # what was finished before is intact and a rerun continues from it.
+            return fail(f"cannot write {e.filename or ''}: {e.strerror}. Finished work is "
+                        "intact; free space or fix permissions and rerun the same command.")
+        if e.filename is not None:
+            return fail(f"{e.filename}: {e.strerror or e}")
+        raise
     except KeyboardInterrupt:
         print("reclaif: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

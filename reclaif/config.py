@@ -6,6 +6,7 @@ One `RunConfig` describes a whole run; each phase reads only its own section.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -279,7 +280,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override '{item}': expected key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw, f"override '{key}'") if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = data
@@ -292,6 +293,58 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# A run config is a few KB and a few hundred values. Aliases are allowed (the shipped configs
+# share one LLM spec with `&claude`/`*claude`), but each alias counts as the whole subtree it
+# repeats, so a "billion laughs" file (aliases of aliases of lists) is refused before it is
+# built, instead of taking a minute and gigabytes on its way to a MemoryError.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """YAML text → Python values (safe types only), refusing configs too big once expanded."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters; a config is at most "
+                          f"{MAX_CONFIG_BYTES}")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def expanded(n: yaml.Node) -> int:
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a cycle (a key that holds itself) counts once, no recursion
+                if isinstance(n, yaml.MappingNode):
+                    total = sum(expanded(k) + expanded(v) for k, v in n.value)
+                elif isinstance(n, yaml.SequenceNode):
+                    total = sum(expanded(v) for v in n.value)
+                else:
+                    total = 0
+                sizes[id(n)] = min(1 + total, MAX_CONFIG_VALUES + 1)
+            return sizes[id(n)]
+
+        if expanded(node) > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where}: more than {MAX_CONFIG_VALUES:,} values once its YAML "
+                              "aliases are expanded; a run config is far smaller (an alias "
+                              "bomb?)")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def read_config_text(p: Path) -> str:
+    """A config file's text; not UTF-8 is a ConfigError naming the byte offset."""
+    try:
+        return p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start}); save the file as UTF-8") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Loads a YAML run config (or the defaults), applies overrides, validates everything."""
     data: dict[str, Any] = {}
@@ -300,7 +353,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.exists():
             raise ConfigError(f"{p}: config file not found")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            data = load_yaml(read_config_text(p), str(p)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({e})") from None
         if not isinstance(data, dict):
@@ -308,9 +361,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = apply_overrides(data, overrides or [])
     try:
         cfg = from_dict(RunConfig, data)
+        validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
-    validate(cfg)
     return cfg
 
 
@@ -335,16 +388,71 @@ def validate(cfg: RunConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: '{value}' is not one of {sorted(allowed)}")
+    # No NaN or infinity anywhere: every comparison below is False for NaN, so it would pass.
+    def finite(node: Any, prefix: str) -> None:
+        for f in dataclasses.fields(node):
+            value, key = getattr(node, f.name), prefix + f.name
+            if dataclasses.is_dataclass(value):
+                finite(value, key + ".")
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{key}: {v} is not a finite number")
+
+    finite(cfg, "")
     if not 0 < cfg.sampling.top_p <= 1:
         raise ConfigError(f"sampling.top_p: {cfg.sampling.top_p} must be in (0, 1]")
-    if cfg.sampling.max_prompts < 0:
-        raise ConfigError(f"sampling.max_prompts: {cfg.sampling.max_prompts} must be >= 0")
     if cfg.sampling.num_samples < 2:
         raise ConfigError("sampling.num_samples: the judge needs at least 2 answers per prompt")
-    if cfg.data.top_k < 1:
-        raise ConfigError("data.top_k: must be at least 1")
     if len(cfg.judge.weights) != 3:
         raise ConfigError("judge.weights: three weights (relevance, diversity, explainability)")
+    if not cfg.eval.k:
+        raise ConfigError("eval.k: give at least one cut-off, e.g. [1, 3, 5]")
+    # (key, value, smallest allowed, what it is): ">= 0" counts and "0 = off" caps may be 0.
+    at_least: list[tuple[str, float, float]] = [
+        ("data.top_k", cfg.data.top_k, 1), ("data.max_train_examples", cfg.data.max_train_examples, 0),
+        ("data.max_eval_examples", cfg.data.max_eval_examples, 0),
+        ("sampling.temperature", cfg.sampling.temperature, 0),
+        ("sampling.max_new_tokens", cfg.sampling.max_new_tokens, 1),
+        ("sampling.max_prompts", cfg.sampling.max_prompts, 0),
+        ("teacher.temperature", cfg.teacher.temperature, 0),
+        ("judge.min_margin", cfg.judge.min_margin, 0),
+        ("dpo.iterations", cfg.dpo.iterations, 0), ("dpo.label_smoothing", cfg.dpo.label_smoothing, 0),
+        ("sft.max_examples", cfg.sft.max_examples, 0),
+        ("eval.temperature", cfg.eval.temperature, 0),
+        ("eval.max_new_tokens", cfg.eval.max_new_tokens, 1),
+        ("ray.num_cpus", cfg.ray.num_cpus, 1), ("ray.num_samplers", cfg.ray.num_samplers, 1),
+        ("ray.num_judges", cfg.ray.num_judges, 1), ("ray.gpus_per_sampler", cfg.ray.gpus_per_sampler, 0),
+        ("ray.shard_size", cfg.ray.shard_size, 1), ("ray.max_in_flight", cfg.ray.max_in_flight, 1),
+        ("ray.max_retries", cfg.ray.max_retries, 0),
+        ("report.examples_shown", cfg.report.examples_shown, 0),
+    ]
+    at_least += [(f"eval.k[{i}]", k, 1) for i, k in enumerate(cfg.eval.k)]
+    at_least += [(f"judge.weights[{i}]", w, 0) for i, w in enumerate(cfg.judge.weights)]
+    above_zero: list[tuple[str, float]] = [("dpo.beta", cfg.dpo.beta)]
+    for name, t in (("sft", cfg.sft), ("dpo", cfg.dpo)):
+        at_least += [(f"{name}.{f}", getattr(t, f), 1) for f in
+                     ("epochs", "batch_size", "grad_accum", "max_length", "logprob_chunk")]
+        at_least += [(f"{name}.{f}", getattr(t, f), 0) for f in
+                     ("weight_decay", "warmup_ratio", "save_every_steps", "lora_r")]
+        above_zero += [(f"{name}.lr", t.lr), (f"{name}.max_grad_norm", t.max_grad_norm)]
+        if t.warmup_ratio > 1:
+            raise ConfigError(f"{name}.warmup_ratio: {t.warmup_ratio} must be in [0, 1]")
+    for name, spec in (("recommender", cfg.recommender), ("teacher.llm", cfg.teacher.llm),
+                       ("judge.llm", cfg.judge.llm), ("explainability.llm", cfg.explainability.llm)):
+        at_least += [(f"{name}.batch_size", spec.batch_size, 1),
+                     (f"{name}.max_concurrency", spec.max_concurrency, 1),
+                     (f"{name}.max_retries", spec.max_retries, 0),
+                     (f"{name}.retry_base_s", spec.retry_base_s, 0),
+                     (f"{name}.retry_max_s", spec.retry_max_s, 0)]
+        above_zero.append((f"{name}.timeout_s", spec.timeout_s))
+    for key, value, low in at_least:
+        if value < low:
+            raise ConfigError(f"{key}: {value} must be at least {low}")
+    for key, value in above_zero:
+        if not value > 0:
+            raise ConfigError(f"{key}: {value} must be greater than 0")
+    if cfg.dpo.label_smoothing >= 0.5:
+        raise ConfigError(f"dpo.label_smoothing: {cfg.dpo.label_smoothing} must be below 0.5")
     _validate_evidence(cfg.evidence)
 
 

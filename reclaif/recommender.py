@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import replace
 
 from reclaif.config import LLMSpec
@@ -103,25 +104,42 @@ def with_run_evidence(example: Example, items: dict[str, Item], model: str
     return models.annotate(mapped, merged), merged
 
 
+# Escape sequences a terminal acts on (CSI "\x1b[...", OSC "\x1b]...BEL", and the rest), and
+# any other C0/C1 control character: a model's answer can retitle, clear or hyperlink the
+# user's terminal, or hide text, if printed raw.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+                      r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?|\x1b.?|\x9b[0-?]*[ -/]*[@-~]?")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` without terminal escape sequences or control characters (newlines and tabs kept)."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     """`reclaif recommend`: one recommendation from a model for names given on the command line."""
     from reclaif.llm import make_client
 
     example, items = adhoc_example(args)
     example, items = with_run_evidence(example, items, args.model)
-    spec = replace(LLMSpec(), backend=args.backend, model=args.model)
+    spec = replace(LLMSpec(), backend=args.backend, model=args.model,
+                   base_url=getattr(args, "base_url", None) or "",
+                   api_key_env=getattr(args, "api_key_env", None) or LLMSpec().api_key_env)
     rec = Recommender(make_client(spec), items, args.top_k)
     result = rec.recommend([example], n=1, temperature=args.temperature,
                            max_new_tokens=args.max_new_tokens, seed=args.seed)[0][0]
     if args.json:
-        print(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
+        # json escapes C0 controls itself; C1 ones (U+0080-U+009F) it leaves raw.
+        text = json.dumps(result.to_json(), ensure_ascii=False, indent=2)
+        print(re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group(0)):04x}", text))
     else:
         if result.key_features:
-            print("Key features: " + ", ".join(result.key_features))
+            print(terminal_safe("Key features: " + ", ".join(result.key_features)))
         for rank, (item, reason) in enumerate(zip(result.items, result.reasons), 1):
             title = items[item].title if item in items else item
-            print(f"{rank}. {title}" + (f": {reason}" if reason else ""))
+            print(terminal_safe(f"{rank}. {title}" + (f": {reason}" if reason else "")))
         if not result.valid:
             print("(the answer did not parse as a valid recommendation; raw text follows)")
-            print(result.raw_text)
+            print(terminal_safe(result.raw_text))
     return 0

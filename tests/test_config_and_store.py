@@ -126,3 +126,92 @@ def test_sampling_prompts_take_the_next_slice_each_iteration(tmp_path):
     assert [e.id for e in every.sampling_prompts(2)] == ids
     with pytest.raises(ConfigError, match="sampling.max_prompts"):
         load_config(None, ["sampling.max_prompts=-1"])
+
+
+# ------------------------------------------------------------- hostile and careless configs
+def test_a_billion_laughs_config_is_refused_fast_and_small(tmp_path):
+    import resource
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    f = tmp_path / "bomb.yaml"
+    f.write_text("\n".join(lines) + "\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb.yaml: more than 100,000 values"):
+        load_config(f)
+    assert time.perf_counter() - t0 < 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+
+
+def test_an_override_alias_bomb_is_refused_too():
+    level = "[" + ", ".join(["x"] * 10) + "]"
+    for i in range(6):
+        level = f"[&l{i} {level}, " + ", ".join([f"*l{i}"] * 9) + "]"
+    with pytest.raises(ConfigError, match=r"override 'report.trackers': more than 100,000"):
+        load_config(None, [f"report.trackers={level}"])
+
+
+def test_shipped_configs_with_aliases_still_load(repo_root):
+    cfg = load_config(repo_root / "configs/mistral-7b-lastfm.yaml")
+    assert cfg.judge.llm.backend == cfg.teacher.llm.backend
+
+
+def test_a_non_utf8_config_names_the_file_and_byte(tmp_path):
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset 9\)"):
+        load_config(f)
+
+
+@pytest.mark.parametrize("override", [
+    "dpo.iterations=-1", "dpo.lr=0", "dpo.lr=-1e-5", "sft.lr=.nan", "dpo.beta=0", "dpo.beta=.nan",
+    "dpo.beta=-0.1", "sft.batch_size=0", "dpo.batch_size=-2", "dpo.grad_accum=0",
+    "recommender.timeout_s=0", "judge.llm.timeout_s=-3", "judge.llm.timeout_s=.inf",
+    "eval.k=[]", "eval.k=[0, 3]", "data.max_eval_examples=-1", "data.max_train_examples=-5",
+    "ray.num_cpus=0", "ray.max_in_flight=0", "ray.shard_size=0", "ray.num_samplers=0",
+    "sampling.temperature=-1", "sampling.max_new_tokens=0", "sft.epochs=0",
+    "sft.warmup_ratio=1.5", "dpo.label_smoothing=0.5", "judge.weights=[1, .nan, 1]",
+    "recommender.max_concurrency=0", "sft.logprob_chunk=0"])
+def test_out_of_range_values_are_named(override):
+    key = override.split("=")[0].split("[")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_edge_values_that_mean_off_are_accepted():
+    cfg = load_config(None, ["dpo.iterations=0", "data.max_eval_examples=0", "sft.lora_r=0",
+                             "dpo.save_every_steps=0", "sampling.temperature=0", "eval.k=[1]"])
+    assert cfg.dpo.iterations == 0 and cfg.eval.k == [1]
+
+
+def test_full_disk_while_saving_a_checkpoint_is_an_oserror_not_a_safetensor_error(tmp_path):
+    """safetensors says SafetensorError("... (os error 27)"); the CLI's one-line handler knows
+    OSError. The previous checkpoint stays whole and no temporary directory is left."""
+    from reclaif.llm.models import build_tiny_model
+
+    src = build_tiny_model(tmp_path / "src")
+    out = tmp_path / "run/sft/checkpoint"
+    build_tiny_model(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    script = textwrap.dedent(f"""
+        import errno, resource, signal, sys
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from reclaif.train.checkpoint import save_hf_checkpoint
+        model = AutoModelForCausalLM.from_pretrained({str(src)!r})
+        tok = AutoTokenizer.from_pretrained({str(src)!r})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        try:
+            save_hf_checkpoint(model, tok, {str(out)!r}, is_main=True)
+        except OSError as e:
+            print("OSError", errno.errorcode[e.errno], e.filename)
+            sys.exit(0)
+        sys.exit(3)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"OSError EFBIG {out}" in p.stdout
+    assert {q.name: q.read_bytes() for q in out.iterdir()} == before
+    assert [q.name for q in out.parent.iterdir()] == ["checkpoint"]

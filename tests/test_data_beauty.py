@@ -143,3 +143,28 @@ def test_bad_metadata_is_named(tmp_path):
     j.write_text('{"parent_asin": "B1", "title": "ok"}\n{"title": "no asin"}\n')
     with pytest.raises(DataError, match="meta_x.jsonl:2: missing field 'parent_asin'"):
         beauty.load_meta(j)
+
+
+def test_a_repeated_item_id_in_the_catalog_is_named_not_replaced(tmp_path):
+    p = tmp_path / "meta_x.csv"
+    p.write_text('title,parent_asin\nFirst,B1\nOther,B2\nFirst,B1\n')
+    assert [i.title for i in beauty.load_meta(p).values()] == ["First", "Other"]  # exact repeat
+    p.write_text('title,parent_asin\nFirst,B1\nOther,B2\nSecond,B1\n')
+    with pytest.raises(DataError, match="meta_x.csv:4: parent_asin 'B1' repeats line 2 with "
+                                        "other text"):
+        beauty.load_meta(p)
+    j = tmp_path / "meta_x.jsonl"
+    j.write_text('{"parent_asin": "B1", "title": "a"}\n{"parent_asin": "B1", "title": "b"}\n')
+    with pytest.raises(DataError, match="meta_x.jsonl:2: parent_asin 'B1' repeats line 1"):
+        beauty.load_meta(j)
+
+
+def test_a_repeated_id_in_items_jsonl_is_named(tmp_path):
+    from reclaif.data import load_items
+
+    (tmp_path / "items.jsonl").write_text('{"id": "a", "title": "A"}\n{"id": "b", "title": "B"}\n'
+                                          '{"id": "a", "title": "A2"}\n')
+    with pytest.raises(DataError, match=r"items.jsonl: record 3: item id 'a' repeats record 1"):
+        load_items(tmp_path)
+    (tmp_path / "items.jsonl").write_text('{"id": "a", "title": "A"}\n{"id": "a", "title": "A"}\n')
+    assert list(load_items(tmp_path)) == ["a"]

@@ -165,3 +165,12 @@ def test_load_finds_id2name_and_hetrec_beside_the_source(lf):
     loaded = lastfm.load(lf / "sdpo" / "lastfm-val.json", limit=5)
     assert len(loaded.examples) == 5
     assert loaded.items["0"].fields["tags"].startswith("trip-hop")
+
+
+def test_a_repeated_id_in_id2name_is_named_not_replaced(tmp_path):
+    p = tmp_path / "id2name.txt"
+    p.write_text("1::Muse\n2::Blur\n1::Muse\n")
+    assert lastfm.read_id2name(p) == {"1": "Muse", "2": "Blur"}
+    p.write_text("1::Muse\n2::Blur\n1::Oasis\n")
+    with pytest.raises(DataError, match=r"id2name.txt:3: id 1 repeats line 1"):
+        lastfm.read_id2name(p)

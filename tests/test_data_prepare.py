@@ -99,3 +99,67 @@ def test_full_llara_train_prepares_in_under_a_minute(shared_data, tmp_path):
     assert time.process_time() - cpu < 60
     assert (stats["users"], stats["items"], stats["interactions"]) == (976, 4606, 50800)
     assert stats["examples"] == 50800 - 976
+
+
+# ------------------------------------------------------------- prepare touches only its own
+def _beauty(shared_data) -> Path:
+    return shared_data / "beauty" / "All_Beauty.valid.csv.gz"
+
+
+def test_a_users_examples_file_in_out_is_never_deleted(shared_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "examples-old.jsonl").write_text('{"mine": true}\n')
+    rc = main(["data", "prepare", "--dataset", "beauty", "--source", str(_beauty(shared_data)),
+               "--limit", "5", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "examples-old.jsonl, which prepare did not write" in err
+    assert (out / "examples-old.jsonl").read_text() == '{"mine": true}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["examples-old.jsonl"]
+
+
+def test_reprepare_replaces_only_its_own_shards(shared_data, tmp_path):
+    out = tmp_path / "out"
+    prepare("beauty", _beauty(shared_data), out, limit=6, shard_size=2)
+    assert sorted(p.name for p in out.glob("examples*")) == [f"examples-0000{i}.jsonl"
+                                                             for i in range(3)]
+    (out / "notes.txt").write_text("keep me")
+    prepare("beauty", _beauty(shared_data), out, limit=4)
+    assert sorted(p.name for p in out.glob("examples*")) == ["examples.jsonl"]
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", ""], "--out: empty"), (["--out", "   "], "--out: empty"),
+    (["--limit", "-1"], "--limit -1: must be 0"), (["--shard-size", "-3"], "--shard-size -3")])
+def test_bad_out_limit_and_shard_size_are_one_line(shared_data, tmp_path, monkeypatch, capsys,
+                                                   args, message):
+    monkeypatch.chdir(tmp_path)
+    argv = ["data", "prepare", "--dataset", "beauty", "--source", str(_beauty(shared_data)),
+            "--out", str(tmp_path / "o"), *args]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current directory
+
+
+def test_out_on_another_filesystem_renames_within_it(shared_data, tmp_path, monkeypatch):
+    """A mount point as --out: every rename must stay inside it. os.replace here raises EXDEV,
+    as the kernel does, for any rename that crosses the boundary of `out`."""
+    import errno
+    import os as _os
+
+    out = tmp_path / "mnt"
+    out.mkdir()
+    real = _os.replace
+
+    def replace(src, dst):
+        inside = [Path(p).resolve().is_relative_to(out.resolve()) for p in (src, dst)]
+        if inside[0] != inside[1]:
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(_os, "replace", replace)
+    prepare("beauty", _beauty(shared_data), out, limit=3)
+    prepare("beauty", _beauty(shared_data), out, limit=4)
+    assert len((out / "examples.jsonl").read_text().splitlines()) == 4

@@ -158,3 +158,30 @@ def test_sigkill_at_every_phase_then_rerun_equals_the_clean_run(clean_run, confi
         (clean_dir / "evidence/train.jsonl").read_bytes()
     for stage in ["base", "sft", "iter-001"]:
         assert _metrics(run_dir, stage) == _metrics(clean_dir, stage), stage
+
+
+@pytest.mark.parametrize("cut", ["empty", "half", "last-byte"])
+def test_a_verdict_shard_cut_mid_phase_is_redone_and_pairs_equal_the_clean_run(
+        clean_run, config, tmp_path, cut):
+    """The judge phase killed after a shard was cut on disk (a kill mid-write on a filesystem
+    without atomic renames, or a copy that lost its tail): the manifest has no judge entry yet,
+    the cut shard exists. The rerun must redo that shard, never merge it."""
+    clean_dir, _ = clean_run
+    run_dir = Path(shutil.copytree(clean_dir, tmp_path / "run"))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for key in ("iter-001/judge", "iter-001/pairs"):
+        del manifest["phases"][key]
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("verdicts.jsonl", "pairs.jsonl"):
+        (run_dir / "iter-001" / name).unlink()
+    kept = {p["example_id"] for p in _pairs(clean_dir)}
+    shards = sorted((run_dir / "iter-001/verdict_shards").glob("shard-*.jsonl"))
+    shard = next(s for s in shards if kept & {json.loads(x)["example_id"]
+                                              for x in s.read_text().splitlines()})
+    data = shard.read_bytes()
+    shard.write_bytes({"empty": b"", "half": data[: len(data) // 2],
+                       "last-byte": data[:-1]}[cut])
+    p = _run(config, run_dir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _pairs(run_dir) == _pairs(clean_dir)
+    assert shard.read_bytes() == data

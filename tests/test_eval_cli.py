@@ -124,3 +124,40 @@ def test_top_k_flag_overrides_the_task_default(dataset, tmp_path, capsys):
     _, out2, _ = _run(capsys, *args, "--top-k", "2")
     assert json.loads(out3)["metrics"]["valid_ratio"]["mean"] == 0.0
     assert json.loads(out2)["metrics"]["valid_ratio"]["mean"] == 1.0
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_explainability_is_a_data_error_not_json_nan(dataset, tmp_path, capsys, value):
+    d, examples = dataset
+    p = tmp_path / "p.jsonl"
+    p.write_text(f'{{"id": "{examples[0].id}", "items": [], "explainability": 50}}\n'
+                 f'{{"id": "{examples[1].id}", "items": [], "explainability": {value}}}\n')
+    rc, _, err = _run(capsys, "--examples", str(d), "--predictions", str(p), "--no-diversity",
+                      "--out", str(tmp_path / "e.json"))
+    assert rc == 2 and f"{p}:2: 'explainability'" in err
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_json_writers_never_write_nan(tmp_path):
+    from reclaif.atomic import atomic_write_json
+
+    atomic_write_json(tmp_path / "x.json", {"a": float("nan"), "b": [float("inf"), 1.5]})
+    assert json.loads((tmp_path / "x.json").read_text(), parse_constant=lambda c: 1 / 0) == {
+        "a": None, "b": [None, 1.5]}
+
+
+@pytest.mark.parametrize("name", ["predictions", "examples"])
+def test_non_utf8_predictions_or_examples_name_file_and_line(dataset, tmp_path, capsys, name):
+    import shutil
+
+    d, examples = dataset
+    data = tmp_path / "data"
+    shutil.copytree(d, data)
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"id": examples[0].id, "items": []}) + "\n")
+    bad = p if name == "predictions" else data / "examples.jsonl"
+    bad.write_bytes(bad.read_bytes() + '{"id": "caf\u00e9"}\n'.encode("latin-1"))
+    rc, _, err = _run(capsys, "--examples", str(data), "--predictions", str(p), "--no-diversity")
+    line = len(bad.read_bytes().splitlines())
+    assert rc == 2 and f"{bad}:{line}: not UTF-8 (byte 0xe9" in err, err
+    assert "Traceback" not in err

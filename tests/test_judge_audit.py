@@ -106,3 +106,13 @@ def test_cli_names_the_missing_field(tmp_path, capsys):
     bad.write_text(json.dumps({"example_id": "x", "a": "", "b": ""}) + "\n")
     assert main(["judge", "audit", str(bad)]) == 2
     assert "missing field 'verdict'" in capsys.readouterr().err
+
+
+def test_non_utf8_verdicts_file_is_one_line_naming_file_and_line(tmp_path, capsys):
+    from reclaif.cli import main
+
+    f = tmp_path / "verdicts.jsonl"
+    f.write_bytes(b'{"example_id": "a"}\n{"example_id": "caf\xe9"}\n')
+    assert main(["judge", "audit", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}:2: not UTF-8 (byte 0xe9 at column 20)" in err and "Traceback" not in err

@@ -49,13 +49,13 @@ def test_request_shape_and_answers(aws_env):
     assert sleeps == []
 
 
-def test_botocore_config_adaptive_retries_and_timeouts(aws_env):
+def test_botocore_makes_one_attempt_ours_are_the_only_retries(aws_env):
     spec = LLMSpec(backend="bedrock", model="anthropic.claude-3-haiku-20240307-v1:0",
                    max_retries=7, timeout_s=12.5)
     client = make_client(spec)
     cfg = client.client.meta.config
-    # botocore stores retries (7) as total attempts (7 + the first call).
-    assert cfg.retries == {"mode": "adaptive", "total_max_attempts": 8}
+    assert cfg.retries == {"mode": "standard", "total_max_attempts": 1}
+    assert client.backoff.max_retries == 7
     assert (cfg.connect_timeout, cfg.read_timeout) == (12.5, 12.5)
     assert client.model_id == "anthropic.claude-3-haiku-20240307-v1:0"
 
@@ -114,3 +114,41 @@ def test_concurrent_samples_keep_prompt_order(aws_env):
     client.client = Echo()
     out = client.generate(["a", "b", "c"], n=3, temperature=1.0)
     assert out == [["A"] * 3, ["B"] * 3, ["C"] * 3]
+
+
+def test_a_throttling_endpoint_sees_exactly_max_retries_plus_one_attempts(aws_env, monkeypatch):
+    """A real signed request to a loopback endpoint that always throttles: one retry layer, so
+    max_retries=2 means 3 HTTP requests in all (botocore's own retries would multiply them)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            hits.append(self.path)
+            body = json.dumps({"message": "Rate exceeded"}).encode()
+            self.send_response(429)
+            self.send_header("x-amzn-ErrorType", "ThrottlingException")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", f"http://127.0.0.1:{srv.server_address[1]}")
+    try:
+        sleeps: list[float] = []
+        client = _client(LLMSpec(backend="bedrock", max_retries=2, max_concurrency=1), sleeps)
+        with pytest.raises(LLMError, match="after 3 attempts"):
+            client.generate(["x"])
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert len(hits) == 3 and len(sleeps) == 2

@@ -15,7 +15,7 @@ from reclaif.llm.openai_compat import OpenAICompatClient
 from reclaif.llm.retry import Backoff
 
 sys.path.insert(0, str(Path(__file__).parent))
-from llm_server import Server, echo, serve  # noqa: E402
+from llm_server import Server, chat_body, echo, serve  # noqa: E402
 
 KEY = "sk-test-do-not-log-123"
 
@@ -150,3 +150,160 @@ def test_vllm_missing_is_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # as on a machine without vllm
     with pytest.raises(ReclaifError, match="pip install vllm"):
         make_client(LLMSpec(backend="vllm"))
+
+
+# ------------------------------------------------------------ hostile or broken endpoints
+class RawServer:
+    """A loopback TCP server whose handler writes raw HTTP bytes (for what http.server cannot
+    do: trickle a body, lie about its length, stream without end). Records each request head."""
+
+    def __init__(self, handler) -> None:
+        import socket
+        import threading
+
+        self.heads: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.handler = handler
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            got = conn.recv(65536)
+            if not got:
+                return
+            data += got
+        self.heads.append(data.split(b"\r\n\r\n")[0])
+        try:
+            self.handler(conn)
+        except OSError:
+            pass  # the client hung up: what these tests expect it to do
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _raw_client(url: str, **kw) -> OpenAICompatClient:
+    spec = LLMSpec(backend="openai_compat", model="m", base_url=url, api_key_env="RECLAIF_TEST_KEY",
+                   max_retries=0, **{"timeout_s": 3, **kw})
+    return OpenAICompatClient(spec, backoff=Backoff(max_retries=0, sleep=lambda s: None))
+
+
+def test_redirect_to_another_origin_is_not_followed_and_gets_no_key(monkeypatch):
+    monkeypatch.setenv("RECLAIF_TEST_KEY", KEY)
+    with serve() as other, serve() as first:
+        first.script = [(302, {"Location": other.url + "/chat/completions"}, b"")]
+        with pytest.raises(LLMError, match="redirect not followed") as err:
+            _raw_client(first.url).generate(["q"])
+        assert other.requests == [] and len(first.requests) == 1
+        assert KEY not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/v1", "127.0.0.1:8000/v1",
+                                 "http:///v1", "http://user:pw@127.0.0.1:9/v1"])
+def test_only_http_and_https_urls_with_a_host_are_accepted(url):
+    with pytest.raises(ConfigError, match="base_url") as err:
+        _raw_client(url)
+    assert "root:" not in str(err.value)
+
+
+def test_a_50_mb_response_is_refused_without_being_read():
+    def huge(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 52428800\r\n\r\n")
+        for _ in range(50 * 16):
+            conn.sendall(b"x" * 65536)
+
+    srv = RawServer(huge)
+    try:
+        with pytest.raises(LLMError, match="52428800 bytes is over the 8388608-byte limit"):
+            _raw_client(srv.url).generate(["q"])
+    finally:
+        srv.close()
+
+
+def test_an_endless_response_without_a_length_stops_at_the_cap():
+    import time
+
+    def endless(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+        while True:
+            conn.sendall(b"x" * 65536)
+
+    srv = RawServer(endless)
+    try:
+        client = _raw_client(srv.url)
+        client.max_response_bytes = 1 << 20
+        t0 = time.monotonic()
+        with pytest.raises(LLMError, match="over the 1048576-byte limit"):
+            client.generate(["q"])
+        assert time.monotonic() - t0 < 3
+    finally:
+        srv.close()
+
+
+def test_a_server_trickling_a_byte_every_1_5_s_hits_the_overall_deadline():
+    import time
+
+    def trickle(conn):
+        body = chat_body(["slow"])
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for b in body:
+            conn.sendall(bytes([b]))
+            time.sleep(1.5)
+
+    srv = RawServer(trickle)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(LLMError, match="no complete response within timeout_s=3 s"):
+            _raw_client(srv.url, timeout_s=3).generate(["q"])
+        assert time.monotonic() - t0 < 4.5
+    finally:
+        srv.close()
+
+
+def test_trickled_headers_hit_the_deadline_too():
+    import time
+
+    def trickle(conn):
+        for b in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 100:
+            conn.sendall(bytes([b]))
+            time.sleep(0.5)
+
+    srv = RawServer(trickle)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(LLMError, match="no complete response within timeout_s=1 s"):
+            _raw_client(srv.url, timeout_s=1).generate(["q"])
+        assert time.monotonic() - t0 < 2.5
+    finally:
+        srv.close()
+
+
+def test_a_response_cut_short_is_retried_not_parsed():
+    body = chat_body(["whole answer"])
+
+    def short(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+
+    srv = RawServer(short)
+    try:
+        with pytest.raises(LLMError, match=r"after 1 attempts: connection closed after 10 of"):
+            _raw_client(srv.url).generate(["q"])
+    finally:
+        srv.close()

@@ -114,3 +114,28 @@ def test_cli_recommend_default_model_end_to_end(capsys):
     assert rec["raw_text"].strip()
     assert set(rec["items"]) <= {"The Horrors", "Hannah Montana", "Band of Skulls"}
     assert len(rec["items"]) == len(rec["reasons"]) <= 3
+
+
+def test_recommend_reaches_an_openai_compatible_endpoint_and_prints_no_escapes(capsys):
+    """`reclaif recommend --backend openai_compat --base-url URL` against a loopback server
+    whose answer carries CSI, OSC (a terminal retitle and a hyperlink) and C1 escapes."""
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    _sys.path.insert(0, str(_Path(__file__).parent))
+    from llm_server import chat_body, serve
+
+    from reclaif.cli import main
+
+    evil = ("**Key Preferences:**\n- rock\x1b[2J\n\n**Recommended Artists/Bands:**\n"
+            "1. x: \x1b]0;pwned\x07fine\n2. y: \x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\\n"
+            "3. z: \x9b31mred\x07")
+    with serve(lambda body: (200, {}, chat_body([evil]))) as server:
+        for extra in ([], ["--json"]):
+            assert main(["recommend", "--backend", "openai_compat", "--base-url", server.url,
+                         "--model", "m", "--history", "a; b", "--candidates", "x; y; z",
+                         *extra]) == 0
+            out = capsys.readouterr().out
+            assert not set(out) & {"\x1b", "\x07", "\x9b"}, repr(out)
+            assert "x" in out and "pwned" not in out or extra
+        assert server.requests[0][0] == "/v1/chat/completions"

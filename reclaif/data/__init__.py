@@ -40,15 +40,24 @@ def load_examples(path: str | Path, split: str | None = None) -> list[Example]:
 
 
 def load_items(path: str | Path) -> dict[str, Item]:
-    """The item catalog (items.jsonl) of a prepared directory: id → Item."""
+    """The item catalog (items.jsonl) of a prepared directory: id → Item. An id repeated with
+    other text is an error (a later row would silently replace the earlier item's title and
+    fields); an exact repeat is harmless and kept once."""
     p = resolve_data_dir(path)
     f = p.parent / "items.jsonl" if p.is_file() else p / "items.jsonl"
-    items = {}
+    items: dict[str, Item] = {}
+    first: dict[str, int] = {}
     for n, row in enumerate(read_jsonl(f), 1):
         try:
             item = Item.from_json(row)
         except (KeyError, TypeError) as e:
             raise DataError(f"{f}:{n}: not an item record ({e!r})") from None
+        if item.id in first and items[item.id] != item:
+            raise DataError(f"{f}: record {n}: item id {item.id!r} repeats record "
+                            f"{first[item.id]} with other text; each item must appear once")
+        if item.id in first:
+            continue
+        first[item.id] = n
         items[item.id] = item
     return items
 

@@ -68,10 +68,21 @@ def _item(where: str, asin: str, title: Any, description: Any, price: Any, detai
     return Item(id=asin, title=title, fields=fields)
 
 
+def _once(items: dict[str, Item], first: dict[str, str], item: Item, where: str) -> None:
+    """Adds `item`; a repeated id with other text would silently replace the earlier item's
+    text: an error instead (an exact repeat is harmless)."""
+    if item.id in first and items[item.id] != item:
+        raise DataError(f"{where}: parent_asin {item.id!r} repeats {first[item.id]} with other "
+                        "text; each item must appear once")
+    first.setdefault(item.id, "line " + where.rsplit(":", 1)[-1])
+    items.setdefault(item.id, item)
+
+
 def load_meta(path: str | Path) -> dict[str, Item]:
     """Item catalog from the 5-core items CSV or the official meta_*.jsonl(.gz)."""
     path = Path(path)
     items: dict[str, Item] = {}
+    first: dict[str, str] = {}
     try:
         with open_text(path) as f:
             if ".jsonl" in path.name:
@@ -86,8 +97,9 @@ def load_meta(path: str | Path) -> dict[str, Item]:
                     if not isinstance(obj, dict) or not isinstance(obj.get("parent_asin"), str):
                         raise DataError(f"{where}: missing field 'parent_asin'")
                     asin = obj["parent_asin"]
-                    items[asin] = _item(where, asin, obj.get("title"), obj.get("description"),
-                                        obj.get("price"), obj.get("details"), obj.get("features"))
+                    _once(items, first, _item(where, asin, obj.get("title"),
+                                              obj.get("description"), obj.get("price"),
+                                              obj.get("details"), obj.get("features")), where)
             else:
                 reader = csv.reader(f)
                 header = next(reader, None) or []
@@ -103,8 +115,9 @@ def load_meta(path: str | Path) -> dict[str, Item]:
                     asin = get("parent_asin").strip()
                     if not asin:
                         raise DataError(f"{where}: empty parent_asin")
-                    items[asin] = _item(where, asin, get("title"), get("description"),
-                                        get("price"), get("details"), get("features"))
+                    _once(items, first, _item(where, asin, get("title"), get("description"),
+                                              get("price"), get("details"), get("features")),
+                                        where)
     except (UnicodeDecodeError, csv.Error, EOFError, OSError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise DataError(f"{path}: file not found") from None

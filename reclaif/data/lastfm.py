@@ -26,8 +26,9 @@ HETREC_DIRNAME = "hetrec2011-lastfm-2k"
 
 
 def read_id2name(path: str | Path) -> dict[str, str]:
-    """LLaRA `id2name.txt` (`id::name` per line) → {id: name}."""
+    """LLaRA `id2name.txt` (`id::name` per line) → {id: name}; an id repeated with another name is an error."""
     out: dict[str, str] = {}
+    first: dict[str, int] = {}
     try:
         with open_text(path) as f:
             for n, line in enumerate(f, 1):
@@ -37,6 +38,12 @@ def read_id2name(path: str | Path) -> dict[str, str]:
                 iid, sep, name = line.partition("::")
                 if not sep or not iid.strip().isdigit() or not name:
                     raise DataError(f"{path}:{n}: expected 'id::name', got {line[:80]!r}")
+                if iid.strip() in first and out[iid.strip()] != name:
+                    # A later line silently replacing an earlier name would relabel an artist.
+                    raise DataError(f"{path}:{n}: id {iid.strip()} repeats line "
+                                    f"{first[iid.strip()]} with another name; each id must "
+                                    "appear once")
+                first.setdefault(iid.strip(), n)
                 out[iid.strip()] = name
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason})") from None

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
-from reclaif.atomic import atomic_write_json
+from reclaif.atomic import atomic_write_json, fsync_dir
 from reclaif.data import Loaded
 from reclaif.errors import DataError
 from reclaif.records import Example, Item
@@ -116,16 +116,45 @@ def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
+def _previous_files(out: Path) -> list[str]:
+    """The example files an earlier prepare wrote into `out` (its stats.json lists them)."""
+    try:
+        names = json.loads((out / "stats.json").read_text(encoding="utf-8"))["example_files"]
+        return [n for n in names if isinstance(n, str) and "/" not in n and n.startswith("examples")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def write_prepared(out: str | Path, examples: Sequence[Example], items: Iterable[Item],
                    stats: dict[str, Any], shard_size: int = 0) -> dict[str, Any]:
     """Writes examples, items and stats into `out`, all or nothing (see module docstring).
 
     `items` may be a stream (ESCI): they are written as they come, never all held; stats gets
     the number written as "items". Returns the stats as written.
+
+    Into an existing `out`, only files an earlier prepare wrote are replaced or removed (its
+    stats.json names them); an `examples*.jsonl` it did not write is never deleted: it would be
+    read as part of the dataset, so it is an error to leave it there. The temporary directory
+    is made inside an existing `out` (beside a new one), so every rename stays on one
+    filesystem even when `out` is a mount point.
     """
+    if not str(out).strip():
+        raise DataError("--out: empty; give the directory to write, e.g. data/lastfm-valid")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: exists and is not a directory")
+    if out.is_dir():
+        ours = set(_previous_files(out))
+        foreign = sorted(p.name for p in out.glob("examples*.jsonl") if p.name not in ours)
+        if foreign:
+            raise DataError(f"--out {out}: holds {', '.join(foreign[:3])}, which prepare did not "
+                            "write and which would be read as part of this dataset; move it "
+                            "away or choose another --out")
+        tmp_parent = out
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_parent = out.parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name or 'out'}.", suffix=".tmp", dir=tmp_parent))
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -141,17 +170,17 @@ def write_prepared(out: str | Path, examples: Sequence[Example], items: Iterable
         for name in names + ["items.jsonl", "stats.json"]:
             os.chmod(tmp / name, 0o666 & ~umask)
         os.chmod(tmp, 0o777 & ~umask)
-        if not out.exists():
+        if tmp_parent != out:
             os.replace(tmp, out)
+            fsync_dir(out.parent)
             return stats
-        if not out.is_dir():
-            raise DataError(f"--out {out}: exists and is not a directory")
-        # Old shards that the new set does not overwrite would be read as part of it.
-        stale = [p for p in out.glob("examples*.jsonl") if p.name not in names]
+        # Old shards of ours that the new set does not overwrite would be read as part of it.
+        stale = [out / n for n in _previous_files(out) if n not in names]
         for name in names + ["items.jsonl", "stats.json"]:
             os.replace(tmp / name, out / name)
         for p in stale:
-            p.unlink()
+            p.unlink(missing_ok=True)
+        fsync_dir(out)
         return stats
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -161,6 +190,12 @@ def prepare(dataset: str, source: str | Path, out: str | Path, items: str | Path
             id2name: str | Path | None = None, split: str | None = None, seed: int = 0,
             limit: int = 0, shard_size: int = 0) -> dict[str, Any]:
     """Loads one dataset file, writes the prepared directory, returns its stats."""
+    if limit < 0:
+        raise DataError(f"--limit {limit}: must be 0 (all examples) or a positive count")
+    if shard_size < 0:
+        raise DataError(f"--shard-size {shard_size}: must be 0 (one file) or a positive count")
+    if not str(out).strip():
+        raise DataError("--out: empty; give the directory to write, e.g. data/lastfm-valid")
     start = time.perf_counter()
     loaded = load(dataset, source, items, id2name, split, seed, limit)
     return write_loaded(loaded, dataset, source, out, seed, limit, shard_size, start)

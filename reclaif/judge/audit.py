@@ -134,11 +134,14 @@ def _run_top_k(verdicts: Path, default: int = 3) -> int:
     """data.top_k of the run the verdicts belong to (RUN/config.yaml beside RUN/iter-NNN/)."""
     import yaml
 
+    from reclaif.config import load_yaml, read_config_text
+    from reclaif.errors import ConfigError
+
     for cfg in (verdicts.parent / "config.yaml", verdicts.parent.parent / "config.yaml"):
         if cfg.is_file():
-            try:
-                k = (yaml.safe_load(cfg.read_text()) or {}).get("data", {}).get("top_k")
-            except (yaml.YAMLError, AttributeError):
+            try:  # the config's loader: aliases bounded, non-UTF-8 a ConfigError
+                k = (load_yaml(read_config_text(cfg), str(cfg)) or {}).get("data", {}).get("top_k")
+            except (yaml.YAMLError, AttributeError, ConfigError):
                 k = None
             if isinstance(k, int) and k > 0:
                 return k

@@ -3,14 +3,24 @@
 The API key is read from the environment variable the spec names, at request time, and only
 ever placed in the Authorization header: never logged, stored or shown in a repr or error.
 Retries with exponential backoff and jitter on 429, 5xx and timeouts, honouring Retry-After.
+
+The transport is http.client, not urllib: urllib follows redirects (re-sending the
+Authorization header to whatever origin a 302 names) and opens file:// and ftp:// URLs. Here
+only http/https base URLs are accepted, a redirect is an error (point base_url at the final
+endpoint), `timeout_s` bounds the whole request (connect, headers and body: a watchdog closes
+the socket at the deadline, so a server trickling a byte a second cannot hold a worker), and a
+response larger than `max_response_bytes` is refused without being read whole.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
-import urllib.error
-import urllib.request
+import ssl
+import threading
+import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,15 +30,29 @@ from reclaif.errors import ConfigError, LLMError
 from reclaif.llm.base import Settled
 from reclaif.llm.retry import Backoff, Retryable, parse_retry_after
 
+# An answer is a few KB (n choices of a few hundred tokens); 8 MiB is far past any real one and
+# small enough that a hostile or broken endpoint cannot fill a worker's memory.
+MAX_RESPONSE_BYTES = 8 << 20
+
 
 class OpenAICompatClient:
     """`LLMClient` over POST {base_url}/chat/completions; one request per prompt asks for n."""
 
-    def __init__(self, spec: LLMSpec, backoff: Backoff | None = None):
+    def __init__(self, spec: LLMSpec, backoff: Backoff | None = None,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES):
         if not spec.base_url:
             raise ConfigError("base_url: openai_compat needs an endpoint, e.g. http://host:8000/v1")
+        parts = urllib.parse.urlsplit(spec.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"base_url: {spec.base_url!r} is not an http:// or https:// URL "
+                              "with a host, e.g. http://host:8000/v1")
+        if parts.username or parts.password:
+            raise ConfigError("base_url: put no credentials in the URL; name the variable that "
+                              "holds the key in api_key_env")
         self.spec = spec
         self.url = spec.base_url.rstrip("/") + "/chat/completions"
+        self._parts = urllib.parse.urlsplit(self.url)
+        self.max_response_bytes = max_response_bytes
         self.backoff = backoff or Backoff(max_retries=spec.max_retries, base_s=spec.retry_base_s,
                                           max_s=spec.retry_max_s)
 
@@ -105,23 +129,76 @@ class OpenAICompatClient:
         key = os.environ.get(self.spec.api_key_env, "") if self.spec.api_key_env else ""
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers,
-                                     method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.spec.timeout_s) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read()[:300].decode("utf-8", "replace")
-            if e.code == 429 or e.code >= 500:
-                raise Retryable(f"HTTP {e.code}: {detail}",
-                                parse_retry_after(e.headers.get("Retry-After"))) from None
-            raise LLMError(f"{self.url} (model {self.spec.model}): HTTP {e.code}: "
-                           f"{detail}") from None
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
-            raise Retryable(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+        status, resp_headers, raw = self._post(json.dumps(body).encode(), headers)
+        where = f"{self.url} (model {self.spec.model})"
+        if 300 <= status < 400:
+            # Never followed: the request carries the key, and the target may be anyone.
+            raise LLMError(f"{where}: HTTP {status} redirect not followed; set base_url to the "
+                           "endpoint that answers")
+        if status == 429 or status >= 500:
+            raise Retryable(f"HTTP {status}: {raw[:300].decode('utf-8', 'replace')}",
+                            parse_retry_after(resp_headers.get("Retry-After")))
+        if status >= 400:
+            raise LLMError(f"{where}: HTTP {status}: {raw[:300].decode('utf-8', 'replace')}")
         try:
             data = json.loads(raw)
             return [c["message"]["content"] or "" for c in data["choices"]]
         except (ValueError, KeyError, TypeError) as e:
-            raise LLMError(f"{self.url} (model {self.spec.model}): malformed response "
-                           f"({type(e).__name__}: {e}): {raw[:200]!r}") from None
+            raise LLMError(f"{where}: malformed response ({type(e).__name__}: {e}): "
+                           f"{raw[:200]!r}") from None
+
+    def _post(self, payload: bytes, headers: dict[str, str]) -> tuple[int, Any, bytes]:
+        """One POST under one deadline: (status, headers, body of at most the cap)."""
+        u, timeout = self._parts, float(self.spec.timeout_s)
+        path = u.path + (f"?{u.query}" if u.query else "")
+        if u.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                u.hostname, u.port, timeout=timeout, context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+        expired = threading.Event()
+
+        def abort() -> None:
+            expired.set()
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(timeout, abort)
+        watchdog.daemon = True
+        watchdog.start()
+        deadline = time.monotonic() + timeout
+        try:
+            conn.request("POST", path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            length = resp.getheader("Content-Length")
+            if length and length.isdigit() and int(length) > self.max_response_bytes:
+                raise LLMError(f"{self.url} (model {self.spec.model}): response of {length} "
+                               f"bytes is over the {self.max_response_bytes}-byte limit")
+            chunks, size = [], 0
+            while True:
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise LLMError(f"{self.url} (model {self.spec.model}): response is over "
+                                   f"the {self.max_response_bytes}-byte limit")
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    expired.set()
+                    break
+            if expired.is_set():
+                raise Retryable(f"no complete response within timeout_s={timeout:g} s")
+            if length and length.isdigit() and size < int(length):
+                raise Retryable(f"connection closed after {size} of {length} bytes")
+            return resp.status, resp.headers, b"".join(chunks)
+        except (OSError, http.client.HTTPException) as e:
+            if expired.is_set() or isinstance(e, (socket.timeout, TimeoutError)):
+                raise Retryable(f"no complete response within timeout_s={timeout:g} s") from None
+            raise Retryable(f"{type(e).__name__}: {e}") from None
+        finally:
+            watchdog.cancel()
+            conn.close()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from reclaif.atomic import atomic_write_json
+from reclaif.atomic import atomic_write_json, dumps
 from reclaif.errors import ConfigError, DataError
 from reclaif.metrics.diversity import DiversityScorer
 from reclaif.metrics.relevance import hit_at_k, mrr, ndcg_at_k, precision_at_k
@@ -122,8 +123,13 @@ def read_predictions(path: str | Path, known: dict[str, Example]) -> dict[str, d
     if not path.is_file():
         raise DataError(f"{path}: predictions file not found")
     out: dict[str, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1}); the file must be UTF-8 JSON lines") from None
             if not line.strip():
                 continue
             try:
@@ -144,6 +150,11 @@ def read_predictions(path: str | Path, known: dict[str, Example]) -> dict[str, d
                                 f"(the raw answer) for id {pid!r}")
             if has_items and not all(isinstance(i, (str, int)) for i in row["items"]):
                 raise DataError(f"{path}:{n}: 'items' of id {pid!r} must be item ids")
+            score = row.get("explainability")
+            # json.loads reads NaN and Infinity; a mean over them would be NaN in eval.json.
+            if isinstance(score, float) and not math.isfinite(score):
+                raise DataError(f"{path}:{n}: 'explainability' of id {pid!r} is {score}; give "
+                                "a finite number or leave it out")
             out[pid] = row
     return out
 
@@ -206,7 +217,7 @@ def cmd_eval_predictions(args) -> int:
         print(f"reclaif eval: {result['n_missing']} of {result['n_examples']} examples have no "
               f"prediction and count as misses", file=sys.stderr)
     summary = {k: v for k, v in result.items() if k != "per_example"}
-    print(json.dumps(summary, indent=2))
+    print(dumps(summary, indent=2))
     if getattr(args, "out", None):
         atomic_write_json(args.out, result)
     return 0

@@ -10,10 +10,14 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from reclaif.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
+from reclaif.errors import ReclaifError
+
+log = logging.getLogger(__name__)
 
 SEQUENTIAL_COLUMNS = [("ValidRatio", "valid_ratio"), ("Hit@1", "hit@1"), ("NDCG@3", "ndcg@3"),
                       ("Diversity", "diversity"), ("Expl.", "explainability")]
@@ -31,6 +35,19 @@ def metric(result: dict[str, Any], name: str) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
+def _read_json(f: Path, optional: bool = False) -> Any:
+    """A run file the report shows; damaged is one line naming it (or, where `optional`, the
+    report goes without it: timings only inform)."""
+    try:
+        return json.loads(f.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        if optional:
+            log.warning("%s: damaged; the report leaves it out", f)
+            return {}
+        raise ReclaifError(f"{f}: damaged (not UTF-8 JSON); rerun the same `reclaif run` "
+                           "command to redo the phase that wrote it") from None
+
+
 def stages(run_dir: Path) -> list[tuple[str, dict]]:
     """(stage name, eval.json) in pipeline order: base, sft, iter-001, ..."""
     out = []
@@ -38,7 +55,7 @@ def stages(run_dir: Path) -> list[tuple[str, dict]]:
     for name in names:
         f = run_dir / name / "eval.json"
         if f.exists():
-            out.append((name, json.loads(f.read_text())))
+            out.append((name, _read_json(f)))
     return out
 
 
@@ -185,7 +202,7 @@ def _judge_rows(run_dir: Path) -> list[list[str]]:
         f = d / "judge_stats.json"
         if not f.exists():
             continue
-        s = json.loads(f.read_text())
+        s = _read_json(f)
         agree = (s.get("label_agreement") or {}).get("rate")
         consistency = s.get("position_consistency")
         rows.append([d.name, str(s.get("judged", "-")), str(s.get("pairs_kept", "-")),
@@ -243,7 +260,7 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
     plot = _plot(run_dir)
     head, rows = table_rows(run_dir)
     judge = _judge_rows(run_dir)
-    timings = json.loads((run_dir / "timings.json").read_text()) \
+    timings = _read_json(run_dir / "timings.json", optional=True) \
         if (run_dir / "timings.json").exists() else {}
     shown = _examples(run_dir, examples_shown)
     notes = _descriptions(run_dir)

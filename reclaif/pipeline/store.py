@@ -1,14 +1,24 @@
 """The run directory (DESIGN.md): frozen config, a manifest of finished phases, shard files.
 
-A phase is done only when its manifest entry is written, and every file is written to a
-temporary name and renamed (reclaif.atomic), so a SIGKILL at any moment leaves either the old
-state or the new one. Shards are the unit of resume inside a phase: a shard file that exists is
-complete, and a rerun skips it, so no record is lost or produced twice.
+Every file is written to a temporary name and renamed (reclaif.atomic), so a SIGKILL at any
+moment leaves either the old state or the new one. What is on disk is still never trusted for
+existing, only for matching what was recorded when it was written:
+- a shard is done only when its record (`shard-NNNNN.sum.json`: rows, bytes, sha256, written
+  after the shard) matches the shard file; a shard cut at any byte, edited, or missing its record
+  is redone, never merged;
+- a phase is done only when its manifest entry says so and each output it recorded still has
+  its size and row count (and its sha256, for files up to `VERIFY_HASH_BYTES`; checkpoint weights
+  above it are checked by size, so a resume does not re-read gigabytes), else it is redone;
+- the frozen config is the config *and* the dataset: the manifest keeps the sha256 of
+  config.yaml and of every dataset file, and a later start with other data is refused;
+- a corrupt manifest.json or config.yaml is a one-line error naming the file and what to do;
+  a corrupt timings.json (informational) is moved aside with a warning.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,16 +26,63 @@ from typing import Any
 import yaml
 
 from reclaif.atomic import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from reclaif.config import RunConfig, dump_config, from_dict, to_dict
+from reclaif.config import (RunConfig, dump_config, from_dict, load_yaml, read_config_text,
+                            to_dict)
 from reclaif.errors import ConfigError, ReclaifError
 
+log = logging.getLogger(__name__)
+VERIFY_HASH_BYTES = 64 << 20
 
-def file_hash(path: str | os.PathLike) -> str:
+
+def file_hash(path: str | os.PathLike, full: bool = False) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()[:16]
+    return h.hexdigest() if full else h.hexdigest()[:16]
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """What is recorded of an output: bytes, sha256, and rows for JSON lines."""
+    data_rows = None
+    if path.suffix == ".jsonl":
+        with open(path, "rb") as f:
+            data_rows = sum(1 for line in f if line.strip())
+    rec: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": file_hash(path, full=True)}
+    if data_rows is not None:
+        rec["rows"] = data_rows
+    return rec
+
+
+def mismatch(path: Path, rec: dict[str, Any]) -> str | None:
+    """Why `path` no longer matches its record, or None where it does."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != rec.get("bytes", size):
+        return f"{size} bytes, recorded {rec['bytes']}"
+    if "sha256" in rec and size <= VERIFY_HASH_BYTES:
+        actual = file_hash(path, full=True)
+        if not actual.startswith(rec["sha256"]) or len(rec["sha256"]) < 16:
+            return "content differs from the recorded sha256"
+    if "rows" in rec:
+        with open(path, "rb") as f:
+            n = sum(1 for line in f if line.strip())
+        if n != rec["rows"]:
+            return f"{n} rows, recorded {rec['rows']}"
+    return None
+
+
+def dataset_files(data_path: Path) -> list[Path]:
+    """The files a prepared dataset directory is read from (examples, items, stats)."""
+    if data_path.is_file():
+        return [data_path, data_path.parent / "items.jsonl"]
+    return sorted(data_path.glob("examples*.jsonl")) + [data_path / "items.jsonl"]
+
+
+def dataset_fingerprint(data_path: Path) -> dict[str, str]:
+    """{file name: sha256} of a dataset's files (those that exist)."""
+    return {f.name: file_hash(f, full=True) for f in dataset_files(data_path) if f.is_file()}
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -42,10 +99,16 @@ class RunStore:
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
 
-    # config -----------------------------------------------------------------------------
+    # config ---------------------------------------------------------------------------
     def freeze_config(self, cfg: RunConfig) -> RunConfig:
-        """Writes config.yaml on the first start; later starts must use the same config."""
+        """Writes config.yaml and the dataset's fingerprint on the first start; later starts
+        must use the same config on the same data."""
+        from reclaif.data import resolve_data_dir
+
         path = self.root / "config.yaml"
+        self.check_timings()
+        data_path = resolve_data_dir(cfg.data.path)
+        fingerprint = dataset_fingerprint(data_path)
         if path.exists():
             frozen = self.load_config()
             changed = _diff(to_dict(frozen), to_dict(cfg))
@@ -53,34 +116,110 @@ class RunStore:
                 raise ConfigError(f"{path}: this run was started with another config; "
                                   f"use a new --run-dir or the same settings. Differences: "
                                   + "; ".join(changed[:8]))
-            return frozen
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, dump_config(cfg))
+            recorded = self.manifest().get("frozen", {}).get("dataset")
+            if recorded is not None:
+                moved = _diff(recorded, fingerprint)
+                if moved:
+                    raise ConfigError(
+                        f"{data_path}: the dataset changed since this run started "
+                        f"({'; '.join(moved[:4])}); restore the data it was started on or "
+                        "use a new --run-dir")
+                return frozen
+            cfg = frozen  # started before fingerprints were kept (or killed before): keep now
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, dump_config(cfg))
+        m = self.manifest()
+        m["frozen"] = {"config_sha256": file_hash(path, full=True), "data_path": str(data_path),
+                       "dataset": fingerprint}
+        atomic_write_json(self.manifest_path, m)
         return cfg
 
     def load_config(self) -> RunConfig:
         path = self.root / "config.yaml"
         if not path.exists():
             raise ReclaifError(f"{self.root}: not a run directory (no config.yaml)")
-        return from_dict(RunConfig, yaml.safe_load(path.read_text(encoding="utf-8")))
+        recorded = self.manifest().get("frozen", {}).get("config_sha256")
+        damaged = (f"{path}: does not match the config this run was frozen with (damaged or "
+                   "edited); restore it, or start a new --run-dir")
+        if recorded is not None and file_hash(path, full=True) != recorded:
+            raise ConfigError(damaged)
+        try:
+            data = load_yaml(read_config_text(path), str(path))
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: top level must be a mapping")
+            return from_dict(RunConfig, data)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{damaged} (not valid YAML: {str(e).splitlines()[0]})") from None
+        except ConfigError as e:
+            raise ConfigError(f"{damaged} ({e})") from None
 
     # manifest ---------------------------------------------------------------------------
+    def read_json(self, path: Path) -> Any:
+        """A JSON file of the run directory; unreadable is a ReclaifError naming it."""
+        try:
+            return json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            where = f" (line {e.lineno}, column {e.colno})" if hasattr(e, "lineno") else ""
+            raise ReclaifError(f"{path}: damaged, not UTF-8 JSON{where}; restore it from a "
+                               f"backup, or delete it to redo what it recorded (verified "
+                               f"shards are reused)") from None
+
     def manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
             return {"phases": {}}
-        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        m = self.read_json(self.manifest_path)
+        if not isinstance(m, dict) or not isinstance(m.get("phases"), dict):
+            raise ReclaifError(f"{self.manifest_path}: damaged (no 'phases' mapping); restore "
+                               "it from a backup, or delete it to redo every phase")
+        return m
 
     def is_done(self, phase: str) -> bool:
-        return self.manifest()["phases"].get(phase, {}).get("status") == "done"
+        """Recorded as done, and every output it recorded still matches its record."""
+        entry = self.manifest()["phases"].get(phase, {})
+        if entry.get("status") != "done":
+            return False
+        records = dict(entry.get("outputs", {}))
+        # Manifests written before output records kept a 16-hex sha256 prefix per file.
+        records.update({k: {"sha256": v} for k, v in entry.get("hashes", {}).items()
+                        if k not in records})
+        for rel, rec in records.items():
+            why = mismatch(self.root / rel, rec)
+            if why is not None:
+                log.warning("%s: output %s no longer matches what was recorded (%s); redoing "
+                            "the phase", phase, rel, why)
+                return False
+        return True
 
     def mark_done(self, phase: str, outputs: list[Path] | None = None, **info: Any) -> None:
         m = self.manifest()
         entry: dict[str, Any] = {"status": "done", **info}
         if outputs:
-            entry["hashes"] = {str(p.relative_to(self.root)): file_hash(p)
-                               for p in outputs if p.is_file()}
+            entry["outputs"] = {str(p.relative_to(self.root)): file_record(p)
+                                for p in outputs if p.is_file()}
         m["phases"][phase] = entry
         atomic_write_json(self.manifest_path, m)
+
+    def check_timings(self) -> None:
+        """timings.json only feeds the report: a damaged one is moved aside, not fatal."""
+        path = self.root / "timings.json"
+        if not path.exists():
+            return
+        try:
+            ok = isinstance(json.loads(path.read_bytes().decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            ok = False
+        if not ok:
+            aside = path.with_name("timings.json.damaged")
+            os.replace(path, aside)
+            log.warning("%s: damaged; moved to %s, phase times start again", path, aside.name)
+
+    def record_timing(self, key: str, seconds: float) -> None:
+        """Adds one phase's wall time to timings.json (kept across restarts)."""
+        self.check_timings()
+        path = self.root / "timings.json"
+        old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        atomic_write_json(path, {**old, key: round(seconds, 1)})
 
     # paths ------------------------------------------------------------------------------
     def phase_dir(self, name: str) -> Path:
@@ -99,21 +238,52 @@ class RunStore:
         """'sft' → sft/checkpoint; 'iter-002' → iter-002/checkpoint."""
         return self.root / stage / "checkpoint"
 
-    # shards -----------------------------------------------------------------------------
+    # shards ---------------------------------------------------------------------------
     @staticmethod
     def shard_path(shard_dir: Path, index: int) -> Path:
         return shard_dir / f"shard-{index:05d}.jsonl"
 
+    @staticmethod
+    def shard_record_path(shard_dir: Path, index: int) -> Path:
+        return shard_dir / f"shard-{index:05d}.sum.json"
+
     def write_shard(self, shard_dir: Path, index: int, rows: list[dict]) -> None:
-        atomic_write_jsonl(self.shard_path(shard_dir, index), rows)
+        """The shard, then its record: killed between the two, the shard has no record and is
+        redone; the record is never written for a shard that is not whole on disk."""
+        path = self.shard_path(shard_dir, index)
+        atomic_write_jsonl(path, rows)
+        atomic_write_json(self.shard_record_path(shard_dir, index), file_record(path))
+
+    def shard_mismatch(self, shard_dir: Path, index: int) -> str | None:
+        """Why shard `index` is not done (missing, no record, cut, edited), or None."""
+        path, rec_path = self.shard_path(shard_dir, index), self.shard_record_path(shard_dir, index)
+        if not path.exists():
+            return "missing"
+        if not rec_path.exists():
+            return "no record (written before it, or by an older version)"
+        try:
+            rec = json.loads(rec_path.read_bytes().decode("utf-8"))
+            if not isinstance(rec, dict):
+                raise ValueError
+        except (UnicodeDecodeError, ValueError):
+            return f"{rec_path.name} is damaged"
+        return mismatch(path, rec)
 
     def shard_done(self, shard_dir: Path, index: int) -> bool:
-        return self.shard_path(shard_dir, index).exists()
+        why = self.shard_mismatch(shard_dir, index)
+        if why is not None and why != "missing":
+            log.warning("%s: %s; redoing it", self.shard_path(shard_dir, index), why)
+        return why is None
 
     def merge_shards(self, shard_dir: Path, n_shards: int, out: Path) -> list[dict]:
-        """Concatenates shards 0..n-1 in order into `out` (atomically) and returns the rows."""
+        """Concatenates shards 0..n-1 in order into `out` (atomically) and returns the rows.
+        Only verified shards are merged: anything else is an error, never a short file."""
         rows: list[dict] = []
         for i in range(n_shards):
+            why = self.shard_mismatch(shard_dir, i)
+            if why is not None:
+                raise ReclaifError(f"{self.shard_path(shard_dir, i)}: {why}; not merged. Rerun "
+                                   "the same command to redo the shard")
             rows.extend(read_jsonl(self.shard_path(shard_dir, i)))
         atomic_write_jsonl(out, rows)
         return rows

@@ -68,16 +68,26 @@ def sanitize(text: str, multiline: bool = True) -> str:
 
     multiline=False also folds all whitespace (newlines included) to single spaces: titles,
     tags and queries are one line each, so a title can never start a line of its own.
+
+    Order matters: invisible characters (Cc, Cf, ...) go first, so `<<\u200b<DATA` cannot
+    become a fence once they are gone. A run of three or more angles counts their look-alikes
+    (the characters whose NFKC or NFKD form holds `<` or `>`: fullwidth, small, "not" signs;
+    tests/test_prompts.py checks this list against unicodedata) and allows whitespace and
+    combining marks between them, as a reader would; every angle of such a run becomes `‹`/`›`.
+    Headers are matched on the line's NFKC form, so "Ｔａｓｋ:" is quoted like "Task:".
     """
-    text = _FENCE_RUN_RE.sub(lambda m: m.group(0).translate(_INERT_ANGLES), str(text))
-    text = text.replace("\r\n", "\n").replace("\u2028", "\n").replace("\u2029", "\n")
+    less, greater = "<\ufe64\uff1c\u226e", ">\ufe65\uff1e\u226f"
+    angle, gap = f"[{less}{greater}]", r"[\s\u0300-\u036f\u20d0-\u20ff\ufe20-\ufe2f]*"
+    inert = str.maketrans(less + greater, "‹" * len(less) + "›" * len(greater))
+    text = str(text).replace("\r\n", "\n").replace("\u2028", "\n").replace("\u2029", "\n")
     text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C")
+    text = re.sub(f"{angle}(?:{gap}{angle}){{2,}}", lambda m: m.group(0).translate(inert), text)
     if not multiline:
         text = " ".join(text.split())
     lines = []
     for line in text.split("\n"):
-        if _HEADER_RE.match(line):
-            line = "> " + line.lstrip(" \t#*_>")
+        if _HEADER_RE.match(unicodedata.normalize("NFKC", line)):
+            line = "> " + unicodedata.normalize("NFKC", line).lstrip(" \t#*_>")
         lines.append(line.rstrip())
     return "\n".join(lines)
 

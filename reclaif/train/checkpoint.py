@@ -94,6 +94,23 @@ def _plain_model(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return fresh
 
 
+@contextlib.contextmanager
+def disk_errors(path: Path):
+    """safetensors reports a full disk as SafetensorError("... (os error 28)"), not OSError:
+    turned back into the OSError it is, so the CLI prints its one line (cannot write PATH: No
+    space left on device ...) instead of a traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        m = re.search(r"os error (\d+)", str(e))
+        if m is None:
+            raise CheckpointError(f"{path}: could not be written ({e})") from None
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
 def save_hf_checkpoint(model: nn.Module, tokenizer: Any, out_dir: str | Path, is_main: bool,
                        barrier: Any = None) -> Path | None:
     """Saves `model` (ZeRO-3 partitioned or not, LoRA or not) as a plain HF safetensors
@@ -105,7 +122,8 @@ def save_hf_checkpoint(model: nn.Module, tokenizer: Any, out_dir: str | Path, is
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
             plain = _plain_model(model, state)
-            plain.save_pretrained(tmp, safe_serialization=True)
+            with disk_errors(out):
+                plain.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             _replace_dir(tmp, out)
         except BaseException:
@@ -182,15 +200,17 @@ def save_train_state(strategy: Any, state_root: str | Path, step: int, meta: dic
         tensors, opt_meta = flatten_optimizer_state(sd["optimizer_state_dict"])
         for i, t in enumerate(sd["fp32_flat_groups"]):
             tensors[f"fp32.{i}"] = t.detach().to("cpu", copy=True).contiguous()
-        save_file(tensors, str(tmp / f"zero-rank{strategy.rank}.safetensors"))
+        with disk_errors(tmp):
+            save_file(tensors, str(tmp / f"zero-rank{strategy.rank}.safetensors"))
         atomic_write_json(tmp / f"zero-rank{strategy.rank}.json",
                           {"optimizer": opt_meta, "groups": len(sd["fp32_flat_groups"])})
     else:
         weights = gather_state_dict(strategy.module, strategy.is_main, trainable_only=True)
         if strategy.is_main:
-            save_file(weights, str(tmp / "trainable.safetensors"))
             tensors, opt_meta = flatten_optimizer_state(strategy.optimizer.state_dict())
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            with disk_errors(tmp):
+                save_file(weights, str(tmp / "trainable.safetensors"))
+                save_file(tensors, str(tmp / "optimizer.safetensors"))
             atomic_write_json(tmp / "optimizer.json", opt_meta)
     strategy.barrier()
     if strategy.is_main:
