@@ -171,7 +171,8 @@ def test_a_hybrid_runs_checkpoint_reads_its_evidence_at_eval(built, sample, tmp_
     assert len(seen) == 2 and all("[SASRec #1 (" in p for p in seen)
     # a names-only run's checkpoint gets the paper's prompt
     names = RunStore(tmp_path / "names")
-    names.freeze_config(load_config(repo_root / "configs" / "quickstart.yaml"))
+    names.freeze_config(load_config(repo_root / "configs" / "quickstart.yaml",
+                                    ["evidence.mode=none"]))
     names.mark_done("x")
     assert evidence_of_checkpoint(names.checkpoint("iter-001"), sample[2]) is None
 
