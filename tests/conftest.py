@@ -3,6 +3,7 @@ it (../shared/data), and the repository root."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Read when torch loads, so it must be set before the first import; subprocesses (the driver,
 # its Ray workers, launched trainers) inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# `.venv/bin/python -m pytest` without an activated venv: the launchers and tools the tests start
+# by name (torchrun, accelerate, deepspeed, ray, shellcheck) live beside this interpreter.
+_BIN = os.path.dirname(sys.executable)
+if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join(p for p in (_BIN, os.environ.get("PATH", "")) if p)
 
 
 @pytest.fixture(scope="session")
