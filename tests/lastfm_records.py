@@ -18,8 +18,8 @@ def _rows(path: str) -> list[dict]:
         return json.load(f)
 
 
-def lastfm_examples(shared_data: Path, n: int = 20) -> tuple[list[Example], dict[str, Item]]:
-    rows = _rows(str(shared_data / "lastfm" / "sdpo" / "lastfm-val.json"))[:n]
+def lastfm_examples(data: Path, n: int = 20) -> tuple[list[Example], dict[str, Item]]:
+    rows = _rows(str(data / "lastfm" / "sdpo" / "lastfm-val.json"))[:n]
     examples, items = [], {}
     for k, row in enumerate(rows):
         history = row["historyList"].split("::")

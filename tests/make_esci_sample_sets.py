@@ -1,7 +1,7 @@
 """Retrieval candidate sets from the real joined ESCI rows, for the README's ESCI table (the
 paper's Table 2 layout) while the official release is not at hand.
 
-    python tests/make_esci_sample_sets.py OUT_DIR [--source ../shared/data/esci/esci_sample200.csv]
+    python tests/make_esci_sample_sets.py OUT_DIR [--source tests/data/esci/esci_sample200.csv.gz]
         [--candidates 15] [--seed 0]
 
 `esci_sample200.csv` holds one judged product per real US query, so the loader finds no
@@ -24,8 +24,8 @@ from reclaif.data.esci import LABEL_CODES, _read_judgments, iter_products
 from reclaif.data.prepare import write_loaded
 from reclaif.records import Example
 
-DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "esci" / \
-    "esci_sample200.csv"
+# the whole esci_sample200.csv of ../shared/data, gzipped (tests/data/SOURCE.md)
+DEFAULT_SOURCE = Path(__file__).resolve().parent / "data" / "esci" / "esci_sample200.csv.gz"
 
 
 def sample_sets(source: Path, candidates: int = 15, seed: int = 0) -> Loaded:

@@ -13,33 +13,33 @@ from reclaif.records import Example, Item
 
 
 @pytest.fixture(scope="module")
-def lastfm(shared_data: Path) -> dict:
+def lastfm(real_data: Path) -> dict:
     """2,400 LLaRA training rows (~50 users) and the first 300 S-DPO validation prompts."""
     from reclaif.data import lastfm as loader
 
-    llara = shared_data / "lastfm" / "llara"
+    llara = real_data / "lastfm" / "llara"
     train = loader.load(llara / "train.jsonl.gz", id2name=llara / "id2name.txt", limit=2400)
-    val = loader.load(shared_data / "lastfm" / "sdpo" / "lastfm-val.json",
+    val = loader.load(real_data / "lastfm" / "sdpo" / "lastfm-val.json",
                       id2name=llara / "id2name.txt", limit=300)
     return {"train": train.examples, "val": val.examples, "items": {**train.items, **val.items}}
 
 
 @pytest.fixture(scope="module")
-def beauty(shared_data: Path) -> dict:
+def beauty(real_data: Path) -> dict:
     from reclaif.data import beauty as loader
 
-    train = loader.load(shared_data / "beauty" / "All_Beauty.train.csv.gz")
-    val = loader.load(shared_data / "beauty" / "All_Beauty.valid.csv.gz")
+    train = loader.load(real_data / "beauty" / "All_Beauty.train.csv.gz")
+    val = loader.load(real_data / "beauty" / "All_Beauty.valid.csv.gz")
     return {"train": train.examples, "val": val.examples, "items": {**train.items, **val.items}}
 
 
 @pytest.fixture(scope="module")
-def esci(shared_data: Path) -> tuple[list[Example], dict[str, Item]]:
+def esci(real_data: Path) -> tuple[list[Example], dict[str, Item]]:
     """Retrieval examples from the real joined ESCI rows: each query's Exact product plus 9
     products of other queries (the rows have one product per query), as in the README table."""
     from make_esci_sample_sets import sample_sets
 
-    loaded = sample_sets(shared_data / "esci" / "esci_sample200.csv", candidates=10)
+    loaded = sample_sets(real_data / "esci" / "esci_sample200.csv.gz", candidates=10)
     # Title and brand only: embedding the full listing text of 200 products takes ~2 minutes
     # on 2 cores (MiniLM reads 256 tokens each); the README table uses the full text.
     items = {i: Item(id=i, title=it.title, fields={"brand": it.fields.get("brand", "")})

@@ -14,20 +14,20 @@ HEADER3 = "| Group | Method | ValidRatio | Hit@1 | NDCG@3 | Diversity | Expl. |"
 
 
 @pytest.fixture(scope="module")
-def beauty_dirs(shared_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+def beauty_dirs(real_data: Path, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("beauty")
-    src = shared_data / "beauty"
+    src = real_data / "beauty"
     prepare("beauty", src / "All_Beauty.train.csv.gz", root / "train")
     prepare("beauty", src / "All_Beauty.valid.csv.gz", root / "valid")
     return root / "train", root / "valid"
 
 
 @pytest.fixture(scope="module")
-def lastfm_dirs(shared_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+def lastfm_dirs(real_data: Path, tmp_path_factory) -> tuple[Path, Path]:
     """LLaRA training rows (~40 users) and the first 150 S-DPO validation prompts: short item
     texts (artist name and tags), so the diversity embedding stays fast."""
     root = tmp_path_factory.mktemp("lastfm")
-    lastfm = shared_data / "lastfm"
+    lastfm = real_data / "lastfm"
     prepare("lastfm", lastfm / "llara" / "train.jsonl.gz", root / "train", limit=2000)
     prepare("lastfm", lastfm / "sdpo" / "lastfm-val.json", root / "valid", limit=150)
     return root / "train", root / "valid"
@@ -120,14 +120,14 @@ def test_run_directory_rows_join_the_table(beauty_dirs, tmp_path, capsys):
     assert text.count("| 80.00 |") == 2  # explainability shown for the run's rows only
 
 
-def test_llm_method_ranks_through_the_recommender(shared_data, tmp_path, capsys, monkeypatch):
+def test_llm_method_ranks_through_the_recommender(real_data, tmp_path, capsys, monkeypatch):
     """llm:NAME goes through Recommender + parse_recommendation; a stand-in client answers
     with the target first for every other prompt and with nonsense otherwise."""
     import reclaif.llm
     from reclaif.data import load_examples, load_items
 
     d = tmp_path / "lastfm"
-    prepare("lastfm", shared_data / "lastfm" / "sdpo" / "lastfm-val.json", d, limit=12)
+    prepare("lastfm", real_data / "lastfm" / "sdpo" / "lastfm-val.json", d, limit=12)
     examples, items = load_examples(d), load_items(d)
 
     class Client:

@@ -79,7 +79,7 @@ def test_unwritable_run_dir_keeps_previous_state(tmp_path):
         assert json.loads((d / "m.json").read_text()) == {"v": 1}
 
 
-def test_full_disk_leaves_the_old_file_and_a_clear_cli_error(tmp_path, shared_data):
+def test_full_disk_leaves_the_old_file_and_a_clear_cli_error(tmp_path, real_data):
     """RLIMIT_FSIZE makes the kernel refuse writes past a size (EFBIG), as a full disk would."""
     manifest = tmp_path / "run" / "manifest.json"
     atomic_write_json(manifest, {"phases": {"base/eval": {"status": "done"}}})
@@ -101,8 +101,8 @@ def test_full_disk_leaves_the_old_file_and_a_clear_cli_error(tmp_path, shared_da
         resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
         from reclaif.cli import main
         sys.exit(main(["data", "prepare", "--dataset", "lastfm", "--limit", "5",
-                       "--source", {str(shared_data / 'lastfm/sdpo/lastfm-val.json')!r},
-                       "--items", {str(shared_data / 'lastfm/hetrec2011-lastfm-2k')!r},
+                       "--source", {str(real_data / 'lastfm/sdpo/lastfm-val.json')!r},
+                       "--items", {str(real_data / 'lastfm/hetrec2011-lastfm-2k')!r},
                        "--out", {str(tmp_path / 'out')!r}]))
     """)
     p = subprocess.run([sys.executable, "-c", script_cli], capture_output=True, text=True,

@@ -15,8 +15,8 @@ from reclaif.errors import DataError
 
 
 @pytest.fixture(scope="module")
-def bd(shared_data: Path) -> Path:
-    return shared_data / "beauty"
+def bd(real_data: Path) -> Path:
+    return real_data / "beauty"
 
 
 def _rows(path: Path) -> list[dict]:

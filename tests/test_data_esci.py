@@ -3,6 +3,7 @@ esci_sample200.csv (joined layout, real text) and esci_us_judgments.json (150 re
 their judged product ids and E/S/C/I ratings)."""
 from __future__ import annotations
 
+import gzip
 import json
 from collections import Counter
 from pathlib import Path
@@ -20,11 +21,12 @@ RATING_TO_LABEL = {"100.000": "E", "10.000": "S", "1.000": "C", "0.000": "I"}
 GAIN = {"E": 1.0, "S": 0.1, "C": 0.01, "I": 0.0}
 
 
-def _official_pair(shared: Path, out: Path) -> tuple[Path, Path, dict]:
+def _official_pair(data: Path, out: Path) -> tuple[Path, Path, dict]:
     """Returns (examples parquet, products parquet, {query_id: {product_id: label}})."""
-    sample = pacsv.read_csv(shared / "esci" / "esci_sample200.csv",
+    sample = pacsv.read_csv(data / "esci" / "esci_sample200.csv.gz",
                             parse_options=pacsv.ParseOptions(newlines_in_values=True)).to_pylist()
-    judged = json.loads((shared / "esci" / "esci_us_judgments.json").read_text())
+    judgments = data / "esci" / "esci_us_judgments.json.gz"
+    judged = json.loads(gzip.decompress(judgments.read_bytes()))
     ex = {c: [] for c in ["example_id", "query", "query_id", "product_id", "product_locale",
                           "esci_label", "small_version", "large_version", "split"]}
     truth: dict[str, dict[str, str]] = {}
@@ -73,8 +75,8 @@ def _official_pair(shared: Path, out: Path) -> tuple[Path, Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def pair(shared_data: Path, tmp_path_factory) -> tuple[Path, Path, dict]:
-    return _official_pair(shared_data, tmp_path_factory.mktemp("esci"))
+def pair(real_data: Path, tmp_path_factory) -> tuple[Path, Path, dict]:
+    return _official_pair(real_data, tmp_path_factory.mktemp("esci"))
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +146,11 @@ def test_joined_csv_and_parquet_layouts_match_the_pair(pair, tmp_path):
             {i: it.title for i, it in ref.items.items()}
 
 
-def test_real_joined_sample_has_no_candidate_sets(shared_data, tmp_path):
-    got = esci.load(shared_data / "esci" / "esci_sample200.csv")
+def test_real_joined_sample_has_no_candidate_sets(real_data, tmp_path):
+    got = esci.load(real_data / "esci" / "esci_sample200.csv.gz")
     assert got.examples == [] and got.skipped["fewer_than_10_exact"] == 200
     with pytest.raises(DataError, match="no examples"):
-        prepare("esci", shared_data / "esci" / "esci_sample200.csv", tmp_path / "out")
+        prepare("esci", real_data / "esci" / "esci_sample200.csv.gz", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

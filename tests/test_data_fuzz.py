@@ -25,8 +25,8 @@ json_values = st.recursive(
 
 
 @pytest.fixture(scope="module")
-def names(shared_data: Path) -> dict[str, str]:
-    return lastfm.read_id2name(shared_data / "lastfm" / "llara" / "id2name.txt")
+def names(real_data: Path) -> dict[str, str]:
+    return lastfm.read_id2name(real_data / "lastfm" / "llara" / "id2name.txt")
 
 
 def _only_data_errors(fn, *args, **kw) -> None:
@@ -89,8 +89,8 @@ def _csv(rows) -> str:
 
 
 @pytest.fixture(scope="module")
-def beauty_meta(shared_data: Path, tmp_path_factory) -> Path:
-    with open(shared_data / "beauty" / "meta_All_Beauty_5core_items.csv", newline="") as f:
+def beauty_meta(real_data: Path, tmp_path_factory) -> Path:
+    with open(real_data / "beauty" / "meta_All_Beauty_5core_items.csv", newline="") as f:
         rows = list(csv.reader(f))[:40]
     p = tmp_path_factory.mktemp("meta") / "meta_small.csv"
     p.write_text(_csv(rows))

@@ -12,8 +12,8 @@ from reclaif.errors import DataError
 
 
 @pytest.fixture(scope="module")
-def lf(shared_data: Path) -> Path:
-    return shared_data / "lastfm"
+def lf(real_data: Path) -> Path:
+    return real_data / "lastfm"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_id2name_has_every_llara_artist(names):
 def test_sdpo_keeps_the_fixed_candidates_in_prompt_order(lf, names):
     rows = json.loads((lf / "sdpo" / "lastfm-val.json").read_text(encoding="utf-8"))
     exs = lastfm.load_sdpo(lf / "sdpo" / "lastfm-val.json", names)
-    assert len(exs) == len(rows) == 2767
+    assert len(exs) == len(rows) == 302  # of the release's 2,767 (tests/data/SOURCE.md)
     for ex, row in zip(exs[:200], rows[:200]):
         assert [names[c] for c in ex.candidates] == row["itemList"]
         assert [names[c] for c in ex.context] == row["historyList"].split("::")
@@ -79,7 +79,9 @@ def test_hetrec_tags_are_top5_by_count(lf, names):
     items = lastfm.load_hetrec_items(lf / "hetrec2011-lastfm-2k", names)
     assert len(items) == 4606
     tagged = [i for i in items.values() if i.fields["tags"]]
-    assert len(tagged) == 4604
+    # tests/data keeps the HetRec rows of the 3,217 artists its S-DPO prompts and tests name;
+    # all but "Weird Al Yankovic" (no HetRec match) are tagged (4,604 in the full release)
+    assert len(tagged) == 3216
     assert all(len(i.fields["tags"].split(", ")) <= 5 for i in tagged)
     assert "trip-hop" in items["0"].fields["tags"]  # Morcheeba
     # tags.dat is Latin-1: its accented tags must decode, not turn into replacement marks.
@@ -174,3 +176,19 @@ def test_a_repeated_id_in_id2name_is_named_not_replaced(tmp_path):
     p.write_text("1::Muse\n2::Blur\n1::Oasis\n")
     with pytest.raises(DataError, match=r"id2name.txt:3: id 1 repeats line 1"):
         lastfm.read_id2name(p)
+
+
+def test_hetrec_files_may_be_gzipped(lf, names, tmp_path):
+    """tests/data holds the HetRec files gzipped; the plain release reads the same."""
+    import shutil
+
+    gz = lf / "hetrec2011-lastfm-2k"
+    for name in ("artists.dat", "tags.dat", "user_taggedartists.dat"):
+        with gzip.open(gz / f"{name}.gz", "rb") as src, open(tmp_path / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    plain = lastfm.load_hetrec_items(tmp_path, names)
+    assert plain == lastfm.load_hetrec_items(gz, names)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "artists.dat.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"artists.dat.gz: unreadable"):
+        lastfm.load_hetrec_items(tmp_path / "bad", names)

@@ -1,4 +1,4 @@
-"""`reclaif data prepare|stats` end to end through the CLI, on the real shared data."""
+"""`reclaif data prepare|stats` end to end through the CLI, on the real data (tests/data)."""
 from __future__ import annotations
 
 import json
@@ -17,29 +17,30 @@ def _files(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
 
 
-def test_cli_prepares_sdpo_valid_with_table1_counts(shared_data, tmp_path, capsys):
+def test_cli_prepares_sdpo_valid_with_table1_counts(real_data, tmp_path, capsys):
     out = tmp_path / "lastfm-valid"
     rc = main(["data", "prepare", "--dataset", "lastfm", "--source",
-               str(shared_data / "lastfm" / "sdpo" / "lastfm-val.json"), "--out", str(out)])
+               str(real_data / "lastfm" / "sdpo" / "lastfm-val.json"), "--out", str(out)])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["examples.jsonl", "items.jsonl", "stats.json"]
     stats = json.loads((out / "stats.json").read_text())
     exs, items = load_examples(out), load_items(out)
-    assert stats["examples"] == len(exs) == 2767 and stats["examples_per_split"] == {"valid": 2767}
+    # tests/data keeps 302 of the release's 2,767 prompts (tests/data/SOURCE.md)
+    assert stats["examples"] == len(exs) == 302 and stats["examples_per_split"] == {"valid": 302}
     # No user ids in S-DPO prompts: each prompt is a user; interactions = history + target.
-    assert stats["users"] == 2767
+    assert stats["users"] == 302
     assert stats["interactions"] == sum(len(e.context) + 1 for e in exs)
     used = {i for e in exs for i in list(e.context) + e.candidates}
     assert stats["items"] == len(items) and set(items) == used
     assert all(items[i].fields["tags"] for i in list(used)[:50] if items[i].title != "Weird Al Yankovic")
-    assert "| lastfm | sequential | 2,767 |" in capsys.readouterr().out
+    assert "| lastfm | sequential | 302 |" in capsys.readouterr().out
 
 
-def test_cli_beauty_counts_users_and_events(shared_data, tmp_path, capsys):
+def test_cli_beauty_counts_users_and_events(real_data, tmp_path, capsys):
     out = tmp_path / "beauty"
-    src = shared_data / "beauty" / "All_Beauty.train.csv.gz"
+    src = real_data / "beauty" / "All_Beauty.train.csv.gz"
     assert main(["data", "prepare", "--dataset", "beauty", "--source", str(src),
-                 "--items", str(shared_data / "beauty" / "meta_All_Beauty_5core_items.csv"),
+                 "--items", str(real_data / "beauty" / "meta_All_Beauty_5core_items.csv"),
                  "--out", str(out)]) == 0
     stats = json.loads((out / "stats.json").read_text())
     # 2,029 rows of 253 users: first rows (empty history) skipped, their items still events.
@@ -53,11 +54,11 @@ def test_cli_beauty_counts_users_and_events(shared_data, tmp_path, capsys):
     assert table[3].startswith("| sample | lastfm | sequential |")
 
 
-def test_same_seed_same_files_other_seed_differs(shared_data, tmp_path):
+def test_same_seed_same_files_other_seed_differs(real_data, tmp_path):
     # Copied alone (no HetRec beside it: tags are empty) so the three runs stay quick.
     (tmp_path / "llara").mkdir()
     for name in ("val.jsonl.gz", "id2name.txt"):
-        shutil.copy(shared_data / "lastfm" / "llara" / name, tmp_path / "llara" / name)
+        shutil.copy(real_data / "lastfm" / "llara" / name, tmp_path / "llara" / name)
     src = tmp_path / "llara" / "val.jsonl.gz"
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         prepare("lastfm", src, tmp_path / name, seed=seed, limit=300)
@@ -66,15 +67,15 @@ def test_same_seed_same_files_other_seed_differs(shared_data, tmp_path):
     assert a["examples.jsonl"] != c["examples.jsonl"]
 
 
-def test_failure_leaves_out_untouched(shared_data, tmp_path, capsys):
+def test_failure_leaves_out_untouched(real_data, tmp_path, capsys):
     out = tmp_path / "out"
-    src = shared_data / "beauty" / "All_Beauty.valid.csv.gz"
+    src = real_data / "beauty" / "All_Beauty.valid.csv.gz"
     prepare("beauty", src, out, limit=5)
     before = _files(out)
     bad = tmp_path / "All_Beauty.valid.csv"
     bad.write_text("user_id,parent_asin,rating,timestamp,history\nU1,B0NOPE,5,1,B07J3GH1W1\n")
     rc = main(["data", "prepare", "--dataset", "beauty", "--source", str(bad), "--items",
-               str(shared_data / "beauty" / "meta_All_Beauty_5core_items.csv"), "--out", str(out)])
+               str(real_data / "beauty" / "meta_All_Beauty_5core_items.csv"), "--out", str(out)])
     assert rc == 2
     assert "All_Beauty.valid.csv:2: parent_asin item 'B0NOPE'" in capsys.readouterr().err
     assert _files(out) == before

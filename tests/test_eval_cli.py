@@ -14,8 +14,8 @@ N = 12
 
 
 @pytest.fixture(scope="module")
-def dataset(shared_data, tmp_path_factory):
-    examples, items = lastfm_examples(shared_data, N)
+def dataset(real_data, tmp_path_factory):
+    examples, items = lastfm_examples(real_data, N)
     d = tmp_path_factory.mktemp("lastfm")
     atomic_write_jsonl(d / "examples.jsonl", [ex.to_json() for ex in examples])
     atomic_write_jsonl(d / "items.jsonl", [it.to_json() for it in items.values()])

@@ -1,9 +1,10 @@
 """The one held-out check (reclaif.data.heldout) on the real splits, and on planted leaks that
 must stop the evaluation with an error naming the example: LastFM (all LLaRA training rows
-against all S-DPO validation prompts), Amazon Beauty (leave-last-out), ESCI queries, and the
-driver's own use of it."""
+of tests/data against all its S-DPO validation prompts), Amazon Beauty (leave-last-out), ESCI
+queries, and the driver's own use of it."""
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -16,11 +17,11 @@ from reclaif.records import Example
 
 
 @pytest.fixture(scope="module")
-def lastfm(shared_data: Path) -> dict:
-    """Every LLaRA training row and every S-DPO validation prompt (about 8 s)."""
+def lastfm(real_data: Path) -> dict:
+    """Every LLaRA training row and every S-DPO validation prompt of tests/data (about 1 s)."""
     from reclaif.data import lastfm as loader
 
-    d = shared_data / "lastfm"
+    d = real_data / "lastfm"
     id2name = d / "llara" / "id2name.txt"
     train = loader.load(d / "llara" / "train.jsonl.gz", id2name=id2name).examples
     val = loader.load(d / "sdpo" / "lastfm-val.json", id2name=id2name).examples
@@ -28,10 +29,10 @@ def lastfm(shared_data: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def beauty(shared_data: Path) -> dict:
+def beauty(real_data: Path) -> dict:
     from reclaif.data import beauty as loader
 
-    d = shared_data / "beauty"
+    d = real_data / "beauty"
     return {"train": loader.load(d / "All_Beauty.train.csv.gz").examples,
             "val": loader.load(d / "All_Beauty.valid.csv.gz").examples}
 
@@ -97,9 +98,10 @@ def test_beauty_leave_last_out_keeps_users_but_not_their_rows(beauty):
         check_held_out(train, val + [copy])
 
 
-def test_retrieval_split_is_by_query(shared_data: Path):
+def test_retrieval_split_is_by_query(real_data: Path):
     """Real ESCI queries; the same query (any case or spacing) on both sides is a leak."""
-    queries = json.loads((shared_data / "esci" / "esci_us_judgments.json").read_text())
+    judgments = real_data / "esci" / "esci_us_judgments.json.gz"
+    queries = json.loads(gzip.decompress(judgments.read_bytes()))
     examples = [Example(id=f"q{k}", task="retrieval", context=q["query"], candidates=[],
                         labels={}, domain="product_search")
                 for k, q in enumerate(queries["judgmentRatings"])]

@@ -21,8 +21,8 @@ def row(ex, a, b, choice, consistent=True):
 
 
 @pytest.fixture(scope="module")
-def data(shared_data):
-    return lastfm.load(shared_data / "lastfm" / "sdpo" / "lastfm-val.json", limit=8)
+def data(real_data):
+    return lastfm.load(real_data / "lastfm" / "sdpo" / "lastfm-val.json", limit=8)
 
 
 @pytest.fixture(scope="module")

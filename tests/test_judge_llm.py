@@ -52,8 +52,8 @@ def label_reader(prompt: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def data(shared_data):
-    return lastfm.load(shared_data / "lastfm" / "sdpo" / "lastfm-val.json", limit=6)
+def data(real_data):
+    return lastfm.load(real_data / "lastfm" / "sdpo" / "lastfm-val.json", limit=6)
 
 
 @pytest.fixture(scope="module")

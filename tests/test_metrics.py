@@ -139,8 +139,8 @@ def test_evaluate_counts_invalid_and_missing_answers_as_misses(scorer):
     assert out["per_example"]["hit@1"] == [1.0, 0.0, 0.0]
 
 
-def test_evaluate_diversity_over_valid_answers_at_the_cut_off(shared_data, embedder):
-    examples, items = lastfm_examples(shared_data, 4)
+def test_evaluate_diversity_over_valid_answers_at_the_cut_off(real_data, embedder):
+    examples, items = lastfm_examples(real_data, 4)
     div = DiversityScorer(items, embedder)
     rankings = {ex.id: ex.candidates[:5] for ex in examples}
     valid = {ex.id: n != 1 for n, ex in enumerate(examples)}

@@ -14,8 +14,8 @@ FUZZ = settings(deadline=None, database=None, suppress_health_check=[HealthCheck
 
 
 @pytest.fixture(scope="module")
-def lastfm(shared_data):
-    return lastfm_examples(shared_data, 40)
+def lastfm(real_data):
+    return lastfm_examples(real_data, 40)
 
 
 @pytest.fixture(scope="module")

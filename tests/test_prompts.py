@@ -61,8 +61,8 @@ def _retrieval_example(query: str, titles: list[str]) -> tuple[Example, dict[str
 
 
 @pytest.fixture(scope="module")
-def music(shared_data):
-    examples, items = lastfm_examples(shared_data, 3)
+def music(real_data):
+    examples, items = lastfm_examples(real_data, 3)
     return examples[0], items
 
 

@@ -16,13 +16,13 @@ TOP_K = 3
 
 
 @pytest.fixture(scope="module")
-def music(shared_data):
-    return lastfm.load(shared_data / "lastfm" / "sdpo" / "lastfm-val.json", limit=25)
+def music(real_data):
+    return lastfm.load(real_data / "lastfm" / "sdpo" / "lastfm-val.json", limit=25)
 
 
 @pytest.fixture(scope="module")
-def beauty_data(shared_data):
-    return beauty.load(shared_data / "beauty" / "All_Beauty.valid.csv.gz", limit=10)
+def beauty_data(real_data):
+    return beauty.load(real_data / "beauty" / "All_Beauty.valid.csv.gz", limit=10)
 
 
 def test_answers_are_valid_and_put_the_target_first(music):

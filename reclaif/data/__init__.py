@@ -1,5 +1,6 @@
-"""Datasets → common `Example` and `Item` records (DESIGN.md). Nothing downstream knows a
-dataset's file format: it calls `load_examples` and `load_items` on a prepared directory."""
+"""Datasets → common `Example` and `Item` records (docs/ARCHITECTURE.md, "Records and
+interfaces"). Nothing downstream knows a dataset's file format: it calls `load_examples` and
+`load_items` on a prepared directory."""
 from __future__ import annotations
 
 import gzip

@@ -76,8 +76,14 @@ def _read_tsv(path: Path, encoding: str, columns: int) -> Iterator[tuple[int, li
                     raise DataError(f"{path}:{n}: expected {columns} tab-separated fields, "
                                     f"got {len(row)}")
                 yield n, row
-    except (UnicodeDecodeError, csv.Error) as e:
+    except (UnicodeDecodeError, csv.Error, EOFError, OSError, zlib.error) as e:
         raise DataError(f"{path}: unreadable ({e})") from None
+
+
+def _hetrec_file(d: Path, name: str) -> Path:
+    """`name` in the HetRec directory, or `name.gz` where only that exists (tests/data)."""
+    gz = d / f"{name}.gz"
+    return gz if not (d / name).is_file() and gz.is_file() else d / name
 
 
 def load_hetrec_items(hetrec_dir: str | Path, id2name: dict[str, str]) -> dict[str, Item]:
@@ -85,17 +91,19 @@ def load_hetrec_items(hetrec_dir: str | Path, id2name: dict[str, str]) -> dict[s
 
     HetRec artists are matched by name (exact, then case-insensitive); an artist without a match
     or without tags gets tags "". tags.dat is Latin-1 (the HetRec release), the rest UTF-8.
+    Each file may also be gzipped (`artists.dat.gz`, ...).
     """
     d = Path(hetrec_dir)
     index = NameIndex(id2name)
     hetrec_to_llara = {}
-    for _, row in _read_tsv(d / "artists.dat", "utf-8", 2):
+    for _, row in _read_tsv(_hetrec_file(d, "artists.dat"), "utf-8", 2):
         iid = index.get(row[1])
         if iid is not None:
             hetrec_to_llara[row[0]] = iid
-    tag_names = {row[0]: row[1] for _, row in _read_tsv(d / "tags.dat", "latin-1", 2)}
+    tag_names = {row[0]: row[1]
+                 for _, row in _read_tsv(_hetrec_file(d, "tags.dat"), "latin-1", 2)}
     counts: dict[str, Counter] = {}
-    path = d / "user_taggedartists.dat"
+    path = _hetrec_file(d, "user_taggedartists.dat")
     for n, row in _read_tsv(path, "utf-8", 3):
         iid = hetrec_to_llara.get(row[1])
         if iid is None:

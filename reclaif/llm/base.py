@@ -1,4 +1,5 @@
-"""The one protocol every LLM backend implements (DESIGN.md): prompts in, n texts each out.
+"""The one protocol every LLM backend implements (docs/ARCHITECTURE.md, "Records and
+interfaces"): prompts in, n texts each out.
 
 Prompts are user messages; each backend applies its model's chat template itself, so callers
 (recommender, teacher, judge, scorer) never know which backend serves them.

@@ -1,4 +1,5 @@
-"""The run directory (DESIGN.md): frozen config, a manifest of finished phases, shard files.
+"""The run directory (docs/ARCHITECTURE.md, "Run directory"): frozen config, a manifest of
+finished phases, shard files.
 
 Every file is written to a temporary name and renamed (reclaif.atomic), so a SIGKILL at any
 moment leaves either the old state or the new one. What is on disk is still never trusted for

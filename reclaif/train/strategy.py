@@ -4,7 +4,8 @@ in one process or data-parallel over several.
 Every launcher (`accelerate launch`, `torchrun`, `deepspeed`, `srun`) sets RANK / WORLD_SIZE /
 LOCAL_RANK (srun: SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, mapped here), so the trainer reads
 them from the environment and never asks which launcher started it. accelerate's Accelerator
-cannot drive DeepSpeed without a GPU (DESIGN.md, measured facts), hence the engine is ours.
+cannot drive DeepSpeed without a GPU (docs/ARCHITECTURE.md, "Training"), hence the engine is
+ours.
 
 The recipe calls `strategy.forward(fn, *args)`: the function (a log-prob kernel) runs inside the
 wrapped module's forward, so DDP's reducer and DeepSpeed's engine see an ordinary forward.
