@@ -129,7 +129,8 @@ class EvidenceModels:
         cands = list(example.candidates)
         parts: dict[str, list[str]] = {c: [] for c in cands}
         ranked = self._ranked(example)
-        if self.sasrec is not None:
+        if self.sasrec is not None and np.isfinite(self.sasrec.scores(example)).any():
+            # (candidates outside SASRec's vocabulary score -inf: probability 0, ranked last)
             s = np.asarray(self.sasrec.scores(example), dtype=float)
             p = np.exp(s - s.max())
             p /= p.sum()
