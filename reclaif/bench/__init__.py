@@ -7,5 +7,5 @@ import importlib
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Dispatches to reclaif.bench.<name>.run(args) (logprobs, sampling, train, e2e)."""
+    """Dispatches to reclaif.bench.<name>.run(args) (logprobs, sampling, train, e2e, peer)."""
     return int(importlib.import_module(f"reclaif.bench.{args.name}").run(args) or 0)

@@ -1,0 +1,278 @@
+"""`reclaif bench peer`: the project's DPO step against TRL's `DPOTrainer` on the same model and
+the same real LastFM pairs, reporting tokens/s, s/step and peak memory of each and their ratios.
+
+Pairs: bundled-sample recommender prompts (as the samplers render them), the offline teacher's
+answer as chosen and the same answer with its ranking reversed as rejected (lastfm_pairs).
+Both sides train in fp32 with the same pairs per step, learning rate, max length and threads,
+reference log-probs computed once before training (TRL: `precompute_ref_log_probs=True`, its
+fastest honest setting here; no second model in memory), no gradient checkpointing (the
+project's default; TRL's DPOConfig turns it on and bf16 autocast too unless told not to).
+- reclaif: the DPO recipe's own pieces (reclaif/train/dpo.py): encode_pairs, Strategy (AdamW,
+  clipping, schedule), compute_reference_logps, collate_pairs and fused_dpo_loss per step.
+- trl: `DPOTrainer.train()` on the same texts (the chat-rendered prompt, TRL appends the EOS the
+  project appends); a step is timed from its callbacks' on_step_begin to on_step_end.
+
+Each side runs in its own child process (`python -m reclaif.bench.peer SIDE SPEC`), so peak
+memory is that side's alone: the process's peak RSS on CPU (getrusage, weights, optimizer state,
+imports and the reference pass included), `torch.cuda.max_memory_allocated` on a GPU. Order
+A-B-A: reclaif, trl, reclaif, so a drift in a shared machine's speed falls on both sides alike;
+the reclaif numbers join both of its runs. The first step of each child (with steps > 1) is a
+warm-up and not timed. --quick: a tiny random Llama (49k vocab), shorter pairs, one step each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SIDES = ("reclaif", "trl")
+
+
+def _reversed_ranking(answer: str) -> str:
+    """The answer with its numbered items in reverse order, renumbered: the same words and
+    length, the ranking the teacher would rate worst."""
+    lines = answer.split("\n")
+    at = [i for i, line in enumerate(lines) if re.match(r"\d+\. ", line)]
+    items = [re.sub(r"^\d+\. ", "", lines[i]) for i in at][::-1]
+    for k, (i, text) in enumerate(zip(at, items), 1):
+        lines[i] = f"{k}. {text}"
+    return "\n".join(lines)
+
+
+def lastfm_pairs(count: int, top_k: int = 5) -> list:
+    """`count` PreferencePairs from the bundled LastFM sample: recommender prompt, the offline
+    teacher's answer (chosen) and its reversed ranking (rejected)."""
+    if top_k < 2:
+        raise ValueError(f"lastfm_pairs: top_k {top_k} ranks one item, and its reverse is the "
+                         "same answer; use 2 or more")
+    from reclaif.data import load_examples, load_items
+    from reclaif.prompts import render_recommender
+    from reclaif.records import PreferencePair
+    from reclaif.teacher import OfflineTeacher
+
+    examples, items = load_examples("sample"), load_items("sample")
+    teacher = OfflineTeacher(items, top_k)
+    pairs = []
+    for e in examples[:count]:
+        good = teacher.respond(e)
+        pairs.append(PreferencePair(e.id, render_recommender(e, items, top_k), good,
+                                    _reversed_ranking(good)))
+    return pairs
+
+
+def trl_rows(tokenizer: Any, pairs: list) -> list[dict[str, str]]:
+    """TRL's plain-text preference rows for `pairs`: the prompt rendered by the chat template
+    exactly as the project trains on it (reclaif.train.data.render_prompt); TRL appends the EOS
+    token to each answer, as the project's encode does."""
+    from reclaif.train.data import render_prompt
+
+    return [{"prompt": render_prompt(tokenizer, p.prompt), "chosen": p.chosen,
+             "rejected": p.rejected} for p in pairs]
+
+
+def _peak_bytes(device: str) -> int:
+    import torch
+
+    if device == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _model_path(spec: dict, tmp: str) -> str:
+    from reclaif.llm.models import build_tiny_model, resolve_model
+
+    return str(build_tiny_model(Path(tmp) / "tiny") if spec["quick"] else resolve_model("default"))
+
+
+def _reclaif_side(spec: dict, tmp: str) -> dict:
+    import torch
+
+    from reclaif.config import DPOConfig
+    from reclaif.llm.models import load_tokenizer
+    from reclaif.train.data import collate_pairs, count_tokens, encode_pairs
+    from reclaif.train.fused_dpo import fused_dpo_loss
+    from reclaif.train.reference import compute_reference_logps
+    from reclaif.train.session import hf_model, load_policy
+    from reclaif.train.strategy import Strategy
+
+    path = _model_path(spec, tmp)
+    t = DPOConfig(batch_size=spec["pairs"], lr=spec["lr"], max_length=spec["max_length"],
+                  beta=spec["beta"])
+    strategy = Strategy(t).setup()
+    tokenizer = load_tokenizer(path)
+    encoded = encode_pairs(tokenizer, lastfm_pairs(spec["pairs"], spec["top_k"]), t.max_length)
+    total = spec["warmup"] + spec["steps"]
+    strategy.prepare(load_policy(path, t), total)
+    strategy.train(False)
+    rows = compute_reference_logps(
+        lambda fn, *a: strategy.forward(lambda m, *b: fn(hf_model(m), *b), *a), encoded,
+        tokenizer.pad_token_id, t.batch_size, t.logprob_chunk, device=strategy.device,
+        kernel=t.logprob_kernel)
+    for row, pair in zip(rows, encoded):  # as attach_reference_logps does from the file
+        pair["ref_chosen"], pair["ref_rejected"] = row["chosen"], row["rejected"]
+    strategy.train()
+    sync = torch.cuda.synchronize if strategy.on_gpu else (lambda: None)
+    rss_before, times, tokens, losses = _rss_bytes(), [], 0, []
+    for step in range(total):
+        sync()
+        t0 = time.perf_counter()
+        batch = collate_pairs(encoded, tokenizer.pad_token_id)
+        loss, _ = strategy.forward(
+            lambda m, b: fused_dpo_loss(hf_model(m), b["chosen"], b["rejected"], b["ref_chosen"],
+                                        b["ref_rejected"], t.beta, t.loss_type,
+                                        t.label_smoothing, t.logprob_chunk,
+                                        kernel=t.logprob_kernel, device=strategy.device), batch)
+        strategy.backward(loss, True)
+        strategy.step()
+        sync()
+        if step >= spec["warmup"]:
+            times.append(time.perf_counter() - t0)
+        tokens = count_tokens(batch["chosen"]) + count_tokens(batch["rejected"])
+        losses.append(float(loss.detach()))
+    strategy.close()
+    return {"times": times, "tokens_per_step": tokens, "losses": losses,
+            "rss_before_steps": rss_before}
+
+
+def _trl_side(spec: dict, tmp: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from reclaif.llm.models import load_tokenizer
+
+    path = _model_path(spec, tmp)
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                 attn_implementation="sdpa")
+    rows = trl_rows(tokenizer, lastfm_pairs(spec["pairs"], spec["top_k"]))
+    total = spec["warmup"] + spec["steps"]
+    args = DPOConfig(output_dir=str(Path(tmp) / "trl"), per_device_train_batch_size=spec["pairs"],
+                     learning_rate=spec["lr"], max_length=spec["max_length"], beta=spec["beta"],
+                     max_steps=total, precompute_ref_log_probs=True,
+                     gradient_checkpointing=False, bf16=False, fp16=False,
+                     use_cpu=spec["device"] == "cpu", report_to="none", save_strategy="no",
+                     logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    sync = torch.cuda.synchronize if spec["device"] == "cuda" else (lambda: None)
+    marks: list[tuple[float, float]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            sync()
+            marks.append((time.perf_counter(), 0.0))
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            sync()
+            marks[-1] = (marks[-1][0], time.perf_counter())
+
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, callbacks=[Clock()])
+    rss_before = _rss_bytes()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(spec["pairs"])])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"times": [end - begin for begin, end in marks[spec["warmup"]:]],
+            "tokens_per_step": int(batch["attention_mask"].sum()), "losses": losses,
+            "rss_before_steps": rss_before}
+
+
+def _child_main(side: str, spec: dict) -> None:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    with tempfile.TemporaryDirectory(prefix=f"reclaif-bench-peer-{side}-") as tmp:
+        out = (_reclaif_side if side == "reclaif" else _trl_side)(spec, tmp)
+    out["peak_bytes"] = _peak_bytes(spec["device"])
+    print("PEER-RESULT " + json.dumps(out), flush=True)
+
+
+def _run_child(side: str, spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "reclaif.bench.peer", side, json.dumps(spec)],
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEER-RESULT ")]
+    if proc.returncode or not lines:
+        from reclaif.errors import ConfigError
+
+        raise ConfigError(f"bench peer: the {side} child failed (exit {proc.returncode}):\n"
+                          f"{proc.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("PEER-RESULT "))
+
+
+def measure(spec: dict) -> dict:
+    load_before = os.getloadavg()[0]
+    runs = [(side, _run_child(side, spec)) for side in ("reclaif", "trl", "reclaif")]
+    out: dict[str, dict] = {}
+    for side in SIDES:
+        mine = [r for s, r in runs if s == side]
+        times = [t for r in mine for t in r["times"]]
+        tokens = mine[0]["tokens_per_step"]
+        out[side] = {"tokens_per_step": tokens, "steps_timed": len(times),
+                     "step_s": statistics.median(times),
+                     "tokens_per_s": tokens * len(times) / sum(times),
+                     "peak_gib": max(r["peak_bytes"] for r in mine) / 2**30,
+                     "rss_before_steps_gib": max(r["rss_before_steps"] for r in mine) / 2**30,
+                     "losses": [r["losses"] for r in mine]}
+    return {"bench": "peer", "model": ("tiny random Llama (49k vocab)" if spec["quick"]
+                                       else "SmolLM2-135M-Instruct (embedded default)"),
+            **spec, "order": [s for s, _ in runs],
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "memory": "max_memory_allocated" if spec["device"] == "cuda" else "peak RSS",
+            "sides": out,
+            "tokens_per_s_ratio": out["reclaif"]["tokens_per_s"] / out["trl"]["tokens_per_s"],
+            "peak_memory_ratio": out["reclaif"]["peak_gib"] / out["trl"]["peak_gib"]}
+
+
+def run(args: argparse.Namespace) -> int:
+    import trl  # noqa: F401  (a clear ImportError here, not in a child)
+
+    from reclaif.errors import ConfigError
+
+    quick = bool(getattr(args, "quick", False))
+    device = getattr(args, "device", "cpu")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("bench --device cuda: torch sees no CUDA device")
+    if getattr(args, "dtype", "float32") != "float32":
+        raise ConfigError("bench peer: fp32 only (both sides train fp32 master weights)")
+    steps = getattr(args, "steps", None) or (1 if quick else 3)
+    spec = {"quick": quick, "device": device, "pairs": 2, "top_k": 2 if quick else 5,
+            "lr": 5e-6, "beta": 0.1, "max_length": 1024, "threads": min(2, os.cpu_count() or 1),
+            "steps": steps, "warmup": 1 if steps > 1 else 0}
+    result = measure(spec)
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"DPO step, {result['model']}, {spec['pairs']} pairs per step, {device} "
+          f"({spec['threads']} threads, fp32), order {'-'.join(result['order'])}, "
+          f"load average {result['load_average']}:")
+    for side in SIDES:
+        s = result["sides"][side]
+        print(f"  {side:<8} {s['tokens_per_s']:8.1f} tokens/s  {s['step_s']:7.2f} s/step  "
+              f"peak {s['peak_gib']:.2f} GiB ({result['memory']})  "
+              f"{s['tokens_per_step']} tokens/step, {s['steps_timed']} steps timed")
+    print(f"  reclaif / trl: x{result['tokens_per_s_ratio']:.2f} tokens/s, "
+          f"x{result['peak_memory_ratio']:.2f} peak memory")
+    if spec["warmup"] == 0:
+        print("  (one cold step per child: a smoke run, not a measurement)")
+    return 0
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1], json.loads(sys.argv[2]))
