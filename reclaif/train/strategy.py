@@ -283,9 +283,10 @@ class Strategy:
                     self.to_device(v) if isinstance(v, dict) else v) for k, v in batch.items()}
 
     def autocast(self):
-        """bf16 autocast for the torch engine on GPUs (DeepSpeed casts the weights itself)."""
-        if self.cfg.bf16 and self.on_gpu and self.engine_name == "torch":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast for the torch engine, on GPUs and on CPU (DeepSpeed casts the weights
+        itself). Every forward of a phase runs under it: the policy's and the reference's."""
+        if self.cfg.bf16 and self.engine_name == "torch":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         import contextlib
 
         return contextlib.nullcontext()
