@@ -47,6 +47,9 @@ class LLMSpec:
     attn_implementation: str = _f("auto", "auto (flash_attention_2 where installed, else sdpa), "
                                   "sdpa, eager, flash_attention_2.")
     batch_size: int = _f(16, "Prompts per generate call for local models.")
+    gpu_memory_utilization: float = _f(0.9, "vllm: the share of each GPU's memory the engine "
+                                       "takes (KV cache included). The driver releases every "
+                                       "sampler before training, so training gets it back.")
     region: str = _f("us-east-1", "AWS region (bedrock).")
     base_url: str = _f("", "Endpoint URL (openai_compat), e.g. http://host:8000/v1.")
     api_key_env: str = _f("OPENAI_API_KEY", "Name of the environment variable holding the API "
@@ -177,6 +180,9 @@ class RayConfig:
     num_samplers: int = _f(1, "Sampler actors.")
     num_judges: int = _f(1, "Judge actors.")
     gpus_per_sampler: float = _f(0.0, "GPUs per sampler actor.")
+    release_timeout_s: float = _f(300.0, "Before training the driver kills every sampler actor "
+                                  "and waits up to this long until their processes are gone "
+                                  "from their nodes (and from nvidia-smi): then an error.")
     shard_size: int = _f(16, "Prompts per shard (unit of retry, resume and backpressure).")
     max_in_flight: int = _f(4, "Shards in flight at once (backpressure).")
     max_retries: int = _f(3, "Retries of a shard whose actor died or whose endpoint failed.")
@@ -341,6 +347,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"sampling.max_prompts: {cfg.sampling.max_prompts} must be >= 0")
     if cfg.sampling.num_samples < 2:
         raise ConfigError("sampling.num_samples: the judge needs at least 2 answers per prompt")
+    for key, spec in (("recommender", cfg.recommender), ("teacher.llm", cfg.teacher.llm),
+                      ("judge.llm", cfg.judge.llm), ("explainability.llm", cfg.explainability.llm)):
+        if not 0 < spec.gpu_memory_utilization <= 1:
+            raise ConfigError(f"{key}.gpu_memory_utilization: {spec.gpu_memory_utilization} "
+                              f"must be in (0, 1]")
     if cfg.data.top_k < 1:
         raise ConfigError("data.top_k: must be at least 1")
     if len(cfg.judge.weights) != 3:
