@@ -243,3 +243,33 @@ def test_bf16_dpo_first_step_has_loss_log2_and_zero_margins_with_a_bf16_referenc
                           dtype=torch.float64)
     assert torch.allclose(stored, bf16, rtol=0, atol=1e-6)
     assert (stored - fp32).abs().max() > 1e-3
+
+
+def test_sft_loss_is_the_token_mean_over_the_accumulation_window(tmp_path, tiny, monkeypatch):
+    # Two teacher answers of different lengths in one optimizer step: as two accumulated
+    # micro-batches of one, or one micro-batch of two. The gradient and the logged loss must be
+    # the same (the token mean over the step), not a mean of per-micro-batch means.
+    from reclaif.train.strategy import Strategy
+
+    grads, step = [], Strategy.step
+
+    def capture(self):
+        grads.append(torch.cat([p.grad.detach().flatten().clone()
+                                for p in self.module.parameters() if p.grad is not None]))
+        return step(self)
+
+    monkeypatch.setattr(Strategy, "step", capture)
+    losses = []
+    for i, (bs, ga) in enumerate([(1, 2), (2, 1)]):
+        run = make_run_dir(tmp_path / f"run{i}", tiny, SFT + [
+            "sft.max_examples=2", "sft.epochs=1", f"sft.batch_size={bs}",
+            f"sft.grad_accum={ga}", "sft.max_grad_norm=1.0e+9"])
+        teacher = read_jsonl(run / "sft" / "teacher.jsonl")
+        teacher[1]["response"] += " and also because of the very long reason here" * 4
+        from reclaif.atomic import atomic_write_jsonl
+
+        atomic_write_jsonl(run / "sft" / "teacher.jsonl", teacher)
+        losses.append(run_sft(load_config(run / "config.yaml"), run)["loss_first_step"])
+    assert len(grads) == 2
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
