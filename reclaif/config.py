@@ -132,7 +132,13 @@ class TrainConfig:
     warmup_ratio: float = _f(0.1, "Fraction of steps of linear warm-up before the cosine decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    bf16: bool = _f(False, "bf16 mixed precision (GPUs).")
+    bf16: bool = _f(False, "bf16: DeepSpeed's bf16 (weights loaded and kept in bf16, fp32 "
+                    "master copy in the optimizer) or the torch engine's autocast (GPU or CPU).")
+    device: str = _f("auto", "auto (GPUs where torch sees them; an error when Slurm gave the "
+                     "job GPUs and torch sees none), cuda (GPUs required: a step that sees none "
+                     "stops instead of training on CPU over gloo) or cpu.")
+    collective_timeout_s: float = _f(1800.0, "Timeout of the process group's collectives "
+                                     "(NCCL/gloo), e.g. while rank 0 writes a checkpoint.")
     lora_r: int = _f(0, "LoRA rank; 0 = full-parameter training (the default).")
     lora_alpha: int = _f(16, "LoRA alpha.")
     logprob_chunk: int = _f(1024, "Token chunk of the fused log-prob kernel.")
@@ -332,6 +338,8 @@ def validate(cfg: RunConfig) -> None:
         "dpo.reference": (cfg.dpo.reference, {"sft", "previous"}),
         "sft.engine": (cfg.sft.engine, {"torch", "deepspeed"}),
         "dpo.engine": (cfg.dpo.engine, {"torch", "deepspeed"}),
+        "sft.device": (cfg.sft.device, {"auto", "cuda", "cpu"}),
+        "dpo.device": (cfg.dpo.device, {"auto", "cuda", "cpu"}),
         "sft.logprob_kernel": (cfg.sft.logprob_kernel, set(LOGPROB_KERNELS)),
         "dpo.logprob_kernel": (cfg.dpo.logprob_kernel, set(LOGPROB_KERNELS)),
         "sft.logprob_weight_grad": (cfg.sft.logprob_weight_grad, set(LOGPROB_WEIGHT_GRADS)),
