@@ -70,7 +70,8 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     plan = BatchPlan(len(encoded), t.batch_size, strategy.world_size, strategy.rank,
                      t.grad_accum, t.seed)
     total_steps = plan.steps_per_epoch * t.epochs
-    strategy.prepare(load_policy(policy_path, t), total_steps)
+    attn = cfg.recommender.attn_implementation
+    strategy.prepare(load_policy(policy_path, t, strategy, attn), total_steps)
 
     # 2. reference log-probs, once per iteration (before any policy update or resume)
     ref_file = it_dir / "ref_logps.jsonl"
@@ -80,7 +81,7 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
             forward = strategy.forward
         else:
             forward = strategy.eval_forward(load_policy(ref_path, t.__class__(
-                **{**t.__dict__, "lora_r": 0, "gradient_checkpointing": False})))
+                **{**t.__dict__, "lora_r": 0, "gradient_checkpointing": False}), strategy, attn))
         # Under the policy forward's own autocast: in bf16 the first step then has loss log 2
         # and zero margins, as in fp32 (an fp32 reference would be off by the bf16 rounding).
         with strategy.autocast():

@@ -75,7 +75,8 @@ def run_sft(cfg: RunConfig, run_dir: str | Path) -> dict:
     total_steps = plan.steps_per_epoch * t.epochs
 
     # 2. model, optimizer, schedule; resume from the last training state if a run was cut
-    strategy.prepare(load_policy(init, t), total_steps)
+    strategy.prepare(load_policy(init, t, strategy, cfg.recommender.attn_implementation),
+                     total_steps)
     step, epoch0, skip, history, tokens = 0, 0, 0, [], 0
     last = latest_train_state(phase / "train_state")
     if last is not None:
