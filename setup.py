@@ -10,8 +10,11 @@ setup(
         "reclaif": ["prompts/*.txt", "prompts/*.md", "data/samples/*", "data/samples/**/*"],
     },
     install_requires=[
-        "torch>=2.3",
-        "transformers>=4.46",
+        # torch.is_autocast_enabled(device) / get_autocast_dtype (train/logprobs.under_autocast)
+        "torch>=2.4",
+        # from_pretrained(dtype=...) everywhere; DynamicCache(config=...) with .layers and
+        # cache_utils.DynamicLayer (llm/decode.py's in-place KV cache)
+        "transformers>=4.56",
         "accelerate>=1.0",
         "deepspeed>=0.15",
         "ray[default]>=2.30",

@@ -48,6 +48,9 @@ class LLMSpec:
     attn_implementation: str = _f("auto", "auto (flash_attention_2 where installed, else sdpa), "
                                   "sdpa, eager, flash_attention_2.")
     batch_size: int = _f(16, "Prompts per generate call for local models.")
+    gpu_memory_utilization: float = _f(0.9, "vllm: the share of each GPU's memory the engine "
+                                       "takes (KV cache included). The driver releases every "
+                                       "sampler before training, so training gets it back.")
     region: str = _f("us-east-1", "AWS region (bedrock).")
     base_url: str = _f("", "Endpoint URL (openai_compat), e.g. http://host:8000/v1.")
     api_key_env: str = _f("OPENAI_API_KEY", "Name of the environment variable holding the API "
@@ -130,7 +133,13 @@ class TrainConfig:
     warmup_ratio: float = _f(0.1, "Fraction of steps of linear warm-up before the cosine decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    bf16: bool = _f(False, "bf16 mixed precision (GPUs).")
+    bf16: bool = _f(False, "bf16: DeepSpeed's bf16 (weights loaded and kept in bf16, fp32 "
+                    "master copy in the optimizer) or the torch engine's autocast (GPU or CPU).")
+    device: str = _f("auto", "auto (GPUs where torch sees them; an error when Slurm gave the "
+                     "job GPUs and torch sees none), cuda (GPUs required: a step that sees none "
+                     "stops instead of training on CPU over gloo) or cpu.")
+    collective_timeout_s: float = _f(1800.0, "Timeout of the process group's collectives "
+                                     "(NCCL/gloo), e.g. while rank 0 writes a checkpoint.")
     lora_r: int = _f(0, "LoRA rank; 0 = full-parameter training (the default).")
     lora_alpha: int = _f(16, "LoRA alpha.")
     logprob_chunk: int = _f(1024, "Token chunk of the fused log-prob kernel.")
@@ -178,6 +187,9 @@ class RayConfig:
     num_samplers: int = _f(1, "Sampler actors.")
     num_judges: int = _f(1, "Judge actors.")
     gpus_per_sampler: float = _f(0.0, "GPUs per sampler actor.")
+    release_timeout_s: float = _f(300.0, "Before training the driver kills every sampler actor "
+                                  "and waits up to this long until their processes are gone "
+                                  "from their nodes (and from nvidia-smi): then an error.")
     shard_size: int = _f(16, "Prompts per shard (unit of retry, resume and backpressure).")
     max_in_flight: int = _f(4, "Shards in flight at once (backpressure).")
     max_retries: int = _f(3, "Retries of a shard whose actor died or whose endpoint failed.")
@@ -379,6 +391,8 @@ def validate(cfg: RunConfig) -> None:
         "dpo.reference": (cfg.dpo.reference, {"sft", "previous"}),
         "sft.engine": (cfg.sft.engine, {"torch", "deepspeed"}),
         "dpo.engine": (cfg.dpo.engine, {"torch", "deepspeed"}),
+        "sft.device": (cfg.sft.device, {"auto", "cuda", "cpu"}),
+        "dpo.device": (cfg.dpo.device, {"auto", "cuda", "cpu"}),
         "sft.logprob_kernel": (cfg.sft.logprob_kernel, set(LOGPROB_KERNELS)),
         "dpo.logprob_kernel": (cfg.dpo.logprob_kernel, set(LOGPROB_KERNELS)),
         "sft.logprob_weight_grad": (cfg.sft.logprob_weight_grad, set(LOGPROB_WEIGHT_GRADS)),
@@ -403,6 +417,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"sampling.top_p: {cfg.sampling.top_p} must be in (0, 1]")
     if cfg.sampling.num_samples < 2:
         raise ConfigError("sampling.num_samples: the judge needs at least 2 answers per prompt")
+    for key, spec in (("recommender", cfg.recommender), ("teacher.llm", cfg.teacher.llm),
+                      ("judge.llm", cfg.judge.llm), ("explainability.llm", cfg.explainability.llm)):
+        if not 0 < spec.gpu_memory_utilization <= 1:
+            raise ConfigError(f"{key}.gpu_memory_utilization: {spec.gpu_memory_utilization} "
+                              f"must be in (0, 1]")
     if len(cfg.judge.weights) != 3:
         raise ConfigError("judge.weights: three weights (relevance, diversity, explainability)")
     if not cfg.eval.k:

@@ -3,7 +3,8 @@
 #
 # Reads: SLURM_JOB_ID, SLURM_JOB_NODELIST, SLURM_JOB_NUM_NODES, SLURM_GPUS_ON_NODE,
 #        SLURM_GPUS_PER_NODE, SLURM_RESTART_COUNT (Slurm sets them in the batch shell),
-#        MAIN_PROCESS_PORT (default 29500), RECLAIF_VENV (a virtualenv to activate, optional).
+#        MAIN_PROCESS_PORT (default 29500), RECLAIF_VENV (a virtualenv to activate, optional),
+#        RAY_HEAD_IP (the head's address, optional: reclaif_head_ip).
 # Exports for launch/train.sh and the driver: RECLAIF_HEAD, NUM_MACHINES, GPUS_PER_NODE,
 #        MAIN_PROCESS_IP, MAIN_PROCESS_PORT.
 # The training step is always named "reclaif-train" (TEMPLATES["srun"]), so the batch shell
@@ -31,6 +32,25 @@ reclaif_allocation() {
   export MAIN_PROCESS_PORT=${MAIN_PROCESS_PORT:-29500}
   reclaif_log "job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${NUM_MACHINES} node(s)" \
     "x ${GPUS_PER_NODE} GPU(s), head ${RECLAIF_HEAD}"
+}
+
+# The address the Ray head binds to and the other nodes dial: RAY_HEAD_IP, else the first of
+# this host's addresses that is not loopback (`hostname --ip-address` gives 127.0.1.1 on
+# Debian-style /etc/hosts, which no other node can reach). 1 when there is none.
+reclaif_head_ip() {
+  local ip
+  if [[ -n ${RAY_HEAD_IP:-} ]]; then
+    echo "$RAY_HEAD_IP"
+    return 0
+  fi
+  for ip in $(hostname --all-ip-addresses 2>/dev/null) $(hostname --ip-address 2>/dev/null); do
+    case $ip in
+      127.* | ::1 | fe80:*) ;;
+      *) echo "$ip"; return 0 ;;
+    esac
+  done
+  reclaif_log "error: no address of $(hostname) other than loopback; set RAY_HEAD_IP"
+  return 1
 }
 
 # Job step ids (JOB.STEP) of the running training steps.

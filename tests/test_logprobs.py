@@ -329,3 +329,29 @@ def test_bench_quick_json_reports_tiny_errors():
             assert set(row) >= {"max_abs_err", "grad_max_abs_err", "peak_mem_ratio", "time_ratio"}
             assert row["max_abs_err"] < 1e-3 and row["grad_max_abs_err"] < 1e-4
             assert row["peak_mem_ratio"] > 0 and row["time_ratio"] > 0
+
+
+def test_under_bf16_autocast_fp32_weights_get_the_bf16_kernels_gradient_for_each_weight_grad_acc():
+    # The torch engine's bf16: fp32 master weights under torch.autocast. The kernel computes
+    # as on bf16 weights, and weight_grad_acc decides how the weight gradient sums over chunks
+    # exactly as it does there (fp32 accumulator or bf16 running sum): honoured, not ignored.
+    h, w, labels = odd_batch(torch.float32, B=4, T=40, H=32, V=300, seed=3)
+    h, w = h.detach(), w.detach()
+    B = labels.shape[0] // 2
+    ref = torch.zeros(B)
+    fns = {"logps": lambda h_, w_, acc: sequence_logps(h_, w_, labels, 16,
+                                                       weight_grad_acc=acc)[0].sum(),
+           "dpo": lambda h_, w_, acc: fused_dpo_loss_from_hidden(
+               h_, w_, labels, ref, ref, 0.5, chunk_size=16, weight_grad_acc=acc)[0]}
+    for name, fn in fns.items():
+        got, want = {}, {}
+        for acc in ("fp32", "param"):
+            w32 = w.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = fn(h, w32, acc)
+            got[acc] = torch.autograd.grad(out, w32)[0]
+            assert got[acc].dtype == torch.float32
+            w16 = w.bfloat16().requires_grad_()
+            want[acc] = torch.autograd.grad(fn(h.bfloat16(), w16, acc), w16)[0]
+            assert torch.equal(got[acc].bfloat16(), want[acc]), (name, acc)
+        assert not torch.equal(got["fp32"], got["param"]), name  # the choice makes a difference

@@ -44,6 +44,19 @@ def test_every_environment_variable_is_documented_in_the_header(script):
     assert not undocumented, f"{script.name}: document {undocumented} in the header comment"
 
 
+def test_sbatch_scripts_ask_for_node_memory_and_their_log_directory_exists():
+    for name in ("run.sbatch", "train.sbatch"):
+        text = (REPO / "slurm" / name).read_text()
+        assert re.search(r"^#SBATCH --mem=\S+", text, re.M), name
+        (out,) = re.findall(r"^#SBATCH --output=(\S+)", text, re.M)
+        log_dir = Path(out).parent
+        # Slurm opens --output before the script runs: the directory must be in the checkout.
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(log_dir / ".gitignore")],
+                                 cwd=REPO, capture_output=True, text=True)
+        assert tracked.returncode == 0, f"{log_dir}/ is not part of the checkout"
+        assert f"mkdir -p {log_dir}" in text
+
+
 def test_sbatch_scripts_requeue_and_signal_before_the_limit():
     for name in ("run.sbatch", "train.sbatch"):
         text = (REPO / "slurm" / name).read_text()
@@ -128,6 +141,8 @@ elif tool == "scancel":
             os.kill(pid, sig)
         except OSError:
             pass
+elif tool == "hostname":  # a Debian-style /etc/hosts: --ip-address is loopback
+    print("10.9.8.7 127.0.0.2" if "--all-ip-addresses" in args else "127.0.1.1")
 elif tool == "ray":
     log({"tool": tool, "args": args, "node": os.environ.get("SLURMD_NODENAME")})
     if args[0] == "status":
@@ -161,7 +176,8 @@ def cluster(tmp_path):
     state.mkdir()
     fake = bin_dir / "fake.py"
     fake.write_text(f"#!{sys.executable}\n" + FAKE)
-    for tool in ("srun", "squeue", "scancel", "scontrol", "ray", "accelerate", "reclaif"):
+    for tool in ("srun", "squeue", "scancel", "scontrol", "ray", "accelerate", "reclaif",
+                 "hostname"):
         (bin_dir / tool).symlink_to(fake)
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_STATE": str(state),
@@ -248,3 +264,27 @@ def test_run_sbatch_starts_ray_then_the_driver_whose_training_spans_all_nodes(cl
         a = _accelerate_argv(state, rank)
         assert a["--machine_rank"] == str(rank) and a["--num_processes"] == "8"
         assert a["train"] == "-m reclaif.cli train sft --run-dir runs/lfm --iteration 0"
+
+
+def test_run_sbatch_stops_with_an_error_when_fewer_ray_nodes_join(cluster, tmp_path):
+    env, state = cluster
+    env.update(FAKE_NODES="1", RAY_WAIT_S="5")
+    run = subprocess.run(["bash", str(REPO / "slurm" / "run.sbatch"),
+                          "configs/mistral-7b-lastfm.yaml", "runs/lfm"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    assert run.returncode != 0
+    assert "only 1 of 2 Ray nodes joined" in run.stderr
+    assert not _calls(state, "reclaif")  # no driver, so no shard is sent to unplaceable actors
+
+
+def test_run_sbatch_binds_ray_to_an_address_that_is_not_loopback(cluster, tmp_path):
+    env, state = cluster
+    env.pop("RAY_HEAD_IP")
+    run = subprocess.run(["bash", str(REPO / "slurm" / "run.sbatch"),
+                          "configs/mistral-7b-lastfm.yaml", "runs/lfm"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    assert run.returncode == 0, run.stderr
+    head = [c for c in _calls(state, "ray") if "--head" in c["args"]]
+    assert "--node-ip-address=10.9.8.7" in head[0]["args"]
+    (driver,) = _calls(state, "reclaif")
+    assert "ray.address=10.9.8.7:6379" in driver["args"]

@@ -35,6 +35,33 @@ def test_long_prompt_loses_its_beginning_never_the_answer(tok):
     assert cut["loss_mask"] == full["loss_mask"][-64:]
 
 
+def _prompt_part(e: dict) -> list[int]:
+    return [t for t, m in zip(e["input_ids"], e["loss_mask"]) if not m]
+
+
+def test_a_pair_longer_than_max_length_keeps_one_prompt_and_cuts_the_answers(tok):
+    prompt = "history: " + "; ".join(f"artist {i}" for i in range(20))
+    short, long = "1. Moby", "1. Moby - " + " ".join(f"reason {i}" for i in range(200))
+    p_len = len(tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"])
+    (e,) = encode_pairs(tok, [PreferencePair("x", prompt, long, short)], p_len + 40)
+    c, r = e["chosen"], e["rejected"]
+    assert _prompt_part(c) == _prompt_part(r)  # the same context for both answers
+    assert len(_prompt_part(c)) == p_len  # the prompt is whole: the long answer was cut
+    assert len(c["input_ids"]) == p_len + 40 and sum(c["loss_mask"]) == 40
+    assert tok.decode([t for t, m in zip(r["input_ids"], r["loss_mask"]) if m]) == \
+        short + tok.eos_token
+
+
+def test_a_pair_whose_prompt_alone_fills_max_length_cuts_both_prompts_alike(tok):
+    prompt = "history: " + "; ".join(f"artist {i}" for i in range(300))
+    (e,) = encode_pairs(tok, [PreferencePair("x", prompt, "1. Moby " * 30, "1. Tricky")], 64)
+    c, r = e["chosen"], e["rejected"]
+    assert _prompt_part(c) == _prompt_part(r) and len(_prompt_part(c)) == 48
+    assert len(c["input_ids"]) <= 64 and len(r["input_ids"]) <= 64
+    full = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+    assert _prompt_part(c) == full[-48:]  # cut from the left: the end of the history stays
+
+
 def test_padding_masks_pads_out_of_attention_and_loss(tok):
     a = encode(tok, "p", "short", 128)
     b = encode(tok, "p", "a somewhat longer answer", 128)

@@ -209,3 +209,67 @@ def test_logged_lr_is_the_rate_the_last_step_used():
         assert strategy.step_lr() == pytest.approx(used[-1])  # not the scheduler's next rate
     assert used == pytest.approx([1.0, 2.0, 1.5])
     strategy.close()
+
+
+def test_bf16_dpo_first_step_has_loss_log2_and_zero_margins_with_a_bf16_reference(tmp_path, tiny):
+    # The torch engine's bf16 on CPU (torch.autocast): the reference log-probs are computed
+    # under the same autocast as the policy's forward, so at the first step policy == reference.
+    run = make_run_dir(tmp_path / "run", tiny, SFT + ["sft.enabled=false", "dpo.bf16=true",
+                                                      "dpo.epochs=1", "dpo.batch_size=2"])
+    cfg = load_config(run / "config.yaml")
+    metrics = run_dpo(cfg, run, 1)
+    assert metrics["bf16"] is True
+    assert metrics["loss_first_step"] == pytest.approx(math.log(2), abs=1e-4)
+    assert metrics["margins_first_step"] == pytest.approx(0.0, abs=1e-3)
+    # ...and the reference really is bf16: the stored values are the autocast ones (its first
+    # batch recomputed exactly), not fp32's (an fp32 reference starts DPO off log 2 in bf16).
+    from transformers import AutoModelForCausalLM
+
+    from reclaif.records import PreferencePair
+    from reclaif.train.data import encode_pairs
+    from reclaif.train.reference import _logps
+
+    rows = read_jsonl(run / "iter-001" / "ref_logps.jsonl")
+    tok = load_tokenizer(str(tiny))
+    pairs = [PreferencePair.from_json(r) for r in read_jsonl(run / "iter-001" / "pairs.jsonl")]
+    enc = encode_pairs(tok, pairs, cfg.dpo.max_length)[:2]  # the reference's first batch
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    c, r = (pad_batch([e[k] for e in enc], tok.pad_token_id) for k in ("chosen", "rejected"))
+    with torch.no_grad():
+        fp32 = _logps(model, c, r, cfg.dpo.logprob_chunk)[:, :2].double()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = _logps(model, c, r, cfg.dpo.logprob_chunk)[:, :2].double()
+    stored = torch.tensor([[row["chosen"], row["rejected"]] for row in rows[:2]],
+                          dtype=torch.float64)
+    assert torch.allclose(stored, bf16, rtol=0, atol=1e-6)
+    assert (stored - fp32).abs().max() > 1e-3
+
+
+def test_sft_loss_is_the_token_mean_over_the_accumulation_window(tmp_path, tiny, monkeypatch):
+    # Two teacher answers of different lengths in one optimizer step: as two accumulated
+    # micro-batches of one, or one micro-batch of two. The gradient and the logged loss must be
+    # the same (the token mean over the step), not a mean of per-micro-batch means.
+    from reclaif.train.strategy import Strategy
+
+    grads, step = [], Strategy.step
+
+    def capture(self):
+        grads.append(torch.cat([p.grad.detach().flatten().clone()
+                                for p in self.module.parameters() if p.grad is not None]))
+        return step(self)
+
+    monkeypatch.setattr(Strategy, "step", capture)
+    losses = []
+    for i, (bs, ga) in enumerate([(1, 2), (2, 1)]):
+        run = make_run_dir(tmp_path / f"run{i}", tiny, SFT + [
+            "sft.max_examples=2", "sft.epochs=1", f"sft.batch_size={bs}",
+            f"sft.grad_accum={ga}", "sft.max_grad_norm=1.0e+9"])
+        teacher = read_jsonl(run / "sft" / "teacher.jsonl")
+        teacher[1]["response"] += " and also because of the very long reason here" * 4
+        from reclaif.atomic import atomic_write_jsonl
+
+        atomic_write_jsonl(run / "sft" / "teacher.jsonl", teacher)
+        losses.append(run_sft(load_config(run / "config.yaml"), run)["loss_first_step"])
+    assert len(grads) == 2
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)

@@ -130,15 +130,94 @@ class ActorPool:
 
         return ray.get([getattr(a, method).remote(*args) for a in self.actors])
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait_s: float = 0.0) -> list[dict]:
+        """Kills every actor. With `wait_s` > 0, then waits until each actor's process is gone
+        from its node (and from the node's GPU process list, where nvidia-smi exists), so a
+        trainer started next finds the memory free; raises ReclaifError after `wait_s`.
+        Returns where the actors ran: [{node, pid}] (those that answered before the kill)."""
         import ray
 
+        where: list[dict] = []
+        if wait_s > 0 and self.actors:
+            # Ask first: once killed an actor cannot say which process it was.
+            refs = [a.where.remote() for a in self.actors if hasattr(a, "where")]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=min(30.0, wait_s))
+            for ref in ready:
+                try:
+                    where.append(ray.get(ref))
+                except Exception:  # the actor already died: its process is gone
+                    pass
         for a in self.actors:
             try:
                 ray.kill(a, no_restart=True)
             except Exception:
                 pass
         self.actors = []
+        if where:
+            wait_processes_gone(where, wait_s)
+        return where
+
+
+def actor_location() -> dict:
+    """{node, pid} of the calling actor (worker classes return it from `where`)."""
+    import os
+
+    import ray
+
+    return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+
+def _gone_on_this_node(pids: list[int], timeout_s: float) -> list[int]:
+    """Waits until none of `pids` runs here (a zombie holds no memory) nor holds a GPU context
+    (nvidia-smi's compute apps, where the tool exists); returns those still there at the end."""
+    import shutil
+    import subprocess
+    import time
+
+    import psutil
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def on_gpu() -> set[int]:
+        if not shutil.which("nvidia-smi"):
+            return set()
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout
+        return {int(x) for x in out.split() if x.strip().isdigit()}
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        gpu = on_gpu()
+        left = [p for p in pids if running(p) or p in gpu]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def wait_processes_gone(where: list[dict], timeout_s: float) -> None:
+    """Runs one probe task on each node the processes ran on (pinned there, no resources, so it
+    is placed even while other actors hold the node) and waits for all of them."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from reclaif.errors import ReclaifError
+
+    by_node: dict[str, list[int]] = {}
+    for w in where:
+        by_node.setdefault(w["node"], []).append(int(w["pid"]))
+    probe = ray.remote(num_cpus=0)(_gone_on_this_node)
+    refs = {node: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node, soft=False)).remote(pids, timeout_s) for node, pids in by_node.items()}
+    left = {node: ray.get(ref) for node, ref in refs.items()}
+    stuck = {n: p for n, p in left.items() if p}
+    if stuck:
+        raise ReclaifError(f"actors killed but their processes still run (or hold a GPU) after "
+                           f"{timeout_s:.0f} s: {stuck} (node id: pids); training would not find "
+                           f"the GPU memory free. Check `nvidia-smi` on those nodes")
 
 
 def init_ray(address: str = "", num_cpus: int = 2) -> None:

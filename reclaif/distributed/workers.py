@@ -44,6 +44,7 @@ class SamplerWorker:
 
             self.client = make_client(LLMSpec(**spec_dict))
         elif model_path != self.model_path:
+            # hf swaps weights in place; vllm refuses (the driver starts a new actor instead)
             self.client.reload(model_path)
         self.model_path = model_path
 
@@ -67,6 +68,12 @@ class SamplerWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def where(self) -> dict:
+        """{node, pid}: where this actor runs (the pool waits for that process to end)."""
+        from reclaif.distributed.pool import actor_location
+
+        return actor_location()
 
 
 class JudgeWorker:
@@ -114,3 +121,9 @@ class JudgeWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def where(self) -> dict:
+        """{node, pid}: where this actor runs (the pool waits for that process to end)."""
+        from reclaif.distributed.pool import actor_location
+
+        return actor_location()

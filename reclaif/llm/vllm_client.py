@@ -21,6 +21,14 @@ def _import_vllm() -> Any:
     return vllm
 
 
+def engine_args(spec: LLMSpec, model_path: str) -> dict[str, Any]:
+    """vllm.LLM's arguments from the spec: the sampler's dtype and its share of GPU memory are
+    config fields (recommender.dtype, recommender.gpu_memory_utilization)."""
+    return {"model": model_path, "dtype": spec.dtype,
+            "gpu_memory_utilization": spec.gpu_memory_utilization,
+            "trust_remote_code": spec.trust_remote_code}
+
+
 class VLLMClient:
     """`LLMClient` over `vllm.LLM`; the chat template is applied with the model's tokenizer."""
 
@@ -29,18 +37,18 @@ class VLLMClient:
         self._vllm = _import_vllm()
         self.model_path = models.resolve_model(spec.model, spec.cache_dir or None)
         if llm is None:
-            dtype = "auto" if spec.dtype == "auto" else spec.dtype
-            llm = self._vllm.LLM(model=self.model_path, dtype=dtype,
-                                 trust_remote_code=spec.trust_remote_code)
+            llm = self._vllm.LLM(**engine_args(spec, self.model_path))
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
 
     def reload(self, model_path: str) -> None:
-        """A new checkpoint means a new engine (vLLM has no in-place weight swap API we rely on)."""
-        del self.llm
-        self.model_path = models.resolve_model(model_path, self.spec.cache_dir or None)
-        self.llm = self._vllm.LLM(model=self.model_path, trust_remote_code=self.spec.trust_remote_code)
-        self.tokenizer = self.llm.get_tokenizer()
+        """Refused: `del self.llm` and a new engine in the same process does not give vLLM's
+        GPU memory back (its workers and CUDA graphs stay), so a second engine would not fit.
+        New weights reach a vLLM sampler as a new actor: the driver releases the sampler pool
+        (waiting until its processes are gone) and starts one on the new checkpoint."""
+        raise ReclaifError(f"vllm: cannot swap {self.model_path} for {model_path} in a running "
+                           f"engine (its GPU memory would not be freed); start a new sampler "
+                           f"actor for the new checkpoint")
 
     def render(self, prompt: str) -> str:
         return models.render_chat(self.tokenizer, prompt)

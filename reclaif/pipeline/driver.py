@@ -89,6 +89,7 @@ class Driver:
         self.windows = splits.windows
         self.top_k = self.cfg.data.top_k
         self._samplers = None
+        self._samplers_model: str | None = None
         self._evidence_ready = self.cfg.evidence.mode == "none"
 
     # --------------------------------------------------------------------------- the recipe
@@ -110,8 +111,7 @@ class Driver:
                 self.train_phase("dpo", i)
                 self.evaluate(stage, str(self.store.checkpoint(stage)))
         finally:
-            if self._samplers is not None:
-                self._samplers.shutdown()
+            self.release_samplers()
         return self.report()
 
     # --------------------------------------------------------------------------- models
@@ -125,10 +125,14 @@ class Driver:
             return str(self.store.checkpoint(f"iter-{iteration - 1:03d}"))
         return str(self.store.checkpoint("sft")) if self.cfg.sft.enabled else self.base_model()
 
-    def samplers(self):
+    def samplers(self, model: str):
+        """The sampler pool, on `model`: a pool on another checkpoint is released first, so
+        new weights come as new actors (no engine swapped inside a process that holds a GPU)."""
         from reclaif.distributed.pool import ActorPool, init_ray
         from reclaif.distributed.workers import SamplerWorker
 
+        if self._samplers is not None and self._samplers_model != model:
+            self.release_samplers()
         if self._samplers is None:
             r = self.cfg.ray
             init_ray(r.address, r.num_cpus)
@@ -137,7 +141,26 @@ class Driver:
             self._samplers = ActorPool(SamplerWorker, (spec, str(self.data_path), self.top_k, cpus),
                                        num_actors=r.num_samplers, num_cpus=cpus if not r.address else 1,
                                        num_gpus=r.gpus_per_sampler)
+            self._samplers_model = model
+            self._lifecycle("samplers:up", model=model, actors=len(self._samplers.actors))
         return self._samplers
+
+    def release_samplers(self) -> None:
+        """Kills the sampler actors and waits until their processes are gone from their nodes
+        (and from nvidia-smi): what holds the GPUs (vLLM takes 90% of each) must have let go
+        before a trainer starts on them, on one machine or a cluster, fresh or resumed."""
+        if self._samplers is None:
+            return
+        t0 = time.time()
+        where = self._samplers.shutdown(wait_s=self.cfg.ray.release_timeout_s)
+        self._samplers = self._samplers_model = None
+        self._lifecycle("samplers:released", processes=where, seconds=round(time.time() - t0, 2))
+
+    def _lifecycle(self, event: str, **info: Any) -> None:
+        """One line per sampler start/release and training start/end (RUN/lifecycle.jsonl):
+        the order GPUs change hands in, for the user and the tests."""
+        with open(self.store.root / "lifecycle.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"event": event, "time": round(time.time(), 3), **info}) + "\n")
 
     # --------------------------------------------------------------------------- phases
     def evidence(self) -> None:
@@ -224,7 +247,7 @@ class Driver:
             # Resumed after the last shard was written: no sampler (model load, Ray) to start.
             report = PoolReport(shards=len(shards), skipped=len(shards))
         else:
-            report = self.samplers().run("sample", shards, args, write=write,
+            report = self.samplers(model).run("sample", shards, args, write=write,
                                          is_done=lambda i: self.store.shard_done(shard_dir, i),
                                          max_in_flight=r.max_in_flight,
                                          max_retries=r.max_retries, desc=key)
@@ -294,11 +317,9 @@ class Driver:
         shards = _shards(rows, r.shard_size)
         shard_dir = out_dir / "verdict_shards"
         shard_dir.mkdir(parents=True, exist_ok=True)
-        if self._samplers is not None:
-            # Give the judge the CPUs/GPUs the samplers held (on a small cluster the judge
-            # actors could otherwise wait forever); samplers are recreated next iteration.
-            self._samplers.shutdown()
-            self._samplers = None
+        # Give the judge the CPUs/GPUs the samplers held (on a small cluster the judge
+        # actors could otherwise wait forever); samplers are recreated next iteration.
+        self.release_samplers()
         init_ray(r.address, r.num_cpus)
         pool = ActorPool(JudgeWorker, (to_dict(self.cfg.judge), str(self.data_path), self.top_k),
                          num_actors=r.num_judges, num_cpus=1)
@@ -358,10 +379,9 @@ class Driver:
         if self.store.is_done(key):
             return
         t0 = time.time()
-        if self._samplers is not None and not self.cfg.ray.address:
-            # One machine: the sampler actors' cores (and GPUs) go to training.
-            self._samplers.shutdown()
-            self._samplers = None
+        # The sampler actors' GPUs (and cores) go to training, on one machine or a cluster.
+        self.release_samplers()
+        self._lifecycle("train:start", phase=key)
         maybe_fail(f"{phase}:start")
         if self.cfg.launch.mode == "inprocess":
             if phase == "sft":
@@ -378,6 +398,7 @@ class Driver:
         if not (ckpt / "config.json").exists():
             raise ReclaifError(f"{key}: training finished without a checkpoint at {ckpt}")
         self.store.mark_done(key, sorted(ckpt.glob("*.safetensors")), metrics=metrics or {})
+        self._lifecycle("train:end", phase=key)
         self._timed(key, t0)
 
     def _launch(self, phase: str, i: int) -> dict:
@@ -482,8 +503,7 @@ def _one(args: argparse.Namespace, fn: str) -> int:
             driver.pairs(args.iteration)
         print(driver.report())
     finally:
-        if driver._samplers is not None:
-            driver._samplers.shutdown()
+        driver.release_samplers()
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Two kinds:
 - the model checkpoint (phase dir/checkpoint/): an HF directory transformers and the samplers
-  load directly. Under ZeRO-3 every parameter is gathered one at a time and rank 0 keeps a CPU
-  copy; a LoRA model is merged into its base (peft's merge_and_unload) before saving. Written to
+  load directly. Under ZeRO-3 every parameter is gathered one at a time and rank 0 writes it
+  into a safetensors shard of bounded size (no full model on its host); a LoRA model is merged
+  into its base (peft's merge_and_unload) before saving. Written to
   a temporary directory and renamed, so a reader sees the old checkpoint or the whole new one.
 - the training state (phase dir/train_state/step-N/): what a rerun needs to continue mid-epoch:
   trainable weights and AdamW moments (torch engine), or each rank's ZeRO-3 partition of the
@@ -112,10 +113,84 @@ def disk_errors(path: Path):
 
 
 def save_hf_checkpoint(model: nn.Module, tokenizer: Any, out_dir: str | Path, is_main: bool,
-                       barrier: Any = None) -> Path | None:
+                       barrier: Any = None, shard_bytes: int = 2 * 1024 ** 3) -> Path | None:
     """Saves `model` (ZeRO-3 partitioned or not, LoRA or not) as a plain HF safetensors
-    directory with its tokenizer. All ranks call it; rank 0 writes."""
+    directory with its tokenizer. All ranks call it; rank 0 writes.
+
+    A full model never sits on rank 0's host: parameters are gathered one at a time (in the
+    dtype they train in: bf16 under DeepSpeed's bf16) and written as safetensors shards of at
+    most `shard_bytes`, with transformers' index, as they fill, so rank 0 holds one shard at a
+    time (what DeepSpeed's 16-bit gather save does, without its full state dict). A LoRA model
+    is merged into a fresh copy of its base first (peft's merge_and_unload)."""
     out = Path(out_dir)
+    if hasattr(model, "peft_config"):
+        return _save_merged_lora(model, tokenizer, out, is_main, barrier)
+    tmp = None
+    if is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        names: list[list[str]] = [[]]
+        files: list[str] = []
+
+        def flush() -> None:
+            nonlocal size
+            if not shards[-1]:
+                return
+            name = f"model-{len(files) + 1:05d}.safetensors"
+            save_file(shards[-1], str(tmp / name), metadata={"format": "pt"})
+            files.append(name)
+            shards[-1], size = {}, 0
+            names.append([])
+
+        params = dict(model.named_parameters())  # tied weights appear once
+        keys = set(model.state_dict().keys())
+        entries = [(n, p) for n, p in params.items()] + \
+            [(n, b) for n, b in model.named_buffers() if n in keys]
+        for name, t in entries:
+            with _gathered([t] if isinstance(t, nn.Parameter) else []):
+                if is_main:
+                    shards[-1][name] = t.detach().to("cpu", copy=True).contiguous()
+                    names[-1].append(name)
+                    size += shards[-1][name].numel() * shards[-1][name].element_size()
+            if is_main and size >= shard_bytes:
+                flush()
+        if is_main:
+            flush()
+            weight_map = {}
+            for i, name in enumerate(files):
+                for key in names[i]:
+                    weight_map[key] = name
+            if len(files) == 1:  # one file: transformers' plain name, no index
+                os.replace(tmp / files[0], tmp / "model.safetensors")
+            else:
+                total = sum((tmp / f).stat().st_size for f in files)
+                atomic_write_json(tmp / "model.safetensors.index.json",
+                                  {"metadata": {"total_size": total}, "weight_map": weight_map})
+            config = model.config
+            first = next(iter(params.values()), None)
+            if first is not None:
+                config.dtype = first.dtype  # what the shards hold
+            config.save_pretrained(tmp)
+            gen = getattr(model, "generation_config", None)
+            if gen is not None:
+                gen.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            _replace_dir(tmp, out)
+            log.info("saved model checkpoint %s (%d shard(s))", out, len(files))
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if barrier is not None:
+        barrier()
+    return out if is_main else None
+
+
+def _save_merged_lora(model: nn.Module, tokenizer: Any, out: Path, is_main: bool,
+                      barrier: Any) -> Path | None:
     state = gather_state_dict(model, is_main)
     if is_main:
         out.parent.mkdir(parents=True, exist_ok=True)

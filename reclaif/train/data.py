@@ -3,7 +3,8 @@
 A prompt is the rendered user message; it goes through the tokenizer's chat template with the
 generation prompt (exactly as the samplers render it, reclaif.llm.hf), and the response follows
 with the end-of-turn token, so the model learns to stop. Only response tokens carry loss
-(paper Eq. 1). Prompts longer than `max_length` lose their beginning, never the answer.
+(paper Eq. 1). SFT: prompts longer than `max_length` lose their beginning, never the answer.
+DPO pairs keep one prompt for both answers and cut the answers first (encode_pair).
 
 The batch order is a pure function of (seed, epoch, rank): a rerun that skips the batches a
 train_state checkpoint consumed sees exactly the batches the crashed run would have seen.
@@ -48,11 +49,32 @@ def encode_sft(tokenizer: Any, rows: list[dict], max_length: int) -> list[dict]:
             for r in rows]
 
 
+def encode_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str,
+                max_length: int) -> dict[str, dict[str, list[int]]]:
+    """A preference pair whose chosen and rejected sequences share the SAME prompt tokens, so
+    DPO compares the two answers to one context. Too long: the answers are cut from the right
+    to what the prompt leaves; only when that would leave them under a quarter of max_length
+    is the prompt cut too, from the left, to the same tokens for both."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2, got {max_length}")
+    p = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    answers = [tokenizer(a, add_special_tokens=False)["input_ids"] + _end_ids(tokenizer)
+               for a in (chosen, rejected)]
+    longest = max(len(a) for a in answers)
+    room = max(max_length - len(p), min(longest, max_length // 4), 1)
+    p = p[-(max_length - room):] if len(p) > max_length - room else p
+    out = {}
+    for side, a in zip(("chosen", "rejected"), answers):
+        a = a[:room]
+        out[side] = {"input_ids": p + a, "loss_mask": [0] * len(p) + [1] * len(a)}
+    return out
+
+
 def encode_pairs(tokenizer: Any, pairs: list, max_length: int) -> list[dict]:
-    """PreferencePairs → {example_id, chosen: encoded, rejected: encoded}."""
+    """PreferencePairs → {example_id, chosen: encoded, rejected: encoded} (see encode_pair)."""
     return [{"example_id": p.example_id,
-             "chosen": encode(tokenizer, p.prompt, p.chosen, max_length),
-             "rejected": encode(tokenizer, p.prompt, p.rejected, max_length)} for p in pairs]
+             **encode_pair(tokenizer, p.prompt, p.chosen, p.rejected, max_length)}
+            for p in pairs]
 
 
 def pad_batch(seqs: list[dict[str, list[int]]], pad_id: int) -> dict[str, Tensor]:

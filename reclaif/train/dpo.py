@@ -70,7 +70,8 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     plan = BatchPlan(len(encoded), t.batch_size, strategy.world_size, strategy.rank,
                      t.grad_accum, t.seed)
     total_steps = plan.steps_per_epoch * t.epochs
-    strategy.prepare(load_policy(policy_path, t), total_steps)
+    attn = cfg.recommender.attn_implementation
+    strategy.prepare(load_policy(policy_path, t, strategy, attn), total_steps)
 
     # 2. reference log-probs, once per iteration (before any policy update or resume)
     ref_file = it_dir / "ref_logps.jsonl"
@@ -80,11 +81,14 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
             forward = strategy.forward
         else:
             forward = strategy.eval_forward(load_policy(ref_path, t.__class__(
-                **{**t.__dict__, "lora_r": 0, "gradient_checkpointing": False})))
-        rows = compute_reference_logps(
-            lambda fn, *a: forward(lambda m, *b: fn(hf_model(m), *b), *a), encoded,
-            tokenizer.pad_token_id, t.batch_size, t.logprob_chunk, strategy.rank,
-            strategy.world_size, strategy.device, kernel=t.logprob_kernel)
+                **{**t.__dict__, "lora_r": 0, "gradient_checkpointing": False}), strategy, attn))
+        # Under the policy forward's own autocast: in bf16 the first step then has loss log 2
+        # and zero margins, as in fp32 (an fp32 reference would be off by the bf16 rounding).
+        with strategy.autocast():
+            rows = compute_reference_logps(
+                lambda fn, *a: forward(lambda m, *b: fn(hf_model(m), *b), *a), encoded,
+                tokenizer.pad_token_id, t.batch_size, t.logprob_chunk, strategy.rank,
+                strategy.world_size, strategy.device, kernel=t.logprob_kernel)
         if strategy.is_main:
             write_reference_logps(ref_file, rows)
             maybe_fail("dpo:reference")  # crash tests: SIGKILL after the reference is stored
@@ -161,6 +165,9 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
                    "reference": ref_path, "loss_type": t.loss_type, "beta": t.beta,
                    **{k: mean_over(last_epoch, k) for k in METRICS},
                    "loss_first_step": tlog.history[0]["loss"] if tlog.history else None,
+                   "margins_first_step": (tlog.history[0]["rewards/margins"] if tlog.history
+                                          else None),
+                   "bf16": t.bf16,
                    "epoch_losses": [mean_over([h for h in tlog.history if h["epoch"] == e], "loss")
                                     for e in range(t.epochs)],
                    "tokens_per_s": tlog.tokens_per_s(), "world_size": strategy.world_size,

@@ -23,7 +23,8 @@ from torch import Tensor
 from reclaif.train.logprobs import (_acc, _backprop_chunk, _body_and_weight, _chunk_logits,
                                     _final_hidden, _gather_until_accumulated, _gathered,
                                     _GradWeight, _inner_loop, _matmul_grads, _softmax_inplace,
-                                    check_weight_grad_acc, shifted_labels)
+                                    check_weight_grad_acc, shifted_labels,
+                                    under_autocast)
 from reclaif.train.losses import check_dpo_args, dpo_loss_grad, dpo_losses, dpo_metrics
 
 
@@ -250,13 +251,15 @@ def fused_dpo_loss_from_hidden(hidden: Tensor, weight: Tensor, labels: Tensor, r
                          f"labels [2B,T], got labels {tuple(labels.shape)}")
     check_dpo_args(beta, loss_type, label_smoothing)
     check_weight_grad_acc("fused_dpo_loss", weight_grad_acc)
-    ce = _inner_loop(kernel, hidden)
     acc = _acc(hidden)
     ref_c, ref_r = (to_device_async(r.to(acc), hidden.device) for r in (ref_chosen, ref_rejected))
-    opts = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
-                chunk=chunk_size, ignore_index=ignore_index, ce=ce, acc=weight_grad_acc)
     with _gathered(weight):  # around apply: see sequence_logps
-        loss, stats = _FusedDPO.apply(hidden.contiguous(), weight, labels, ref_c, ref_r, opts)
+        h, w, plain = under_autocast(hidden, weight)  # the reference's dtypes, exactly
+        opts = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
+                    chunk=chunk_size, ignore_index=ignore_index, ce=_inner_loop(kernel, h),
+                    acc=weight_grad_acc)
+        with plain:
+            loss, stats = _FusedDPO.apply(h.contiguous(), w, labels, ref_c, ref_r, opts)
     metrics = dpo_metrics(stats[:, 0], stats[:, 1], stats[:, 2])
     metrics["logps/chosen"] = stats[:, 3].mean()
     metrics["logps/rejected"] = stats[:, 4].mean()

@@ -93,6 +93,20 @@ def _softmax_inplace(logits: Tensor, targets: Tensor, normalize: bool = True) ->
     return tgt - lse, lse
 
 
+def under_autocast(hidden: Tensor, weight: Tensor
+                   ) -> tuple[Tensor, Tensor, contextlib.AbstractContextManager]:
+    """Under torch.autocast (the torch engine's bf16) the kernel computes as the model's own
+    lm_head would there: hidden and weight cast (differentiably) to the autocast dtype, then the
+    kernel runs with autocast off, so its own dtypes (fp32 sums, the weight-gradient
+    accumulator that weight_grad_acc names) are what runs. The reference log-probs and the
+    policy's forward go through here alike, so both see the same rounding."""
+    dev = hidden.device.type
+    if not torch.is_autocast_enabled(dev):
+        return hidden, weight, contextlib.nullcontext()
+    dtype = torch.get_autocast_dtype(dev)
+    return hidden.to(dtype), weight.to(dtype), torch.autocast(dev, enabled=False)
+
+
 def _acc(t: Tensor) -> torch.dtype:
     """Accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)."""
     return torch.promote_types(t.dtype, torch.float32)
@@ -283,22 +297,26 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, chunk_size: i
                          f"labels {tuple(labels.shape)} [B,T]")
     if chunk_size < 1:
         raise ValueError(f"sequence_logps: chunk_size must be >= 1, got {chunk_size}")
-    ce = _inner_loop(kernel, hidden)
     B = hidden.shape[0]
     pos, targets, seq = _pack(labels, ignore_index)
     counts = torch.bincount(seq, minlength=B)
-    hidden = hidden.contiguous()
     grad_needed = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     if not grad_needed:
         with torch.no_grad(), _gathered(weight):
-            tok, _ = _token_logps(hidden.reshape(-1, hidden.shape[-1]), weight, pos, targets,
-                                  chunk_size, ce)
+            h, w, plain = under_autocast(hidden, weight)
+            ce = _inner_loop(kernel, h)
+            with plain:
+                tok, _ = _token_logps(h.contiguous().reshape(-1, h.shape[-1]), w, pos, targets,
+                                      chunk_size, ce)
         return torch.zeros(B, dtype=tok.dtype, device=hidden.device).index_add_(0, seq, tok), counts
     # Gathered around apply, not inside forward: autograd records the weight's shape at apply
     # time and rejects a full-shape gradient for a shape-[0] (partitioned) input.
     with _gathered(weight):
-        return _SequenceLogps.apply(hidden, weight, pos, targets, seq, B, chunk_size, ce,
-                                    weight_grad_acc), counts
+        h, w, plain = under_autocast(hidden, weight)
+        ce = _inner_loop(kernel, h)
+        with plain:
+            return _SequenceLogps.apply(h.contiguous(), w, pos, targets, seq, B, chunk_size, ce,
+                                        weight_grad_acc), counts
 
 
 def shifted_labels(input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,

@@ -19,17 +19,35 @@ from reclaif.config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-def load_policy(path: str, cfg: TrainConfig) -> nn.Module:
-    """The model to train: fp32 master weights (DeepSpeed casts to bf16 itself; the torch
-    engine autocasts), LoRA adapters on every linear layer when lora_r > 0, and gradient
-    checkpointing (non-reentrant, so frozen inputs need no requires_grad trick)."""
+def load_policy(path: str, cfg: TrainConfig, strategy: Any = None,
+                attn_implementation: str = "auto") -> nn.Module:
+    """The model to train (or a frozen reference), loaded the way its engine holds it:
+    - DeepSpeed ZeRO-3: inside `deepspeed.zero.Init` (transformers' HfDeepSpeedConfig), in the
+      training dtype (bf16 with bf16 on), so each rank only ever holds its 1/world partition
+      and no rank builds a full fp32 copy on the host (a 7B model: 29 GB per rank);
+    - torch engine: fp32 master weights (the autocast casts);
+    then LoRA adapters on every linear layer when lora_r > 0 and gradient checkpointing
+    (non-reentrant, so frozen inputs need no requires_grad trick). Attention: `auto` is
+    flash-attention 2 on GPUs where flash_attn is installed, else sdpa."""
     from transformers import AutoModelForCausalLM
 
-    from reclaif.llm.models import check_checkpoint_dir
+    from reclaif.llm.models import check_checkpoint_dir, pick_attn
 
-    model = AutoModelForCausalLM.from_pretrained(str(check_checkpoint_dir(path)),
-                                                 dtype=torch.float32, use_safetensors=True,
-                                                 attn_implementation="sdpa")
+    ckpt = str(check_checkpoint_dir(path))
+    zero3 = strategy.zero3_config(ckpt) if strategy is not None else None
+    dtype = torch.bfloat16 if cfg.bf16 and cfg.engine == "deepspeed" else torch.float32
+    device = "cuda" if strategy is not None and strategy.on_gpu else "cpu"
+    attn = pick_attn(attn_implementation, device)
+    if attn == "flash_attention_2" and device == "cpu":
+        attn = "sdpa"  # flash-attention has no CPU kernels; the CPU path (tests) uses sdpa
+    hf_ds = None
+    if zero3 is not None:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds = HfDeepSpeedConfig(zero3)  # noqa: F841  (from_pretrained sees it while alive)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype, use_safetensors=True,
+                                                 attn_implementation=attn)
+    del hf_ds  # later loads (a checkpoint reader, the samplers) are plain again
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

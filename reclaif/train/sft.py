@@ -37,6 +37,21 @@ def sft_step(model, batch: dict, chunk: int, kernel: str = "auto",
     return sft_loss(logps, counts)
 
 
+def sft_nll(model, batch: dict, chunk: int, kernel: str = "auto",
+            weight_grad_acc: str = "fp32"):
+    """The summed NLL of the response tokens of `batch` (the recipe divides by the tokens of
+    the whole accumulation window, over all ranks)."""
+    logps, _ = model_sequence_logps(hf_model(model), batch["input_ids"], batch["attention_mask"],
+                                    batch["loss_mask"], chunk, kernel=kernel,
+                                    weight_grad_acc=weight_grad_acc)
+    return -logps.sum()
+
+
+def response_tokens(example: dict) -> int:
+    """The tokens an example's loss counts (each predicted from the one before it)."""
+    return sum(example["loss_mask"][1:])
+
+
 def run_sft(cfg: RunConfig, run_dir: str | Path) -> dict:
     t = cfg.sft
     phase = Path(run_dir) / "sft"
@@ -60,7 +75,8 @@ def run_sft(cfg: RunConfig, run_dir: str | Path) -> dict:
     total_steps = plan.steps_per_epoch * t.epochs
 
     # 2. model, optimizer, schedule; resume from the last training state if a run was cut
-    strategy.prepare(load_policy(init, t), total_steps)
+    strategy.prepare(load_policy(init, t, strategy, cfg.recommender.attn_implementation),
+                     total_steps)
     step, epoch0, skip, history, tokens = 0, 0, 0, [], 0
     last = latest_train_state(phase / "train_state")
     if last is not None:
@@ -82,14 +98,24 @@ def run_sft(cfg: RunConfig, run_dir: str | Path) -> dict:
             first = plan.micro_per_epoch - len(batches)
             acc_loss, acc_tok = 0.0, 0
             for m, idx in enumerate(batches, start=first):
+                if (m - first) % t.grad_accum == 0:
+                    # The loss is the token mean over the whole optimizer step (Eq. 1): every
+                    # micro-batch's NLL sum over the response tokens of all its micro-batches
+                    # on all ranks, not a mean of per-micro-batch means.
+                    window = batches[m - first:m - first + t.grad_accum]
+                    mine = sum(response_tokens(examples[i]) for w in window for i in w)
+                    step_tokens = max(1.0, strategy.all_reduce_mean({"n": mine})["n"]
+                                      * strategy.world_size)
                 batch = strategy.to_device(pad_batch([examples[i] for i in idx],
                                                      tokenizer.pad_token_id))
                 with strategy.autocast():
-                    loss = strategy.forward(sft_step, batch, t.logprob_chunk, t.logprob_kernel,
-                                            t.logprob_weight_grad)
+                    nll = strategy.forward(sft_nll, batch, t.logprob_chunk, t.logprob_kernel,
+                                           t.logprob_weight_grad)
                 boundary = (m + 1) % t.grad_accum == 0
-                strategy.backward(loss, boundary)
-                acc_loss += float(loss.detach()) / t.grad_accum
+                # Both engines average gradients over ranks and divide by grad_accum: undone here.
+                strategy.backward(nll * (t.grad_accum * strategy.world_size / step_tokens),
+                                  boundary)
+                acc_loss += float(nll.detach()) * strategy.world_size / step_tokens
                 acc_tok += count_tokens(batch)
                 if not boundary:
                     strategy.micro_step()

@@ -12,6 +12,7 @@ wrapped module's forward, so DDP's reducer and DeepSpeed's engine see an ordinar
 """
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -56,6 +57,24 @@ def launcher_env() -> tuple[int, int, int]:
         env.setdefault("WORLD_SIZE", env["SLURM_NTASKS"])
         env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
     return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def gpus_for(cfg: TrainConfig) -> bool:
+    """Whether this process trains on a GPU. A step configured for GPUs (device: cuda, or a
+    Slurm allocation with GPUs) that sees none stops here: falling back to gloo on the CPU
+    would run a 7B model for days, or run out of host memory."""
+    seen = torch.cuda.is_available()
+    if cfg.device == "cpu":
+        return False
+    given = os.environ.get("SLURM_GPUS_ON_NODE", "") or os.environ.get("SLURM_JOB_GPUS", "")
+    if not seen and (cfg.device == "cuda" or given not in ("", "0")):
+        why = ("device: cuda is configured" if cfg.device == "cuda" else
+               f"Slurm gave this job GPUs (SLURM_GPUS_ON_NODE/SLURM_JOB_GPUS={given!r})")
+        raise ConfigError(f"training: {why} but torch sees no GPU (torch {torch.__version__}, "
+                          f"CUDA build {torch.version.cuda}, CUDA_VISIBLE_DEVICES="
+                          f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA build "
+                          f"of torch or set device: cpu")
+    return seen
 
 
 def resolve_ds_config(path: str) -> Path:
@@ -136,9 +155,10 @@ class Strategy:
         self.cfg = cfg
         self.rank, self.world_size, self.local_rank = launcher_env()
         self.engine_name = cfg.engine
-        self.on_gpu = torch.cuda.is_available()
+        self.on_gpu = gpus_for(cfg)
         self.device = torch.device(f"cuda:{self.local_rank}" if self.on_gpu else "cpu")
         self._owns_group = False
+        self.timeout = datetime.timedelta(seconds=cfg.collective_timeout_s)
         self.engine: Any = None
         self.optimizer: Any = None
         self.scheduler: Any = None
@@ -172,10 +192,10 @@ class Strategy:
                     # JIT-compiled first (minutes on 2 cores; a killed build leaves a lock
                     # that hangs every later run).
                     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-                deepspeed.init_distributed(dist_backend=backend)
+                deepspeed.init_distributed(dist_backend=backend, timeout=self.timeout)
                 self._owns_group = True
         elif self.world_size > 1 and not self.distributed:
-            torch.distributed.init_process_group(backend=backend)
+            torch.distributed.init_process_group(backend=backend, timeout=self.timeout)
             self._owns_group = True
         torch.manual_seed(self.cfg.seed)
         return self
@@ -216,6 +236,21 @@ class Strategy:
         self._owns_group = False
 
     # ------------------------------------------------------------------ model and optimizer
+    def ds_config(self, hidden_size: int) -> dict:
+        raw = json.loads(resolve_ds_config(self.cfg.deepspeed_config).read_text())
+        return fill_ds_config(raw, self.cfg, self.world_size, hidden_size, self.on_gpu)
+
+    def zero3_config(self, model_dir: str) -> dict | None:
+        """The filled DeepSpeed config when this engine is ZeRO stage 3 (models are then built
+        inside zero.Init, see session.load_policy), else None."""
+        if self.engine_name != "deepspeed":
+            return None
+        hidden = int(json.loads((Path(model_dir) / "config.json").read_text())
+                     .get("hidden_size", 1024))
+        ds = self.ds_config(hidden)
+        return ds if ds.get("zero_optimization", {}).get("stage") == 3 else None
+
+
     def prepare(self, model: nn.Module, total_steps: int) -> None:
         """Wraps `model` for training with AdamW and warm-up + cosine over `total_steps`."""
         self.module = model
@@ -224,9 +259,8 @@ class Strategy:
         if self.engine_name == "deepspeed":
             import deepspeed
 
-            raw = json.loads(resolve_ds_config(self.cfg.deepspeed_config).read_text())
             hidden = int(getattr(getattr(model, "config", None), "hidden_size", 1024))
-            ds = fill_ds_config(raw, self.cfg, self.world_size, hidden, self.on_gpu)
+            ds = self.ds_config(hidden)
             optimizer = None if "optimizer" in ds else torch.optim.AdamW(
                 params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
             sched = (cosine_with_warmup(optimizer, total_steps, self.cfg.warmup_ratio)
@@ -284,9 +318,10 @@ class Strategy:
                     self.to_device(v) if isinstance(v, dict) else v) for k, v in batch.items()}
 
     def autocast(self):
-        """bf16 autocast for the torch engine on GPUs (DeepSpeed casts the weights itself)."""
-        if self.cfg.bf16 and self.on_gpu and self.engine_name == "torch":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast for the torch engine, on GPUs and on CPU (DeepSpeed casts the weights
+        itself). Every forward of a phase runs under it: the policy's and the reference's."""
+        if self.cfg.bf16 and self.engine_name == "torch":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         import contextlib
 
         return contextlib.nullcontext()
