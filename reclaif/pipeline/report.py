@@ -135,10 +135,12 @@ def paired_lines(run_dir: Path) -> list[str]:
     last = iters[-1]
     out = []
     keys = ["hit@1", "ndcg@3"] if "hit@1" in st[last].get("metrics", {}) else ["ndcg@5"]
-    for key in keys + ["valid_ratio"]:
+    for key in keys + ["valid_ratio", "explainability"]:
         a, b = st[last].get("per_example", {}), st[ref].get("per_example", {})
         name = "valid" if key == "valid_ratio" else key
         if name not in a or name not in b or a.get("ids") != b.get("ids"):
+            continue
+        if None in a[name] or None in b[name]:  # explainability of an invalid answer: unpaired
             continue
         diff = paired_bootstrap_ci([float(x) for x in a[name]], [float(x) for x in b[name]],
                                    BOOTSTRAP)

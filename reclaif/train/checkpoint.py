@@ -140,7 +140,8 @@ def save_hf_checkpoint(model: nn.Module, tokenizer: Any, out_dir: str | Path, is
             if not shards[-1]:
                 return
             name = f"model-{len(files) + 1:05d}.safetensors"
-            save_file(shards[-1], str(tmp / name), metadata={"format": "pt"})
+            with disk_errors(out):  # the user knows the checkpoint, not its temporary name
+                save_file(shards[-1], str(tmp / name), metadata={"format": "pt"})
             files.append(name)
             shards[-1], size = {}, 0
             names.append([])
