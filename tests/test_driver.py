@@ -98,7 +98,7 @@ def test_run_produces_every_phase_and_the_report(clean_run):
     teacher = [json.loads(x) for x in (run_dir / "sft/teacher.jsonl").read_text().splitlines()]
     assert teacher and all("follows your last artist" in t["prompt"] or "tags: " in t["prompt"]
                            for t in teacher)
-    hashed = json.loads((run_dir / "manifest.json").read_text())["phases"]["evidence"]["hashes"]
+    hashed = json.loads((run_dir / "manifest.json").read_text())["phases"]["evidence"]["outputs"]
     assert {"evidence/train.jsonl", "evidence/eval.jsonl",
             "evidence/full/transition.json"} <= set(hashed)
     html = (run_dir / "report.html").read_text()

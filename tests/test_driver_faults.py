@@ -121,7 +121,8 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _overrides(model: Path, url: str, train_examples: int) -> list[str]:
-    return ["evidence.mode=none", f"recommender.model={model}", "sft.enabled=false", "dpo.iterations=1",
+    return ["evidence.mode=none", "sampling.max_prompts=0", f"recommender.model={model}",
+            "sft.enabled=false", "dpo.iterations=1",
             f"data.max_train_examples={train_examples}", "data.max_eval_examples=2",
             # top_p=1 skips the nucleus sort over the 49k vocabulary at every decoding step;
             # 8 noise tokens still make the two answers differ.

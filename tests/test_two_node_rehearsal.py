@@ -149,7 +149,13 @@ def _teacher_pairs(run_dir: Path) -> int:
     pairs = [preference_pair(e, s["prompt"], g, s["answers"][0], v)
              for e, s, g, v in zip(examples, samples, good, verdicts)]
     rows = [p.to_json() for p in pairs if p is not None]
-    atomic_write_jsonl(run_dir / "iter-001" / "pairs.jsonl", rows)
+    out = run_dir / "iter-001" / "pairs.jsonl"
+    atomic_write_jsonl(out, rows)
+    # the manifest records what the pairs phase wrote; a replaced file must be recorded anew,
+    # or the resumed driver (rightly) redoes the phase
+    from reclaif.pipeline.store import RunStore
+
+    RunStore(run_dir).mark_done("iter-001/pairs", [out], count=len(rows))
     return len(rows)
 
 
