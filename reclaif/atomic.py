@@ -14,7 +14,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +86,11 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
     return len(lines)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads a JSONL file; a malformed or non-UTF-8 line raises DataError naming file and line."""
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line; a malformed or non-UTF-8 line
+    raises DataError naming file and line."""
     from reclaif.errors import DataError
 
-    rows = []
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -104,7 +104,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Reads a JSONL file (see `iter_jsonl` for its errors)."""
+    return [row for _, row in iter_jsonl(path)]

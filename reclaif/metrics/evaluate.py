@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from reclaif.atomic import atomic_write_json, dumps
+from reclaif.atomic import atomic_write_json, dumps, iter_jsonl
 from reclaif.errors import ConfigError, DataError
 from reclaif.metrics.diversity import DiversityScorer
 from reclaif.metrics.relevance import hit_at_k, mrr, ndcg_at_k, precision_at_k
@@ -123,39 +123,27 @@ def read_predictions(path: str | Path, known: dict[str, Example]) -> dict[str, d
     if not path.is_file():
         raise DataError(f"{path}: predictions file not found")
     out: dict[str, dict[str, Any]] = {}
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                                f"{e.start + 1}); the file must be UTF-8 JSON lines") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "id" not in row:
-                raise DataError(f"{path}:{n}: a prediction is an object with an 'id'")
-            pid = str(row["id"])
-            if pid not in known:
-                raise DataError(f"{path}:{n}: prediction id {pid!r} is not among the "
-                                f"{len(known)} examples")
-            if pid in out:
-                raise DataError(f"{path}:{n}: second prediction for id {pid!r}")
-            has_items = isinstance(row.get("items"), list)
-            if not has_items and not isinstance(row.get("text"), str):
-                raise DataError(f"{path}:{n}: give 'items' (a list of item ids) or 'text' "
-                                f"(the raw answer) for id {pid!r}")
-            if has_items and not all(isinstance(i, (str, int)) for i in row["items"]):
-                raise DataError(f"{path}:{n}: 'items' of id {pid!r} must be item ids")
-            score = row.get("explainability")
-            # json.loads reads NaN and Infinity; a mean over them would be NaN in eval.json.
-            if isinstance(score, float) and not math.isfinite(score):
-                raise DataError(f"{path}:{n}: 'explainability' of id {pid!r} is {score}; give "
-                                "a finite number or leave it out")
-            out[pid] = row
+    for n, row in iter_jsonl(path):
+        if not isinstance(row, dict) or "id" not in row:
+            raise DataError(f"{path}:{n}: a prediction is an object with an 'id'")
+        pid = str(row["id"])
+        if pid not in known:
+            raise DataError(f"{path}:{n}: prediction id {pid!r} is not among the "
+                            f"{len(known)} examples")
+        if pid in out:
+            raise DataError(f"{path}:{n}: second prediction for id {pid!r}")
+        has_items = isinstance(row.get("items"), list)
+        if not has_items and not isinstance(row.get("text"), str):
+            raise DataError(f"{path}:{n}: give 'items' (a list of item ids) or 'text' "
+                            f"(the raw answer) for id {pid!r}")
+        if has_items and not all(isinstance(i, (str, int)) for i in row["items"]):
+            raise DataError(f"{path}:{n}: 'items' of id {pid!r} must be item ids")
+        score = row.get("explainability")
+        # json.loads reads NaN and Infinity; a mean over them would be NaN in eval.json.
+        if isinstance(score, float) and not math.isfinite(score):
+            raise DataError(f"{path}:{n}: 'explainability' of id {pid!r} is {score}; give "
+                            "a finite number or leave it out")
+        out[pid] = row
     return out
 
 
