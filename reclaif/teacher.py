@@ -15,7 +15,7 @@ from collections.abc import Callable
 from reclaif.config import LLMSpec, TeacherConfig
 from reclaif.errors import ConfigError
 from reclaif.llm.base import LLMClient
-from reclaif.data.features import BEAUTY_FIELDS, NON_DESCRIPTIVE_TAGS, item_features  # noqa: F401
+from reclaif.data.features import item_features
 from reclaif.records import Example, Item
 
 TEACHER_DESCRIPTION = (
@@ -68,7 +68,6 @@ class OfflineTeacher:
         counts: Counter[str] = Counter()
         for i in example.context:
             counts.update(list(dict.fromkeys(item_features(self.items.get(i), example.domain))))
-        n = len(example.context)
         # Ties broken by first appearance (Counter keeps insertion order): deterministic.
         # Features two or more history items share; single-item ones only to reach two.
         # Two, stated bare: every answer token costs SFT, sampling and DPO time, and the

@@ -7,7 +7,6 @@ at least two items; explainability averages the scores given.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
