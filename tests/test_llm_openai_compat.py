@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,7 +159,6 @@ class RawServer:
     do: trickle a body, lie about its length, stream without end). Records each request head."""
 
     def __init__(self, handler) -> None:
-        import socket
         import threading
 
         self.heads: list[bytes] = []
@@ -186,12 +186,29 @@ class RawServer:
             if not got:
                 return
             data += got
-        self.heads.append(data.split(b"\r\n\r\n")[0])
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.heads.append(head)
+        # Read the whole request body: closing a socket with unread bytes sends RST, not FIN,
+        # and the client would see "connection reset" instead of the short body under test.
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            got = conn.recv(65536)
+            if not got:
+                return
+            body += got
         try:
             self.handler(conn)
         except OSError:
             pass  # the client hung up: what these tests expect it to do
         finally:
+            try:
+                conn.shutdown(socket.SHUT_WR)  # FIN after the bytes sent, so none are lost
+            except OSError:
+                pass
             conn.close()
 
     def close(self) -> None:
