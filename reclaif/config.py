@@ -117,6 +117,7 @@ class EvidenceConfig:
 
 # The fused log-prob kernel's choices, here (torch-free) for the config, the CLI and the kernel.
 LOGPROB_KERNELS = ("auto", "torch", "triton")
+LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOGPROB_WEIGHT_GRADS = ("fp32", "param")
 
 
@@ -419,6 +420,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("sampling.num_samples: the judge needs at least 2 answers per prompt")
     for key, spec in (("recommender", cfg.recommender), ("teacher.llm", cfg.teacher.llm),
                       ("judge.llm", cfg.judge.llm), ("explainability.llm", cfg.explainability.llm)):
+        if spec.dtype not in LLM_DTYPES:  # else a KeyError when the model is first loaded
+            raise ConfigError(f"{key}.dtype: '{spec.dtype}' is not one of {list(LLM_DTYPES)}")
         if not 0 < spec.gpu_memory_utilization <= 1:
             raise ConfigError(f"{key}.gpu_memory_utilization: {spec.gpu_memory_utilization} "
                               f"must be in (0, 1]")
@@ -447,13 +450,17 @@ def validate(cfg: RunConfig) -> None:
     ]
     at_least += [(f"eval.k[{i}]", k, 1) for i, k in enumerate(cfg.eval.k)]
     at_least += [(f"judge.weights[{i}]", w, 0) for i, w in enumerate(cfg.judge.weights)]
-    above_zero: list[tuple[str, float]] = [("dpo.beta", cfg.dpo.beta)]
+    above_zero: list[tuple[str, float]] = [("dpo.beta", cfg.dpo.beta),
+                                           ("ray.release_timeout_s", cfg.ray.release_timeout_s)]
     for name, t in (("sft", cfg.sft), ("dpo", cfg.dpo)):
         at_least += [(f"{name}.{f}", getattr(t, f), 1) for f in
                      ("epochs", "batch_size", "grad_accum", "max_length", "logprob_chunk")]
         at_least += [(f"{name}.{f}", getattr(t, f), 0) for f in
                      ("weight_decay", "warmup_ratio", "save_every_steps", "lora_r")]
-        above_zero += [(f"{name}.lr", t.lr), (f"{name}.max_grad_norm", t.max_grad_norm)]
+        above_zero += [(f"{name}.lr", t.lr), (f"{name}.max_grad_norm", t.max_grad_norm),
+                       (f"{name}.collective_timeout_s", t.collective_timeout_s)]
+        if t.lora_r > 0:  # alpha / r scales the adapter: 0 would train nothing, silently
+            at_least.append((f"{name}.lora_alpha", t.lora_alpha, 1))
         if t.warmup_ratio > 1:
             raise ConfigError(f"{name}.warmup_ratio: {t.warmup_ratio} must be in [0, 1]")
     for name, spec in (("recommender", cfg.recommender), ("teacher.llm", cfg.teacher.llm),

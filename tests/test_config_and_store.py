@@ -173,11 +173,19 @@ def test_a_non_utf8_config_names_the_file_and_byte(tmp_path):
     "ray.num_cpus=0", "ray.max_in_flight=0", "ray.shard_size=0", "ray.num_samplers=0",
     "sampling.temperature=-1", "sampling.max_new_tokens=0", "sft.epochs=0",
     "sft.warmup_ratio=1.5", "dpo.label_smoothing=0.5", "judge.weights=[1, .nan, 1]",
-    "recommender.max_concurrency=0", "sft.logprob_chunk=0"])
+    "recommender.max_concurrency=0", "sft.logprob_chunk=0", "ray.release_timeout_s=-5",
+    "ray.release_timeout_s=0", "dpo.collective_timeout_s=0", "sft.collective_timeout_s=-1",
+    "recommender.dtype=fp8", "judge.llm.dtype=half"])
 def test_out_of_range_values_are_named(override):
     key = override.split("=")[0].split("[")[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_lora_alpha_must_be_positive_only_when_lora_is_on():
+    with pytest.raises(ConfigError, match=r"sft\.lora_alpha: 0 must be at least 1"):
+        load_config(None, ["sft.lora_r=4", "sft.lora_alpha=0"])
+    assert load_config(None, ["sft.lora_r=0", "sft.lora_alpha=0"]).sft.lora_alpha == 0
 
 
 def test_edge_values_that_mean_off_are_accepted():
