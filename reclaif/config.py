@@ -477,6 +477,15 @@ def validate(cfg: RunConfig) -> None:
     for key, value in above_zero:
         if not value > 0:
             raise ConfigError(f"{key}: {value} must be greater than 0")
+    if not cfg.ray.address:
+        # On the local Ray each actor holds at least one of its num_cpus CPUs: more actors
+        # than CPUs never all start, and Ray waits for them forever without a word.
+        for key, actors in (("ray.num_samplers", cfg.ray.num_samplers),
+                            ("ray.num_judges", cfg.ray.num_judges)):
+            if actors > cfg.ray.num_cpus:
+                raise ConfigError(f"{key}: {actors} actors of one CPU each do not fit the local "
+                                  f"Ray's ray.num_cpus={cfg.ray.num_cpus}; raise ray.num_cpus "
+                                  f"or lower {key}")
     if cfg.dpo.label_smoothing >= 0.5:
         raise ConfigError(f"dpo.label_smoothing: {cfg.dpo.label_smoothing} must be below 0.5")
     _validate_evidence(cfg.evidence)

@@ -182,6 +182,14 @@ def test_out_of_range_values_are_named(override):
         load_config(None, [override])
 
 
+def test_more_actors_than_local_ray_cpus_is_refused_not_a_silent_hang():
+    for key in ("ray.num_samplers", "ray.num_judges"):
+        with pytest.raises(ConfigError, match=rf"{key}: 3 actors .* ray.num_cpus=2"):
+            load_config(None, ["ray.num_cpus=2", f"{key}=3"])
+        # A cluster's CPUs are its own: the driver's ray.num_cpus does not bound them.
+        assert load_config(None, ["ray.address=auto", "ray.num_cpus=2", f"{key}=3"])
+
+
 def test_lora_alpha_must_be_positive_only_when_lora_is_on():
     with pytest.raises(ConfigError, match=r"sft\.lora_alpha: 0 must be at least 1"):
         load_config(None, ["sft.lora_r=4", "sft.lora_alpha=0"])
