@@ -245,3 +245,50 @@ def test_reclaif_report_on_damaged_run_files_is_one_line(tmp_path, capsys):
     assert main(["report", "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"{run / 'base/eval.json'}: damaged" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "evidence/baselines.json"])
+def test_reclaif_report_on_a_damaged_manifest_or_baselines_is_one_line(tmp_path, capsys, name):
+    from reclaif.atomic import atomic_write_json
+    from reclaif.cli import main
+
+    run = tmp_path / "run"
+    store = RunStore(run)
+    store.freeze_config(load_config(None))
+    store.mark_done("evidence", description="d", windows=1, folds=2)
+    atomic_write_json(run / "evidence/baselines.json", {"random": {"metrics": {}}})
+    assert main(["report", "--run-dir", str(run)]) == 0
+    f = run / name
+    f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    capsys.readouterr()
+    assert main(["report", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}: damaged" in err and "Traceback" not in err
+    assert len([x for x in err.splitlines() if x.startswith("reclaif: error:")]) == 1
+
+
+def test_a_report_reads_a_non_utf8_config_without_a_traceback(tmp_path, capsys):
+    from reclaif.cli import main
+
+    run = tmp_path / "run"
+    RunStore(run).freeze_config(load_config(None))
+    (run / "config.yaml").write_bytes((run / "config.yaml").read_bytes() + b"# caf\xe9\n")
+    assert main(["report", "--run-dir", str(run)]) == 0
+
+
+@pytest.mark.parametrize("command", [["run"], ["train", "sft"], ["train", "dpo", "--iteration", "1"]])
+def test_a_cut_frozen_config_is_named_damaged_by_every_command_that_reads_it(tmp_path, capsys,
+                                                                             command):
+    """Cut in half, config.yaml still parses (as a half config); every reader checks it
+    against the sha256 the manifest recorded first, so the one line says it is damaged."""
+    from reclaif.cli import main
+
+    run = tmp_path / "run"
+    RunStore(run).freeze_config(load_config(None))
+    f = run / "config.yaml"
+    f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    assert main([*command, "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("reclaif: error:")]
+    assert lines == [f"reclaif: error: {f}: does not match the config this run was frozen with "
+                     "(damaged or edited); restore it, or start a new --run-dir"], err

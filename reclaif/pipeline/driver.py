@@ -467,6 +467,7 @@ class Driver:
 # ------------------------------------------------------------------------------- commands
 def _cfg(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     if args.config is None and args.run_dir and (Path(args.run_dir) / "config.yaml").exists():
+        RunStore(args.run_dir).check_config_file()  # damaged: one line saying so
         cfg = load_config(Path(args.run_dir) / "config.yaml", args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)

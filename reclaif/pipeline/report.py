@@ -48,6 +48,13 @@ def _read_json(f: Path, optional: bool = False) -> Any:
                            "command to redo the phase that wrote it") from None
 
 
+def _config_text(run_dir: Path) -> str:
+    """The frozen config's text, only searched for a few settings: undecodable bytes (a
+    damaged file) do not stop the report."""
+    f = run_dir / "config.yaml"
+    return f.read_bytes().decode("utf-8", "replace") if f.is_file() else ""
+
+
 def stages(run_dir: Path) -> list[tuple[str, dict]]:
     """(stage name, eval.json) in pipeline order: base, sft, iter-001, ..."""
     out = []
@@ -60,7 +67,7 @@ def stages(run_dir: Path) -> list[tuple[str, dict]]:
 
 
 def _columns(run_dir: Path) -> list[tuple[str, str]]:
-    cfg = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    cfg = _config_text(run_dir)
     return RETRIEVAL_COLUMNS if "dataset: esci" in cfg else SEQUENTIAL_COLUMNS
 
 
@@ -105,7 +112,10 @@ def evidence_rows(run_dir: Path) -> list[tuple[str, dict]]:
     f = Path(run_dir) / "evidence" / "baselines.json"
     if not f.is_file():
         return []
-    rows = json.loads(f.read_text(encoding="utf-8"))
+    rows = _read_json(f)
+    if not isinstance(rows, dict):
+        raise ReclaifError(f"{f}: damaged (not a JSON object); rerun the same `reclaif run` "
+                           "command to redo the evidence phase")
     names = {"random": "Random", "popularity": "Popularity", "transition": "Transition",
              "sasrec-ce": "SASRec-CE (evidence model)", "bm25": "BM25 (evidence)"}
     return [(names.get(k, k), v) for k, v in rows.items()]
@@ -227,14 +237,15 @@ def _examples(run_dir: Path, n: int) -> list[dict[str, str]]:
     fa, fb = run_dir / first / "predictions.jsonl", run_dir / last / "predictions.jsonl"
     if not (fa.exists() and fb.exists()):
         return []
-    a = {r["id"]: r for r in read_jsonl(fa)}
-    b = {r["id"]: r for r in read_jsonl(fb)}
-    ids = [i for i in a if i in b][:n]
-    return [{"id": i, first: a[i]["raw_text"], last: b[i]["raw_text"]} for i in ids]
+    a = {r.get("id"): r for r in read_jsonl(fa) if isinstance(r, dict)}
+    b = {r.get("id"): r for r in read_jsonl(fb) if isinstance(r, dict)}
+    ids = [i for i in a if i is not None and i in b][:n]
+    return [{"id": i, first: str(a[i].get("raw_text", "")), last: str(b[i].get("raw_text", ""))}
+            for i in ids]
 
 
 def _descriptions(run_dir: Path) -> list[str]:
-    cfg = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    cfg = _config_text(run_dir)
     notes = []
     try:
         from reclaif.judge import RUBRIC_DESCRIPTION
@@ -247,7 +258,9 @@ def _descriptions(run_dir: Path) -> list[str]:
         notes.append("**Judge (data-derived rubric):** " + RUBRIC_DESCRIPTION)
     manifest = run_dir / "manifest.json"
     if manifest.is_file():
-        entry = json.loads(manifest.read_text(encoding="utf-8"))["phases"].get("evidence")
+        from reclaif.pipeline.store import RunStore
+
+        entry = RunStore(run_dir).manifest()["phases"].get("evidence")  # damaged: one line
         if entry:
             notes.append(f"**Hybrid mode (evidence in the prompt):** {entry.get('description')} "
                          f"Fitted on the training split only ({entry.get('windows', 0):,} "

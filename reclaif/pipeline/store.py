@@ -136,7 +136,11 @@ class RunStore:
         atomic_write_json(self.manifest_path, m)
         return cfg
 
-    def load_config(self) -> RunConfig:
+    def check_config_file(self) -> str:
+        """Refuses a config.yaml that is not the one this run was frozen with (cut short by a
+        full disk, or edited): every reader of the frozen config calls this first, so a
+        damaged file is one line saying so, never a half config's field error. Returns the
+        message a later load error is prefixed with."""
         path = self.root / "config.yaml"
         if not path.exists():
             raise ReclaifError(f"{self.root}: not a run directory (no config.yaml)")
@@ -145,6 +149,11 @@ class RunStore:
                    "edited); restore it, or start a new --run-dir")
         if recorded is not None and file_hash(path, full=True) != recorded:
             raise ConfigError(damaged)
+        return damaged
+
+    def load_config(self) -> RunConfig:
+        path = self.root / "config.yaml"
+        damaged = self.check_config_file()
         try:
             data = load_yaml(read_config_text(path), str(path))
             if not isinstance(data, dict):

@@ -16,6 +16,10 @@ def _config(args: argparse.Namespace):
     path = args.config or run_dir / "config.yaml"
     if not Path(path).exists():
         raise ConfigError(f"{path}: no config (give --config, or a run dir with config.yaml)")
+    if not args.config:
+        from reclaif.pipeline.store import RunStore
+
+        RunStore(run_dir).check_config_file()  # the frozen one, as recorded, or one line
     return load_config(path, args.overrides), run_dir
 
 
