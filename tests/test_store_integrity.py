@@ -292,3 +292,16 @@ def test_a_cut_frozen_config_is_named_damaged_by_every_command_that_reads_it(tmp
     lines = [x for x in err.splitlines() if x.startswith("reclaif: error:")]
     assert lines == [f"reclaif: error: {f}: does not match the config this run was frozen with "
                      "(damaged or edited); restore it, or start a new --run-dir"], err
+
+
+def test_the_driver_records_a_phase_time_over_a_damaged_timings_file(tmp_path):
+    import time
+
+    from reclaif.pipeline.driver import Driver
+
+    driver = Driver(load_config(None), tmp_path / "run")
+    (tmp_path / "run").mkdir(exist_ok=True)
+    (tmp_path / "run/timings.json").write_text('{"base/eval": 4')
+    driver._timed("sft/train", time.time() - 2)
+    assert set(json.loads((tmp_path / "run/timings.json").read_text())) == {"sft/train"}
+    assert (tmp_path / "run/timings.json.damaged").exists()

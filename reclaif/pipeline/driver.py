@@ -218,9 +218,7 @@ class Driver:
 
     def _timed(self, key: str, t0: float) -> None:
         """Wall time per phase, kept across restarts (timings.json), shown in the report."""
-        path = self.store.root / "timings.json"
-        old = json.loads(path.read_text()) if path.exists() else {}
-        atomic_write_json(path, {**old, key: round(time.time() - t0, 1)})
+        self.store.record_timing(key, time.time() - t0)  # a damaged file is moved aside
 
     def _generate(self, key: str, examples: list[Example], model: str, out_dir: Path,
                   n: int, temperature: float, top_p: float, max_new_tokens: int,
@@ -419,7 +417,7 @@ class Driver:
             raise PhaseError(f"{stage} training failed: {e}. Rerunning the same command "
                              f"{resume}") from None
         metrics_file = self.store.root / stage / "train_metrics.json"
-        return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        return self.store.read_json(metrics_file) if metrics_file.exists() else {}
 
     def evaluate(self, stage: str, model: str) -> None:
         from reclaif.judge import make_explainability_scorer
