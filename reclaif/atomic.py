@@ -53,6 +53,34 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsyncs every file under directory `path`, then each directory (deepest first): what a
+    writer that cannot fsync itself (safetensors, save_pretrained) wrote is on disk before the
+    rename that publishes the directory."""
+    root = Path(path)
+    for dirpath, _, names in os.walk(root, topdown=False):
+        for name in names:
+            f = Path(dirpath) / name
+            if f.is_file() and not f.is_symlink():
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                except OSError as e:  # EIO/ENOSPC on write-back: name the file
+                    raise OSError(e.errno, e.strerror, str(f)) from None
+                finally:
+                    os.close(fd)
+        fsync_dir(dirpath)
+
+
+def replace_dir_durably(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Renames a finished directory `tmp` to `target` (none there: the caller moves an old one
+    aside) so that a power loss keeps either no `target` or the whole one: contents and tmp
+    fsynced first, the parent after the rename."""
+    fsync_tree(tmp)
+    os.replace(tmp, target)
+    fsync_dir(Path(target).parent)
+
+
 def finite_json(obj: Any) -> Any:
     """`obj` with every non-finite float (NaN, ±Infinity) replaced by None."""
     if isinstance(obj, float):

@@ -305,3 +305,61 @@ def test_the_driver_records_a_phase_time_over_a_damaged_timings_file(tmp_path):
     driver._timed("sft/train", time.time() - 2)
     assert set(json.loads((tmp_path / "run/timings.json").read_text())) == {"sft/train"}
     assert (tmp_path / "run/timings.json.damaged").exists()
+
+
+# ------------------------------------------------------------------- durable renames
+def _fsync_log(monkeypatch) -> list[tuple[str, str]]:
+    """Records ('fsync', path of the fd) and ('replace', destination) in the order they happen."""
+    import stat
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        events.append((f"fsync-{kind}", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("replace", str(Path(b).resolve())))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_an_atomic_write_fsyncs_the_file_before_and_its_directory_after_the_rename(
+        tmp_path, monkeypatch):
+    from reclaif.atomic import atomic_write_json
+
+    events = _fsync_log(monkeypatch)
+    target = (tmp_path / "run/manifest.json")
+    atomic_write_json(target, {"phases": {}})
+    kinds = [e[0] for e in events]
+    assert kinds == ["fsync-file", "replace", "fsync-dir"], events
+    assert events[1][1] == str(target.resolve()) and events[2][1] == str(target.parent.resolve())
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_a_checkpoint_directory_is_fsynced_whole_before_it_is_published(tmp_path, monkeypatch):
+    """safetensors and save_pretrained do not fsync: the checkpoint's files and directory are
+    fsynced before the rename that makes it the checkpoint, its parent after."""
+    from reclaif.train.checkpoint import _replace_dir
+
+    tmp = tmp_path / "sft/.tmp-ckpt"
+    (tmp / "sub").mkdir(parents=True)
+    for name in ("model.safetensors", "config.json", "sub/tokenizer.json"):
+        (tmp / name).write_bytes(b"x" * 10)
+    target = tmp_path / "sft/checkpoint"
+    target.mkdir()
+    (target / "old.bin").write_bytes(b"old")
+    events = _fsync_log(monkeypatch)
+    _replace_dir(tmp, target)
+    published = events.index(("replace", str(target.resolve())))
+    synced = {p for k, p in events[:published] if k.startswith("fsync")}
+    assert {str((tmp / n).resolve()) for n in ("model.safetensors", "config.json",
+                                                "sub/tokenizer.json", "sub", ".")} <= synced
+    assert ("fsync-dir", str(target.parent.resolve())) in events[published:]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", "sub"]

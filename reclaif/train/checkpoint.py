@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reclaif.atomic import atomic_write_json
+from reclaif.atomic import atomic_write_json, replace_dir_durably
 from reclaif.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _replace_dir(tmp: Path, target: Path) -> None:
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
-    os.replace(tmp, target)
+    replace_dir_durably(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -294,7 +294,7 @@ def save_train_state(strategy: Any, state_root: str | Path, step: int, meta: dic
             **meta, "step": step, "world_size": strategy.world_size,
             "engine": strategy.engine_name, "scheduler": _scheduler_state(strategy.scheduler)})
         shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        replace_dir_durably(tmp, final)
         olds = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)))
         for _, p in olds[:-keep] if keep else []:
             shutil.rmtree(p, ignore_errors=True)
