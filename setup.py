@@ -37,7 +37,10 @@ setup(
                 # the CPU interpreter runs the Triton kernels in tests (tests/test_triton_ce.py)
                 "triton>=3.2; sys_platform == 'linux'",
                 # TRL's DPOTrainer, for the equality test and `reclaif bench peer` (see "peer")
-                "trl==1.16.0"],
+                "trl==1.16.0",
+                # report.trackers: wandb (tests/test_trackers.py reads its offline run files);
+                # 0.31.0 installs against the pinned torch 2.13 without moving any package
+                "wandb>=0.31"],
         # TRL pinned: 1.16.0 resolves against transformers 5.24 / accelerate 1.16 / torch 2.13
         # without moving them (it adds datasets, pandas, dill, multiprocess, xxhash)
         "peer": ["trl==1.16.0"],

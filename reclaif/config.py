@@ -205,11 +205,20 @@ class LaunchConfig:
                        "{config} are filled in. `srun ... accelerate launch ...` on Slurm.")
 
 
+TRACKERS = ("tensorboard", "wandb")
+
+
 @dataclass
 class ReportConfig:
-    trackers: list[str] = _f(["tensorboard"], "accelerate trackers for training curves "
-                             "(tensorboard, wandb).")
-    examples_shown: int = _f(3, "Example recommendations shown side by side in the report.")
+    trackers: list[str] = _f(["tensorboard"], "Where rank 0 writes the training curves: "
+                             "tensorboard (RUN/tb/PHASE), wandb (one W&B run per phase; "
+                             "WANDB_MODE=offline writes under $WANDB_DIR or RUN/wandb); [] = "
+                             "none (train_metrics.json is always written).")
+
+
+# Keys a released config had and this one dropped: skipped when read, so the frozen config.yaml
+# of an older run directory still loads (report.examples_shown: never read; the report shows 3).
+RETIRED_KEYS = {"report.examples_shown"}
 
 
 @dataclass
@@ -273,6 +282,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Builds dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in data.items() if f"{prefix}{k}" not in RETIRED_KEYS}
     for k in data:
         if k not in names:
             close = [n for n in names if n.startswith(str(k)[:3])]
@@ -403,6 +413,10 @@ def validate(cfg: RunConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: '{value}' is not one of {sorted(allowed)}")
+    for i, tracker in enumerate(cfg.report.trackers):
+        if tracker not in TRACKERS:
+            raise ConfigError(f"report.trackers[{i}]: '{tracker}' is not one of {list(TRACKERS)} "
+                              "(use [] for none)")
     # No NaN or infinity anywhere: every comparison below is False for NaN, so it would pass.
     def finite(node: Any, prefix: str) -> None:
         for f in dataclasses.fields(node):
@@ -446,7 +460,6 @@ def validate(cfg: RunConfig) -> None:
         ("ray.num_judges", cfg.ray.num_judges, 1), ("ray.gpus_per_sampler", cfg.ray.gpus_per_sampler, 0),
         ("ray.shard_size", cfg.ray.shard_size, 1), ("ray.max_in_flight", cfg.ray.max_in_flight, 1),
         ("ray.max_retries", cfg.ray.max_retries, 0),
-        ("report.examples_shown", cfg.report.examples_shown, 0),
     ]
     at_least += [(f"eval.k[{i}]", k, 1) for i, k in enumerate(cfg.eval.k)]
     at_least += [(f"judge.weights[{i}]", w, 0) for i, w in enumerate(cfg.judge.weights)]

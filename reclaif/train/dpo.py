@@ -104,7 +104,7 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
         meta = load_train_state(strategy, last)
         step, epoch0, skip = meta["step"], meta["epoch"], meta["micro"]
         history, tokens = meta["history"], meta["tokens"]
-    tlog = TrainLog(run_dir / "tb" / it_dir.name, strategy.is_main)
+    tlog = TrainLog(run_dir, it_dir.name, strategy.is_main, cfg.report.trackers, cfg.name)
     tlog.resume(history, tokens)
 
     def dpo_step(model, batch):

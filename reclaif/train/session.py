@@ -1,20 +1,24 @@
 """What both recipes need around their loop: the model to train (full or LoRA), preemption by
-SIGUSR1, and training curves (TensorBoard under RUN/tb/, rank 0 only) plus train_metrics.json.
+SIGUSR1, and training curves (rank 0, to the trackers of `report.trackers`: TensorBoard under
+RUN/tb/, Weights & Biases) plus train_metrics.json.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from reclaif.atomic import atomic_write_json
-from reclaif.config import TrainConfig
+from reclaif.config import TRACKERS, TrainConfig
+from reclaif.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +94,40 @@ class Preemption:
 
 
 class TrainLog:
-    """Per-step scalars to TensorBoard (rank 0) and running sums for train_metrics.json."""
+    """Per-step scalars to each tracker of `report.trackers` (rank 0 only), as `train/NAME`, and
+    running sums for train_metrics.json:
+    - tensorboard: event files under RUN/tb/PHASE/;
+    - wandb: one W&B run per phase (name RUN_NAME/PHASE, group RUN_NAME, project $WANDB_PROJECT
+      or reclaif), its files under $WANDB_DIR or RUN/wandb/; WANDB_MODE=offline needs no network
+      (`wandb sync` uploads later). A phase resumed after a cut is a new W&B run from its step.
+    The writers are the libraries' own (torch's SummaryWriter, wandb.init/log/finish), not
+    accelerate's TensorBoardTracker/WandBTracker: those wrap the same calls, and their
+    main-process check builds an accelerate PartialState, a second view of the process group
+    that our engine (strategy.py, not accelerate's) already set up; rank 0 is known here."""
 
-    def __init__(self, tb_dir: Path, is_main: bool):
+    def __init__(self, run_dir: Path, phase: str, is_main: bool,
+                 trackers: Sequence[str] = ("tensorboard",), run_name: str = "run"):
+        unknown = sorted(set(trackers) - set(TRACKERS))
+        if unknown:
+            raise ConfigError(f"report.trackers: {unknown} not among {list(TRACKERS)}")
+        if "wandb" in trackers and importlib.util.find_spec("wandb") is None:
+            raise ConfigError("report.trackers: wandb is not installed (pip install wandb), "
+                              "or leave it out of the list")
         self.is_main = is_main
-        self.writer = None
-        if is_main:
+        self.writer: Any = None
+        self.wandb: Any = None
+        if is_main and "tensorboard" in trackers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(tb_dir))
+            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb" / phase))
+        if is_main and "wandb" in trackers:
+            import wandb
+
+            self.wandb = wandb.init(
+                project=os.environ.get("WANDB_PROJECT") or "reclaif",
+                dir=os.environ.get("WANDB_DIR") or str(run_dir), name=f"{run_name}/{phase}",
+                group=run_name, job_type=phase,
+                settings=wandb.Settings(console="off"))  # leave the driver's stdout alone
         self.t0 = time.time()
         self.tokens = self._tokens0 = 0
         self.history: list[dict[str, float]] = []
@@ -108,6 +137,8 @@ class TrainLog:
         if self.writer is not None:
             for k, v in scalars.items():
                 self.writer.add_scalar(f"train/{k}", v, step)
+        if self.wandb is not None:
+            self.wandb.log({f"train/{k}": v for k, v in scalars.items()}, step=step)
         if self.is_main:
             log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
 
@@ -121,6 +152,8 @@ class TrainLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def write_metrics(path: Path, metrics: dict, is_main: bool) -> dict:

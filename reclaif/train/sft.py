@@ -83,7 +83,7 @@ def run_sft(cfg: RunConfig, run_dir: str | Path) -> dict:
         meta = load_train_state(strategy, last)
         step, epoch0, skip = meta["step"], meta["epoch"], meta["micro"]
         history, tokens = meta["history"], meta["tokens"]
-    tlog = TrainLog(Path(run_dir) / "tb" / "sft", strategy.is_main)
+    tlog = TrainLog(Path(run_dir), "sft", strategy.is_main, cfg.report.trackers, cfg.name)
     tlog.resume(history, tokens)
 
     def state(epoch: int, micro: int) -> dict:
