@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help="peer: timed DPO steps per run of each side (default 3, --quick 1; "
                         "with more than 1, one more untimed warm-up step runs first)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="peer: the project's side trains with dpo.gradient_checkpointing "
+                        "(TRL's side without, its fastest setting)")
     _handler(p, "reclaif.bench:cmd_bench")
 
     p = sub.add_parser("plan", help="memory and time plan for a cluster run")

@@ -121,6 +121,24 @@ LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOGPROB_WEIGHT_GRADS = ("fp32", "param")
 
 
+PROMPT_FORWARDS = ("auto", "shared", "separate")
+SHARED_PROMPT_ATTENTION = ("eager", "sdpa")  # attention that takes a 4D mask as it is
+
+
+def shares_prompt(prompt_forward: str, attn_implementation: str) -> bool:
+    """Whether DPO runs each pair's prompt once (dpo.prompt_forward) with this attention;
+    "auto" attention is checked again once the model is loaded (reclaif.train.dpo)."""
+    if prompt_forward == "separate":
+        return False
+    if attn_implementation in SHARED_PROMPT_ATTENTION:
+        return True
+    if prompt_forward == "shared" and attn_implementation != "auto":
+        raise ConfigError(f"dpo.prompt_forward: 'shared' needs eager or sdpa attention (a 4D "
+                          f"attention mask), the model runs {attn_implementation}; use auto or "
+                          "separate")
+    return False
+
+
 @dataclass
 class TrainConfig:
     engine: str = _f("torch", "torch (single process or DDP) or deepspeed (ZeRO, any launcher).")
@@ -170,6 +188,11 @@ class DPOConfig(TrainConfig):
     label_smoothing: float = _f(0.0, "cDPO label smoothing (sigmoid loss only).")
     reference: str = _f("previous", "Reference model: sft (fixed) or previous (last iteration's).")
     lr: float = _f(5e-6, "Peak learning rate (AdamW).")
+    prompt_forward: str = _f("auto", "How a pair's prompt runs through the model: shared (once "
+                             "for both answers, one row [prompt | chosen | rejected] under a 4D "
+                             "attention mask; eager or sdpa attention), separate (prompt+chosen "
+                             "and prompt+rejected as two rows) or auto (shared unless the "
+                             "attention is flash_attention_2, which takes no 4D mask).")
 
 
 @dataclass
@@ -400,6 +423,7 @@ def validate(cfg: RunConfig) -> None:
         "explainability.kind": (cfg.explainability.kind, {"rubric", "llm"}),
         "dpo.loss_type": (cfg.dpo.loss_type, {"sigmoid", "ipo", "hinge"}),
         "dpo.reference": (cfg.dpo.reference, {"sft", "previous"}),
+        "dpo.prompt_forward": (cfg.dpo.prompt_forward, set(PROMPT_FORWARDS)),
         "sft.engine": (cfg.sft.engine, {"torch", "deepspeed"}),
         "dpo.engine": (cfg.dpo.engine, {"torch", "deepspeed"}),
         "sft.device": (cfg.sft.device, {"auto", "cuda", "cpu"}),
@@ -499,6 +523,7 @@ def validate(cfg: RunConfig) -> None:
                 raise ConfigError(f"{key}: {actors} actors of one CPU each do not fit the local "
                                   f"Ray's ray.num_cpus={cfg.ray.num_cpus}; raise ray.num_cpus "
                                   f"or lower {key}")
+    shares_prompt(cfg.dpo.prompt_forward, cfg.recommender.attn_implementation)
     if cfg.dpo.label_smoothing >= 0.5:
         raise ConfigError(f"dpo.label_smoothing: {cfg.dpo.label_smoothing} must be below 0.5")
     _validate_evidence(cfg.evidence)

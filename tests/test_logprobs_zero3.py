@@ -15,7 +15,7 @@ import pytest
 import torch
 
 WORKER = Path(__file__).with_name("zero3_logprobs_worker.py")
-CASES = ["sft-tied", "sft-untied", "dpo-tied"]
+CASES = ["sft-tied", "sft-untied", "dpo-tied", "shared-tied"]
 
 
 def _worker_module():

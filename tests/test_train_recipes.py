@@ -218,7 +218,7 @@ def test_bf16_dpo_first_step_has_loss_log2_and_zero_margins_with_a_bf16_referenc
                                                       "dpo.epochs=1", "dpo.batch_size=2"])
     cfg = load_config(run / "config.yaml")
     metrics = run_dpo(cfg, run, 1)
-    assert metrics["bf16"] is True
+    assert metrics["bf16"] is True and metrics["prompt_forward"] == "shared"
     assert metrics["loss_first_step"] == pytest.approx(math.log(2), abs=1e-4)
     assert metrics["margins_first_step"] == pytest.approx(0.0, abs=1e-3)
     # ...and the reference really is bf16: the stored values are the autocast ones (its first
@@ -235,10 +235,10 @@ def test_bf16_dpo_first_step_has_loss_log2_and_zero_margins_with_a_bf16_referenc
     enc = encode_pairs(tok, pairs, cfg.dpo.max_length)[:2]  # the reference's first batch
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
     c, r = (pad_batch([e[k] for e in enc], tok.pad_token_id) for k in ("chosen", "rejected"))
-    with torch.no_grad():
-        fp32 = _logps(model, c, r, cfg.dpo.logprob_chunk)[:, :2].double()
+    with torch.no_grad():  # the trainer's forward: sdpa here, so the prompt is shared
+        fp32 = _logps(model, c, r, cfg.dpo.logprob_chunk, shared_prompt=True)[:, :2].double()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = _logps(model, c, r, cfg.dpo.logprob_chunk)[:, :2].double()
+            bf16 = _logps(model, c, r, cfg.dpo.logprob_chunk, shared_prompt=True)[:, :2].double()
     stored = torch.tensor([[row["chosen"], row["rejected"]] for row in rows[:2]],
                           dtype=torch.float64)
     assert torch.allclose(stored, bf16, rtol=0, atol=1e-6)

@@ -2,7 +2,8 @@
 
 Each rank trains the same tiny Llama (tied or untied lm_head) under DeepSpeed ZeRO-3, fp32,
 gradient accumulation 2, on its share of fixed micro-batches, with a loss built on the fused
-kernel (`sft`: model_sequence_logps + sft_loss; `dpo`: fused_dpo_loss). Rank 0 saves the loss
+kernel (`sft`: model_sequence_logps + sft_loss; `dpo`: fused_dpo_loss; `shared`: the same with
+each pair's prompt run once, a 4D mask through the ZeRO-3 model). Rank 0 saves the loss
 of every micro-batch and the full (gathered) gradients at the accumulation boundary, and the
 lm_head weight after one SGD step (not Adam: Adam's first step is lr*sign(grad), which flips
 on rounding noise where a gradient is near zero). `reference()` computes the same without ZeRO
@@ -51,6 +52,15 @@ def micro_batches(kind: str) -> list[dict]:
             return {"input_ids": ids, "attention_mask": att, "loss_mask": loss * att}
         if kind in ("sft", "hf"):
             out.append(seqs(MICRO, 12))
+        elif kind == "shared":  # pairs whose answers follow one 5-token prompt (encode_pair's)
+            c, r = seqs(MICRO, 12), seqs(MICRO, 10)
+            r["input_ids"][:, :5] = c["input_ids"][:, :5]
+            for x in (c, r):
+                x["loss_mask"] = x["attention_mask"].clone()
+                x["loss_mask"][:, :5] = 0
+            out.append({"chosen": c, "rejected": r,
+                        "ref_chosen": -torch.rand(MICRO, generator=g) * 30,
+                        "ref_rejected": -torch.rand(MICRO, generator=g) * 30})
         else:
             out.append({"chosen": seqs(MICRO, 12), "rejected": seqs(MICRO, 10),
                         "ref_chosen": -torch.rand(MICRO, generator=g) * 30,
@@ -72,7 +82,8 @@ def micro_loss(model: torch.nn.Module, kind: str, batch: dict) -> torch.Tensor:
                                              batch["loss_mask"], chunk_size=5)
         return sft_loss(logps, counts)
     loss, _ = fused_dpo_loss(model, batch["chosen"], batch["rejected"], batch["ref_chosen"],
-                             batch["ref_rejected"], beta=0.5, chunk_size=7)
+                             batch["ref_rejected"], beta=0.5, chunk_size=7,
+                             shared_prompt=kind == "shared")
     return loss
 
 

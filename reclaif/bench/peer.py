@@ -6,9 +6,13 @@ answer as chosen and the same answer with its ranking reversed as rejected (last
 Both sides train in fp32 with the same pairs per step, learning rate, max length and threads,
 reference log-probs computed once before training (TRL: `precompute_ref_log_probs=True`, its
 fastest honest setting here; no second model in memory), no gradient checkpointing (the
-project's default; TRL's DPOConfig turns it on and bf16 autocast too unless told not to).
+project's default; TRL's DPOConfig turns it on and bf16 autocast too unless told not to;
+--gradient-checkpointing turns it on for the project's side only).
 - reclaif: the DPO recipe's own pieces (reclaif/train/dpo.py): encode_pairs, Strategy (AdamW,
-  clipping, schedule), compute_reference_logps, collate_pairs and fused_dpo_loss per step.
+  clipping, schedule), compute_reference_logps, collate_pairs and fused_dpo_loss per step, with
+  the recipe's default `dpo.prompt_forward: auto` (each pair's prompt run once, sdpa here).
+  Tokens per step count both sequences of each pair on both sides (the same work); the shared
+  forward runs fewer (`tokens_run_per_step`).
 - trl: `DPOTrainer.train()` on the same texts (the chat-rendered prompt, TRL appends the EOS the
   project appends); a step is timed from its callbacks' on_step_begin to on_step_end.
 
@@ -103,7 +107,10 @@ def _reclaif_side(spec: dict, tmp: str) -> dict:
 
     from reclaif.config import DPOConfig
     from reclaif.llm.models import load_tokenizer
-    from reclaif.train.data import collate_pairs, count_tokens, encode_pairs
+    from reclaif.config import shares_prompt
+    from reclaif.train.data import (PADDING, collate_pairs, count_tokens, encode_pairs,
+                                    share_prompt)
+    from reclaif.train.dpo import attention_of
     from reclaif.train.fused_dpo import fused_dpo_loss
     from reclaif.train.reference import compute_reference_logps
     from reclaif.train.session import hf_model, load_policy
@@ -111,17 +118,20 @@ def _reclaif_side(spec: dict, tmp: str) -> dict:
 
     path = _model_path(spec, tmp)
     t = DPOConfig(batch_size=spec["pairs"], lr=spec["lr"], max_length=spec["max_length"],
-                  beta=spec["beta"])
+                  beta=spec["beta"], gradient_checkpointing=spec["gradient_checkpointing"])
     strategy = Strategy(t).setup()
     tokenizer = load_tokenizer(path)
     encoded = encode_pairs(tokenizer, lastfm_pairs(spec["pairs"], spec["top_k"]), t.max_length)
     total = spec["warmup"] + spec["steps"]
-    strategy.prepare(load_policy(path, t), total)
+    policy = load_policy(path, t)
+    shared = shares_prompt(t.prompt_forward, attention_of(policy))  # as run_dpo decides
+    strategy.prepare(policy, total)
+    del policy
     strategy.train(False)
     rows = compute_reference_logps(
         lambda fn, *a: strategy.forward(lambda m, *b: fn(hf_model(m), *b), *a), encoded,
         tokenizer.pad_token_id, t.batch_size, t.logprob_chunk, device=strategy.device,
-        kernel=t.logprob_kernel)
+        kernel=t.logprob_kernel, shared_prompt=shared)
     for row, pair in zip(rows, encoded):  # as attach_reference_logps does from the file
         pair["ref_chosen"], pair["ref_rejected"] = row["chosen"], row["rejected"]
     strategy.train()
@@ -135,7 +145,8 @@ def _reclaif_side(spec: dict, tmp: str) -> dict:
             lambda m, b: fused_dpo_loss(hf_model(m), b["chosen"], b["rejected"], b["ref_chosen"],
                                         b["ref_rejected"], t.beta, t.loss_type,
                                         t.label_smoothing, t.logprob_chunk,
-                                        kernel=t.logprob_kernel, device=strategy.device), batch)
+                                        kernel=t.logprob_kernel, device=strategy.device,
+                                        shared_prompt=shared), batch)
         strategy.backward(loss, True)
         strategy.step()
         sync()
@@ -144,7 +155,10 @@ def _reclaif_side(spec: dict, tmp: str) -> dict:
         tokens = count_tokens(batch["chosen"]) + count_tokens(batch["rejected"])
         losses.append(float(loss.detach()))
     strategy.close()
-    return {"times": times, "tokens_per_step": tokens, "losses": losses,
+    run = (int((share_prompt(batch["chosen"], batch["rejected"])["segment"] != PADDING).sum())
+           if shared else tokens)
+    return {"times": times, "tokens_per_step": tokens, "tokens_run_per_step": run,
+            "prompt_forward": "shared" if shared else "separate", "losses": losses,
             "rss_before_steps": rss_before}
 
 
@@ -221,7 +235,10 @@ def measure(spec: dict) -> dict:
         mine = [r for s, r in runs if s == side]
         times = [t for r in mine for t in r["times"]]
         tokens = mine[0]["tokens_per_step"]
-        out[side] = {"tokens_per_step": tokens, "steps_timed": len(times),
+        out[side] = {"tokens_per_step": tokens,
+                     "tokens_run_per_step": mine[0].get("tokens_run_per_step", tokens),
+                     "prompt_forward": mine[0].get("prompt_forward", "separate"),
+                     "steps_timed": len(times),
                      "step_s": statistics.median(times),
                      "tokens_per_s": tokens * len(times) / sum(times),
                      "peak_gib": max(r["peak_bytes"] for r in mine) / 2**30,
@@ -254,19 +271,23 @@ def run(args: argparse.Namespace) -> int:
     steps = getattr(args, "steps", None) or (1 if quick else 3)
     spec = {"quick": quick, "device": device, "pairs": 2, "top_k": 2 if quick else 5,
             "lr": 5e-6, "beta": 0.1, "max_length": 1024, "threads": min(2, os.cpu_count() or 1),
-            "steps": steps, "warmup": 1 if steps > 1 else 0}
+            "steps": steps, "warmup": 1 if steps > 1 else 0,
+            # the project's side only: TRL's stays off, its fastest setting
+            "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False))}
     result = measure(spec)
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
         return 0
     print(f"DPO step, {result['model']}, {spec['pairs']} pairs per step, {device} "
           f"({spec['threads']} threads, fp32), order {'-'.join(result['order'])}, "
+          f"reclaif gradient checkpointing {'on' if spec['gradient_checkpointing'] else 'off'}, "
           f"load average {result['load_average']}:")
     for side in SIDES:
         s = result["sides"][side]
         print(f"  {side:<8} {s['tokens_per_s']:8.1f} tokens/s  {s['step_s']:7.2f} s/step  "
               f"peak {s['peak_gib']:.2f} GiB ({result['memory']})  "
-              f"{s['tokens_per_step']} tokens/step, {s['steps_timed']} steps timed")
+              f"{s['tokens_per_step']} tokens/step ({s['tokens_run_per_step']} run, "
+              f"{s['prompt_forward']} prompt), {s['steps_timed']} steps timed")
     print(f"  reclaif / trl: x{result['tokens_per_s_ratio']:.2f} tokens/s, "
           f"x{result['peak_memory_ratio']:.2f} peak memory")
     if spec["warmup"] == 0:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reclaif.train.logprobs import shifted_labels
+
 
 def render_prompt(tokenizer: Any, prompt: str) -> str:
     """The prompt as a user turn, exactly as the samplers render it."""
@@ -101,6 +103,62 @@ def collate_pairs(items: list[dict], pad_id: int) -> dict[str, Any]:
     if all("ref_chosen" in it for it in items):
         out["ref_chosen"] = torch.tensor([it["ref_chosen"] for it in items], dtype=torch.float32)
         out["ref_rejected"] = torch.tensor([it["ref_rejected"] for it in items], dtype=torch.float32)
+    return out
+
+
+PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, 3  # segments of a shared-prompt row
+
+
+def share_prompt(chosen: dict[str, Tensor], rejected: dict[str, Tensor],
+                 ignore_index: int = -100) -> dict[str, Tensor]:
+    """The padded chosen and rejected batches of collate_pairs as ONE row per pair,
+    [prompt | chosen answer | rejected answer], for a forward that runs the prompt once
+    (reclaif.train.fused_dpo.pair_hidden). The prompt is the leading tokens outside the loss
+    mask, which encode_pair makes the same for both answers (checked here).
+
+    Returns, on the host: input_ids, position_ids (both answers continue from the prompt's
+    length, as in their own rows) and segment (PROMPT, CHOSEN, REJECTED, PADDING) [B, L]; and
+    for the 2B answer rows (chosen rows, then rejected rows) gather [2B, W], the flat position
+    in [B*L] of the hidden state that predicts each counted token, and labels [2B, W], that
+    token (ignore_index after the row's last). They are the tokens and predictors that
+    shifted_labels counts in the separate rows, moved to the packed row: the last prompt
+    position predicts both answers' first tokens."""
+    B = chosen["input_ids"].shape[0]
+    sides = [(x, shifted_labels(x["input_ids"], x["attention_mask"], x["loss_mask"],
+                                ignore_index)) for x in (chosen, rejected)]
+    rows: list[tuple[Tensor, Tensor, Tensor]] = []
+    answers: tuple[list, list] = ([], [])  # (predictor positions, tokens) per chosen/rejected row
+    for b in range(B):
+        (c, lc), (r, lr) = sides
+        nc, nr = int(c["attention_mask"][b].sum()), int(r["attention_mask"][b].sum())
+        # the prompt: leading tokens that carry no loss
+        pc, pr = (int((x["loss_mask"][b, :n].cumsum(0) == 0).sum())
+                  for x, n in ((c, nc), (r, nr)))
+        if pc != pr or not torch.equal(c["input_ids"][b, :pc], r["input_ids"][b, :pr]):
+            raise ValueError(f"share_prompt: pair {b}'s chosen and rejected rows start with "
+                             f"different prompts ({pc} and {pr} tokens); encode_pair gives "
+                             "both the same")
+        P = pc
+        rows.append((torch.cat([c["input_ids"][b, :nc], r["input_ids"][b, P:nr]]),
+                     torch.cat([torch.arange(nc), torch.arange(P, nr)]),
+                     torch.tensor([PROMPT] * P + [CHOSEN] * (nc - P) + [REJECTED] * (nr - P))))
+        for out, labels, shift in ((answers[0], lc, 0), (answers[1], lr, nc - P)):
+            t = (labels[b] != ignore_index).nonzero().squeeze(1)  # rejected sits after chosen
+            out.append((torch.where(t < P, t, t + shift), labels[b, t]))
+    answer_rows = answers[0] + answers[1]
+    L = max(len(ids) for ids, _, _ in rows)
+    W = max(1, max(len(t) for t, _ in answer_rows))
+    out = {"input_ids": torch.zeros(B, L, dtype=torch.long),
+           "position_ids": torch.zeros(B, L, dtype=torch.long),
+           "segment": torch.full((B, L), PADDING, dtype=torch.long),
+           "gather": torch.zeros(2 * B, W, dtype=torch.long),
+           "labels": torch.full((2 * B, W), ignore_index, dtype=torch.long)}
+    for b, row in enumerate(rows):
+        for key, v in zip(("input_ids", "position_ids", "segment"), row):
+            out[key][b, :len(v)] = v
+    for i, (t, tokens) in enumerate(answer_rows):
+        out["gather"][i, :len(t)] = (i % B) * L + t
+        out["labels"][i, :len(t)] = tokens
     return out
 
 

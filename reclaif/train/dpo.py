@@ -17,7 +17,7 @@ import torch
 
 from reclaif.atomic import read_jsonl
 from reclaif.distributed.faults import maybe_fail
-from reclaif.config import RunConfig
+from reclaif.config import RunConfig, shares_prompt
 from reclaif.errors import DataError
 from reclaif.llm.models import load_tokenizer, resolve_model
 from reclaif.records import PreferencePair
@@ -46,6 +46,11 @@ def policy_and_reference(cfg: RunConfig, run_dir: Path, iteration: int) -> tuple
     return policy, reference
 
 
+def attention_of(model: torch.nn.Module) -> str:
+    """The attention implementation a loaded model runs (its config's "auto" resolved)."""
+    return hf_model(model).config._attn_implementation
+
+
 def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     t = cfg.dpo
     run_dir = Path(run_dir)
@@ -71,7 +76,10 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
                      t.grad_accum, t.seed)
     total_steps = plan.steps_per_epoch * t.epochs
     attn = cfg.recommender.attn_implementation
-    strategy.prepare(load_policy(policy_path, t, strategy, attn), total_steps)
+    policy = load_policy(policy_path, t, strategy, attn)
+    shared = shares_prompt(t.prompt_forward, attention_of(policy))
+    strategy.prepare(policy, total_steps)
+    del policy
 
     # 2. reference log-probs, once per iteration (before any policy update or resume)
     ref_file = it_dir / "ref_logps.jsonl"
@@ -88,7 +96,8 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
             rows = compute_reference_logps(
                 lambda fn, *a: forward(lambda m, *b: fn(hf_model(m), *b), *a), encoded,
                 tokenizer.pad_token_id, t.batch_size, t.logprob_chunk, strategy.rank,
-                strategy.world_size, strategy.device, kernel=t.logprob_kernel)
+                strategy.world_size, strategy.device, kernel=t.logprob_kernel,
+                shared_prompt=shared)
         if strategy.is_main:
             write_reference_logps(ref_file, rows)
             maybe_fail("dpo:reference")  # crash tests: SIGKILL after the reference is stored
@@ -111,7 +120,8 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
         return fused_dpo_loss(hf_model(model), batch["chosen"], batch["rejected"],
                               batch["ref_chosen"], batch["ref_rejected"], t.beta, t.loss_type,
                               t.label_smoothing, t.logprob_chunk, kernel=t.logprob_kernel,
-                              weight_grad_acc=t.logprob_weight_grad, device=strategy.device)
+                              weight_grad_acc=t.logprob_weight_grad, device=strategy.device,
+                              shared_prompt=shared)
 
     # 4. the loop: micro-batches of pairs, accumulation, optimizer steps
     preempted = False
@@ -171,7 +181,8 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
                    "epoch_losses": [mean_over([h for h in tlog.history if h["epoch"] == e], "loss")
                                     for e in range(t.epochs)],
                    "tokens_per_s": tlog.tokens_per_s(), "world_size": strategy.world_size,
-                   "engine": t.engine, "lora_r": t.lora_r, "preempted": preempted}
+                   "engine": t.engine, "lora_r": t.lora_r,
+                   "prompt_forward": "shared" if shared else "separate", "preempted": preempted}
     if not preempted:
         save_hf_checkpoint(strategy.module, tokenizer, it_dir / "checkpoint", strategy.is_main,
                            strategy.barrier)

@@ -10,6 +10,11 @@ by the GPU (an H200 timeline: 2.3 ms of GPU work behind 70 launches took longer 
 path's 2.9 ms). Hence the token layout is planned on the host (numpy, no device sync when the
 labels come from the host) and the Triton loop spends three launches per group besides the
 GEMMs (reclaif/train/triton_ce.py); the torch loop, the reference, runs a dozen small ops.
+
+The kernel reads hidden states at counted label positions only, so where the pair's body runs
+does not matter to it: pair_hidden either runs prompt+chosen and prompt+rejected as two rows,
+or (shared_prompt) each pair as one row [prompt | chosen | rejected] under a 4D mask, where the
+prompt (most of a recommendation pair's tokens) runs once, and hands it the answers' positions.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from reclaif.train.data import PROMPT, share_prompt
 from reclaif.train.logprobs import (_acc, _backprop_chunk, _body_and_weight, _chunk_logits,
                                     _final_hidden, _gather_until_accumulated, _gathered,
                                     _GradWeight, _inner_loop, _matmul_grads, _softmax_inplace,
@@ -208,15 +214,60 @@ def _pad_right(t: Tensor, length: int, value: int = 0) -> Tensor:
     return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
 
 
+def shared_prompt_mask(segment: Tensor, dtype: torch.dtype) -> Tensor:
+    """The additive attention mask [B,1,L,L] of share_prompt's rows: causal, and a key outside
+    the prompt is seen only from its own segment, so the rejected answer attends to the prompt
+    and to itself, never to the chosen one. Padding sees padding (and the prompt): no query
+    row is fully masked, so softmax never divides 0 by 0."""
+    L = segment.shape[1]
+    q, k = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(L, L, dtype=torch.bool, device=segment.device).tril_()
+    seen = causal & ((k == PROMPT) | (k == q))
+    mask = torch.zeros(seen.shape, dtype=dtype, device=segment.device)
+    return mask.masked_fill_(~seen, torch.finfo(dtype).min)[:, None]
+
+
+def pair_hidden(model: torch.nn.Module, chosen: dict, rejected: dict, shared_prompt: bool = False,
+                device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Final hidden states of a batch of pairs, chosen rows then rejected rows: (hidden
+    [2B,T,H], labels [2B,T] shifted as in sequence_logps, the lm_head weight). Separate: the
+    two batches concatenated (right padding added), one body forward of 2B rows. Shared
+    (shared_prompt=True; eager or sdpa attention, which take a 4D mask as it is): one row per
+    pair, [prompt | chosen | rejected] (data.share_prompt), with shared_prompt_mask and both
+    answers' positions continuing from the prompt, so the prompt runs once; hidden is then the
+    answers' predictor positions only, [2B, W, H]. Both count the same tokens with the same
+    math; they differ by the order of fp sums. The inputs go to `device` (default: the lm_head
+    weight's) in non-blocking copies; labels stay on the host."""
+    body, weight = _body_and_weight(model)
+    dev = device or weight.device
+    if shared_prompt:
+        rows = share_prompt(chosen, rejected)
+        dtype = body.get_input_embeddings().weight.dtype  # as HF's own eager masks
+        mask = shared_prompt_mask(to_device_async(rows["segment"], dev), dtype)
+        flat = _final_hidden(body, to_device_async(rows["input_ids"], dev), mask,
+                             to_device_async(rows["position_ids"], dev)).flatten(0, 1)
+        index = to_device_async(rows["gather"], dev)
+        return flat[index.flatten()].view(*index.shape, -1), rows["labels"], weight
+    T = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
+    cat = {k: torch.cat([_pad_right(chosen[k], T), _pad_right(rejected[k], T)])
+           for k in ("input_ids", "attention_mask", "loss_mask")}
+    hidden = _final_hidden(body, to_device_async(cat["input_ids"], dev),
+                           to_device_async(cat["attention_mask"], dev))
+    return hidden, shifted_labels(cat["input_ids"], cat["attention_mask"], cat["loss_mask"]), weight
+
+
 def fused_dpo_loss(model: torch.nn.Module, chosen: dict, rejected: dict, ref_chosen: Tensor,
                    ref_rejected: Tensor, beta: float, loss_type: str = "sigmoid",
                    label_smoothing: float = 0.0, chunk_size: int = 1024,
                    kernel: str = "auto", weight_grad_acc: str = "fp32",
-                   device: torch.device | None = None) -> tuple[Tensor, dict]:
+                   device: torch.device | None = None,
+                   shared_prompt: bool = False) -> tuple[Tensor, dict]:
     """DPO loss with the loss fused into the log-prob kernel (gradients formed in the forward).
-    chosen/rejected: dicts with input_ids, attention_mask, loss_mask [B,T*] (right padding is
-    added to concatenate them into one forward). ref_chosen/ref_rejected: [B] reference
-    log-prob SUMS (as model_sequence_logps returns); for ipo both are length-normalised here.
+    chosen/rejected: dicts with input_ids, attention_mask, loss_mask [B,T*] (collate_pairs);
+    shared_prompt: one forward of each pair's prompt for both answers (see pair_hidden; the
+    two must start with the same prompt tokens, as encode_pair makes them).
+    ref_chosen/ref_rejected: [B] reference log-prob SUMS (as model_sequence_logps returns);
+    for ipo both are length-normalised here.
     Returns (mean loss, metrics: loss, rewards/*, logps/chosen, logps/rejected as 0-dim
     detached fp32 tensors). `model`: the HF model or the DeepSpeed engine (see _unwrap).
     The batch may stay on the host, as the collator made it: the inputs then go to `device`
@@ -225,14 +276,7 @@ def fused_dpo_loss(model: torch.nn.Module, chosen: dict, rejected: dict, ref_cho
     once waiting for the GPU (see _Plan).
     kernel: "auto", "torch" or "triton", the inner loop over each chunk (module docstring);
     weight_grad_acc: "fp32" or "param" (see reclaif.train.logprobs._GradWeight)."""
-    T = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
-    cat = {k: torch.cat([_pad_right(chosen[k], T), _pad_right(rejected[k], T)])
-           for k in ("input_ids", "attention_mask", "loss_mask")}
-    body, weight = _body_and_weight(model)
-    dev = device or weight.device
-    hidden = _final_hidden(body, to_device_async(cat["input_ids"], dev),
-                           to_device_async(cat["attention_mask"], dev))
-    labels = shifted_labels(cat["input_ids"], cat["attention_mask"], cat["loss_mask"])
+    hidden, labels, weight = pair_hidden(model, chosen, rejected, shared_prompt, device)
     return fused_dpo_loss_from_hidden(hidden, weight, labels, ref_chosen, ref_rejected, beta,
                                       loss_type, label_smoothing, chunk_size, kernel=kernel,
                                       weight_grad_acc=weight_grad_acc)

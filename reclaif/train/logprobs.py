@@ -358,8 +358,10 @@ def _body_and_weight(model: torch.nn.Module) -> tuple[torch.nn.Module, Tensor]:
     return body, head.weight
 
 
-def _final_hidden(body: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+def _final_hidden(body: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                  position_ids: Tensor | None = None) -> Tensor:
+    out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+               use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 

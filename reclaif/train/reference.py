@@ -17,19 +17,21 @@ import torch
 
 from reclaif.atomic import atomic_write_jsonl, read_jsonl
 from reclaif.errors import DataError
-from reclaif.train.data import pad_batch
-from reclaif.train.logprobs import model_sequence_logps
+from reclaif.train.data import collate_pairs
+from reclaif.train.fused_dpo import pair_hidden
+from reclaif.train.logprobs import sequence_logps
 
 
 def _logps(model: torch.nn.Module, chosen: dict, rejected: dict, chunk: int,
-           kernel: str = "auto") -> torch.Tensor:
-    """[B, 4]: chosen sum, rejected sum, chosen count, rejected count (one forward for both)."""
+           kernel: str = "auto", shared_prompt: bool = False,
+           device: torch.device | str | None = None) -> torch.Tensor:
+    """[B, 4]: chosen sum, rejected sum, chosen count, rejected count (one forward for both,
+    the policy's: fused_dpo.pair_hidden, so a shared-prompt policy has a shared-prompt
+    reference and both see the same rounding)."""
     B = chosen["input_ids"].shape[0]
-    T = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
-    pad = lambda x: torch.nn.functional.pad(x, (0, T - x.shape[1]))  # noqa: E731
-    cat = {k: torch.cat([pad(chosen[k]), pad(rejected[k])]) for k in chosen}
-    s, n = model_sequence_logps(model, cat["input_ids"], cat["attention_mask"], cat["loss_mask"], chunk,
-                                kernel=kernel)
+    hidden, labels, weight = pair_hidden(model, chosen, rejected, shared_prompt,
+                                       None if device is None else torch.device(device))
+    s, n = sequence_logps(hidden, weight, labels.to(hidden.device), chunk, kernel=kernel)
     return torch.stack([s[:B], s[B:], n[:B].float(), n[B:].float()], 1)
 
 
@@ -37,9 +39,11 @@ def _logps(model: torch.nn.Module, chosen: dict, rejected: dict, chunk: int,
 def compute_reference_logps(forward: Callable[..., Any], encoded: list[dict], pad_id: int,
                             batch_size: int, chunk: int, rank: int = 0, world_size: int = 1,
                             device: torch.device | str = "cpu",
-                            kernel: str = "auto") -> list[dict] | None:
+                            kernel: str = "auto",
+                            shared_prompt: bool = False) -> list[dict] | None:
     """`forward(fn, *args)` runs fn(model, *args) on the reference model (a Strategy's forward,
-    or a plain call). Returns the rows on rank 0, None elsewhere."""
+    or a plain call); shared_prompt as the policy's (fused_dpo.pair_hidden). Returns the rows
+    on rank 0, None elsewhere."""
     n = len(encoded)
     per_rank = math.ceil(n / world_size)
     mine = [rank + world_size * j for j in range(per_rank)]  # >= n: padding, result dropped
@@ -47,9 +51,9 @@ def compute_reference_logps(forward: Callable[..., Any], encoded: list[dict], pa
     for s in range(0, per_rank, batch_size):
         idx = mine[s:s + batch_size]
         items = [encoded[min(i, n - 1)] for i in idx]
-        c = {k: v.to(device) for k, v in pad_batch([it["chosen"] for it in items], pad_id).items()}
-        r = {k: v.to(device) for k, v in pad_batch([it["rejected"] for it in items], pad_id).items()}
-        vals = forward(lambda m, a, b: _logps(m, a, b, chunk, kernel), c, r).double().cpu()
+        batch = collate_pairs(items, pad_id)  # on the host: pair_hidden moves what it runs
+        vals = forward(lambda m, a, b: _logps(m, a, b, chunk, kernel, shared_prompt, device),
+                       batch["chosen"], batch["rejected"]).double().cpu()
         out[s:s + len(idx), 0] = torch.tensor(idx, dtype=torch.float64)
         out[s:s + len(idx), 1:] = vals
     if world_size > 1:
