@@ -363,3 +363,31 @@ def test_a_checkpoint_directory_is_fsynced_whole_before_it_is_published(tmp_path
                                                 "sub/tokenizer.json", "sub", ".")} <= synced
     assert ("fsync-dir", str(target.parent.resolve())) in events[published:]
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", "sub"]
+
+
+def test_a_full_disk_during_an_atomic_write_names_the_file_it_was_writing(tmp_path, monkeypatch,
+                                                                          capsys):
+    """write()/fsync() on a full disk raise an OSError naming no file; the one CLI line must
+    name it, and the old file stays."""
+    import errno
+
+    from reclaif.atomic import atomic_write_json
+    from reclaif.cli import main
+
+    run = tmp_path / "run"
+    RunStore(run).freeze_config(load_config(None))
+    before = (run / "manifest.json").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as err:
+        atomic_write_json(run / "manifest.json", {"phases": {}})
+    assert err.value.filename == str(run / "manifest.json") and err.value.errno == errno.ENOSPC
+    assert (run / "manifest.json").read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert main(["report", "--run-dir", str(run)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"reclaif: error: cannot write {run}/report")
+    assert "No space left on device" in lines[0]
