@@ -175,7 +175,8 @@ def test_a_non_utf8_config_names_the_file_and_byte(tmp_path):
     "sft.warmup_ratio=1.5", "dpo.label_smoothing=0.5", "judge.weights=[1, .nan, 1]",
     "recommender.max_concurrency=0", "sft.logprob_chunk=0", "ray.release_timeout_s=-5",
     "ray.release_timeout_s=0", "dpo.collective_timeout_s=0", "sft.collective_timeout_s=-1",
-    "recommender.dtype=fp8", "judge.llm.dtype=half"])
+    "recommender.dtype=fp8", "judge.llm.dtype=half", "evidence.sasrec_epochs=0",
+    "evidence.sasrec_max_seconds=-1"])
 def test_out_of_range_values_are_named(override):
     key = override.split("=")[0].split("[")[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -38,6 +38,19 @@ def built(sample, tmp_path_factory):
     return build_evidence(cfg, prompts, valid[:10], small, items, out), prompts, out, small
 
 
+def test_sasrec_evidence_is_fitted_for_a_count_of_epochs_not_a_time(sample):
+    """The same windows and seed give the same model on any machine and under any load: the
+    fit runs its configured epochs (no clock in it by default), so two fits score alike."""
+    _, valid, items, windows = sample
+    users = set(sorted({w.user for w in windows})[:60])
+    small = [w for w in windows if w.user in users]
+    fits = [EvidenceModels.fit(small, items, ["sasrec"], sasrec_epochs=2, seed=3)
+            for _ in range(2)]
+    assert [len(m.sasrec.history_log) for m in fits] == [2, 2]
+    a, b = (m.sasrec.scores(valid[0]) for m in fits)
+    assert list(a) == list(b)
+
+
 def test_sample_windows_are_the_llara_rows_and_interactions_cover_them(sample):
     train, _, _, windows = sample
     keys = {(w.user, tuple(w.context), w.candidates[0]) for w in windows}

@@ -71,7 +71,8 @@ def _fit_or_load(directory: Path, windows: Sequence[Example], items: dict[str, I
     if (directory / "fit.json").is_file():  # resumed: this fold finished before the crash
         return EvidenceModels.load(directory, items, seed)
     log.info("evidence: fitting %s on %d windows", directory.name, len(windows))
-    m = EvidenceModels.fit(windows, items, sources, cfg.order, cfg.sasrec_max_seconds, seed)
+    m = EvidenceModels.fit(windows, items, sources, cfg.order, cfg.sasrec_epochs,
+                           cfg.sasrec_max_seconds, seed)
     m.save(directory)
     return m
 

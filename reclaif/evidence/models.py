@@ -55,14 +55,15 @@ class EvidenceModels:
     # -- fitting --------------------------------------------------------------------------
     @classmethod
     def fit(cls, windows: Sequence[Example], items: dict[str, Item], sources: Sequence[str],
-            order: str = "score", sasrec_seconds: float = 120.0, seed: int = 0
-            ) -> "EvidenceModels":
+            order: str = "score", sasrec_epochs: int = 10, sasrec_seconds: float = 0.0,
+            seed: int = 0) -> "EvidenceModels":
         m = cls(sources=list(sources), order=order,
                 users=sorted({w.user or w.id for w in windows}))
         if "sasrec" in sources:
             from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker
 
-            m.sasrec = SASRecRanker(SASRecConfig(loss="ce", max_seconds=sasrec_seconds, seed=seed),
+            m.sasrec = SASRecRanker(SASRecConfig(loss="ce", max_epochs=sasrec_epochs,
+                                                 max_seconds=sasrec_seconds, seed=seed),
                                     name="sasrec-ce")
             m.sasrec.fit(windows, items)
         if "transition" in sources:
