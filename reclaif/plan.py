@@ -124,7 +124,8 @@ def deepspeed_zero(train: TrainConfig, key: str) -> dict[str, Any]:
         return (zero.get(name) or {}).get("device", "none") in ("cpu", "nvme")
 
     return {"stage": int(zero.get("stage", 0)), "offload_optimizer": off("offload_optimizer"),
-            "offload_param": off("offload_param"), "file": str(train.deepspeed_config)}
+            "offload_param": off("offload_param"), "file": str(train.deepspeed_config),
+            "max_reuse_distance": int(zero.get("stage3_max_reuse_distance", 10**9))}
 
 
 def _import_deepspeed() -> None:
@@ -182,6 +183,32 @@ def activation_bytes(shape: ModelShape, sequences: int, seq_len: int, checkpoint
     return total * (1 if bf16 else 2)
 
 
+def zero3_gathered_bytes(shape: ModelShape, zero: dict[str, Any], bf16: bool) -> int:
+    """Parameters ZeRO-3 keeps gathered (whole) on every rank once its trace is recorded (step
+    2 on): `PartitionedParameterCoordinator.__params_to_release` keeps any parameter that is
+    used again within `stage3_max_reuse_distance` parameters (DeepSpeed's default 1e9), so a
+    model under that size stays whole between forward and backward; not in the estimator."""
+    if zero["stage"] != 3:
+        return 0
+    return min(shape.total_params(), zero.get("max_reuse_distance", 10**9)) * (2 if bf16 else 4)
+
+
+def host_bytes_per_rank(shape: ModelShape, zero: dict[str, Any], train: TrainConfig,
+                        world: int, device_bytes: int) -> int:
+    """What one CPU rank (`device: cpu`, DS_ACCELERATOR=cpu) holds beyond its process: all of
+    what a GPU rank would hold on its GPU (`device_bytes`: DeepSpeed's model states,
+    activations, the log-prob kernel), plus what the estimator leaves out, as the trainer
+    runs on CPU: fp32 weights are 4 bytes where the estimator counts 2; the parameters ZeRO-3
+    keeps gathered (zero3_gathered_bytes); and torch's AdamW step (the CPU path,
+    strategy.fill_ds_config) on the fp32 partition, whose single-tensor update holds
+    sqrt(v) and sqrt(v)/bias-correction at once: 8 bytes per partitioned parameter."""
+    n = shape.total_params()
+    parts = world if zero["stage"] == 3 else 1
+    fp32_weights = 2 * n // parts if not train.bf16 else 0
+    return (device_bytes + fp32_weights + zero3_gathered_bytes(shape, zero, train.bf16)
+            + 8 * n // parts)
+
+
 def logits_bytes(shape: ModelShape, tokens: int, chunk: int,
                  fp32_weight_grad: bool = False) -> int:
     """fp32 logits and their gradient for one chunk of the fused log-prob kernel, and the fp32
@@ -199,6 +226,10 @@ class Assumptions:
     judge_latency_s: float = 10.0  # one remote judge/teacher/scorer call
     headroom: float = 0.10         # memory kept free for fragmentation and spikes
     overhead_gb: float = 2.0       # CUDA context, NCCL buffers, allocator slack per GPU
+    # host memory of one rank's process before its model: Python, torch, DeepSpeed,
+    # transformers, the tokenizer and encoded data (0.38 GiB measured on a CPU rank; a CUDA
+    # rank maps CUDA's libraries too, not measured here)
+    host_overhead_gb: float = 0.4
     prompts: int = 0               # training prompts (0: data.max_train_examples, else Table 1)
     eval_prompts: int = 0          # evaluation prompts (0: data.max_eval_examples, else 20%)
     prompt_tokens: int = 600       # mean prompt length
@@ -216,11 +247,21 @@ def _phase_memory(cfg: RunConfig, train: TrainConfig, key: str, shape: ModelShap
                           train.bf16 and train.logprob_weight_grad == "fp32")
     total = states + acts + logits + a.overhead_gb * GIB
     usable = gpu_gb * GIB * (1 - a.headroom)
+    # Host memory per node, as the trainer loads: each rank builds its model inside
+    # deepspeed.zero.Init in the training dtype (session.load_policy), so no rank holds a full
+    # copy; what remains is DeepSpeed's CPU figure (offloaded states; zero.Init's buffers), each
+    # rank's process, and on CPU ranks their whole working set.
+    on_host = train.device == "cpu"
+    working = host_bytes_per_rank(shape, zero, train, gpus * nodes, states + acts + logits) \
+        if on_host else 0
+    host = cpu + gpus * (a.host_overhead_gb * GIB + working)
     return {"zero": zero, "micro_batch_sequences": sequences, "seq_len": train.max_length,
             "gradient_checkpointing": train.gradient_checkpointing,
             "model_states_gib": states / GIB, "activations_gib": acts / GIB,
             "logits_gib": logits / GIB, "overhead_gib": a.overhead_gb, "total_gib": total / GIB,
-            "usable_gib": usable / GIB, "fits": total <= usable, "cpu_per_node_gib": cpu / GIB}
+            "usable_gib": usable / GIB, "fits": total <= usable, "cpu_per_node_gib": cpu / GIB,
+            "device": "cpu" if on_host else "gpu", "host_per_node_gib": host / GIB,
+            "host_working_per_rank_gib": working / GIB}
 
 
 def _remote_calls_s(calls: int, latency: float, concurrency: int) -> float:
@@ -316,9 +357,15 @@ def format_plan(p: dict[str, Any], config: str = "") -> str:
     for label, key in rows:
         lines.append(f"  {label:<28}{m['sft'][key]:>14.2f}{m['dpo'][key]:>14.2f}")
     verdict = ["fits" if m[k]["fits"] else "does not fit" for k in ("sft", "dpo")]
-    cpu = max(m["sft"]["cpu_per_node_gib"], m["dpo"]["cpu_per_node_gib"])
+    host = max(("sft", "dpo"), key=lambda k: m[k]["host_per_node_gib"])
+    h = m[host]
+    where = (f"the ranks' working set on the host (device: cpu) "
+             f"{p['gpus_per_node'] * h['host_working_per_rank_gib']:.1f}, "
+             if h["device"] == "cpu" else "")
     lines += [f"  {'verdict':<28}{verdict[0]:>14}{verdict[1]:>14}",
-              f"  CPU memory per node for model states: {cpu:.1f} GiB",
+              f"  host memory per node ({host.upper()}): {h['host_per_node_gib']:.1f} GiB = "
+              f"DeepSpeed's CPU model states {h['cpu_per_node_gib']:.1f} + {where}"
+              f"{p['gpus_per_node']} rank processes x {a['host_overhead_gb']:g}",
               f"{'one DPO iteration':<20}{'time':>7}  work"]
     for name, ph in it.items():
         lines.append(f"  {name:<18}{_hms(ph['seconds']):>7}  {ph['work']}")

@@ -137,3 +137,50 @@ def test_cli_prints_table_and_json(repo_root, capsys):
     wide = json.loads(capsys.readouterr().out)
     assert wide["iteration"]["sample"]["seconds"] == pytest.approx(
         data["iteration"]["sample"]["seconds"] / 2)
+
+
+# Peak host memory of `reclaif train dpo` on 2 CPU ranks (torchrun, gloo, DS_ACCELERATOR=cpu),
+# ZeRO-3 (configs/deepspeed/zero3_cpu.json), SmolLM2-135M in fp32, 1 pair x 128 tokens per
+# rank, 3 steps and the checkpoint: the largest sum of both ranks' RSS, sampled every 0.2 s.
+MEASURED_TWO_CPU_RANKS_GIB = 7.12
+
+
+def _two_cpu_ranks(**overrides):
+    return load_config(None, [
+        "recommender.model=default", "sft.enabled=false", "dpo.engine=deepspeed",
+        "dpo.deepspeed_config=configs/deepspeed/zero3_cpu.json", "dpo.device=cpu",
+        "dpo.batch_size=1", "dpo.max_length=128", *[f"{k}={v}" for k, v in overrides.items()]])
+
+
+def test_cpu_ranks_hold_their_whole_working_set_in_host_memory():
+    """On CPU ranks the host holds what a GPU would (DeepSpeed's states, activations, the
+    kernel's logits) plus fp32 weights' 2 more bytes, ZeRO-3's gathered parameters (the whole
+    model: 135 M < the 1e9 reuse distance) and AdamW's 8 bytes of temporaries per partitioned
+    parameter, per rank, and each rank's process; and that matches the measured run."""
+    n = model_shape("default").total_params()
+    a = Assumptions()
+    m = plan(_two_cpu_ranks(), 2)["memory"]["dpo"]
+    device = (m["model_states_gib"] + m["activations_gib"] + m["logits_gib"]) * GIB
+    per_rank = device + 2 * n / 2 + 4 * n + 8 * n / 2
+    assert m["device"] == "cpu"
+    assert m["host_per_node_gib"] == pytest.approx(
+        m["cpu_per_node_gib"] + 2 * (a.host_overhead_gb + per_rank / GIB))
+    assert m["host_per_node_gib"] == pytest.approx(MEASURED_TWO_CPU_RANKS_GIB, rel=0.25)
+
+
+def test_bf16_cpu_ranks_gather_two_byte_parameters_and_keep_no_fp32_weight_copy():
+    n = model_shape("default").total_params()
+    fp32 = plan(_two_cpu_ranks(), 2)["memory"]["dpo"]
+    bf16 = plan(_two_cpu_ranks(**{"dpo.bf16": "true"}), 2)["memory"]["dpo"]
+    # fp32 -> bf16: gathered parameters 4 -> 2 bytes, no 2 extra bytes per partitioned weight
+    saved = (fp32["host_working_per_rank_gib"] - bf16["host_working_per_rank_gib"]) * GIB
+    kernel = (bf16["logits_gib"] - fp32["logits_gib"] + fp32["activations_gib"]
+              - bf16["activations_gib"]) * GIB
+    assert saved - kernel == pytest.approx(2 * n + 2 * n / 2)
+
+
+def test_gpu_ranks_host_memory_is_deepspeeds_cpu_figure_plus_the_processes(mistral_cfg):
+    m = plan(mistral_cfg, 8, 1)["memory"]["dpo"]
+    assert m["device"] == "gpu" and m["host_working_per_rank_gib"] == 0
+    assert m["host_per_node_gib"] == pytest.approx(
+        m["cpu_per_node_gib"] + 8 * Assumptions().host_overhead_gb)

@@ -128,8 +128,8 @@ def share_prompt(chosen: dict[str, Tensor], rejected: dict[str, Tensor],
                                 ignore_index)) for x in (chosen, rejected)]
     rows: list[tuple[Tensor, Tensor, Tensor]] = []
     answers: tuple[list, list] = ([], [])  # (predictor positions, tokens) per chosen/rejected row
+    (c, lc), (r, lr) = sides
     for b in range(B):
-        (c, lc), (r, lr) = sides
         nc, nr = int(c["attention_mask"][b].sum()), int(r["attention_mask"][b].sum())
         # the prompt: leading tokens that carry no loss
         pc, pr = (int((x["loss_mask"][b, :n].cumsum(0) == 0).sum())
