@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from reclaif.errors import DataError, ReclaifError
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
@@ -120,8 +122,6 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) of each non-blank line; a malformed or non-UTF-8 line
     raises DataError naming file and line."""
-    from reclaif.errors import DataError
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -138,6 +138,19 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON document this project wrote (manifest, metrics, a checkpoint's meta); damaged
+    (cut by a crash or a full disk, edited) is one ReclaifError naming it, not a traceback."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f" (line {e.lineno}, column {e.colno})" if hasattr(e, "lineno") else ""
+        raise ReclaifError(f"{path}: damaged, not UTF-8 JSON{where}; restore it from a "
+                           f"backup, or delete it to redo what it recorded (verified "
+                           f"shards are reused)") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

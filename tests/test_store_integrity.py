@@ -391,3 +391,29 @@ def test_a_full_disk_during_an_atomic_write_names_the_file_it_was_writing(tmp_pa
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"reclaif: error: cannot write {run}/report")
     assert "No space left on device" in lines[0]
+
+
+@pytest.mark.parametrize("phase", ["sft", "dpo"])
+def test_a_trainers_damaged_metrics_file_is_one_line_naming_it(tmp_path, phase):
+    """A finished phase's train_metrics.json cut short: resuming names it, no traceback."""
+    from reclaif.train.dpo import run_dpo
+    from reclaif.train.sft import run_sft
+
+    d = tmp_path / ("sft" if phase == "sft" else "iter-001")
+    (d / "checkpoint").mkdir(parents=True)
+    (d / "checkpoint" / "config.json").write_text("{}")
+    (d / "train_metrics.json").write_text('{"loss": 0.6')
+    with pytest.raises(ReclaifError, match=r"train_metrics.json: damaged") as err:
+        if phase == "sft":
+            run_sft(load_config(None), tmp_path)
+        else:
+            run_dpo(load_config(None), tmp_path, 1)
+    assert "\n" not in str(err.value)
+
+
+def test_a_damaged_train_state_meta_is_one_line_naming_it(tmp_path):
+    from reclaif.train.checkpoint import load_train_state
+
+    (tmp_path / "meta.json").write_bytes(b'{"engine": "torch", "st\xff')
+    with pytest.raises(ReclaifError, match=r"meta.json: damaged, not UTF-8 JSON"):
+        load_train_state(object(), tmp_path)

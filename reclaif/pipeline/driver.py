@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reclaif.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
+from reclaif.atomic import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from reclaif.config import RunConfig, load_config, to_dict
 from reclaif.data import load_examples, load_items, resolve_data_dir
 from reclaif.data.heldout import HeldOut, check_held_out
@@ -417,7 +417,7 @@ class Driver:
             raise PhaseError(f"{stage} training failed: {e}. Rerunning the same command "
                              f"{resume}") from None
         metrics_file = self.store.root / stage / "train_metrics.json"
-        return self.store.read_json(metrics_file) if metrics_file.exists() else {}
+        return read_json(metrics_file) if metrics_file.exists() else {}
 
     def evaluate(self, stage: str, model: str) -> None:
         from reclaif.judge import make_explainability_scorer

@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from reclaif.atomic import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from reclaif.atomic import (atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json,
+                            read_jsonl)
 from reclaif.config import (RunConfig, dump_config, from_dict, load_yaml, read_config_text,
                             to_dict)
 from reclaif.errors import ConfigError, ReclaifError
@@ -165,20 +166,10 @@ class RunStore:
             raise ConfigError(f"{damaged} ({e})") from None
 
     # manifest ---------------------------------------------------------------------------
-    def read_json(self, path: Path) -> Any:
-        """A JSON file of the run directory; unreadable is a ReclaifError naming it."""
-        try:
-            return json.loads(path.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            where = f" (line {e.lineno}, column {e.colno})" if hasattr(e, "lineno") else ""
-            raise ReclaifError(f"{path}: damaged, not UTF-8 JSON{where}; restore it from a "
-                               f"backup, or delete it to redo what it recorded (verified "
-                               f"shards are reused)") from None
-
     def manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
             return {"phases": {}}
-        m = self.read_json(self.manifest_path)
+        m = read_json(self.manifest_path)
         if not isinstance(m, dict) or not isinstance(m.get("phases"), dict):
             raise ReclaifError(f"{self.manifest_path}: damaged (no 'phases' mapping); restore "
                                "it from a backup, or delete it to redo every phase")

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reclaif.atomic import atomic_write_json, replace_dir_durably
+from reclaif.atomic import atomic_write_json, read_json, replace_dir_durably
 from reclaif.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ def save_train_state(strategy: Any, state_root: str | Path, step: int, meta: dic
 def load_train_state(strategy: Any, path: str | Path) -> dict:
     """Restores weights, optimizer and scheduler into a prepared strategy; returns meta."""
     path = Path(path)
-    meta = json.loads((path / "meta.json").read_text())
+    meta = read_json(path / "meta.json")
     if meta["engine"] != strategy.engine_name:
         raise CheckpointError(f"{path}: saved by engine '{meta['engine']}', resuming with "
                               f"'{strategy.engine_name}'")
@@ -319,7 +319,7 @@ def load_train_state(strategy: Any, path: str | Path) -> dict:
 
         opt = strategy.engine.optimizer
         tensors = load_file(str(path / f"zero-rank{strategy.rank}.safetensors"))
-        info = json.loads((path / f"zero-rank{strategy.rank}.json").read_text())
+        info = read_json(path / f"zero-rank{strategy.rank}.json")
         sd = {LOSS_SCALER: opt.loss_scaler, "dynamic_loss_scale": opt.dynamic_loss_scale,
               "overflow": False,
               OPTIMIZER_STATE_DICT: unflatten_optimizer_state(tensors, info["optimizer"]),
@@ -338,7 +338,7 @@ def load_train_state(strategy: Any, path: str | Path) -> dict:
         with torch.no_grad():
             for k, t in weights.items():
                 named[k].copy_(t)
-        opt_meta = json.loads((path / "optimizer.json").read_text())
+        opt_meta = read_json(path / "optimizer.json")
         strategy.optimizer.load_state_dict(
             unflatten_optimizer_state(load_file(str(path / "optimizer.safetensors")), opt_meta))
     _load_scheduler(strategy.scheduler, meta["scheduler"])

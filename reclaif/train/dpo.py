@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from reclaif.atomic import read_jsonl
+from reclaif.atomic import read_json, read_jsonl
 from reclaif.distributed.faults import maybe_fail
 from reclaif.config import RunConfig, shares_prompt
 from reclaif.errors import DataError
@@ -59,7 +59,7 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     it_dir = run_dir / f"iter-{iteration:03d}"
     metrics_path = it_dir / "train_metrics.json"
     if (it_dir / "checkpoint" / "config.json").exists() and metrics_path.exists():
-        done = json.loads(metrics_path.read_text())
+        done = read_json(metrics_path)
         if not done.get("preempted"):
             log.info("DPO iteration %d already finished: %s", iteration, it_dir / "checkpoint")
             return done

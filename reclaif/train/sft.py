@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from reclaif.atomic import read_jsonl
+from reclaif.atomic import read_json, read_jsonl
 from reclaif.distributed.faults import maybe_fail
 from reclaif.config import RunConfig
 from reclaif.errors import DataError
@@ -57,7 +57,7 @@ def run_sft(cfg: RunConfig, run_dir: str | Path) -> dict:
     phase = Path(run_dir) / "sft"
     metrics_path = phase / "train_metrics.json"
     if (phase / "checkpoint" / "config.json").exists() and metrics_path.exists():
-        done = json.loads(metrics_path.read_text())
+        done = read_json(metrics_path)
         if not done.get("preempted"):
             log.info("SFT already finished: %s", phase / "checkpoint")
             return done
