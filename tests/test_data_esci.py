@@ -217,3 +217,21 @@ def test_streamed_items_failure_leaves_no_output(pair, tmp_path):
     with pytest.raises(DataError, match="candidate products are not in it"):
         prepare("esci", pair[0], tmp_path / "out", items=tmp_path / "products.parquet")
     assert sorted(x.name for x in tmp_path.iterdir()) == ["products.parquet"]
+
+
+def test_repeated_product_id_with_other_text_is_an_error(pair, tmp_path):
+    p = pq.read_table(pair[1])
+    needed = esci.load(pair[0]).examples[0].candidates[0]
+    row = p.column("product_id").to_pylist().index(needed)
+    same = pa.concat_tables([p, p.slice(row, 1)])
+    pq.write_table(same, tmp_path / "same.parquet")
+    first = {it.id: it for it in esci.load(pair[0], items=pair[1]).items.values()}
+    again = esci.load(pair[0], items=tmp_path / "same.parquet").items
+    assert again[needed] == first[needed]  # an exact repeat (the joined layout's) is harmless
+    other = p.slice(row, 1).set_column(
+        p.schema.get_field_index("product_title"), "product_title",
+        pa.array(["Another title"], p.schema.field("product_title").type))
+    pq.write_table(pa.concat_tables([p, other]), tmp_path / "other.parquet")
+    with pytest.raises(DataError, match=rf"other.parquet: row {p.num_rows + 1}: product_id "
+                                        rf"'{needed}' repeats row {row + 1} with other text"):
+        esci.load(pair[0], items=tmp_path / "other.parquet")

@@ -162,33 +162,42 @@ def _candidate_sets(queries: dict[str, list], pids: list[str], seed: int, split:
 def iter_products(path: str | Path, needed: set[str]) -> Iterator[Item]:
     """Pass 2: the needed products, in file order, each once; any missing is a DataError."""
     path = Path(path)
-    found: set[str] = set()
+    # the first row of each product and a digest of its text: a later row is harmless when it
+    # says the same (the joined layout repeats a product per query), an error when it differs
+    found: dict[str, tuple[int, bytes]] = {}
     wanted = pa.array(sorted(needed), pa.string())
-    for _, batch in _batches(path, PRODUCT_COLUMNS, 8192):
+    for offset, batch in _batches(path, PRODUCT_COLUMNS, 8192):
         # Select in arrow: only the few needed rows ever become Python strings.
         try:
             mask = pc.and_kleene(pc.equal(batch.column("product_locale").cast(pa.string()),
                                           LOCALE),
                                  pc.is_in(batch.column("product_id").cast(pa.string()),
                                           value_set=wanted))
-            keep = batch.filter(pc.fill_null(mask, False))
+            rows = pc.indices_nonzero(pc.fill_null(mask, False))
+            keep = batch.take(rows)
         except pa.ArrowException as e:
             raise DataError(f"{path}: product_id/product_locale are not text ({e})") from None
         if keep.num_rows == 0:
             continue
         cols = {c: keep.column(c).to_pylist() for c in PRODUCT_COLUMNS}
-        for pid, locale, title, desc, bullets, brand, color in zip(*(cols[c] for c in
-                                                                    PRODUCT_COLUMNS)):
+        for row, (pid, locale, title, desc, bullets, brand, color) in zip(
+                rows.to_pylist(), zip(*(cols[c] for c in PRODUCT_COLUMNS))):
             pid = str(pid)
+            row = offset + row + 1
+            text = hashlib.blake2b(repr((title, desc, bullets, brand, color)).encode(),
+                                   digest_size=16).digest()
             if pid in found:
+                if found[pid][1] != text:
+                    raise DataError(f"{path}: row {row}: product_id {pid!r} repeats row "
+                                    f"{found[pid][0]} with other text (one product, one text)")
                 continue
-            found.add(pid)
+            found[pid] = (row, text)
             fields = {k: str(v)[:TEXT_CAP].strip() for k, v in (
                 ("brand", brand), ("color", color), ("bullet_points", bullets),
                 ("description", desc)) if v}
             # A handful of real products have no title: the id is the only name there is.
             yield Item(id=pid, title=str(title).strip() if title else pid, fields=fields)
-    missing = needed - found
+    missing = needed - found.keys()
     if missing:
         raise DataError(f"{path}: {len(missing)} candidate products are not in it "
                         f"(locale {LOCALE!r}), e.g. product_id {sorted(missing)[0]!r}")
