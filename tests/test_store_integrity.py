@@ -417,3 +417,26 @@ def test_a_damaged_train_state_meta_is_one_line_naming_it(tmp_path):
     (tmp_path / "meta.json").write_bytes(b'{"engine": "torch", "st\xff')
     with pytest.raises(ReclaifError, match=r"meta.json: damaged, not UTF-8 JSON"):
         load_train_state(object(), tmp_path)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_the_default_model_cache_is_fsynced_whole_before_it_is_published(tmp_path, monkeypatch):
+    """The converted default model (save_pretrained writes without fsync) is renamed into the
+    cache only after its files and directory are on disk, its parent fsynced after: a power
+    loss leaves no cache entry or a whole one, never config.json beside empty weights."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from reclaif.llm import models
+
+    tok = AutoTokenizer.from_pretrained(models.default_model_dir())
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                                         intermediate_size=32, num_attention_heads=2))
+    target = tmp_path / "cache/smollm2"
+    target.parent.mkdir()
+    events = _fsync_log(monkeypatch)
+    models._save_converted(model, tok, target)
+    published = events.index(("replace", str(target.resolve())))
+    synced = {Path(p).name for k, p in events[:published] if k == "fsync-file"}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= synced, synced
+    assert ("fsync-dir", str(target.parent.resolve())) in events[published:]
+    assert not list(target.parent.glob(".convert-*"))

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reclaif.atomic import replace_dir_durably
 from reclaif.errors import CheckpointError, ReclaifError
 
 log = logging.getLogger(__name__)
@@ -99,11 +100,17 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     if bad:
         raise ReclaifError(f"{gguf}: converted state dict does not match the config: {bad[:5]}")
     model.tie_weights()
+    _save_converted(model, tok, target)
+
+
+def _save_converted(model: Any, tok: Any, target: Path) -> None:
+    """Publishes the converted model at `target` whole or not at all: save_pretrained never
+    fsyncs, and a power loss must not leave config.json beside empty weights in the cache."""
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target)
+        replace_dir_durably(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
