@@ -84,3 +84,19 @@ def test_done_shards_are_skipped_on_rerun(ray_local, tmp_path):
     _run(tmp_path, "ok")
     report, rows = _run(tmp_path, "ok")
     assert report.skipped == 5 and len(rows) == 10
+
+
+
+def test_gpu_actors_on_a_cluster_without_those_gpus_are_a_named_error(ray_local, tmp_path):
+    """Ray queues an actor whose GPUs no node has and waits forever, saying nothing; the pool
+    refuses at once, naming the config keys that asked for them."""
+    from reclaif.distributed.pool import ActorPool
+    from reclaif.errors import ConfigError
+
+    have = ray_local.cluster_resources().get("GPU", 0)
+    each = have + 1  # more than the whole cluster has, even for one actor
+    with pytest.raises(ConfigError, match=rf"^ray.num_samplers x ray.gpus_per_sampler: 2 actors "
+                                          rf"x {each:g} GPU need {2 * each:g} GPUs; the Ray "
+                                          rf"cluster has {have:g}$"):
+        ActorPool(EchoWorker, (str(tmp_path),), num_actors=2, num_cpus=0.5, num_gpus=each,
+                  gpu_keys="ray.num_samplers x ray.gpus_per_sampler")

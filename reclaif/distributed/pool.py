@@ -16,6 +16,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from reclaif.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -44,9 +46,16 @@ class ActorPool:
     """`num_actors` instances of `worker_cls` (a plain class) as Ray actors."""
 
     def __init__(self, worker_cls: type, init_args: tuple, num_actors: int = 1,
-                 num_cpus: float = 1, num_gpus: float = 0) -> None:
+                 num_cpus: float = 1, num_gpus: float = 0, gpu_keys: str = "num_gpus") -> None:
+        """gpu_keys: the config keys that asked for the GPUs, named when the cluster lacks them."""
         import ray
 
+        need = max(1, num_actors) * num_gpus
+        have = ray.cluster_resources().get("GPU", 0)
+        if need > have:
+            # Ray would queue the actors and wait for GPUs that never come, silently.
+            raise ConfigError(f"{gpu_keys}: {max(1, num_actors)} actors x {num_gpus:g} GPU need "
+                              f"{need:g} GPUs; the Ray cluster has {have:g}")
         self._remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(worker_cls)
         self._init_args = init_args
         self.actors = [self._new() for _ in range(max(1, num_actors))]

@@ -140,7 +140,8 @@ class Driver:
             spec = to_dict(self.cfg.recommender)
             self._samplers = ActorPool(SamplerWorker, (spec, str(self.data_path), self.top_k, cpus),
                                        num_actors=r.num_samplers, num_cpus=cpus if not r.address else 1,
-                                       num_gpus=r.gpus_per_sampler)
+                                       num_gpus=r.gpus_per_sampler,
+                                       gpu_keys="ray.num_samplers x ray.gpus_per_sampler")
             self._samplers_model = model
             self._lifecycle("samplers:up", model=model, actors=len(self._samplers.actors))
         return self._samplers
