@@ -27,7 +27,7 @@ def paper_answer(choice: str, rel=(4, 2), div=(3, 3), expl=(4, 3)) -> str:
             f"some points but the choice is clear.")
 
 
-class ScriptedClient:
+class ScriptedClient(LLMClient):
     """An LLMClient whose answer is a function of the prompt; records every generate call."""
 
     def __init__(self, answer):

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from reclaif.config import LLMSpec
 from reclaif.errors import ReclaifError
 from reclaif.llm import models
+from reclaif.llm.base import LLMClient
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -40,7 +41,7 @@ class GenerationStats:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-class HFClient:
+class HFClient(LLMClient):
     """`LLMClient` over a local causal LM (the embedded default, a checkpoint dir, or a hub name)."""
 
     # "auto": reclaif.llm.decode where the model's cache allows, else transformers' generate;
