@@ -1,8 +1,9 @@
 """The two actor roles: a sampler that holds a recommender model, a judge that holds a judge.
 
-Workers are plain classes (PoolWorkers; ActorPool makes them Ray actors), so tests and a Ray-less debug path
-can call them directly. Each call carries everything that defines its output (model path, seed),
-so a shard retried on a restarted actor produces exactly the records the first attempt would.
+Workers are plain classes (PoolWorker subclasses; ActorPool makes them Ray actors), so tests and
+a Ray-less debug path can call them directly. Each call carries everything that defines its
+output (model path, seed), so a shard retried on a restarted actor produces exactly the records
+the first attempt would.
 """
 from __future__ import annotations
 

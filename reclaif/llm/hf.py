@@ -76,7 +76,7 @@ class HFClient(LLMClient):
         their own token, e.g. <|im_end|>, which may differ from the config's eos)."""
         ids: list[int] = []
         for value in (self.tokenizer.eos_token_id,
-                      getattr(self.model.generation_config, "eos_token_id", None)):
+                      self.model.generation_config.eos_token_id):
             for i in (value if isinstance(value, list) else [value]):
                 if i is not None and i not in ids:
                     ids.append(int(i))

@@ -34,7 +34,8 @@ from reclaif.train.data import PROMPT, share_prompt
 from reclaif.train.logprobs import (GradWeight, acc_dtype, backprop_chunk, body_and_weight,
                                     check_weight_grad_acc, chunk_logits, final_hidden,
                                     gather_until_accumulated, gathered, inner_loop, matmul_grads,
-                                    shifted_labels, softmax_inplace, under_autocast)
+                                    shifted_labels, softmax_inplace, under_autocast,
+                                    zero3_partitioned)
 from reclaif.train.losses import check_dpo_args, dpo_loss_grad, dpo_losses, dpo_metrics
 
 
@@ -177,7 +178,7 @@ class _FusedDPO(torch.autograd.Function):
                 lp = lp / lengths
             losses, r_c, r_r = dpo_losses(lp[:B], lp[B:], ref_c, ref_r, beta, loss_type, ls)
             stats = torch.stack([losses, r_c, r_r, lp[:B], lp[B:]], 1)
-        ctx.weight = weight if hasattr(weight, "ds_id") else None
+        ctx.weight = weight if zero3_partitioned(weight) else None
         ctx.scale, ctx.used = 1.0, False
         ctx.grads = (grad_h.view_as(hidden) if grad_h is not None else None,
                      grad_w.result() if grad_w is not None else None)

@@ -28,9 +28,10 @@ equal a single-process run.
 Public face. Callers: `sequence_logps`, `model_sequence_logps`, `shifted_labels`,
 `under_autocast`, KERNELS and WEIGHT_GRAD_ACC with `check_weight_grad_acc`. The kernel's other
 half, fused_dpo.py, also builds on the chunk primitives (`chunk_logits`, `softmax_inplace`,
-`backprop_chunk`, `matmul_grads`, `GradWeight`, `acc_dtype`, `inner_loop`), the ZeRO-3 gathers
-(`gathered`, `gather_until_accumulated`) and the model split (`body_and_weight`,
-`final_hidden`); nothing outside reclaif/train/ needs them. Underscored names stay here.
+`backprop_chunk`, `matmul_grads`, `GradWeight`, `acc_dtype`, `inner_loop`), the ZeRO-3 helpers
+(`gathered`, `gather_until_accumulated`, `zero3_partitioned`) and the model split
+(`body_and_weight`, `final_hidden`); nothing outside reclaif/train/ needs them. Underscored
+names stay in this module.
 """
 from __future__ import annotations
 
@@ -47,9 +48,15 @@ from torch import Tensor
 from reclaif.config import LOGPROB_KERNELS, LOGPROB_WEIGHT_GRADS
 
 
+def zero3_partitioned(t: Tensor) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions `t`: zero.Init marks its parameters with ds_id, and
+    a plain tensor or parameter has no such attribute (DeepSpeed's own test for it)."""
+    return hasattr(t, "ds_id")
+
+
 def gathered(weight: Tensor) -> contextlib.AbstractContextManager:
     """Gathers a ZeRO-3 partitioned parameter for the duration of the block (no-op otherwise)."""
-    if hasattr(weight, "ds_id"):
+    if zero3_partitioned(weight):
         import deepspeed
 
         return deepspeed.zero.GatheredParameters([weight], modifier_rank=None)
@@ -62,7 +69,7 @@ def gather_until_accumulated(weight: Tensor) -> None:
     parameter has at that moment, so releasing it inside our backward (as GatheredParameters'
     exit would) fails with a [0]-shaped parameter. DeepSpeed's own reduce hook was registered
     first, so it runs before this release."""
-    if not hasattr(weight, "ds_id"):
+    if not zero3_partitioned(weight):
         return
     weight.all_gather(param_list=[weight])
 
@@ -249,7 +256,7 @@ class _SequenceLogps(torch.autograd.Function):
                                 ce)
         # A ZeRO-3 parameter is kept as the object itself: an unpacked saved tensor would lose
         # the ds_* attributes needed to gather it again in backward.
-        zero3 = hasattr(weight, "ds_id")
+        zero3 = zero3_partitioned(weight)
         ctx.zero3_weight = weight if zero3 else None
         ctx.save_for_backward(hidden, None if zero3 else weight, pos, targets, seq, lse)
         ctx.chunk, ctx.ce, ctx.weight_grad_acc = chunk, ce, weight_grad_acc
@@ -341,8 +348,10 @@ def _unwrap(model: Any) -> torch.nn.Module:
     """A DeepSpeed engine → its module, telling ZeRO a new micro-step starts. DeepSpeed counts
     micro-steps in engine.forward, which a body-only forward bypasses; without this, ZeRO-3
     with gradient accumulation overwrites (not adds) the earlier micro-batches' gradients."""
+    # By class name or attributes, not isinstance: deepspeed stays unimported without it.
     if type(model).__name__ == "DeepSpeedEngine" or (hasattr(model, "module")
                                                       and hasattr(model, "zero_optimization")):
+        # DeepSpeed 0.19's ZeRO optimizers have it; older releases' and non-ZeRO ones do not.
         flag = getattr(model.optimizer, "clear_backward_seen_flag", None)
         if flag is not None:
             flag()
@@ -353,6 +362,8 @@ def _unwrap(model: Any) -> torch.nn.Module:
 def body_and_weight(model: torch.nn.Module) -> tuple[torch.nn.Module, Tensor]:
     model = _unwrap(model)
     cfg = getattr(model, "config", None)
+    # Architectures differ: Gemma 2's config has final_logit_softcapping, Cohere's logit_scale,
+    # most have neither; either would make the lm_head more than the plain matmul done here.
     for attr in ("final_logit_softcapping", "logit_scale"):
         if getattr(cfg, attr, None) not in (None, 1.0):
             raise ValueError(f"fused log-probs support a plain linear lm_head; this model's "
@@ -360,6 +371,7 @@ def body_and_weight(model: torch.nn.Module) -> tuple[torch.nn.Module, Tensor]:
     head = model.get_output_embeddings()
     if head is None or getattr(head, "bias", None) is not None:
         raise ValueError("fused log-probs need an lm_head Linear without bias")
+    # Not every architecture's model class has get_decoder; base_model_prefix names the body.
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
     if body is None or body is model:
         body = getattr(model, model.base_model_prefix)
@@ -370,6 +382,7 @@ def final_hidden(body: torch.nn.Module, input_ids: Tensor, attention_mask: Tenso
                  position_ids: Tensor | None = None) -> Tensor:
     out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                use_cache=False)
+    # A ModelOutput, or a tuple where the model's config sets return_dict=False.
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
