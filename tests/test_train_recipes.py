@@ -132,7 +132,7 @@ def test_lora_is_merged_on_save_into_a_plain_model(tiny, tmp_path):
     AutoModelForCausalLM.from_pretrained(run / "sft" / "checkpoint")
 
 
-def test_dpo_writes_reference_logps_once_and_learns_the_preference(sft_run):
+def test_dpo_writes_reference_logps_and_learns_the_preference(sft_run):
     src, _ = sft_run
     run = src  # iteration 1 trains from sft/checkpoint, which is also its reference
     cfg = load_config(run / "config.yaml")
