@@ -361,7 +361,7 @@ def _unwrap(model: Any) -> torch.nn.Module:
 
 def body_and_weight(model: torch.nn.Module) -> tuple[torch.nn.Module, Tensor]:
     model = _unwrap(model)
-    cfg = getattr(model, "config", None)
+    cfg = model.config
     # Architectures differ: Gemma 2's config has final_logit_softcapping, Cohere's logit_scale,
     # most have neither; either would make the lm_head more than the plain matmul done here.
     for attr in ("final_logit_softcapping", "logit_scale"):
@@ -369,9 +369,9 @@ def body_and_weight(model: torch.nn.Module) -> tuple[torch.nn.Module, Tensor]:
             raise ValueError(f"fused log-probs support a plain linear lm_head; this model's "
                              f"config sets {attr}={getattr(cfg, attr)}")
     head = model.get_output_embeddings()
-    if head is None or getattr(head, "bias", None) is not None:
+    if head is None or getattr(head, "bias", None) is not None:  # need not be an nn.Linear
         raise ValueError("fused log-probs need an lm_head Linear without bias")
-    # Not every architecture's model class has get_decoder; base_model_prefix names the body.
+    # transformers 5 has a generic get_decoder, 4.x only some architectures; else the prefix.
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
     if body is None or body is model:
         body = getattr(model, model.base_model_prefix)
