@@ -69,7 +69,7 @@ class SamplerWorker(PoolWorker):
 
 
 class JudgeWorker(PoolWorker):
-    """Compares the first two answers of each sample row with the configured judge."""
+    """Compares the two answers of each sample row (sampling.num_samples is 2) with the judge."""
 
     def __init__(self, judge_cfg: dict[str, Any], data_path: str, top_k: int,
                  threads: int = 0) -> None:

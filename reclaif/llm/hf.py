@@ -69,7 +69,9 @@ class HFClient(LLMClient):
         self.eos_ids = self._eos_ids()
         from reclaif.llm import decode  # imports transformers: only where a model is loaded
 
-        self._own_loop = decode.supports(self.model)
+        # reclaif.llm.decode's loop runs this model (else transformers' generate); public: the
+        # sampling bench and the GPU check report which decoder ran
+        self.own_decode_loop = decode.supports(self.model)
 
     def _eos_ids(self) -> list[int]:
         """The tokenizer's EOS plus the model's configured ones (chat models end turns with
@@ -146,7 +148,7 @@ class HFClient(LLMClient):
 
         from reclaif.llm import decode
 
-        own_loop = self._own_loop and self.decoder == "auto"
+        own_loop = self.own_decode_loop and self.decoder == "auto"
         stats.prompt_tokens += sum(len(x) for x in batch_ids)
         stats.padded_prompt_tokens += (decode.prefill_positions(batch_ids) if own_loop else
                                        len(batch_ids) * max(len(x) for x in batch_ids))
