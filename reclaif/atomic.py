@@ -147,7 +147,8 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        where = f" (line {e.lineno}, column {e.colno})" if hasattr(e, "lineno") else ""
+        where = (f" (line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError)
+                 else "")
         raise ReclaifError(f"{path}: damaged, not UTF-8 JSON{where}; restore it from a "
                            f"backup, or delete it to redo what it recorded (verified "
                            f"shards are reused)") from None

@@ -34,7 +34,6 @@ class DataConfig:
     max_train_examples: int = _f(0, "Cap on training prompts (0 = all).")
     max_eval_examples: int = _f(0, "Cap on evaluation prompts (0 = all).")
     top_k: int = _f(3, "How many items the recommender is asked to return (paper: 3; ESCI: 5).")
-    seed: int = _f(0, "Seed for candidate sampling and subsetting.")
 
 
 @dataclass
@@ -70,7 +69,8 @@ class SamplingConfig:
     temperature: float = _f(1.0, "Sampling temperature T for the two answers per prompt (paper: high T).")
     top_p: float = _f(0.95, "Nucleus threshold p.")
     max_new_tokens: int = _f(256, "Longest answer, in tokens.")
-    num_samples: int = _f(2, "Answers sampled per prompt (the judge compares the first two).")
+    num_samples: int = _f(2, "Answers sampled per prompt: 2, the pair the judge compares (as the "
+                          "paper samples); read by the plan and the sampling bench.")
     max_prompts: int = _f(0, "Training prompts sampled per iteration (0 = all); iteration i "
                           "takes the next slice, wrapping around, so iterations see new prompts.")
 
@@ -246,8 +246,9 @@ class ReportConfig:
 
 
 # Keys a released config had and this one dropped: skipped when read, so the frozen config.yaml
-# of an older run directory still loads (report.examples_shown: never read; the report shows 3).
-RETIRED_KEYS = {"report.examples_shown"}
+# of an older run directory still loads. Both were never read: report.examples_shown (the
+# report shows 3), data.seed (`reclaif data prepare --seed` seeds the candidates).
+RETIRED_KEYS = {"report.examples_shown", "data.seed"}
 
 
 @dataclass
@@ -460,8 +461,10 @@ def validate(cfg: RunConfig) -> None:
     finite(cfg, "")
     if not 0 < cfg.sampling.top_p <= 1:
         raise ConfigError(f"sampling.top_p: {cfg.sampling.top_p} must be in (0, 1]")
-    if cfg.sampling.num_samples < 2:
-        raise ConfigError("sampling.num_samples: the judge needs at least 2 answers per prompt")
+    if cfg.sampling.num_samples != 2:
+        # The judge compares one pair per prompt: a third answer would be sampled and dropped.
+        raise ConfigError(f"sampling.num_samples: {cfg.sampling.num_samples}, but the judge "
+                          f"compares exactly 2 answers per prompt; set it to 2")
     for key, spec in (("recommender", cfg.recommender), ("teacher.llm", cfg.teacher.llm),
                       ("judge.llm", cfg.judge.llm), ("explainability.llm", cfg.explainability.llm)):
         if spec.dtype not in LLM_DTYPES:  # else a KeyError when the model is first loaded

@@ -11,6 +11,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 from reclaif.config import LLMSpec, TeacherConfig
 from reclaif.errors import ConfigError
@@ -49,7 +50,18 @@ def _feature_words(feature: str) -> set[str]:
     return _words(feature.split(": ", 1)[-1])
 
 
-class OfflineTeacher:
+class Teacher(Protocol):
+    """What SFT distils: one answer per example, in the recommender's answer format."""
+
+    def respond(self, example: Example) -> str:
+        ...
+
+    def respond_many(self, examples: list[Example]) -> list[str]:
+        """One answer per example, in order; an LLM teacher batches its calls."""
+        return [self.respond(ex) for ex in examples]
+
+
+class OfflineTeacher(Teacher):
     """Answers in the canonical format, built from labels and item text (see the module doc)."""
 
     def __init__(self, items: dict[str, Item], top_k: int, seed: int = 0):
@@ -162,11 +174,8 @@ class OfflineTeacher:
         reasons = [self.reason(i, example, prefs) for i in ranked]
         return format_recommendation([p for p, _ in prefs], titles, reasons, example.domain)
 
-    def respond_many(self, examples: list[Example]) -> list[str]:
-        return [self.respond(ex) for ex in examples]
 
-
-class LLMTeacher:
+class LLMTeacher(Teacher):
     """An LLM given the recommender prompt (the paper: Claude 3 Sonnet on Bedrock)."""
 
     def __init__(self, client: LLMClient, items: dict[str, Item], top_k: int,
@@ -190,7 +199,7 @@ class LLMTeacher:
 
 def make_teacher(cfg: TeacherConfig, items: dict[str, Item], top_k: int,
                  client_factory: Callable[[LLMSpec], LLMClient] | None = None,
-                 seed: int = 0) -> OfflineTeacher | LLMTeacher:
+                 seed: int = 0) -> Teacher:
     if cfg.kind == "offline":
         return OfflineTeacher(items, top_k, seed=seed)
     if cfg.kind == "llm":

@@ -48,11 +48,11 @@ def main(model_dir: str, out_dir: str, engine: str = "torch") -> int:
                                           "rewards/accuracies")},
               "sampler": {"device": str(param.device), "dtype": str(param.dtype),
                           "answers": sum(len(o) for o in outs),
-                          "own_decode_loop": client._own_loop}}
+                          "own_decode_loop": client.own_decode_loop}}
     print(json.dumps(result))
     ok = (sft["loss"] < sft["loss_first_step"] and dpo["loss"] < dpo["loss_first_step"]
           and param.is_cuda and param.dtype == torch.bfloat16 and result["sampler"]["answers"] == 8
-          and client._own_loop)
+          and client.own_decode_loop)
     return 0 if ok else 1
 
 

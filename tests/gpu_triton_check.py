@@ -21,7 +21,8 @@ import traceback
 
 import torch
 
-from reclaif.bench.logprobs import FULL_SHAPES, _dpo_variants, _inputs, _logps_variants, _run
+from reclaif.bench.logprobs import (FULL_SHAPES, dpo_variants, logps_variants, make_inputs,
+                                    value_and_grads)
 
 SHAPES = FULL_SHAPES  # (tokens, hidden, vocab): (4096, 576, 49152), (2048, 4096, 32000)
 QUICK_SHAPES = [(512, 64, 5000)]
@@ -41,14 +42,14 @@ def _time_and_peak(fns: dict, x: dict, reps: int) -> dict[str, dict[str, float]]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        _run(fn, x)
+        value_and_grads(fn, x)
         torch.cuda.synchronize()
         out[name] = {"peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20, "ms": []}
     for _ in range(reps):  # interleaved, so a clock change hits every path alike
         for name, fn in fns.items():
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            _run(fn, x)
+            value_and_grads(fn, x)
             torch.cuda.synchronize()
             out[name]["ms"].append(1e3 * (time.perf_counter() - t0))
     for v in out.values():
@@ -58,12 +59,13 @@ def _time_and_peak(fns: dict, x: dict, reps: int) -> dict[str, dict[str, float]]
 
 def check_case(tokens: int, hidden: int, vocab: int, dtype: str, chunk: int, what: str,
                reps: int) -> dict:
-    x = _inputs(tokens, hidden, vocab, device="cuda", dtype=getattr(torch, dtype))
-    variants = {k: (_logps_variants(x, chunk, kernel=k) if what == "logps"
-                    else _dpo_variants(x, chunk, kernel=k)) for k in ("torch", "triton")}
+    x = make_inputs(tokens, hidden, vocab, device="cuda", dtype=getattr(torch, dtype))
+    variants = {k: (logps_variants(x, chunk, kernel=k) if what == "logps"
+                    else dpo_variants(x, chunk, kernel=k)) for k in ("torch", "triton")}
     fns = {"usual": variants["torch"]["usual"], "torch": variants["torch"]["fused"],
            "triton": variants["triton"]["fused"]}
-    res = {name: _run(fn, x) for name, fn in fns.items()}  # also the warm-up (Triton compiles)
+    # also the warm-up (Triton compiles)
+    res = {name: value_and_grads(fn, x) for name, fn in fns.items()}
     row = {"what": what, "tokens": tokens, "hidden": hidden, "vocab": vocab, "dtype": dtype,
            "chunk": chunk}
     for name in ("triton", "usual"):

@@ -48,8 +48,7 @@ def esci(real_data: Path) -> tuple[list[Example], dict[str, Item]]:
 
 
 def hit_at_1(ranker, examples: list[Example]) -> float:
-    if hasattr(ranker, "prepare"):  # one batched encode, as the table does
-        ranker.prepare(examples)
+    ranker.prepare(examples)  # one batched encode, as the table does
     return float(np.mean([ranker.rank(ex)[0] in ex.relevant() for ex in examples]))
 
 

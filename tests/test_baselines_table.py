@@ -125,12 +125,13 @@ def test_llm_method_ranks_through_the_recommender(real_data, tmp_path, capsys, m
     with the target first for every other prompt and with nonsense otherwise."""
     import reclaif.llm
     from reclaif.data import load_examples, load_items
+    from reclaif.llm.base import LLMClient
 
     d = tmp_path / "lastfm"
     prepare("lastfm", real_data / "lastfm" / "sdpo" / "lastfm-val.json", d, limit=12)
     examples, items = load_examples(d), load_items(d)
 
-    class Client:
+    class Client(LLMClient):
         def generate(self, prompts, n=1, **kw):
             out = []
             for p in prompts:

@@ -183,6 +183,25 @@ def test_out_of_range_values_are_named(override):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_num_samples_other_than_two_is_refused(n):
+    # The judge compares one pair per prompt: a third answer would be sampled and thrown away.
+    with pytest.raises(ConfigError, match=rf"sampling\.num_samples: {n}, but the judge compares "
+                                          r"exactly 2"):
+        load_config(None, [f"sampling.num_samples={n}"])
+    assert load_config(None, ["sampling.num_samples=2"]).sampling.num_samples == 2
+
+
+def test_a_frozen_config_with_the_retired_data_seed_still_loads(tmp_path):
+    from reclaif.atomic import atomic_write_text
+    from reclaif.config import dump_config
+
+    text = dump_config(load_config(None, [])).replace("data:\n", "data:\n  seed: 7\n")
+    assert "seed: 7" in text
+    atomic_write_text(tmp_path / "config.yaml", text)
+    assert not hasattr(load_config(tmp_path / "config.yaml").data, "seed")
+
+
 def test_more_actors_than_local_ray_cpus_is_refused_not_a_silent_hang():
     for key in ("ray.num_samplers", "ray.num_judges"):
         with pytest.raises(ConfigError, match=rf"{key}: 3 actors .* ray.num_cpus=2"):

@@ -196,21 +196,6 @@ def test_sharded_prepare_reads_back_whole(pair, tmp_path):
     assert [p.name for p in (tmp_path / "sharded").glob("examples*.jsonl")] == ["examples.jsonl"]
 
 
-def test_table_generator_writes_the_official_schema(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from make_esci_table import write_tables
-
-    e, p = write_tables(tmp_path, rows=6000, seed=1)
-    assert pq.ParquetFile(e).schema_arrow.names == ["example_id", "query", "query_id",
-                                                    "product_id", "product_locale", "esci_label",
-                                                    "small_version", "large_version", "split"]
-    assert pq.ParquetFile(p).schema_arrow.names == esci.PRODUCT_COLUMNS
-    got = esci.load(e)
-    assert got.examples and all(len(x.candidates) == 15 for x in got.examples)
-
-
 def test_streamed_items_failure_leaves_no_output(pair, tmp_path):
     p = pq.read_table(pair[1])
     pq.write_table(p.slice(0, 10), tmp_path / "products.parquet")

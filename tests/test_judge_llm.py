@@ -10,6 +10,7 @@ import pytest
 
 from reclaif.config import JudgeConfig, LLMSpec
 from reclaif.data import lastfm
+from reclaif.errors import ReclaifError
 from reclaif.judge import LLMJudge, make_judge, parse_judgment, preference_pair
 from reclaif.llm.base import LLMClient
 from reclaif.teacher import OfflineTeacher
@@ -27,7 +28,7 @@ def paper_answer(choice: str, rel=(4, 2), div=(3, 3), expl=(4, 3)) -> str:
             f"some points but the choice is clear.")
 
 
-class ScriptedClient:
+class ScriptedClient(LLMClient):
     """An LLMClient whose answer is a function of the prompt; records every generate call."""
 
     def __init__(self, answer):
@@ -69,8 +70,13 @@ def pairs(data):
     return out
 
 
-def test_scripted_client_is_an_llm_client():
-    assert isinstance(ScriptedClient(lambda p: ""), LLMClient)
+def test_a_client_gets_the_protocols_defaults_for_what_it_does_not_override():
+    # generate_settled: one batched generate while it succeeds; reload: refused, by name.
+    client = ScriptedClient(lambda p: p.upper())
+    settled = client.generate_settled(["a", "b"], seed=3)
+    assert [s.answers for s in settled] == [["A"], ["B"]] and len(client.calls) == 1
+    with pytest.raises(ReclaifError, match="ScriptedClient: cannot load new weights \\(ckpt\\)"):
+        client.reload("ckpt")
 
 
 def test_consistent_judge_keeps_its_choice_in_one_batched_call(data, pairs):

@@ -9,21 +9,20 @@ from sklearn.metrics import cohen_kappa_score
 from reclaif.config import JudgeConfig
 from reclaif.data import lastfm
 from reclaif.judge import LLMJudge, PanelJudge, RubricJudge, cohen_kappa, make_judge
+from reclaif.judge.base import Judge
 from reclaif.judge.panel import majority
+from reclaif.llm.base import LLMClient
 from reclaif.records import Scores, Verdict
 from reclaif.teacher import OfflineTeacher
 
 TOP_K = 3
 
 
-class FixedJudge:
+class FixedJudge(Judge):
     """A judge that answers a scripted list of choices, one per verdict."""
 
     def __init__(self, choices):
         self.choices = list(choices)
-
-    def compare(self, example, a, b):
-        return self.compare_many([example], [(a, b)])[0]
 
     def compare_many(self, examples, pairs):
         out = []
@@ -46,7 +45,7 @@ class TagJaccardDiversity:
         return 1 - sum(len(x & y) / max(1, len(x | y)) for x, y in pairs) / len(pairs)
 
 
-class PositionAClient:
+class PositionAClient(LLMClient):
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=256, seed=0):
         return [["**Option A Evaluation:**\n- Relevance Score: 5\n**Decision:**\n"
                  "- Chosen Option: A"] for _ in prompts]

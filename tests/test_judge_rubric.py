@@ -12,6 +12,7 @@ from reclaif.errors import ConfigError
 from reclaif.judge import (RUBRIC_DESCRIPTION, RubricJudge, make_explainability_scorer,
                            make_judge, preference_pair)
 from reclaif.judge.explainability import ExplainabilityScorer, parse_score
+from reclaif.llm.base import LLMClient
 from reclaif.parsing import format_recommendation, parse_recommendation
 from reclaif.records import Item, Scores, Verdict
 from reclaif.teacher import OfflineTeacher
@@ -191,7 +192,7 @@ def test_parse_score_reads_and_clamps(text, score):
     assert parse_score(text) == score
 
 
-class _ScriptedClient:
+class _ScriptedClient(LLMClient):
     """A real LLMClient: returns scripted answers in order and records the prompts."""
 
     def __init__(self, answers):

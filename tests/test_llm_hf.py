@@ -219,7 +219,7 @@ def test_generate_fallback_gives_the_same_greedy_answers(tiny):
     own = HFClient(LLMSpec(model=str(tiny), batch_size=4, device="cpu"))
     hf = HFClient(LLMSpec(model=str(tiny), batch_size=4, device="cpu"))
     hf.decoder = "generate"
-    assert own._own_loop
+    assert own.own_decode_loop
     assert (own.generate(PROMPTS, n=2, temperature=0.0, max_new_tokens=7)
             == hf.generate(PROMPTS, n=2, temperature=0.0, max_new_tokens=7))
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from reclaif.train.fused_dpo import (_pair_groups, fused_dpo_loss,
+from reclaif.train.fused_dpo import (pair_groups, fused_dpo_loss,
                                      fused_dpo_loss_from_hidden)
 from reclaif.train.logprobs import model_sequence_logps, sequence_logps
 from reclaif.train.losses import dpo_loss
@@ -264,7 +264,7 @@ def test_fused_dpo_matches_usual_path_with_many_groups_of_pairs(loss_type, ls):
     labels = torch.randint(0, V, (2 * B, T), generator=g)
     for row, n in enumerate(counts):
         labels[row, :T - n] = -100
-    assert [b - a for a, b in _pair_groups(counts, B, chunk)] == [1, 3, 2, 1, 2, 1, 1, 1]
+    assert [b - a for a, b in pair_groups(counts, B, chunk)] == [1, 3, 2, 1, 2, 1, 1, 1]
     lengths = torch.tensor(counts).clamp(min=1) if loss_type == "ipo" else torch.ones(2 * B)
     with torch.no_grad():  # references near the policy: margins either side of hinge's kink
         lp = oracle(h, w, labels)

@@ -101,10 +101,16 @@ def test_closed_form_gradient_is_autograds_wrt_the_margin(loss_type, ls, beta):
 
 
 def test_reference_log_probs_get_no_gradient_and_may_live_on_cpu():
-    pc = PC.clone().requires_grad_()
-    loss, _ = dpo_loss(pc, PR, RC.double(), RR.double(), beta=0.1)
+    # A reference computed with grad enabled (a forgotten no_grad) must not train its model:
+    # the loss treats the reference log-probs as constants, as the fused kernel does.
+    ref_model = torch.nn.Linear(3, 2).double()
+    ref = ref_model(torch.ones(1, 3, dtype=torch.float64))[0] - 2.0  # fp64, on the CPU
+    assert ref.requires_grad
+    pc, pr = PC.clone().requires_grad_(), PR.clone().requires_grad_()
+    loss, _ = dpo_loss(pc, pr, ref[:1], ref[1:], beta=0.1)
     loss.backward()
-    assert loss.dtype == torch.float32 and pc.grad is not None
+    assert loss.dtype == torch.float32 and pc.grad is not None and pr.grad is not None
+    assert all(p.grad is None for p in ref_model.parameters())
 
 
 @pytest.mark.parametrize("kwargs,match", [

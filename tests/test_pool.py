@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
+from reclaif.distributed.pool import PoolWorker
 from reclaif.pipeline.store import RunStore
 
 
-class EchoWorker:
+class EchoWorker(PoolWorker):
     """Doubles numbers; dies (os._exit) or raises on request, once per marker file."""
 
     def __init__(self, marker_dir: str) -> None:

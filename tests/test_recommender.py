@@ -9,6 +9,7 @@ import pytest
 from reclaif.cli import main
 from reclaif.data import load_examples, load_items
 from reclaif.errors import ReclaifError
+from reclaif.llm.base import LLMClient
 from reclaif.llm.models import build_tiny_model
 from reclaif.prompts import render_recommender
 from reclaif.recommender import Recommender
@@ -16,7 +17,7 @@ from reclaif.recommender import Recommender
 CANDIDATES = "The Horrors; Hannah Montana; Band of Skulls"
 
 
-class ScriptedClient:
+class ScriptedClient(LLMClient):
     """An LLMClient that answers from a script and records what it was asked."""
 
     def __init__(self, answers: list[str]):

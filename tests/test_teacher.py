@@ -7,6 +7,7 @@ from reclaif.config import LLMSpec, TeacherConfig
 from reclaif.data import beauty, lastfm
 from reclaif.errors import ConfigError
 from reclaif.judge.explainability import grounding
+from reclaif.llm.base import LLMClient
 from reclaif.parsing import parse_recommendation
 from reclaif.records import Example
 from reclaif.teacher import (TEACHER_DESCRIPTION, LLMTeacher, OfflineTeacher, item_features,
@@ -119,7 +120,7 @@ def test_product_search_preferences_are_the_query_terms(beauty_data):
     assert rec2.reasons[0].lower().endswith(f"matches the query terms {', '.join(sorted(words))}.")
 
 
-class EchoClient:
+class EchoClient(LLMClient):
     def __init__(self):
         self.prompts = []
 

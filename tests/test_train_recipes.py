@@ -132,7 +132,7 @@ def test_lora_is_merged_on_save_into_a_plain_model(tiny, tmp_path):
     AutoModelForCausalLM.from_pretrained(run / "sft" / "checkpoint")
 
 
-def test_dpo_writes_reference_logps_once_and_learns_the_preference(sft_run):
+def test_dpo_writes_reference_logps_and_learns_the_preference(sft_run):
     src, _ = sft_run
     run = src  # iteration 1 trains from sft/checkpoint, which is also its reference
     cfg = load_config(run / "config.yaml")
@@ -227,7 +227,7 @@ def test_bf16_dpo_first_step_has_loss_log2_and_zero_margins_with_a_bf16_referenc
 
     from reclaif.records import PreferencePair
     from reclaif.train.data import encode_pairs
-    from reclaif.train.reference import _logps
+    from reclaif.train.reference import pair_logps
 
     rows = read_jsonl(run / "iter-001" / "ref_logps.jsonl")
     tok = load_tokenizer(str(tiny))
@@ -236,9 +236,9 @@ def test_bf16_dpo_first_step_has_loss_log2_and_zero_margins_with_a_bf16_referenc
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
     c, r = (pad_batch([e[k] for e in enc], tok.pad_token_id) for k in ("chosen", "rejected"))
     with torch.no_grad():  # the trainer's forward: sdpa here, so the prompt is shared
-        fp32 = _logps(model, c, r, cfg.dpo.logprob_chunk, shared_prompt=True)[:, :2].double()
+        fp32 = pair_logps(model, c, r, cfg.dpo.logprob_chunk, shared_prompt=True)[:, :2].double()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = _logps(model, c, r, cfg.dpo.logprob_chunk, shared_prompt=True)[:, :2].double()
+            bf16 = pair_logps(model, c, r, cfg.dpo.logprob_chunk, shared_prompt=True)[:, :2].double()
     stored = torch.tensor([[row["chosen"], row["rejected"]] for row in rows[:2]],
                           dtype=torch.float64)
     assert torch.allclose(stored, bf16, rtol=0, atol=1e-6)

@@ -3,6 +3,10 @@
 A ranker learns (or not) from training examples, then orders an Example's candidates. It never
 sees labels at ranking time, and ties are broken by a seeded per-example shuffle so that no
 ranker can profit from the order a loader happened to write the candidates in.
+
+Every ranker subclasses `Ranker` (PEP 544's explicit form): what only some rankers have (a
+batched `prepare`, text answers, a training log) has its default here, and the table calls it
+on every ranker without probing.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from reclaif.errors import ReclaifError
-from reclaif.records import Example, Item
+from reclaif.records import Example, Item, Recommendation
 
 
 @runtime_checkable
@@ -27,6 +31,20 @@ class Ranker(Protocol):
     def rank(self, example: Example) -> list[str]:
         """The example's candidates, best first: always a permutation of `candidates`."""
         ...
+
+    def prepare(self, examples: Sequence[Example]) -> None:
+        """Work for many examples at once before `rank` is asked of each (an LLM's batched
+        generate, a model's batched scores); nothing by default."""
+
+    def answer(self, example: Example) -> Recommendation | None:
+        """The parsed text answer behind `rank(example)`, for rankers that answer in text
+        (LLMs: their own validity and explanations); None for those that only order."""
+        return None
+
+    def fit_log(self) -> list[dict]:
+        """Per-epoch records of the last fit ({epoch, loss, val_mrr}) for rankers that train in
+        epochs; empty otherwise."""
+        return []
 
 
 def example_rng(seed: int, example_id: str) -> np.random.Generator:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import bm25s
 import numpy as np
 
-from reclaif.baselines.base import history, order_by_scores
+from reclaif.baselines.base import Ranker, history, order_by_scores
 from reclaif.errors import ReclaifError
 from reclaif.records import Example, Item
 
@@ -21,7 +21,7 @@ def _tokenize(texts: list[str]) -> list[list[str]]:
 
 
 @dataclass
-class BM25Ranker:
+class BM25Ranker(Ranker):
     k1: float = 1.5
     b: float = 0.75
     seed: int = 0

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from reclaif.baselines.base import history, order_by_scores
+from reclaif.baselines.base import Ranker, history, order_by_scores
 from reclaif.errors import ReclaifError
 from reclaif.records import Example, Item
 
@@ -25,7 +25,7 @@ def load_model(name: str) -> Any:
 
 
 @dataclass
-class DenseRanker:
+class DenseRanker(Ranker):
     model_name: str = "default"
     batch_size: int = 64
     seed: int = 0

@@ -5,12 +5,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reclaif.baselines.base import example_rng, order_by_scores, targets
+from reclaif.baselines.base import Ranker, example_rng, order_by_scores, targets
 from reclaif.records import Example, Item
 
 
 @dataclass
-class RandomRanker:
+class RandomRanker(Ranker):
     """A uniformly random permutation per example, reproducible from (seed, example id)."""
 
     seed: int = 0
@@ -25,7 +25,7 @@ class RandomRanker:
 
 
 @dataclass
-class PopularityRanker:
+class PopularityRanker(Ranker):
     """Candidates by how often they were a training target (relevant item); ties random."""
 
     seed: int = 0

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reclaif.baselines.base import Ranker
 from reclaif.errors import ReclaifError
 from reclaif.records import Example, Item, Recommendation
 
@@ -24,7 +25,7 @@ def parse_method(method: str) -> tuple[str, str]:
 
 
 @dataclass
-class LLMRanker:
+class LLMRanker(Ranker):
     """Ranks with `reclaif.recommender.Recommender`; remembers each example's Recommendation."""
 
     method: str
@@ -79,8 +80,8 @@ class LLMRanker:
             for ex, recs in zip(todo, answers):
                 self.recommendations[ex.id] = recs[0]
 
-    def valid(self, example: Example) -> bool:
-        return self.recommendations[example.id].valid
+    def answer(self, example: Example) -> Recommendation:
+        return self.recommendations[example.id]
 
     def rank(self, example: Example) -> list[str]:
         """The recommended items, in the model's order: top-k candidates, not a permutation of

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from reclaif.baselines.base import history, order_by_scores, targets
 from reclaif.atomic import atomic_write_bytes, atomic_write_json
+from reclaif.baselines.base import Ranker, history, order_by_scores, targets
 from reclaif.errors import DataError, ReclaifError
 from reclaif.records import Example, Item
 
@@ -118,7 +118,7 @@ def split_by_user(train: Sequence[Example], fraction: float, seed: int
 
 
 @dataclass
-class SASRecRanker:
+class SASRecRanker(Ranker):
     config: SASRecConfig = field(default_factory=SASRecConfig)
     name: str = "sasrec"
     vocab: dict[str, int] = field(default_factory=dict, repr=False)
@@ -248,6 +248,9 @@ class SASRecRanker:
             t_score = scores.gather(1, tgt.unsqueeze(1)).squeeze(1)
         rank = (scores > t_score.unsqueeze(1)).sum(1)
         return float((1.0 / (1 + rank.float())).masked_fill(tgt == PAD, 0.0).mean())
+
+    def fit_log(self) -> list[dict]:
+        return self.history_log
 
     def prepare(self, examples: Sequence[Example]) -> None:
         """Scores all examples' candidates in a few batched forward passes (cached by id)."""

@@ -78,20 +78,20 @@ def score_method(method: str, examples: list[Example], train: list[Example],
     t0 = time.perf_counter()
     ranker.fit(train if is_learned(method) else [], items)
     t1 = time.perf_counter()
-    if hasattr(ranker, "prepare"):
-        ranker.prepare(examples)
+    ranker.prepare(examples)
     # Every row answers with the top-k it would show, and passes the one validity rule.
     rankings = {ex.id: ranker.rank(ex)[:TOP_K[task]] for ex in examples}
     t2 = time.perf_counter()
     valid = {ex.id: is_valid(rankings[ex.id], ex.candidates, TOP_K[task]) for ex in examples}
     explain = None
-    if hasattr(ranker, "recommendations"):  # an LLM: its own validity and explanations
+    answers = {ex.id: ranker.answer(ex) for ex in examples}
+    if all(a is not None for a in answers.values()):  # an LLM: its own validity, explanations
         from reclaif.config import ExplainabilityConfig
         from reclaif.judge import make_explainability_scorer
 
-        valid = {ex.id: ranker.valid(ex) for ex in examples}
+        valid = {i: a.valid for i, a in answers.items()}
         expl = make_explainability_scorer(ExplainabilityConfig(), items, TOP_K[task])
-        explain = {ex.id: expl.score(ex, ranker.recommendations[ex.id].raw_text)
+        explain = {ex.id: expl.score(ex, answers[ex.id].raw_text)
                    for ex in examples if valid[ex.id]}
     result = evaluate_rankings(examples, rankings, valid, items, ks, scorer, explain,
                                diversity_k=TOP_K[task])
@@ -101,11 +101,11 @@ def score_method(method: str, examples: list[Example], train: list[Example],
     if explain is not None:
         row["explainability_scorer"] = "rubric (offline grounding score, 1-100)"
         # the parsed answers, so a low ValidRatio can be read, not only counted
-        row["answers"] = [{"id": ex.id, **ranker.recommendations[ex.id].to_json()}
-                          for ex in examples]
-    if hasattr(ranker, "history_log") and ranker.history_log:
-        row["epochs"] = len(ranker.history_log)
-        row["best_val_mrr"] = max(h["val_mrr"] for h in ranker.history_log)
+        row["answers"] = [{"id": ex.id, **answers[ex.id].to_json()} for ex in examples]
+    log = ranker.fit_log()
+    if log:
+        row["epochs"] = len(log)
+        row["best_val_mrr"] = max(h["val_mrr"] for h in log)
     return row
 
 

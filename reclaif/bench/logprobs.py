@@ -40,8 +40,8 @@ SEQ_LEN = 128  # tokens per sequence: a chosen/rejected pair is one 256-token ch
 CHUNK = 256
 
 
-def _inputs(tokens: int, hidden: int, vocab: int, seed: int = 0, device: str = "cpu",
-            dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+def make_inputs(tokens: int, hidden: int, vocab: int, seed: int = 0, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
     seq = min(SEQ_LEN, tokens // 2)
     rows = tokens // seq
@@ -63,8 +63,8 @@ def _usual_logps(h: Tensor, w: Tensor, labels: Tensor) -> Tensor:
     return logp.gather(-1, labels[..., None]).squeeze(-1).sum(-1)
 
 
-def _logps_variants(x: dict, chunk: int = CHUNK, kernel: str = "auto",
-                    weight_grad: str = "fp32") -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+def logps_variants(x: dict, chunk: int = CHUNK, kernel: str = "auto",
+                   weight_grad: str = "fp32") -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     return {
         "usual": lambda h, w: _usual_logps(h, w, x["labels"]).sum(),
         "fused": lambda h, w: sequence_logps(h, w, x["labels"], chunk_size=chunk, kernel=kernel,
@@ -72,8 +72,8 @@ def _logps_variants(x: dict, chunk: int = CHUNK, kernel: str = "auto",
     }
 
 
-def _dpo_variants(x: dict, chunk: int = CHUNK, beta: float = 0.1, kernel: str = "auto",
-                  weight_grad: str = "fp32") -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+def dpo_variants(x: dict, chunk: int = CHUNK, beta: float = 0.1, kernel: str = "auto",
+                 weight_grad: str = "fp32") -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     B = x["h"].shape[0] // 2
 
     def usual(h: Tensor, w: Tensor) -> Tensor:
@@ -87,7 +87,9 @@ def _dpo_variants(x: dict, chunk: int = CHUNK, beta: float = 0.1, kernel: str = 
     return {"usual": usual, "fused": fused}
 
 
-def _run(fn: Callable[[Tensor, Tensor], Tensor], x: dict) -> tuple[Tensor, Tensor, Tensor]:
+def value_and_grads(fn: Callable[[Tensor, Tensor], Tensor],
+                    x: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """fn(h, w)'s value and its gradients w.r.t. h and w."""
     h = x["h"].detach().requires_grad_()
     w = x["w"].detach().requires_grad_()
     out = fn(h, w)
@@ -101,7 +103,7 @@ def _peak_bytes(fn: Callable[[Tensor, Tensor], Tensor], x: dict) -> int:
     device = x["h"].device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, profile_memory=True) as prof:
-        _, gh, gw = _run(fn, x)
+        _, gh, gw = value_and_grads(fn, x)
     # Every allocation and free, in order (the allocation records of the profiler's event tree;
     # prof.events() folds most of them into their ops and loses the order).
     events: list[tuple[int, int, int]] = []
@@ -133,7 +135,7 @@ def _median_seconds(fn: Callable[[Tensor, Tensor], Tensor], x: dict, reps: int) 
     for _ in range(reps):
         sync()
         t0 = time.perf_counter()
-        _run(fn, x)
+        value_and_grads(fn, x)
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -142,8 +144,8 @@ def _median_seconds(fn: Callable[[Tensor, Tensor], Tensor], x: dict, reps: int) 
 def compare_time(variants: dict[str, Callable], x: dict, reps: int) -> dict[str, float]:
     """Errors of fused vs usual and the time ratio (medians of interleaved repetitions, so a
     neighbour's load on a shared machine hits both alike)."""
-    out_u, gh_u, gw_u = _run(variants["usual"], x)
-    out_f, gh_f, gw_f = _run(variants["fused"], x)
+    out_u, gh_u, gw_u = value_and_grads(variants["usual"], x)
+    out_f, gh_f, gw_f = value_and_grads(variants["fused"], x)
     err = (out_f - out_u).abs().max().item()
     gerr = max((gh_f - gh_u).abs().max().item(), (gw_f - gw_u).abs().max().item())
     del out_u, gh_u, gw_u, out_f, gh_f, gw_f
@@ -170,24 +172,24 @@ def bench(shapes: list[tuple[int, int, int]], reps: int, device: str = "cpu",
     # launch-bound fused DPO timed 0.92x fresh and 1.07-1.24x after profiling, but repeated
     # fresh runs spread as widely.)
     for tokens, hidden, vocab in shapes:
-        x = _inputs(tokens, hidden, vocab, device=device, dtype=getattr(torch, dtype))
+        x = make_inputs(tokens, hidden, vocab, device=device, dtype=getattr(torch, dtype))
         if device != "cpu":  # warm-up: kernel selection, the caching allocator
-            for variants in (_logps_variants(x, chunk, kernel, weight_grad),
-                             _dpo_variants(x, chunk, kernel=kernel, weight_grad=weight_grad)):
+            for variants in (logps_variants(x, chunk, kernel, weight_grad),
+                             dpo_variants(x, chunk, kernel=kernel, weight_grad=weight_grad)):
                 for fn in variants.values():
-                    _run(fn, x)
+                    value_and_grads(fn, x)
         row = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_size": chunk,
                "dtype": dtype, "kernel": kernel, "weight_grad": weight_grad, "reps": reps}
-        row.update(compare_time(_logps_variants(x, chunk, kernel, weight_grad), x, reps))
-        row["dpo"] = compare_time(_dpo_variants(x, chunk, kernel=kernel, weight_grad=weight_grad),
+        row.update(compare_time(logps_variants(x, chunk, kernel, weight_grad), x, reps))
+        row["dpo"] = compare_time(dpo_variants(x, chunk, kernel=kernel, weight_grad=weight_grad),
                                   x, reps)
         results.append(row)
         del x
     for row in results:
-        x = _inputs(row["tokens"], row["hidden"], row["vocab"], device=device,
+        x = make_inputs(row["tokens"], row["hidden"], row["vocab"], device=device,
                     dtype=getattr(torch, dtype))
-        row.update(compare_memory(_logps_variants(x, chunk, kernel, weight_grad), x))
-        row["dpo"].update(compare_memory(_dpo_variants(x, chunk, kernel=kernel,
+        row.update(compare_memory(logps_variants(x, chunk, kernel, weight_grad), x))
+        row["dpo"].update(compare_memory(dpo_variants(x, chunk, kernel=kernel,
                                                        weight_grad=weight_grad), x))
         del x
     return results

@@ -120,7 +120,7 @@ def measure(model: str = "default", prompts: int = 16, batch_size: int = 16,
         "speedup": round(batched.tokens_per_s / single.tokens_per_s, 2) if single.tokens_per_s else 0,
         "speedup_cpu_time": (round(batched.tokens_per_cpu_s / single.tokens_per_cpu_s, 2)
                              if single.tokens_per_cpu_s else 0),
-        "decoder": "reclaif" if client._own_loop else "generate",
+        "decoder": "reclaif" if client.own_decode_loop else "generate",
         **({"decoder_speedup_vs_generate": round(batched.tokens_per_s / modes[2].tokens_per_s, 2)}
            if with_generate and modes[2].tokens_per_s else {}),
     }

@@ -42,8 +42,17 @@ def failed_rows(rows: list[dict], error: str) -> list[dict]:
             for r in rows]
 
 
+class PoolWorker:
+    """What every worker class of a pool has besides its own methods: `where`, which the pool
+    asks before killing its actors so that it can wait for their processes to end."""
+
+    def where(self) -> dict:
+        """{node, pid}: where this actor runs."""
+        return actor_location()
+
+
 class ActorPool:
-    """`num_actors` instances of `worker_cls` (a plain class) as Ray actors."""
+    """`num_actors` instances of `worker_cls` (a PoolWorker) as Ray actors."""
 
     def __init__(self, worker_cls: type, init_args: tuple, num_actors: int = 1,
                  num_cpus: float = 1, num_gpus: float = 0, gpu_keys: str = "num_gpus") -> None:
@@ -100,7 +109,7 @@ class ActorPool:
                                     f"actor died: {type(e).__name__}")
                 continue
             except RayTaskError as e:
-                cause = getattr(e, "cause", None) or e
+                cause = e.cause or e  # the exception the task raised (Ray >= 2.30 keeps it)
                 log.warning("%s: shard %d failed: %s", desc, i, cause)
                 self._retry_or_fail(i, attempts, max_retries, pending, shards, write, report,
                                     f"{type(cause).__name__}: {cause}")
@@ -134,11 +143,6 @@ class ActorPool:
         report.failed_records += len(rows)
         write(i, rows)
 
-    def call_all(self, method: str, *args: Any) -> list[Any]:
-        import ray
-
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
-
     def shutdown(self, wait_s: float = 0.0) -> list[dict]:
         """Kills every actor. With `wait_s` > 0, then waits until each actor's process is gone
         from its node (and from the node's GPU process list, where nvidia-smi exists), so a
@@ -149,7 +153,7 @@ class ActorPool:
         where: list[dict] = []
         if wait_s > 0 and self.actors:
             # Ask first: once killed an actor cannot say which process it was.
-            refs = [a.where.remote() for a in self.actors if hasattr(a, "where")]
+            refs = [a.where.remote() for a in self.actors]
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=min(30.0, wait_s))
             for ref in ready:
                 try:
@@ -168,7 +172,7 @@ class ActorPool:
 
 
 def actor_location() -> dict:
-    """{node, pid} of the calling actor (worker classes return it from `where`)."""
+    """{node, pid} of the calling actor (PoolWorker.where)."""
     import os
 
     import ray

@@ -1,15 +1,16 @@
 """The two actor roles: a sampler that holds a recommender model, a judge that holds a judge.
 
-Workers are plain classes (ActorPool makes them Ray actors), so tests and a Ray-less debug path
-can call them directly. Each call carries everything that defines its output (model path, seed),
-so a shard retried on a restarted actor produces exactly the records the first attempt would.
+Workers are plain classes (PoolWorker subclasses; ActorPool makes them Ray actors), so tests and
+a Ray-less debug path can call them directly. Each call carries everything that defines its
+output (model path, seed), so a shard retried on a restarted actor produces exactly the records
+the first attempt would.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from reclaif.distributed.faults import maybe_fail
+from reclaif.distributed.pool import PoolWorker
 
 
 def _set_threads(threads: int) -> None:
@@ -20,7 +21,7 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-class SamplerWorker:
+class SamplerWorker(PoolWorker):
     """Samples answers from the recommender; reloads weights when asked for another checkpoint."""
 
     def __init__(self, spec: dict[str, Any], data_path: str, top_k: int, threads: int = 0) -> None:
@@ -66,18 +67,9 @@ class SamplerWorker:
         return [{"example_id": ex.id, "prompt": p, "answers": o}
                 for ex, p, o in zip(examples, prompts, outs)]
 
-    def pid(self) -> int:
-        return os.getpid()
 
-    def where(self) -> dict:
-        """{node, pid}: where this actor runs (the pool waits for that process to end)."""
-        from reclaif.distributed.pool import actor_location
-
-        return actor_location()
-
-
-class JudgeWorker:
-    """Compares the first two answers of each sample row with the configured judge."""
+class JudgeWorker(PoolWorker):
+    """Compares the two answers of each sample row (sampling.num_samples is 2) with the judge."""
 
     def __init__(self, judge_cfg: dict[str, Any], data_path: str, top_k: int,
                  threads: int = 0) -> None:
@@ -104,7 +96,7 @@ class JudgeWorker:
         verdicts = self.judge.compare_many(examples, [(r["answers"][0], r["answers"][1])
                                                       for r in live])
         # Only the LLM judge reports per-record outcomes; other judges leave rows as they were.
-        outcomes = getattr(self.judge, "last_outcomes", None) or [None] * len(live)
+        outcomes = self.judge.last_outcomes or [None] * len(live)
         out = []
         for r, v, o in zip(live, verdicts, outcomes):
             if o is not None and o.failed:
@@ -118,12 +110,3 @@ class JudgeWorker:
             out.append(row)
         out += [{k: v for k, v in r.items() if k != "example"} for r in rows if r.get("failed")]
         return out
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def where(self) -> dict:
-        """{node, pid}: where this actor runs (the pool waits for that process to end)."""
-        from reclaif.distributed.pool import actor_location
-
-        return actor_location()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from reclaif.atomic import atomic_write_json
-from reclaif.baselines.base import history, order_by_scores, targets
+from reclaif.baselines.base import Ranker, history, order_by_scores, targets
 from reclaif.errors import DataError
 from reclaif.records import Example, Item
 
@@ -24,7 +24,7 @@ BACKOFF = (1.0, 0.5, 0.25)
 
 
 @dataclass
-class TransitionRanker:
+class TransitionRanker(Ranker):
     seed: int = 0
     name: str = "transition"
     # source item → next item → distinct users who made that step

@@ -3,9 +3,14 @@
 A judge compares two raw answer texts for one example and returns a `Verdict` with 0-5 scores per
 criterion (the scale of the paper's judge prompt, §4.2) and a choice 'a', 'b' or 'tie'. Only a
 decided, position-consistent verdict becomes a DPO pair; ties teach nothing and are dropped.
+
+Every judge subclasses `Judge` (PEP 544's explicit form), so what only some judges have (`stats`,
+per-record `last_outcomes`) has its default here and callers never probe for it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from reclaif.records import Example, PreferencePair, Scores, Verdict
@@ -13,16 +18,39 @@ from reclaif.records import Example, PreferencePair, Scores, Verdict
 SCORE_MAX = 5.0
 
 
+@dataclass
+class CallOutcome:
+    """What one record's judge calls cost and how they ended; the run's counts are sums of these,
+    written per record, so they survive actor restarts and resumed runs."""
+
+    retries: int = 0          # endpoint retries (429, 5xx, timeouts) spent on this record
+    failed_calls: int = 0     # its calls that still failed after their retries
+    error: str = ""           # the first such failure
+    unparseable: bool = False  # answered, but at least one answer could not be read
+
+    @property
+    def failed(self) -> bool:
+        return self.failed_calls > 0
+
+
 @runtime_checkable
 class Judge(Protocol):
+    # One per record of the last compare_many, in order. Empty for judges whose verdicts cost
+    # no calls that can fail (rubric, panel): the judge worker then keeps every row as it is.
+    last_outcomes: Sequence[CallOutcome] = ()
+
     def compare(self, example: Example, a: str, b: str) -> Verdict:
         """One verdict on answers `a` and `b` (raw texts) of `example`."""
-        ...
+        return self.compare_many([example], [(a, b)])[0]
 
     def compare_many(self, examples: list[Example],
                      pairs: list[tuple[str, str]]) -> list[Verdict]:
         """One verdict per (example, (a, b)), in order; LLM judges batch their calls."""
         ...
+
+    def stats(self) -> dict:
+        """Counts over every verdict so far (judge_stats.json); none by default."""
+        return {}
 
 
 def to_scale(x: float) -> float:

@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, field
 
 from reclaif.errors import LLMError
-from reclaif.judge.base import check_pairs, tie_verdict
-from reclaif.llm.base import LLMClient, Settled, generate_settled
+from reclaif.judge.base import CallOutcome, Judge, check_pairs, tie_verdict
+from reclaif.llm.base import LLMClient, Settled
 from reclaif.records import Example, Item, Scores, Verdict
 
 CRITERIA = ("relevance", "diversity", "explainability")
@@ -48,21 +48,6 @@ _CHOICE_RES = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (
     r"(?:option|set|answer)\s*([ab])\b[*_]*\s+(?:is|was)\s+(?:the\s+)?(?:chosen|preferred|better|"
     r"stronger|winner|superior|selected)",
 )]
-
-
-@dataclass
-class CallOutcome:
-    """What one record's judge calls cost and how they ended; the run's counts are sums of these,
-    written per record, so they survive actor restarts and resumed runs."""
-
-    retries: int = 0          # endpoint retries (429, 5xx, timeouts) spent on this record
-    failed_calls: int = 0     # its calls that still failed after their retries
-    error: str = ""           # the first such failure
-    unparseable: bool = False  # answered, but at least one answer could not be read
-
-    @property
-    def failed(self) -> bool:
-        return self.failed_calls > 0
 
 
 def _letter(m: re.Match) -> str:
@@ -135,7 +120,7 @@ def _mean_scores(*reads: dict[str, float]) -> Scores:
     return Scores(**vals)
 
 
-class LLMJudge:
+class LLMJudge(Judge):
     """The paper's judge over any `LLMClient`; greedy decoding, so a verdict is reproducible."""
 
     def __init__(self, client: LLMClient, items: dict[str, Item], top_k: int,
@@ -155,9 +140,6 @@ class LLMJudge:
         self.n_retries = 0
         self.last_outcomes: list[CallOutcome] = []  # one per record of the last compare_many
 
-    def compare(self, example: Example, a: str, b: str) -> Verdict:
-        return self.compare_many([example], [(a, b)])[0]
-
     def compare_many(self, examples: list[Example],
                      pairs: list[tuple[str, str]]) -> list[Verdict]:
         from reclaif.prompts import render_judge
@@ -168,8 +150,8 @@ class LLMJudge:
         prompts = [render_judge(ex, self.items, a, b) for ex, (a, b) in zip(examples, pairs)]
         if self.position_swap:
             prompts += [render_judge(ex, self.items, b, a) for ex, (a, b) in zip(examples, pairs)]
-        outs = generate_settled(self.client, prompts, n=1, temperature=0.0, top_p=1.0,
-                                max_new_tokens=self.max_new_tokens, seed=0)
+        outs = self.client.generate_settled(prompts, n=1, temperature=0.0, top_p=1.0,
+                                            max_new_tokens=self.max_new_tokens, seed=0)
         if len(outs) != len(prompts):
             raise LLMError(f"judge client returned {len(outs)} answer lists for "
                            f"{len(prompts)} prompts")

@@ -47,7 +47,7 @@ def _mean(scores: list[Scores]) -> Scores:
                   explainability=round(sum(s.explainability for s in scores) / n, 3))
 
 
-class PanelJudge:
+class PanelJudge(Judge):
     def __init__(self, judges: list[Judge], names: list[str] | None = None):
         if len(judges) < 2:
             raise ValueError(f"judge.panel: a panel needs at least 2 judges, got {len(judges)}")
@@ -56,9 +56,6 @@ class PanelJudge:
         if len(set(self.names)) != len(self.names):
             self.names = [f"{n}#{i}" for i, n in enumerate(self.names)]
         self.votes: list[list[str]] = [[] for _ in judges]  # per member, every verdict's label
-
-    def compare(self, example: Example, a: str, b: str) -> Verdict:
-        return self.compare_many([example], [(a, b)])[0]
 
     def compare_many(self, examples: list[Example],
                      pairs: list[tuple[str, str]]) -> list[Verdict]:
@@ -91,5 +88,4 @@ class PanelJudge:
 
     def stats(self) -> dict:
         return {"agreement": self.agreement(),
-                "members": {n: j.stats() for n, j in zip(self.names, self.judges)
-                            if hasattr(j, "stats")}}
+                "members": {n: j.stats() for n, j in zip(self.names, self.judges)}}

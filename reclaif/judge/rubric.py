@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reclaif.judge.base import check_pairs, to_scale
+from reclaif.judge.base import Judge, check_pairs, to_scale
 from reclaif.judge.explainability import Grounding, grounding
 from reclaif.records import Example, Item, Recommendation, Scores, Verdict
 
@@ -41,7 +41,7 @@ class RubricScore:
     grounding: Grounding
 
 
-class RubricJudge:
+class RubricJudge(Judge):
     def __init__(self, items: dict[str, Item], top_k: int,
                  weights: tuple[float, float, float] | list[float] = (1.0, 1.0, 1.0),
                  min_margin: float = 0.25, diversity=None, diversity_model: str = "default"):
@@ -79,9 +79,6 @@ class RubricJudge:
         scores = Scores(relevance=to_scale(rel), diversity=to_scale(div or 0.0),
                         explainability=to_scale(g.score))
         return RubricScore(rec=rec, scores=scores, grounding=g)
-
-    def compare(self, example: Example, a: str, b: str) -> Verdict:
-        return self.compare_many([example], [(a, b)])[0]
 
     def compare_many(self, examples: list[Example],
                      pairs: list[tuple[str, str]]) -> list[Verdict]:

@@ -6,13 +6,16 @@ Prompts are user messages; each backend applies its model's chat template itself
 
 `generate` fails as a whole when one prompt fails for good. Callers that must lose only that
 prompt's record (the judge, over a flaky paid endpoint) use `generate_settled`.
+
+Every backend subclasses `LLMClient` (PEP 544's explicit form), so the optional abilities
+(`generate_settled`, `reload`) have their defaults here and callers call them directly.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from reclaif.errors import LLMError
+from reclaif.errors import LLMError, ReclaifError
 
 
 @runtime_checkable
@@ -23,6 +26,36 @@ class LLMClient(Protocol):
         """Returns, for each prompt, `n` sampled completions (temperature 0 = greedy)."""
         ...
 
+    def generate_settled(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
+                         top_p: float = 1.0, max_new_tokens: int = 256,
+                         seed: int = 0) -> list[Settled]:
+        """One `Settled` per prompt, so a prompt that fails for good costs only its own record.
+
+        This default asks in one batch (local backends keep their batching); only if that batch
+        fails is each prompt asked alone, since the failed batch lost them all. A client that
+        answers per prompt anyway (the HTTP one) overrides it and never asks a prompt twice.
+        """
+        kw = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        try:
+            return [Settled(o) for o in self.generate(prompts, seed=seed, **kw)]
+        except LLMError as e:
+            if len(prompts) == 1:
+                return [Settled(None, e)]
+        out = []
+        for i, p in enumerate(prompts):
+            try:
+                # seed + i: the per-prompt seed the remote clients give prompt i of a batch.
+                out.append(Settled(self.generate([p], seed=seed + i, **kw)[0]))
+            except LLMError as e:
+                out.append(Settled(None, e))
+        return out
+
+    def reload(self, model_path: str) -> None:
+        """Serves the weights at `model_path` from now on (a sampler actor after a DPO
+        iteration). By default refused: a remote endpoint serves what it serves."""
+        raise ReclaifError(f"{type(self).__name__}: cannot load new weights ({model_path}); "
+                           f"only a local backend (hf) swaps checkpoints in place")
+
 
 @dataclass
 class Settled:
@@ -32,31 +65,3 @@ class Settled:
     error: LLMError | None = None
     retries: int = 0  # retried attempts (throttling, 5xx, timeouts); 0 where a client cannot tell
 
-
-def generate_settled(client: LLMClient, prompts: list[str], n: int = 1,
-                     temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
-                     seed: int = 0) -> list[Settled]:
-    """One `Settled` per prompt, so a prompt that fails for good costs only its own record.
-
-    A client with its own `generate_settled` (the HTTP one) answers per prompt and never asks a
-    prompt twice. Any other client is asked in one batch (local backends keep their batching);
-    only if that batch fails is each prompt asked alone, since the failed batch lost them all.
-    """
-    native = getattr(client, "generate_settled", None)
-    if native is not None:
-        return native(prompts, n=n, temperature=temperature, top_p=top_p,
-                      max_new_tokens=max_new_tokens, seed=seed)
-    kw = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    try:
-        return [Settled(o) for o in client.generate(prompts, seed=seed, **kw)]
-    except LLMError as e:
-        if len(prompts) == 1:
-            return [Settled(None, e)]
-    out = []
-    for i, p in enumerate(prompts):
-        try:
-            # seed + i: the per-prompt seed the remote clients give prompt i of a batch.
-            out.append(Settled(client.generate([p], seed=seed + i, **kw)[0]))
-        except LLMError as e:
-            out.append(Settled(None, e))
-    return out

@@ -14,6 +14,7 @@ from typing import Any
 
 from reclaif.config import LLMSpec
 from reclaif.errors import LLMError
+from reclaif.llm.base import LLMClient
 from reclaif.llm.retry import Backoff, Retryable
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def bedrock_model_id(spec: LLMSpec) -> str:
     return DEFAULT_BEDROCK_MODEL if spec.model in ("", "default") else spec.model
 
 
-class BedrockClient:
+class BedrockClient(LLMClient):
     """`LLMClient` over bedrock-runtime Converse; n samples are n calls, run concurrently."""
 
     def __init__(self, spec: LLMSpec, client: Any = None, backoff: Backoff | None = None):

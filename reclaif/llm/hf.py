@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from reclaif.config import LLMSpec
 from reclaif.errors import ReclaifError
 from reclaif.llm import models
+from reclaif.llm.base import LLMClient
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -40,7 +41,7 @@ class GenerationStats:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-class HFClient:
+class HFClient(LLMClient):
     """`LLMClient` over a local causal LM (the embedded default, a checkpoint dir, or a hub name)."""
 
     # "auto": reclaif.llm.decode where the model's cache allows, else transformers' generate;
@@ -68,14 +69,16 @@ class HFClient:
         self.eos_ids = self._eos_ids()
         from reclaif.llm import decode  # imports transformers: only where a model is loaded
 
-        self._own_loop = decode.supports(self.model)
+        # reclaif.llm.decode's loop runs this model (else transformers' generate); public: the
+        # sampling bench and the GPU check report which decoder ran
+        self.own_decode_loop = decode.supports(self.model)
 
     def _eos_ids(self) -> list[int]:
         """The tokenizer's EOS plus the model's configured ones (chat models end turns with
         their own token, e.g. <|im_end|>, which may differ from the config's eos)."""
         ids: list[int] = []
         for value in (self.tokenizer.eos_token_id,
-                      getattr(self.model.generation_config, "eos_token_id", None)):
+                      self.model.generation_config.eos_token_id):
             for i in (value if isinstance(value, list) else [value]):
                 if i is not None and i not in ids:
                     ids.append(int(i))
@@ -145,7 +148,7 @@ class HFClient:
 
         from reclaif.llm import decode
 
-        own_loop = self._own_loop and self.decoder == "auto"
+        own_loop = self.own_decode_loop and self.decoder == "auto"
         stats.prompt_tokens += sum(len(x) for x in batch_ids)
         stats.padded_prompt_tokens += (decode.prefill_positions(batch_ids) if own_loop else
                                        len(batch_ids) * max(len(x) for x in batch_ids))

@@ -90,6 +90,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                   dtype=torch.float32)
     config = loaded.config
+    # hasattr: transformers 5's GGUF quantizer sets quantization_config, 4.x's GGUF load did not
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config = AutoConfig.for_model(**config.to_dict())
@@ -217,7 +218,7 @@ def render_chat(tokenizer: Any, prompt: str) -> str:
 
     The one rendering used by the samplers (hf, vllm) and by training, so a model is trained on
     exactly the text it is later sampled from."""
-    if getattr(tokenizer, "chat_template", None):
+    if tokenizer.chat_template:  # None for base models' tokenizers
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                              tokenize=False, add_generation_prompt=True)
     return prompt

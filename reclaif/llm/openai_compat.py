@@ -27,7 +27,7 @@ from typing import Any
 
 from reclaif.config import LLMSpec
 from reclaif.errors import ConfigError, LLMError
-from reclaif.llm.base import Settled
+from reclaif.llm.base import LLMClient, Settled
 from reclaif.llm.retry import Backoff, Retryable, parse_retry_after
 
 # An answer is a few KB (n choices of a few hundred tokens); 8 MiB is far past any real one and
@@ -35,7 +35,7 @@ from reclaif.llm.retry import Backoff, Retryable, parse_retry_after
 MAX_RESPONSE_BYTES = 8 << 20
 
 
-class OpenAICompatClient:
+class OpenAICompatClient(LLMClient):
     """`LLMClient` over POST {base_url}/chat/completions; one request per prompt asks for n."""
 
     def __init__(self, spec: LLMSpec, backoff: Backoff | None = None,

@@ -10,6 +10,7 @@ from typing import Any
 from reclaif.config import LLMSpec
 from reclaif.errors import ReclaifError
 from reclaif.llm import models
+from reclaif.llm.base import LLMClient
 
 
 def _import_vllm() -> Any:
@@ -29,7 +30,7 @@ def engine_args(spec: LLMSpec, model_path: str) -> dict[str, Any]:
             "trust_remote_code": spec.trust_remote_code}
 
 
-class VLLMClient:
+class VLLMClient(LLMClient):
     """`LLMClient` over `vllm.LLM`; the chat template is applied with the model's tokenizer."""
 
     def __init__(self, spec: LLMSpec, llm: Any = None):

@@ -264,8 +264,7 @@ class Driver:
         examples = self.train[:self.cfg.sft.max_examples or None]
         teacher = make_teacher(self.cfg.teacher, self.items, self.top_k)
         prompts = [render_recommender(e, self.items, self.top_k) for e in examples]
-        responses = teacher.respond_many(examples) if hasattr(teacher, "respond_many") else \
-            [teacher.respond(e) for e in examples]
+        responses = teacher.respond_many(examples)
         rows = [{"id": e.id, "prompt": p, "response": r}
                 for e, p, r in zip(examples, prompts, responses)]
         out = self.store.phase_dir("sft") / "teacher.jsonl"

@@ -35,7 +35,7 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def _gathered(params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
-    if any(hasattr(p, "ds_id") for p in params):
+    if any(hasattr(p, "ds_id") for p in params):  # ds_id: DeepSpeed ZeRO-3's partition mark
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
@@ -76,7 +76,7 @@ def _plain_model(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """A CPU copy of the HF model with `state` loaded; LoRA merged away when present."""
     from transformers import AutoModelForCausalLM
 
-    is_peft = hasattr(model, "peft_config")
+    is_peft = hasattr(model, "peft_config")  # PEFT-wrapped models only; peft stays unimported
     base_cfg = model.get_base_model().config if is_peft else model.config
     dtype = next(iter(state.values())).dtype if state else torch.float32
     fresh = AutoModelForCausalLM.from_config(base_cfg, dtype=dtype)
@@ -123,7 +123,7 @@ def save_hf_checkpoint(model: nn.Module, tokenizer: Any, out_dir: str | Path, is
     time (what DeepSpeed's 16-bit gather save does, without its full state dict). A LoRA model
     is merged into a fresh copy of its base first (peft's merge_and_unload)."""
     out = Path(out_dir)
-    if hasattr(model, "peft_config"):
+    if hasattr(model, "peft_config"):  # PEFT-wrapped models only; peft stays unimported
         return _save_merged_lora(model, tokenizer, out, is_main, barrier)
     tmp = None
     if is_main:
@@ -175,9 +175,8 @@ def save_hf_checkpoint(model: nn.Module, tokenizer: Any, out_dir: str | Path, is
             if first is not None:
                 config.dtype = first.dtype  # what the shards hold
             config.save_pretrained(tmp)
-            gen = getattr(model, "generation_config", None)
-            if gen is not None:
-                gen.save_pretrained(tmp)
+            if model.generation_config is not None:  # None where the model cannot generate
+                model.generation_config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             _replace_dir(tmp, out)
             log.info("saved model checkpoint %s (%d shard(s))", out, len(files))
@@ -270,6 +269,7 @@ def save_train_state(strategy: Any, state_root: str | Path, step: int, meta: dic
     strategy.barrier()
     if strategy.engine_name == "deepspeed":
         opt = strategy.engine.optimizer
+        # Only DeepSpeed's ZeRO-3 optimizer has it (stage 1/2 name their flat groups otherwise).
         if not hasattr(opt, "fp32_partitioned_groups_flat"):
             raise CheckpointError("train_state: only ZeRO stage 3 optimizer states are supported")
         sd = opt.state_dict()

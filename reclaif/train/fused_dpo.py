@@ -15,6 +15,11 @@ The kernel reads hidden states at counted label positions only, so where the pai
 does not matter to it: pair_hidden either runs prompt+chosen and prompt+rejected as two rows,
 or (shared_prompt) each pair as one row [prompt | chosen | rejected] under a 4D mask, where the
 prompt (most of a recommendation pair's tokens) runs once, and hands it the answers' positions.
+
+Public face: `fused_dpo_loss` (the trainer's), `fused_dpo_loss_from_hidden` (the kernel on
+given hidden states: the benches, the tests), `pair_hidden` (also the reference log-probs'
+forward), `shared_prompt_mask`, `to_device_async` and `pair_groups` (how pairs fill chunks).
+Underscored names stay here.
 """
 from __future__ import annotations
 
@@ -26,15 +31,15 @@ import torch
 from torch import Tensor
 
 from reclaif.train.data import PROMPT, share_prompt
-from reclaif.train.logprobs import (_acc, _backprop_chunk, _body_and_weight, _chunk_logits,
-                                    _final_hidden, _gather_until_accumulated, _gathered,
-                                    _GradWeight, _inner_loop, _matmul_grads, _softmax_inplace,
-                                    check_weight_grad_acc, shifted_labels,
-                                    under_autocast)
+from reclaif.train.logprobs import (GradWeight, acc_dtype, backprop_chunk, body_and_weight,
+                                    check_weight_grad_acc, chunk_logits, final_hidden,
+                                    gather_until_accumulated, gathered, inner_loop, matmul_grads,
+                                    shifted_labels, softmax_inplace, under_autocast,
+                                    zero3_partitioned)
 from reclaif.train.losses import check_dpo_args, dpo_loss_grad, dpo_losses, dpo_metrics
 
 
-def _pair_groups(counts: list[int], pairs: int, chunk: int) -> list[tuple[int, int]]:
+def pair_groups(counts: list[int], pairs: int, chunk: int) -> list[tuple[int, int]]:
     """Consecutive pair ranges [a, b) whose chosen+rejected tokens fit in `chunk` (>= 1 pair)."""
     groups, a, used = [], 0, 0
     for i in range(pairs):
@@ -88,7 +93,7 @@ def _plan(labels: Tensor, ignore_index: int, chunk: int, ipo: bool, dtype: torch
     flat = labels.cpu().numpy().reshape(-1)  # a device sync only if the labels are on the GPU
     keep = (flat != ignore_index).reshape(B2, T)
     counts = keep.sum(1)
-    groups = _pair_groups(counts.tolist(), B, chunk)
+    groups = pair_groups(counts.tolist(), B, chunk)
     rows, sign = [], []
     for a, b in groups:
         rows += [*range(a, b), *range(B + a, B + b)]
@@ -122,7 +127,7 @@ class _FusedDPO(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         beta, loss_type, ls = opts["beta"], opts["loss_type"], opts["label_smoothing"]
         ipo = loss_type == "ipo"
-        acc = _acc(hidden)
+        acc = acc_dtype(hidden)
         plan = _plan(labels, opts["ignore_index"], opts["chunk"], ipo, acc, hidden.device)
         # The counted tokens' hidden states in slot order, gathered once: each group then
         # reads a slice and builds no index.
@@ -135,7 +140,7 @@ class _FusedDPO(torch.autograd.Function):
         sums = torch.zeros(B2, dtype=acc, device=hidden.device)  # per slot
         g_slot = torch.empty_like(sums)  # dloss/d(slot's log-prob)
         grad_h = torch.zeros_like(hidden).view(-1, H) if need_h else None
-        grad_w = _GradWeight(weight, len(plan.groups), opts["acc"]) if need_w else None
+        grad_w = GradWeight(weight, len(plan.groups), opts["acc"]) if need_w else None
         ce = opts["ce"]
         if ce is not None:  # the Triton loop writes each group's stats as it goes
             stats = torch.empty(B, 5, dtype=acc, device=hidden.device)
@@ -150,10 +155,10 @@ class _FusedDPO(torch.autograd.Function):
                              beta, loss_type, ls, g_slot, stats)
                 if need_h or need_w:
                     ce.grad_logits_inplace(p, lse, tgt, g_slot, slots=slots)
-                    gh = _matmul_grads(p, p, hc, weight, grad_w)
+                    gh = matmul_grads(p, p, hc, weight, grad_w)
             else:
-                p = _chunk_logits(hc, weight)
-                tok, _ = _softmax_inplace(p, tgt)
+                p = chunk_logits(hc, weight)
+                tok, _ = softmax_inplace(p, tgt)
                 sums.index_add_(0, slots, tok)
                 if need_h or need_w:
                     # Closed-form loss gradient (no autograd call per group); values come
@@ -163,7 +168,7 @@ class _FusedDPO(torch.autograd.Function):
                     d = dpo_loss_grad(s[:n] - s[n:] - ref_diff[a:b], beta, loss_type, ls)
                     torch.mul(plan.coef[2 * a:2 * b].view(2, n), d,
                               out=g_slot[2 * a:2 * b].view(2, n))
-                    gh = _backprop_chunk(p, g_slot[slots], tgt, hc, weight, grad_w)
+                    gh = backprop_chunk(p, g_slot[slots], tgt, hc, weight, grad_w)
             if grad_h is not None:  # written row by row, with no [tokens, H] staging buffer
                 grad_h.index_copy_(0, plan.pos[t0:t1], gh.to(grad_h.dtype))
             del p
@@ -173,7 +178,7 @@ class _FusedDPO(torch.autograd.Function):
                 lp = lp / lengths
             losses, r_c, r_r = dpo_losses(lp[:B], lp[B:], ref_c, ref_r, beta, loss_type, ls)
             stats = torch.stack([losses, r_c, r_r, lp[:B], lp[B:]], 1)
-        ctx.weight = weight if hasattr(weight, "ds_id") else None
+        ctx.weight = weight if zero3_partitioned(weight) else None
         ctx.scale, ctx.used = 1.0, False
         ctx.grads = (grad_h.view_as(hidden) if grad_h is not None else None,
                      grad_w.result() if grad_w is not None else None)
@@ -184,9 +189,9 @@ class _FusedDPO(torch.autograd.Function):
     def backward(ctx: Any, grad_loss: Tensor, _grad_stats: Tensor) -> tuple[Tensor | None, ...]:
         grad_h, grad_w = ctx.grads  # kept: backward may run again with retain_graph
         if grad_w is not None:
-            _gather_until_accumulated(ctx.weight)
+            gather_until_accumulated(ctx.weight)
         # Gradients were formed in the forward. Under ZeRO-3 the weight is gathered again only
-        # so that AccumulateGrad sees it full-shape (see _gather_until_accumulated).
+        # so that AccumulateGrad sees it full-shape (see gather_until_accumulated).
         # The first backward scales in place (a loss scaled by 1/grad_accum would otherwise
         # copy the [V,H] weight gradient); a retain_graph re-run gets fresh tensors, since the
         # first ones now belong to the caller.
@@ -238,20 +243,20 @@ def pair_hidden(model: torch.nn.Module, chosen: dict, rejected: dict, shared_pro
     answers' predictor positions only, [2B, W, H]. Both count the same tokens with the same
     math; they differ by the order of fp sums. The inputs go to `device` (default: the lm_head
     weight's) in non-blocking copies; labels stay on the host."""
-    body, weight = _body_and_weight(model)
+    body, weight = body_and_weight(model)
     dev = device or weight.device
     if shared_prompt:
         rows = share_prompt(chosen, rejected)
         dtype = body.get_input_embeddings().weight.dtype  # as HF's own eager masks
         mask = shared_prompt_mask(to_device_async(rows["segment"], dev), dtype)
-        flat = _final_hidden(body, to_device_async(rows["input_ids"], dev), mask,
+        flat = final_hidden(body, to_device_async(rows["input_ids"], dev), mask,
                              to_device_async(rows["position_ids"], dev)).flatten(0, 1)
         index = to_device_async(rows["gather"], dev)
         return flat[index.flatten()].view(*index.shape, -1), rows["labels"], weight
     T = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
     cat = {k: torch.cat([_pad_right(chosen[k], T), _pad_right(rejected[k], T)])
            for k in ("input_ids", "attention_mask", "loss_mask")}
-    hidden = _final_hidden(body, to_device_async(cat["input_ids"], dev),
+    hidden = final_hidden(body, to_device_async(cat["input_ids"], dev),
                            to_device_async(cat["attention_mask"], dev))
     return hidden, shifted_labels(cat["input_ids"], cat["attention_mask"], cat["loss_mask"]), weight
 
@@ -275,7 +280,7 @@ def fused_dpo_loss(model: torch.nn.Module, chosen: dict, rejected: dict, ref_cho
     token plan is made from the host's labels, so the step launches all its GPU work without
     once waiting for the GPU (see _Plan).
     kernel: "auto", "torch" or "triton", the inner loop over each chunk (module docstring);
-    weight_grad_acc: "fp32" or "param" (see reclaif.train.logprobs._GradWeight)."""
+    weight_grad_acc: "fp32" or "param" (see reclaif.train.logprobs.GradWeight)."""
     hidden, labels, weight = pair_hidden(model, chosen, rejected, shared_prompt, device)
     return fused_dpo_loss_from_hidden(hidden, weight, labels, ref_chosen, ref_rejected, beta,
                                       loss_type, label_smoothing, chunk_size, kernel=kernel,
@@ -295,12 +300,12 @@ def fused_dpo_loss_from_hidden(hidden: Tensor, weight: Tensor, labels: Tensor, r
                          f"labels [2B,T], got labels {tuple(labels.shape)}")
     check_dpo_args(beta, loss_type, label_smoothing)
     check_weight_grad_acc("fused_dpo_loss", weight_grad_acc)
-    acc = _acc(hidden)
+    acc = acc_dtype(hidden)
     ref_c, ref_r = (to_device_async(r.to(acc), hidden.device) for r in (ref_chosen, ref_rejected))
-    with _gathered(weight):  # around apply: see sequence_logps
+    with gathered(weight):  # around apply: see sequence_logps
         h, w, plain = under_autocast(hidden, weight)  # the reference's dtypes, exactly
         opts = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
-                    chunk=chunk_size, ignore_index=ignore_index, ce=_inner_loop(kernel, h),
+                    chunk=chunk_size, ignore_index=ignore_index, ce=inner_loop(kernel, h),
                     acc=weight_grad_acc)
         with plain:
             loss, stats = _FusedDPO.apply(h.contiguous(), w, labels, ref_c, ref_r, opts)

@@ -24,6 +24,14 @@ again and kept whole until autograd has accumulated its full-shape gradient (Dee
 reduce-scatter hook takes it there), then partitioned. With gradient accumulation pass the
 DeepSpeed ENGINE as `model` (see _unwrap). tests/test_logprobs_zero3.py proves the gradients
 equal a single-process run.
+
+Public face. Callers: `sequence_logps`, `model_sequence_logps`, `shifted_labels`,
+`under_autocast`, KERNELS and WEIGHT_GRAD_ACC with `check_weight_grad_acc`. The kernel's other
+half, fused_dpo.py, also builds on the chunk primitives (`chunk_logits`, `softmax_inplace`,
+`backprop_chunk`, `matmul_grads`, `GradWeight`, `acc_dtype`, `inner_loop`), the ZeRO-3 helpers
+(`gathered`, `gather_until_accumulated`, `zero3_partitioned`) and the model split
+(`body_and_weight`, `final_hidden`); nothing outside reclaif/train/ needs them. Underscored
+names stay in this module.
 """
 from __future__ import annotations
 
@@ -40,22 +48,28 @@ from torch import Tensor
 from reclaif.config import LOGPROB_KERNELS, LOGPROB_WEIGHT_GRADS
 
 
-def _gathered(weight: Tensor) -> contextlib.AbstractContextManager:
+def zero3_partitioned(t: Tensor) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions `t`: zero.Init marks its parameters with ds_id, and
+    a plain tensor or parameter has no such attribute (DeepSpeed's own test for it)."""
+    return hasattr(t, "ds_id")
+
+
+def gathered(weight: Tensor) -> contextlib.AbstractContextManager:
     """Gathers a ZeRO-3 partitioned parameter for the duration of the block (no-op otherwise)."""
-    if hasattr(weight, "ds_id"):
+    if zero3_partitioned(weight):
         import deepspeed
 
         return deepspeed.zero.GatheredParameters([weight], modifier_rank=None)
     return contextlib.nullcontext()
 
 
-def _gather_until_accumulated(weight: Tensor) -> None:
+def gather_until_accumulated(weight: Tensor) -> None:
     """ZeRO-3 backward: gathers the parameter and keeps it whole until autograd has accumulated
     its gradient, then partitions it again. AccumulateGrad copies a gradient into the shape the
     parameter has at that moment, so releasing it inside our backward (as GatheredParameters'
     exit would) fails with a [0]-shaped parameter. DeepSpeed's own reduce hook was registered
     first, so it runs before this release."""
-    if not hasattr(weight, "ds_id"):
+    if not zero3_partitioned(weight):
         return
     weight.all_gather(param_list=[weight])
 
@@ -80,7 +94,8 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(s, min(s + size, n))
 
 
-def _softmax_inplace(logits: Tensor, targets: Tensor, normalize: bool = True) -> tuple[Tensor, Tensor]:
+def softmax_inplace(logits: Tensor, targets: Tensor,
+                    normalize: bool = True) -> tuple[Tensor, Tensor]:
     """logits [n, V] fp32 becomes softmax(logits) in place (exp(logits - max) when not
     normalize: the caller only wants the values); returns (target log-prob, lse)."""
     tgt = logits.gather(1, targets[:, None]).squeeze(1)
@@ -107,20 +122,20 @@ def under_autocast(hidden: Tensor, weight: Tensor
     return hidden.to(dtype), weight.to(dtype), torch.autocast(dev, enabled=False)
 
 
-def _acc(t: Tensor) -> torch.dtype:
+def acc_dtype(t: Tensor) -> torch.dtype:
     """Accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)."""
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def _chunk_logits(h: Tensor, weight: Tensor) -> Tensor:
+def chunk_logits(h: Tensor, weight: Tensor) -> Tensor:
     out = h @ weight.T
-    return out.to(_acc(out))
+    return out.to(acc_dtype(out))
 
 
 KERNELS = LOGPROB_KERNELS
 
 
-def _inner_loop(kernel: str, hidden: Tensor) -> ModuleType | None:
+def inner_loop(kernel: str, hidden: Tensor) -> ModuleType | None:
     """The triton_ce module when the Triton inner loop is to be used, None for torch's."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -149,7 +164,7 @@ def check_weight_grad_acc(caller: str, value: str) -> None:
                          f"got {value!r}")
 
 
-class _GradWeight:
+class GradWeight:
     """The lm_head weight gradient, summed over chunks. With acc="fp32" (the default) several
     chunks of a bf16/fp16 weight add into an fp32 accumulator (sums over many chunks in bf16
     would lose the small ones); with acc="param" they add into the gradient itself in the
@@ -163,10 +178,10 @@ class _GradWeight:
         self.dtype, self.out = weight.dtype, None
         self.shape, self.device = weight.shape, weight.device
         # fp32/fp64 weights: the gradient is its own accumulator
-        in_param = chunks == 1 or acc == "param" or _acc(weight) == weight.dtype
+        in_param = chunks == 1 or acc == "param" or acc_dtype(weight) == weight.dtype
         # Not zeroed: the first chunk's GEMM overwrites it (beta=0), saving a [V, H] fill.
         self.acc = (None if in_param else
-                    torch.empty(weight.shape, dtype=_acc(weight), device=weight.device))
+                    torch.empty(weight.shape, dtype=acc_dtype(weight), device=weight.device))
         self.empty = True
 
     def add(self, low: Tensor, acc: Tensor, h: Tensor) -> None:
@@ -198,18 +213,18 @@ class _GradWeight:
         return self.out if self.acc is None else self.acc.to(self.dtype)
 
 
-def _backprop_chunk(p: Tensor, g: Tensor, targets: Tensor, h: Tensor, weight: Tensor,
-                    grad_weight: _GradWeight | None) -> Tensor:
+def backprop_chunk(p: Tensor, g: Tensor, targets: Tensor, h: Tensor, weight: Tensor,
+                   grad_weight: GradWeight | None) -> Tensor:
     """p [n, V] softmax (overwritten by grad_logits = g * (onehot - p)); returns grad_h [n, H]
     and adds grad_logits.T @ h into grad_weight."""
     p.mul_(-g[:, None])
     p.scatter_add_(1, targets[:, None], g[:, None])
     low = p.to(weight.dtype) if weight.dtype != p.dtype else p
-    return _matmul_grads(low, p, h, weight, grad_weight)
+    return matmul_grads(low, p, h, weight, grad_weight)
 
 
-def _matmul_grads(low: Tensor, acc: Tensor, h: Tensor, weight: Tensor,
-                  grad_weight: _GradWeight | None) -> Tensor:
+def matmul_grads(low: Tensor, acc: Tensor, h: Tensor, weight: Tensor,
+                 grad_weight: GradWeight | None) -> Tensor:
     """grad_logits in the weight's dtype (low) and in the accumulator's where it is at hand
     (acc; else low again): adds grad_logits.T @ h into grad_weight, returns grad_logits @ W."""
     if grad_weight is not None:
@@ -220,14 +235,14 @@ def _matmul_grads(low: Tensor, acc: Tensor, h: Tensor, weight: Tensor,
 def _token_logps(h2d: Tensor, weight: Tensor, pos: Tensor, targets: Tensor,
                  chunk: int, ce: ModuleType | None = None) -> tuple[Tensor, Tensor]:
     n = pos.numel()
-    tok = torch.empty(n, dtype=_acc(h2d), device=h2d.device)
-    lse = torch.empty(n, dtype=_acc(h2d), device=h2d.device)
+    tok = torch.empty(n, dtype=acc_dtype(h2d), device=h2d.device)
+    lse = torch.empty(n, dtype=acc_dtype(h2d), device=h2d.device)
     for c in _chunks(n, chunk):
         if ce is not None:
             tok[c], lse[c] = ce.lse_and_target(h2d[pos[c]] @ weight.T, targets[c])
             continue
-        logits = _chunk_logits(h2d[pos[c]], weight)
-        tok[c], lse[c] = _softmax_inplace(logits, targets[c], normalize=False)
+        logits = chunk_logits(h2d[pos[c]], weight)
+        tok[c], lse[c] = softmax_inplace(logits, targets[c], normalize=False)
         del logits
     return tok, lse
 
@@ -241,7 +256,7 @@ class _SequenceLogps(torch.autograd.Function):
                                 ce)
         # A ZeRO-3 parameter is kept as the object itself: an unpacked saved tensor would lose
         # the ds_* attributes needed to gather it again in backward.
-        zero3 = hasattr(weight, "ds_id")
+        zero3 = zero3_partitioned(weight)
         ctx.zero3_weight = weight if zero3 else None
         ctx.save_for_backward(hidden, None if zero3 else weight, pos, targets, seq, lse)
         ctx.chunk, ctx.ce, ctx.weight_grad_acc = chunk, ce, weight_grad_acc
@@ -256,23 +271,23 @@ class _SequenceLogps(torch.autograd.Function):
         H = hidden.shape[-1]
         h2d = hidden.reshape(-1, H)
         grad_h = torch.zeros_like(h2d) if need_h else None
-        g_tok = grad_out.to(_acc(hidden))[seq]
+        g_tok = grad_out.to(acc_dtype(hidden))[seq]
         if need_w:
-            _gather_until_accumulated(weight)
-        with _gathered(weight) if not need_w else contextlib.nullcontext():
+            gather_until_accumulated(weight)
+        with gathered(weight) if not need_w else contextlib.nullcontext():
             chunks = list(_chunks(pos.numel(), ctx.chunk))
-            grad_w = _GradWeight(weight, len(chunks), ctx.weight_grad_acc) if need_w else None
+            grad_w = GradWeight(weight, len(chunks), ctx.weight_grad_acc) if need_w else None
             for c in chunks:
                 hc = h2d[pos[c]]
                 if ctx.ce is not None:
                     low = ctx.ce.grad_logits_inplace(hc @ weight.T, lse[c], targets[c], g_tok[c])
-                    gh = _matmul_grads(low, low, hc, weight, grad_w)
+                    gh = matmul_grads(low, low, hc, weight, grad_w)
                     del low
                 else:
-                    logits = _chunk_logits(hc, weight)
+                    logits = chunk_logits(hc, weight)
                     # softmax from the saved lse: exp(logits - lse), in place.
                     p = logits.sub_(lse[c][:, None]).exp_()
-                    gh = _backprop_chunk(p, g_tok[c], targets[c], hc, weight, grad_w)
+                    gh = backprop_chunk(p, g_tok[c], targets[c], hc, weight, grad_w)
                     del logits, p
                 if grad_h is not None:
                     grad_h.index_copy_(0, pos[c], gh.to(grad_h.dtype))
@@ -290,7 +305,7 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, chunk_size: i
     Differentiable w.r.t. hidden and weight; under torch.no_grad nothing is kept.
     kernel: "auto", "torch" or "triton", the inner loop over each chunk (module docstring).
     weight_grad_acc: "fp32" or "param", where a bf16/fp16 weight's gradient sums over chunks
-    (_GradWeight)."""
+    (GradWeight)."""
     check_weight_grad_acc("sequence_logps", weight_grad_acc)
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"sequence_logps: hidden {tuple(hidden.shape)} must be [B,T,H] and "
@@ -302,18 +317,18 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, chunk_size: i
     counts = torch.bincount(seq, minlength=B)
     grad_needed = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     if not grad_needed:
-        with torch.no_grad(), _gathered(weight):
+        with torch.no_grad(), gathered(weight):
             h, w, plain = under_autocast(hidden, weight)
-            ce = _inner_loop(kernel, h)
+            ce = inner_loop(kernel, h)
             with plain:
                 tok, _ = _token_logps(h.contiguous().reshape(-1, h.shape[-1]), w, pos, targets,
                                       chunk_size, ce)
         return torch.zeros(B, dtype=tok.dtype, device=hidden.device).index_add_(0, seq, tok), counts
     # Gathered around apply, not inside forward: autograd records the weight's shape at apply
     # time and rejects a full-shape gradient for a shape-[0] (partitioned) input.
-    with _gathered(weight):
+    with gathered(weight):
         h, w, plain = under_autocast(hidden, weight)
-        ce = _inner_loop(kernel, h)
+        ce = inner_loop(kernel, h)
         with plain:
             return _SequenceLogps.apply(h.contiguous(), w, pos, targets, seq, B, chunk_size, ce,
                                         weight_grad_acc), counts
@@ -333,8 +348,10 @@ def _unwrap(model: Any) -> torch.nn.Module:
     """A DeepSpeed engine → its module, telling ZeRO a new micro-step starts. DeepSpeed counts
     micro-steps in engine.forward, which a body-only forward bypasses; without this, ZeRO-3
     with gradient accumulation overwrites (not adds) the earlier micro-batches' gradients."""
+    # By class name or attributes, not isinstance: deepspeed stays unimported without it.
     if type(model).__name__ == "DeepSpeedEngine" or (hasattr(model, "module")
                                                       and hasattr(model, "zero_optimization")):
+        # DeepSpeed 0.19's ZeRO optimizers have it; older releases' and non-ZeRO ones do not.
         flag = getattr(model.optimizer, "clear_backward_seen_flag", None)
         if flag is not None:
             flag()
@@ -342,26 +359,30 @@ def _unwrap(model: Any) -> torch.nn.Module:
     return model
 
 
-def _body_and_weight(model: torch.nn.Module) -> tuple[torch.nn.Module, Tensor]:
+def body_and_weight(model: torch.nn.Module) -> tuple[torch.nn.Module, Tensor]:
     model = _unwrap(model)
-    cfg = getattr(model, "config", None)
+    cfg = model.config
+    # Architectures differ: Gemma 2's config has final_logit_softcapping, Cohere's logit_scale,
+    # most have neither; either would make the lm_head more than the plain matmul done here.
     for attr in ("final_logit_softcapping", "logit_scale"):
         if getattr(cfg, attr, None) not in (None, 1.0):
             raise ValueError(f"fused log-probs support a plain linear lm_head; this model's "
                              f"config sets {attr}={getattr(cfg, attr)}")
     head = model.get_output_embeddings()
-    if head is None or getattr(head, "bias", None) is not None:
+    if head is None or getattr(head, "bias", None) is not None:  # need not be an nn.Linear
         raise ValueError("fused log-probs need an lm_head Linear without bias")
+    # transformers 5 has a generic get_decoder, 4.x only some architectures; else the prefix.
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
     if body is None or body is model:
         body = getattr(model, model.base_model_prefix)
     return body, head.weight
 
 
-def _final_hidden(body: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor,
-                  position_ids: Tensor | None = None) -> Tensor:
+def final_hidden(body: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                 position_ids: Tensor | None = None) -> Tensor:
     out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                use_cache=False)
+    # A ModelOutput, or a tuple where the model's config sets return_dict=False.
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
@@ -373,8 +394,8 @@ def model_sequence_logps(model: torch.nn.Module, input_ids: Tensor, attention_ma
     (log-prob sums [B] fp32, token counts [B]). Works with tied or untied lm_head and under
     ZeRO-3 (the weight is gathered inside the kernel). `model` is the HF model or, under
     DeepSpeed, the ENGINE (needed for correct gradient accumulation, see _unwrap)."""
-    body, weight = _body_and_weight(model)
-    hidden = _final_hidden(body, input_ids, attention_mask)
+    body, weight = body_and_weight(model)
+    hidden = final_hidden(body, input_ids, attention_mask)
     labels = shifted_labels(input_ids, attention_mask, loss_mask)
     return sequence_logps(hidden, weight, labels, chunk_size, kernel=kernel,
                           weight_grad_acc=weight_grad_acc)

@@ -35,7 +35,9 @@ def dpo_losses(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tenso
     # fp32 at least (fp64 stays fp64 for gradcheck)
     acc = torch.promote_types(policy_chosen.dtype, torch.float32)
     pc, pr = policy_chosen.to(acc), policy_rejected.to(acc)
-    rc, rr = ref_chosen.to(pc.device, acc), ref_rejected.to(pc.device, acc)
+    # The reference is a constant of the objective (the fused kernel gives it no gradient
+    # either): a reference computed with grad enabled must not train the reference model.
+    rc, rr = (r.detach().to(pc.device, acc) for r in (ref_chosen, ref_rejected))
     # h = log-ratio of chosen minus log-ratio of rejected: the one quantity every variant uses.
     h = (pc - rc) - (pr - rr)
     if loss_type == "sigmoid":

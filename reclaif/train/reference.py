@@ -22,9 +22,9 @@ from reclaif.train.fused_dpo import pair_hidden
 from reclaif.train.logprobs import sequence_logps
 
 
-def _logps(model: torch.nn.Module, chosen: dict, rejected: dict, chunk: int,
-           kernel: str = "auto", shared_prompt: bool = False,
-           device: torch.device | str | None = None) -> torch.Tensor:
+def pair_logps(model: torch.nn.Module, chosen: dict, rejected: dict, chunk: int,
+               kernel: str = "auto", shared_prompt: bool = False,
+               device: torch.device | str | None = None) -> torch.Tensor:
     """[B, 4]: chosen sum, rejected sum, chosen count, rejected count (one forward for both,
     the policy's: fused_dpo.pair_hidden, so a shared-prompt policy has a shared-prompt
     reference and both see the same rounding)."""
@@ -52,7 +52,8 @@ def compute_reference_logps(forward: Callable[..., Any], encoded: list[dict], pa
         idx = mine[s:s + batch_size]
         items = [encoded[min(i, n - 1)] for i in idx]
         batch = collate_pairs(items, pad_id)  # on the host: pair_hidden moves what it runs
-        vals = forward(lambda m, a, b: _logps(m, a, b, chunk, kernel, shared_prompt, device),
+        vals = forward(lambda m, a, b: pair_logps(m, a, b, chunk, kernel, shared_prompt,
+                                                  device),
                        batch["chosen"], batch["rejected"]).double().cpu()
         out[s:s + len(idx), 0] = torch.tensor(idx, dtype=torch.float64)
         out[s:s + len(idx), 1:] = vals

@@ -67,6 +67,7 @@ def load_policy(path: str, cfg: TrainConfig, strategy: Any = None,
 
 def hf_model(model: nn.Module) -> nn.Module:
     """The transformers model the kernels call (peft injects LoRA into it in place)."""
+    # peft_config: on PEFT-wrapped models only, so peft stays unimported without LoRA
     return model.get_base_model() if hasattr(model, "peft_config") else model
 
 

@@ -259,6 +259,7 @@ class Strategy:
         if self.engine_name == "deepspeed":
             import deepspeed
 
+            # Every HF config answers hidden_size (attribute_map); a bare nn.Module has no config.
             hidden = int(getattr(getattr(model, "config", None), "hidden_size", 1024))
             ds = self.ds_config(hidden)
             optimizer = None if "optimizer" in ds else torch.optim.AdamW(
@@ -282,13 +283,13 @@ class Strategy:
             self.engine = wrapper
 
     def forward(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(self.engine, nn.Module) and hasattr(self.engine, "zero_optimization"):
+        if self.engine_name == "deepspeed":
             # Not engine.forward: inside it ZeRO-3 "discovers" the lm_head weight the kernel
             # reads as an external parameter of the wrapper and keeps it fetched, which then
             # clashes with the kernel's own gather. DeepSpeed's module hooks still run.
-            opt = getattr(self.engine, "optimizer", None)
-            if hasattr(opt, "clear_backward_seen_flag"):
-                opt.clear_backward_seen_flag()
+            # DeepSpeed 0.19's ZeRO optimizers have it; older releases' and non-ZeRO ones do not.
+            if hasattr(self.engine.optimizer, "clear_backward_seen_flag"):
+                self.engine.optimizer.clear_backward_seen_flag()
             return fn(self.engine.module.model, *args, **kwargs)
         return self.engine(fn, *args, **kwargs)
 
@@ -302,6 +303,7 @@ class Strategy:
             return wrapper.to(self.device)
         import deepspeed
 
+        # Every HF config answers hidden_size (attribute_map); a bare nn.Module has no config.
         hidden = int(getattr(getattr(model, "config", None), "hidden_size", 1024))
         ds = {"train_micro_batch_size_per_gpu": self.cfg.batch_size,
               "gradient_accumulation_steps": 1,
