@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from reclaif.distributed.faults import maybe_fail
+from reclaif.faults import maybe_fail
 
 
 def _set_threads(threads: int) -> None:

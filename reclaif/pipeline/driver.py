@@ -25,8 +25,8 @@ from reclaif.config import RunConfig, load_config, to_dict
 from reclaif.data import load_examples, load_items, resolve_data_dir
 from reclaif.data.heldout import HeldOut, check_held_out
 from reclaif.data.interactions import fit_windows
-from reclaif.distributed.faults import maybe_fail
 from reclaif.errors import PhaseError, ReclaifError
+from reclaif.faults import maybe_fail
 from reclaif.pipeline.store import RunStore
 from reclaif.records import Example, PreferencePair, Verdict
 

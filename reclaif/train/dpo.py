@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from reclaif.atomic import read_json, read_jsonl
-from reclaif.distributed.faults import maybe_fail
 from reclaif.config import RunConfig, shares_prompt
 from reclaif.errors import DataError
+from reclaif.faults import maybe_fail
 from reclaif.llm.models import load_tokenizer, resolve_model
 from reclaif.records import PreferencePair
 from reclaif.train.checkpoint import (drop_train_state, latest_train_state, load_train_state,

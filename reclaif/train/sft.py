@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 
 from reclaif.atomic import read_json, read_jsonl
-from reclaif.distributed.faults import maybe_fail
 from reclaif.config import RunConfig
 from reclaif.errors import DataError
+from reclaif.faults import maybe_fail
 from reclaif.llm.models import load_tokenizer, resolve_model
 from reclaif.train.checkpoint import (drop_train_state, latest_train_state, load_train_state,
                                       save_hf_checkpoint, save_train_state)
