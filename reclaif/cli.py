@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = tsub.add_parser(phase, help=f"{phase.upper()} on a run directory's data")
         _config_args(p, run_dir_required=True)
         p.add_argument("--iteration", type=int, default=0, help="DPO iteration (1-based)")
-        _handler(p, f"reclaif.train.entry:cmd_train_{phase}")
+        _handler(p, f"reclaif.pipeline.train_command:cmd_train_{phase}")
 
     # bench and plan ---------------------------------------------------------------------
     p = sub.add_parser("bench", help="benchmarks: ratios measured side by side")

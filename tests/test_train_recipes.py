@@ -20,7 +20,7 @@ from train_run import make_run_dir  # noqa: E402
 from reclaif.atomic import read_jsonl
 from reclaif.config import load_config
 from reclaif.llm.models import build_tiny_model, load_tokenizer
-from reclaif.train import session
+from reclaif.train import loop, session
 from reclaif.train.data import BatchPlan, encode_sft, pad_batch
 from reclaif.train.dpo import policy_and_reference, run_dpo
 from reclaif.train.logprobs import model_sequence_logps
@@ -86,10 +86,24 @@ def test_sft_loss_is_on_response_tokens_only_and_falls(sft_run, tiny):
     assert not (run / "sft" / "train_state").exists()
 
 
+@pytest.mark.parametrize("phase", ["sft", "dpo"])
 def test_sigusr1_saves_a_train_state_and_the_rerun_continues_at_the_right_step(
-        sft_run, tiny, tmp_path, monkeypatch):
-    run = make_run_dir(tmp_path / "run", tiny, SFT)
-    cfg = load_config(run / "config.yaml")
+        phase, sft_run, tiny, tmp_path, monkeypatch):
+    # Both recipes run the one loop of train/loop.py: cut by SIGUSR1 after step 2, each saves a
+    # train state there and its rerun resumes at step 3 (SFT mid-epoch, DPO at an epoch's
+    # start: 6 pairs in steps of 3), ending with the weights of an uninterrupted run.
+    overrides = SFT + (["sft.enabled=false"] if phase == "dpo" else [])
+
+    def train(run: Path) -> dict:
+        cfg = load_config(run / "config.yaml")
+        return run_sft(cfg, run) if phase == "sft" else run_dpo(cfg, run, 1)
+
+    if phase == "sft":
+        whole, stage = sft_run[0], "sft"
+    else:
+        whole, stage = make_run_dir(tmp_path / "whole", tiny, overrides), "iter-001"
+        train(whole)
+    run = make_run_dir(tmp_path / "run", tiny, overrides)
     steps: list[int] = []
     original = session.TrainLog.step
 
@@ -99,18 +113,30 @@ def test_sigusr1_saves_a_train_state_and_the_rerun_continues_at_the_right_step(
         if step == 2 and len(steps) == 2:
             os.kill(os.getpid(), signal.SIGUSR1)
 
-    monkeypatch.setattr(session.TrainLog, "step", step_then_preempt)
-    cut = run_sft(cfg, run)
-    assert cut["preempted"] and cut["steps"] == 2
-    assert json.loads((run / "sft" / "train_metrics.json").read_text())["preempted"]
-    assert (run / "sft" / "train_state" / "step-2" / "meta.json").exists()
-    assert not (run / "sft" / "checkpoint").exists()
+    resumed: list[tuple[int, int, int]] = []
+    resume = loop.resume
 
-    done = run_sft(cfg, run)
-    assert steps == [1, 2, 3, 4, 5, 6]  # resumed at 3, nothing redone or skipped
-    assert done["steps"] == 6 and not done["preempted"]
-    ref = load_file(str(sft_run[0] / "sft" / "checkpoint" / "model.safetensors"))
-    got = load_file(str(run / "sft" / "checkpoint" / "model.safetensors"))
+    def spy(*args):
+        resumed.append(resume(*args))
+        return resumed[-1]
+
+    monkeypatch.setattr(session.TrainLog, "step", step_then_preempt)
+    monkeypatch.setattr(loop, "resume", spy)
+    cut = train(run)
+    assert cut["preempted"] and cut["steps"] == 2
+    assert json.loads((run / stage / "train_metrics.json").read_text())["preempted"]
+    assert (run / stage / "train_state" / "step-2" / "meta.json").exists()
+    assert not (run / stage / "checkpoint").exists()
+
+    done = train(run)
+    n = done["total_steps"]
+    assert steps == list(range(1, n + 1))  # resumed at 3, nothing redone or skipped
+    # (step, epoch, micro-batch) each run started from, through the shared loop's resume
+    assert resumed == [(0, 0, 0), (2, 0, 2) if phase == "sft" else (2, 1, 0)]
+    assert done["steps"] == n == (6 if phase == "sft" else 4) and not done["preempted"]
+    assert not (run / stage / "train_state").exists()
+    ref = load_file(str(whole / stage / "checkpoint" / "model.safetensors"))
+    got = load_file(str(run / stage / "checkpoint" / "model.safetensors"))
     assert ref.keys() == got.keys()
     for k in ref:  # same data order, optimizer moments and schedule as the uninterrupted run
         torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)

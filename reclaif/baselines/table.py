@@ -24,6 +24,7 @@ from reclaif.evidence import run_of_checkpoint
 from reclaif.errors import DataError, ReclaifError
 from reclaif.parsing import is_valid
 from reclaif.records import Example, Item
+from reclaif.run_layout import BASE, ITERATION_GLOB, SFT, iteration_of
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ def run_rows(run_dir: str | Path, resamples: int, seed: int = 0) -> list[dict[st
     """Rows from the eval.json files a run directory holds: base/, sft/, iter-NNN/, eval/*.json.
     A run without any is skipped with a printed note."""
     root = Path(run_dir)
-    files = [root / s / "eval.json" for s in ("base", "sft")]
-    files += sorted(root.glob("iter-*/eval.json")) + sorted(root.glob("eval/*.json"))
+    files = [root / s / "eval.json" for s in (BASE, SFT)]
+    files += sorted(root.glob(f"{ITERATION_GLOB}/eval.json")) + sorted(root.glob("eval/*.json"))
     rows = []
     for f in files:
         if not f.is_file():
@@ -154,15 +155,16 @@ def run_rows(run_dir: str | Path, resamples: int, seed: int = 0) -> list[dict[st
         if not isinstance(result, dict) or "metrics" not in result:
             raise DataError(f"{f}: no 'metrics' (expected an evaluate_rankings result)")
         stage = f.stem if f.parent.name == "eval" else f.parent.name
-        label = {"base": "Base (zero-shot)", "sft": "SFT"}.get(
-            stage, f"DPO-Iter{int(stage[5:])}" if stage.startswith("iter-") and
-            stage[5:].isdigit() else stage)
+        it = iteration_of(stage)
+        label = {BASE: "Base (zero-shot)", SFT: "SFT"}.get(
+            stage, f"DPO-Iter{it}" if it is not None else stage)
         rows.append({"method": f"{root.name}: {label}", "group": "Ours (run)",
                      "source": str(f), "split": result.get("split"),
                      "n_examples": result.get("n_examples"),
                      "metrics": with_ci(result, resamples, seed)})
     if not rows:
-        print(f"note: {root} has no eval.json (base/, sft/, iter-*/ or eval/); no rows added")
+        print(f"note: {root} has no eval.json (base/, sft/, {ITERATION_GLOB}/ or eval/); "
+              "no rows added")
     return rows
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from reclaif.distributed.faults import maybe_fail
 from reclaif.distributed.pool import PoolWorker
+from reclaif.faults import maybe_fail
 
 
 def _set_threads(threads: int) -> None:

@@ -25,10 +25,11 @@ from reclaif.config import RunConfig, load_config, to_dict
 from reclaif.data import load_examples, load_items, resolve_data_dir
 from reclaif.data.heldout import HeldOut, check_held_out
 from reclaif.data.interactions import fit_windows
-from reclaif.distributed.faults import maybe_fail
 from reclaif.errors import PhaseError, ReclaifError
+from reclaif.faults import maybe_fail
 from reclaif.pipeline.store import RunStore
 from reclaif.records import Example, PreferencePair, Verdict
+from reclaif.run_layout import BASE, SFT, stage_name, training_stage
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,13 @@ class Driver:
         # need no actor (training, a finished run) skips the seconds a local Ray takes.
         try:
             self.evidence()
-            self.evaluate("base", self.base_model())
+            self.evaluate(BASE, self.base_model())
             if self.cfg.sft.enabled:
                 self.teacher_data()
                 self.train_phase("sft", 0)
-                self.evaluate("sft", str(self.store.checkpoint("sft")))
+                self.evaluate(SFT, str(self.store.checkpoint(SFT)))
             for i in range(1, self.cfg.dpo.iterations + 1):
-                stage = f"iter-{i:03d}"
+                stage = stage_name(i)
                 self.sample(i)
                 self.judge(i)
                 self.pairs(i)
@@ -122,8 +123,8 @@ class Driver:
 
     def policy_before(self, iteration: int) -> str:
         if iteration > 1:
-            return str(self.store.checkpoint(f"iter-{iteration - 1:03d}"))
-        return str(self.store.checkpoint("sft")) if self.cfg.sft.enabled else self.base_model()
+            return str(self.store.checkpoint(stage_name(iteration - 1)))
+        return str(self.store.checkpoint(SFT)) if self.cfg.sft.enabled else self.base_model()
 
     def samplers(self, model: str):
         """The sampler pool, on `model`: a pool on another checkpoint is released first, so
@@ -267,13 +268,14 @@ class Driver:
         responses = teacher.respond_many(examples)
         rows = [{"id": e.id, "prompt": p, "response": r}
                 for e, p, r in zip(examples, prompts, responses)]
-        out = self.store.phase_dir("sft") / "teacher.jsonl"
+        self.store.phase_dir(SFT)
+        out = self.store.teacher()
         atomic_write_jsonl(out, rows)
         self.store.mark_done("sft/teacher", [out], count=len(rows), teacher=self.cfg.teacher.kind)
         self._timed("sft/teacher", t0)
 
     def sample(self, i: int) -> None:
-        key = f"iter-{i:03d}/sample"
+        key = f"{stage_name(i)}/sample"
         if self.store.is_done(key):
             return
         t0 = time.time()
@@ -302,7 +304,7 @@ class Driver:
         from reclaif.distributed.pool import ActorPool, init_ray
         from reclaif.distributed.workers import JudgeWorker
 
-        key = f"iter-{i:03d}/judge"
+        key = f"{stage_name(i)}/judge"
         if self.store.is_done(key):
             return
         t0 = time.time()
@@ -340,7 +342,7 @@ class Driver:
         from reclaif.judge import preference_pair
         from reclaif.judge.audit import audit
 
-        key = f"iter-{i:03d}/pairs"
+        key = f"{stage_name(i)}/pairs"
         if self.store.is_done(key):
             return
         out_dir = self.store.iter_dir(i)
@@ -354,7 +356,7 @@ class Driver:
                                    Verdict.from_json(row["verdict"]))
             if pair is not None:
                 pairs.append(pair)
-        out = out_dir / "pairs.jsonl"
+        out = self.store.pairs(i)
         atomic_write_jsonl(out, [p.to_json() for p in pairs])
         stats = audit([r for r in rows if not r.get("failed")], by_id, self.items, self.top_k)
         # Endpoint trouble, summed from the per-record marks the judge workers write (so the
@@ -373,7 +375,7 @@ class Driver:
                                f"{out_dir / 'judge_stats.json'}); DPO has nothing to train on")
 
     def train_phase(self, phase: str, i: int) -> None:
-        key = "sft/train" if phase == "sft" else f"iter-{i:03d}/train"
+        key = f"{training_stage(phase, i)}/train"
         if self.store.is_done(key):
             return
         t0 = time.time()
@@ -392,7 +394,7 @@ class Driver:
                 metrics = run_dpo(self.cfg, self.store.root, i)
         else:
             metrics = self._launch(phase, i)
-        ckpt = self.store.checkpoint("sft" if phase == "sft" else f"iter-{i:03d}")
+        ckpt = self.store.checkpoint(training_stage(phase, i))
         if not (ckpt / "config.json").exists():
             raise ReclaifError(f"{key}: training finished without a checkpoint at {ckpt}")
         self.store.mark_done(key, sorted(ckpt.glob("*.safetensors")), metrics=metrics or {})
@@ -403,20 +405,20 @@ class Driver:
         from reclaif.pipeline.launcher import render_launch, run_launch
         from reclaif.train.checkpoint import latest_train_state
 
-        log_path = self.store.phase_dir("logs") / f"train-{phase}-{i:03d}.log"
+        log_path = self.store.train_log(phase, i)  # run_launch makes logs/
         argv = render_launch(self.cfg.launch.template, phase=phase, run_dir=str(self.store.root),
                              iteration=i, config=str(self.store.root / "config.yaml"))
-        stage = "sft" if phase == "sft" else f"iter-{i:03d}"
+        stage = training_stage(phase, i)
         try:
             run_launch(argv, log_path)
         except PhaseError as e:
             # Tell the user what a rerun will do: the trainer resumes from its last saved state.
-            state = latest_train_state(self.store.root / stage / "train_state")
+            state = latest_train_state(self.store.train_state(stage))
             resume = (f"resumes from {state}" if state is not None
                       else "starts the phase again (no training state was saved)")
             raise PhaseError(f"{stage} training failed: {e}. Rerunning the same command "
                              f"{resume}") from None
-        metrics_file = self.store.root / stage / "train_metrics.json"
+        metrics_file = self.store.train_metrics(stage)
         return read_json(metrics_file) if metrics_file.exists() else {}
 
     def evaluate(self, stage: str, model: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from reclaif.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from reclaif.errors import ReclaifError
+from reclaif.run_layout import BASE, ITERATION_GLOB, SFT, is_iteration
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def _config_text(run_dir: Path) -> str:
 def stages(run_dir: Path) -> list[tuple[str, dict]]:
     """(stage name, eval.json) in pipeline order: base, sft, iter-001, ..."""
     out = []
-    names = ["base", "sft"] + sorted(p.name for p in run_dir.glob("iter-*") if p.is_dir())
+    names = [BASE, SFT] + sorted(p.name for p in run_dir.glob(ITERATION_GLOB) if p.is_dir())
     for name in names:
         f = run_dir / name / "eval.json"
         if f.exists():
@@ -138,7 +139,7 @@ def paired_lines(run_dir: Path) -> list[str]:
     from reclaif.metrics.evaluate import paired_bootstrap_ci
 
     st = dict(stages(Path(run_dir)))
-    iters = sorted(k for k in st if k.startswith("iter-"))
+    iters = sorted(k for k in st if is_iteration(k))
     ref = "sft" if "sft" in st else "base"
     if not iters or ref not in st:
         return []
@@ -210,7 +211,7 @@ def _plot(run_dir: Path) -> Path | None:
 
 def _judge_rows(run_dir: Path) -> list[list[str]]:
     rows = []
-    for d in sorted(run_dir.glob("iter-*")):
+    for d in sorted(run_dir.glob(ITERATION_GLOB)):
         f = d / "judge_stats.json"
         if not f.exists():
             continue

@@ -31,6 +31,7 @@ from reclaif.atomic import (atomic_write_json, atomic_write_jsonl, atomic_write_
 from reclaif.config import (RunConfig, dump_config, from_dict, load_yaml, read_config_text,
                             to_dict)
 from reclaif.errors import ConfigError, ReclaifError
+from reclaif.run_layout import RunLayout, stage_name
 
 log = logging.getLogger(__name__)
 VERIFY_HASH_BYTES = 64 << 20
@@ -94,11 +95,12 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a!r} → {b!r}"]
 
 
-class RunStore:
-    """One run directory. All paths a phase reads or writes come from here."""
+class RunStore(RunLayout):
+    """One run directory. All paths a phase reads or writes come from here: the names from
+    `RunLayout` (reclaif/run_layout.py, which the trainers share), the rest below."""
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self.manifest_path = self.root / "manifest.json"
 
     # config ---------------------------------------------------------------------------
@@ -224,7 +226,8 @@ class RunStore:
 
     # paths ------------------------------------------------------------------------------
     def phase_dir(self, name: str) -> Path:
-        d = self.root / name
+        """A stage's directory, created."""
+        d = self.stage(name)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -233,11 +236,8 @@ class RunStore:
         return self.phase_dir("evidence")
 
     def iter_dir(self, iteration: int) -> Path:
-        return self.phase_dir(f"iter-{iteration:03d}")
-
-    def checkpoint(self, stage: str) -> Path:
-        """'sft' → sft/checkpoint; 'iter-002' → iter-002/checkpoint."""
-        return self.root / stage / "checkpoint"
+        """Iteration i's stage directory, created (`iteration(i)` only names it)."""
+        return self.phase_dir(stage_name(iteration))
 
     # shards ---------------------------------------------------------------------------
     @staticmethod

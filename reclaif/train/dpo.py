@@ -9,26 +9,27 @@ and margins, tokens/s, steps), curves under RUN/tb/iter-NNN, and train_state/ste
 from __future__ import annotations
 
 import gc
-import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from reclaif.atomic import read_json, read_jsonl
-from reclaif.distributed.faults import maybe_fail
-from reclaif.config import RunConfig, shares_prompt
+from reclaif.atomic import read_jsonl
+from reclaif.config import DPOConfig, RunConfig, shares_prompt
 from reclaif.errors import DataError
+from reclaif.faults import maybe_fail
 from reclaif.llm.models import load_tokenizer, resolve_model
 from reclaif.records import PreferencePair
-from reclaif.train.checkpoint import (drop_train_state, latest_train_state, load_train_state,
-                                      save_hf_checkpoint, save_train_state)
+from reclaif.run_layout import SFT, RunLayout, stage_name
 from reclaif.train.data import BatchPlan, collate_pairs, count_tokens, encode_pairs
 from reclaif.train.fused_dpo import fused_dpo_loss
+from reclaif.train.loop import StageFiles, finish, finished, total_steps, train_loop
 from reclaif.train.reference import (attach_reference_logps, compute_reference_logps,
                                      write_reference_logps)
-from reclaif.train.session import (Preemption, TrainLog, hf_model, load_policy, mean_over,
-                                   write_metrics)
+from reclaif.train.session import TrainLog, epoch_means, hf_model, load_policy, mean_over
 from reclaif.train.strategy import Strategy
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,12 @@ METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rew
 
 def policy_and_reference(cfg: RunConfig, run_dir: Path, iteration: int) -> tuple[str, str]:
     """Where the policy starts and which model is the reference for this iteration."""
-    first = (str(run_dir / "sft" / "checkpoint") if cfg.sft.enabled else
+    layout = RunLayout(run_dir)
+    first = (str(layout.checkpoint(SFT)) if cfg.sft.enabled else
              resolve_model(cfg.recommender.model, cfg.recommender.cache_dir or None))
-    previous = str(run_dir / f"iter-{iteration - 1:03d}" / "checkpoint")
-    policy = first if iteration == 1 else previous
-    reference = first if cfg.dpo.reference == "sft" or iteration == 1 else previous
-    return policy, reference
+    previous = str(layout.checkpoint(stage_name(iteration - 1))) if iteration > 1 else first
+    reference = first if cfg.dpo.reference == "sft" else previous
+    return previous, reference
 
 
 def attention_of(model: torch.nn.Module) -> str:
@@ -51,144 +52,125 @@ def attention_of(model: torch.nn.Module) -> str:
     return hf_model(model).config._attn_implementation
 
 
+@dataclass
+class DPOMethod:
+    """DPO's part of the shared loop: the fused loss against the stored reference log-probs,
+    and the reward metrics (each averaged over the step's micro-batches)."""
+
+    strategy: Strategy
+    cfg: DPOConfig
+    encoded: list[dict]
+    pad_id: int
+    shared_prompt: bool
+    _metrics: Any = None
+    _tokens: int = 0
+
+    def begin_step(self, window: Sequence[Sequence[int]]) -> None:
+        pass
+
+    def _step(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        t = self.cfg
+        return fused_dpo_loss(hf_model(model), batch["chosen"], batch["rejected"],
+                              batch["ref_chosen"], batch["ref_rejected"], t.beta, t.loss_type,
+                              t.label_smoothing, t.logprob_chunk, kernel=t.logprob_kernel,
+                              weight_grad_acc=t.logprob_weight_grad, device=self.strategy.device,
+                              shared_prompt=self.shared_prompt)
+
+    def loss(self, idx: Sequence[int]) -> torch.Tensor:
+        # Left on the host: fused_dpo_loss copies it over without a device sync.
+        batch = collate_pairs([self.encoded[i] for i in idx], self.pad_id)
+        with self.strategy.autocast():
+            loss, self._metrics = self.strategy.forward(self._step, batch)
+        self._tokens = count_tokens(batch["chosen"]) + count_tokens(batch["rejected"])
+        return loss
+
+    def scalars(self) -> dict[str, float]:
+        values = torch.stack([self._metrics[k] for k in METRICS]).tolist()  # one sync
+        return {**{k: v / self.cfg.grad_accum for k, v in zip(METRICS, values)},
+                "tokens": self._tokens}
+
+
+def reference_logps(strategy: Strategy, t: DPOConfig, ref_file: Path, policy_path: str,
+                    ref_path: str, encoded: list[dict], pad_id: int, attn: str,
+                    shared: bool) -> None:
+    """Writes the reference log-probs of every pair, once per iteration, before any policy
+    update (the prepared policy is the reference when both start from the same model)."""
+    if ref_path == policy_path:
+        strategy.train(False)
+        forward = strategy.forward
+    else:
+        forward = strategy.eval_forward(load_policy(ref_path, t.__class__(
+            **{**t.__dict__, "lora_r": 0, "gradient_checkpointing": False}), strategy, attn))
+    # Under the policy forward's own autocast: in bf16 the first step then has loss log 2
+    # and zero margins, as in fp32 (an fp32 reference would be off by the bf16 rounding).
+    with strategy.autocast():
+        rows = compute_reference_logps(
+            lambda fn, *a: forward(lambda m, *b: fn(hf_model(m), *b), *a), encoded,
+            pad_id, t.batch_size, t.logprob_chunk, strategy.rank,
+            strategy.world_size, strategy.device, kernel=t.logprob_kernel,
+            shared_prompt=shared)
+    if strategy.is_main:
+        write_reference_logps(ref_file, rows)
+        maybe_fail("dpo:reference")  # crash tests: SIGKILL after the reference is stored
+    del forward
+    gc.collect()
+    strategy.barrier()
+
+
 def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     t = cfg.dpo
     run_dir = Path(run_dir)
     if iteration < 1:
         raise DataError(f"dpo: iteration must be >= 1, got {iteration}")
-    it_dir = run_dir / f"iter-{iteration:03d}"
-    metrics_path = it_dir / "train_metrics.json"
-    if (it_dir / "checkpoint" / "config.json").exists() and metrics_path.exists():
-        done = read_json(metrics_path)
-        if not done.get("preempted"):
-            log.info("DPO iteration %d already finished: %s", iteration, it_dir / "checkpoint")
-            return done
+    layout, stage = RunLayout(run_dir), stage_name(iteration)
+    files = StageFiles.of(run_dir, stage)
+    done = finished(files)
+    if done is not None:
+        log.info("DPO iteration %d already finished: %s", iteration, files.checkpoint)
+        return done
 
     # 1. engine, tokenizer and pairs
     strategy = Strategy(t).setup()
     policy_path, ref_path = policy_and_reference(cfg, run_dir, iteration)
     tokenizer = load_tokenizer(policy_path)
-    pairs = [PreferencePair.from_json(r) for r in read_jsonl(it_dir / "pairs.jsonl")]
+    pairs_file = layout.pairs(iteration)
+    pairs = [PreferencePair.from_json(r) for r in read_jsonl(pairs_file)]
     if not pairs:
-        raise DataError(f"{it_dir / 'pairs.jsonl'}: no preference pairs to train on")
+        raise DataError(f"{pairs_file}: no preference pairs to train on")
     encoded = encode_pairs(tokenizer, pairs, t.max_length)
     plan = BatchPlan(len(encoded), t.batch_size, strategy.world_size, strategy.rank,
                      t.grad_accum, t.seed)
-    total_steps = plan.steps_per_epoch * t.epochs
+    total = total_steps(plan, t)
     attn = cfg.recommender.attn_implementation
     policy = load_policy(policy_path, t, strategy, attn)
     shared = shares_prompt(t.prompt_forward, attention_of(policy))
-    strategy.prepare(policy, total_steps)
+    strategy.prepare(policy, total)
     del policy
 
     # 2. reference log-probs, once per iteration (before any policy update or resume)
-    ref_file = it_dir / "ref_logps.jsonl"
+    ref_file = layout.ref_logps(iteration)
     if not ref_file.exists():
-        if ref_path == policy_path:
-            strategy.train(False)
-            forward = strategy.forward
-        else:
-            forward = strategy.eval_forward(load_policy(ref_path, t.__class__(
-                **{**t.__dict__, "lora_r": 0, "gradient_checkpointing": False}), strategy, attn))
-        # Under the policy forward's own autocast: in bf16 the first step then has loss log 2
-        # and zero margins, as in fp32 (an fp32 reference would be off by the bf16 rounding).
-        with strategy.autocast():
-            rows = compute_reference_logps(
-                lambda fn, *a: forward(lambda m, *b: fn(hf_model(m), *b), *a), encoded,
-                tokenizer.pad_token_id, t.batch_size, t.logprob_chunk, strategy.rank,
-                strategy.world_size, strategy.device, kernel=t.logprob_kernel,
-                shared_prompt=shared)
-        if strategy.is_main:
-            write_reference_logps(ref_file, rows)
-            maybe_fail("dpo:reference")  # crash tests: SIGKILL after the reference is stored
-        del forward
-        gc.collect()
-        strategy.barrier()
+        reference_logps(strategy, t, ref_file, policy_path, ref_path, encoded,
+                        tokenizer.pad_token_id, attn, shared)
     attach_reference_logps(ref_file, encoded)
 
-    # 3. resume from the last training state if a run was cut
-    step, epoch0, skip, history, tokens = 0, 0, 0, [], 0
-    last = latest_train_state(it_dir / "train_state")
-    if last is not None:
-        meta = load_train_state(strategy, last)
-        step, epoch0, skip = meta["step"], meta["epoch"], meta["micro"]
-        history, tokens = meta["history"], meta["tokens"]
-    tlog = TrainLog(run_dir, it_dir.name, strategy.is_main, cfg.report.trackers, cfg.name)
-    tlog.resume(history, tokens)
+    # 3. the shared loop (resumes a run that was cut)
+    tlog = TrainLog(run_dir, stage, strategy.is_main, cfg.report.trackers, cfg.name)
+    method = DPOMethod(strategy, t, encoded, tokenizer.pad_token_id, shared)
+    result = train_loop(strategy, plan, method, t, files, tlog, "dpo")
 
-    def dpo_step(model, batch):
-        return fused_dpo_loss(hf_model(model), batch["chosen"], batch["rejected"],
-                              batch["ref_chosen"], batch["ref_rejected"], t.beta, t.loss_type,
-                              t.label_smoothing, t.logprob_chunk, kernel=t.logprob_kernel,
-                              weight_grad_acc=t.logprob_weight_grad, device=strategy.device,
-                              shared_prompt=shared)
-
-    # 4. the loop: micro-batches of pairs, accumulation, optimizer steps
-    preempted = False
-    strategy.train()
-    with Preemption() as preemption:
-        for epoch in range(epoch0, t.epochs):
-            batches = plan.micro_batches(epoch, skip if epoch == epoch0 else 0)
-            first = plan.micro_per_epoch - len(batches)
-            acc: dict[str, float] = {}
-            for m, idx in enumerate(batches, start=first):
-                # Left on the host: fused_dpo_loss copies it over without a device sync.
-                batch = collate_pairs([encoded[i] for i in idx], tokenizer.pad_token_id)
-                with strategy.autocast():
-                    loss, metrics = strategy.forward(dpo_step, batch)
-                boundary = (m + 1) % t.grad_accum == 0
-                strategy.backward(loss, boundary)
-                values = torch.stack([metrics[k] for k in METRICS]).tolist()  # one sync
-                for k, v in zip(METRICS, values):
-                    acc[k] = acc.get(k, 0.0) + v / t.grad_accum
-                acc["tokens"] = acc.get("tokens", 0.0) + count_tokens(batch["chosen"]) + \
-                    count_tokens(batch["rejected"])
-                if not boundary:
-                    strategy.micro_step()
-                    continue
-                grad_norm = strategy.step()
-                step += 1
-                scalars = strategy.all_reduce_mean(acc)
-                tlog.tokens += int(scalars.pop("tokens") * strategy.world_size)
-                tlog.step(step, {**scalars, "grad_norm": grad_norm, "lr": strategy.step_lr(),
-                                 "epoch": epoch, "tokens_per_s": tlog.tokens_per_s()})
-                acc = {}
-                stop = strategy.any_flag(preemption.requested)
-                if stop or (t.save_every_steps and step % t.save_every_steps == 0
-                            and step < total_steps):
-                    nxt = (epoch, m + 1) if m + 1 < plan.micro_per_epoch else (epoch + 1, 0)
-                    save_train_state(strategy, it_dir / "train_state", step,
-                                     {"epoch": nxt[0], "micro": nxt[1], "history": tlog.history,
-                                      "tokens": tlog.tokens})
-                if stop:
-                    preempted = True
-                    break
-                maybe_fail(f"dpo:step:{step}")  # crash tests: SIGKILL here, once
-            if preempted:
-                break
-
-    # 5. the model checkpoint and the metrics
-    last_epoch = [h for h in tlog.history if h["epoch"] == (tlog.history[-1]["epoch"]
-                                                            if tlog.history else 0)]
-    metrics_out = {"phase": "dpo", "iteration": iteration, "steps": step,
-                   "total_steps": total_steps, "pairs": len(encoded), "policy_init": policy_path,
-                   "reference": ref_path, "loss_type": t.loss_type, "beta": t.beta,
-                   **{k: mean_over(last_epoch, k) for k in METRICS},
-                   "loss_first_step": tlog.history[0]["loss"] if tlog.history else None,
-                   "margins_first_step": (tlog.history[0]["rewards/margins"] if tlog.history
-                                          else None),
-                   "bf16": t.bf16,
-                   "epoch_losses": [mean_over([h for h in tlog.history if h["epoch"] == e], "loss")
-                                    for e in range(t.epochs)],
-                   "tokens_per_s": tlog.tokens_per_s(), "world_size": strategy.world_size,
-                   "engine": t.engine, "lora_r": t.lora_r,
-                   "prompt_forward": "shared" if shared else "separate", "preempted": preempted}
-    if not preempted:
-        save_hf_checkpoint(strategy.module, tokenizer, it_dir / "checkpoint", strategy.is_main,
-                           strategy.barrier)
-    write_metrics(metrics_path, metrics_out, strategy.is_main)
-    if not preempted and strategy.is_main:
-        drop_train_state(it_dir / "train_state")
-    tlog.close()
-    strategy.close()
-    return metrics_out
+    # 4. the model checkpoint and the metrics
+    h = tlog.history
+    last_epoch = [s for s in h if s["epoch"] == (h[-1]["epoch"] if h else 0)]
+    metrics = {"phase": "dpo", "iteration": iteration, "steps": result.steps,
+               "total_steps": total, "pairs": len(encoded), "policy_init": policy_path,
+               "reference": ref_path, "loss_type": t.loss_type, "beta": t.beta,
+               **{k: mean_over(last_epoch, k) for k in METRICS},
+               "loss_first_step": h[0]["loss"] if h else None,
+               "margins_first_step": h[0]["rewards/margins"] if h else None,
+               "bf16": t.bf16, "epoch_losses": epoch_means(h, t.epochs),
+               "tokens_per_s": tlog.tokens_per_s(), "world_size": strategy.world_size,
+               "engine": t.engine, "lora_r": t.lora_r,
+               "prompt_forward": "shared" if shared else "separate",
+               "preempted": result.preempted}
+    return finish(strategy, tlog, files, tokenizer, metrics, result.preempted)

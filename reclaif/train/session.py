@@ -19,6 +19,7 @@ from torch import nn
 from reclaif.atomic import atomic_write_json
 from reclaif.config import TRACKERS, TrainConfig
 from reclaif.errors import ConfigError
+from reclaif.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class TrainLog:
         if is_main and "tensorboard" in trackers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb" / phase))
+            self.writer = SummaryWriter(log_dir=str(RunLayout(run_dir).curves(phase)))
         if is_main and "wandb" in trackers:
             import wandb
 
@@ -144,8 +145,10 @@ class TrainLog:
             log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
 
     def resume(self, history: list[dict[str, float]], tokens: int) -> None:
-        """Curves and token count of the run that was cut; speed counts this process only."""
+        """Curves and token count of the run that was cut; speed counts this process only, from
+        here (the loop calls this after restoring the train state, which is not training)."""
         self.history, self.tokens, self._tokens0 = history, tokens, tokens
+        self.t0 = time.time()
 
     def tokens_per_s(self) -> float:
         return (self.tokens - self._tokens0) / max(time.time() - self.t0, 1e-9)
@@ -161,6 +164,12 @@ def write_metrics(path: Path, metrics: dict, is_main: bool) -> dict:
     if is_main:
         atomic_write_json(path, metrics)
     return metrics
+
+
+def epoch_means(history: list[dict[str, float]], epochs: int,
+                key: str = "loss") -> list[float | None]:
+    """Per epoch, the mean of `key` over its logged steps (None for an epoch not reached)."""
+    return [mean_over([h for h in history if h["epoch"] == e], key) for e in range(epochs)]
 
 
 def mean_over(history: list[dict[str, float]], key: str, last: int = 0) -> float | None:

@@ -4,6 +4,9 @@
 sample phase) or `train` kill itself with SIGKILL, once: a marker file in RECLAIF_FAULT_DIR
 records that the fault fired, so the rerun that follows goes through. Unset, this costs one
 dictionary lookup per call.
+
+At the core level (it imports nothing of reclaif) so that every layer with an injection point
+(the trainers, the Ray workers, the driver) can reach it without importing another layer.
 """
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """`reclaif train sft|dpo`: one training phase on a run directory, in whatever process a launcher
 (accelerate launch, torchrun, deepspeed, srun) or nobody started. The config is the run's frozen
-RUN/config.yaml unless --config names another; overrides apply on top."""
+RUN/config.yaml unless --config names another; overrides apply on top.
+
+In the control layer (it was train/entry.py): checking the frozen config is the run store's
+job, and the trainers (train/) import nothing of pipeline/."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +12,7 @@ from pathlib import Path
 
 from reclaif.config import load_config
 from reclaif.errors import ConfigError
+from reclaif.pipeline.store import RunStore
 
 
 def _config(args: argparse.Namespace):
@@ -17,8 +21,6 @@ def _config(args: argparse.Namespace):
     if not Path(path).exists():
         raise ConfigError(f"{path}: no config (give --config, or a run dir with config.yaml)")
     if not args.config:
-        from reclaif.pipeline.store import RunStore
-
         RunStore(run_dir).check_config_file()  # the frozen one, as recorded, or one line
     return load_config(path, args.overrides), run_dir
 
