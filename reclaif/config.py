@@ -309,7 +309,10 @@ def choices(section: type, name: str) -> tuple[str, ...]:
 
 def help_of(section: type, name: str) -> str:
     """A field's help text, as `_f` recorded it."""
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(section) if f.name == name)
+    for f in dataclasses.fields(section):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(f"{section.__name__} has no field {name!r}")
 
 
 def _check_choices(node: Any, prefix: str = "") -> None:
