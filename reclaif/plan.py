@@ -7,7 +7,6 @@ from formulas written out below; every assumption is an option with a default an
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -16,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from reclaif.config import RunConfig, TrainConfig, load_config
+from reclaif.config import RunConfig, TrainConfig
 from reclaif.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,7 +271,7 @@ def plan(cfg: RunConfig, gpus: int, nodes: int = 1, gpu_memory_gb: float = 80.0,
          assumptions: Assumptions | None = None) -> dict[str, Any]:
     """The whole plan as a dict (what `--json` prints)."""
     if gpus < 1 or nodes < 1:
-        raise ConfigError("plan: --gpus and --nodes must be at least 1")
+        raise ConfigError(f"plan: gpus ({gpus}) and nodes ({nodes}) must be at least 1")
     a = assumptions or Assumptions()
     shape = model_shape(cfg.recommender.model)
     n = shape.total_params()
@@ -378,12 +377,3 @@ def format_plan(p: dict[str, Any], config: str = "") -> str:
               f"{a['sampling_mfu']:g} (sampling), {a['judge_latency_s']:g} s per remote LLM call, "
               f"{100 * a['headroom']:g}% memory headroom"]
     return "\n".join(lines)
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, getattr(args, "overrides", None) or [])
-    names = {f for f in Assumptions.__dataclass_fields__}
-    a = Assumptions(**{k: v for k, v in vars(args).items() if k in names and v is not None})
-    p = plan(cfg, args.gpus, args.nodes, args.gpu_memory_gb, a)
-    print(json.dumps(p, indent=2) if args.json else format_plan(p, args.config))
-    return 0

@@ -5,8 +5,6 @@ only joins them to a client, so the same Recommender serves the hf, vLLM and rem
 """
 from __future__ import annotations
 
-import argparse
-import json
 import re
 from dataclasses import replace
 
@@ -49,28 +47,17 @@ class Recommender:
         return [[self.parse(t, ex) for t in outs] for ex, outs in zip(examples, texts)]
 
 
-def _names(text: str | None) -> list[str]:
-    return [s.strip() for s in (text or "").split(";") if s.strip()]
-
-
-def adhoc_example(args: argparse.Namespace) -> tuple[Example, dict[str, Item]]:
-    """An Example and catalog built from names on the command line (ids = names)."""
-    candidates = _names(args.candidates)
+def adhoc_example(candidates: list[str], context: list[str] | str, domain: str
+                  ) -> tuple[Example, dict[str, Item]]:
+    """An Example and catalog built from names (ids = names): `context` is a history of names
+    (sequential task) or a query (retrieval task)."""
     if not candidates:
-        raise ReclaifError("--candidates: give at least one name, separated by ';'")
-    if args.query and args.history:
-        raise ReclaifError("give --history (sequential) or --query (retrieval), not both")
-    if args.query:
-        task, context = "retrieval", args.query.strip()
-    else:
-        history = _names(args.history)
-        if not history:
-            raise ReclaifError("give --history 'a; b; c' (sequential) or --query TEXT (retrieval)")
-        task, context = "sequential", history
+        raise ReclaifError("candidates: give at least one name")
+    task = "retrieval" if isinstance(context, str) else "sequential"
     names = candidates + (context if isinstance(context, list) else [])
     items = {name: Item(id=name, title=name) for name in names}
     ex = Example(id="cli", task=task, context=context, candidates=candidates, labels={},
-                 split="cli", domain=args.domain)
+                 split="cli", domain=domain)
     return ex, items
 
 
@@ -117,29 +104,18 @@ def terminal_safe(text: str) -> str:
     return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
-def cmd_recommend(args: argparse.Namespace) -> int:
-    """`reclaif recommend`: one recommendation from a model for names given on the command line."""
+def recommend_names(example: Example, items: dict[str, Item], model: str = "default",
+                    backend: str = "hf", base_url: str = "", api_key_env: str = "",
+                    top_k: int = 3, temperature: float = 0.0, max_new_tokens: int = 256,
+                    seed: int = 0) -> tuple[Recommendation, dict[str, Item]]:
+    """One recommendation from `model` for an ad-hoc example (adhoc_example), with the run's
+    evidence where the model is a hybrid run's checkpoint; returns it and the catalog used."""
     from reclaif.llm import make_client
 
-    example, items = adhoc_example(args)
-    example, items = with_run_evidence(example, items, args.model)
-    spec = replace(LLMSpec(), backend=args.backend, model=args.model,
-                   base_url=getattr(args, "base_url", None) or "",
-                   api_key_env=getattr(args, "api_key_env", None) or LLMSpec().api_key_env)
-    rec = Recommender(make_client(spec), items, args.top_k)
-    result = rec.recommend([example], n=1, temperature=args.temperature,
-                           max_new_tokens=args.max_new_tokens, seed=args.seed)[0][0]
-    if args.json:
-        # json escapes C0 controls itself; C1 ones (U+0080-U+009F) it leaves raw.
-        text = json.dumps(result.to_json(), ensure_ascii=False, indent=2)
-        print(re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group(0)):04x}", text))
-    else:
-        if result.key_features:
-            print(terminal_safe("Key features: " + ", ".join(result.key_features)))
-        for rank, (item, reason) in enumerate(zip(result.items, result.reasons), 1):
-            title = items[item].title if item in items else item
-            print(terminal_safe(f"{rank}. {title}" + (f": {reason}" if reason else "")))
-        if not result.valid:
-            print("(the answer did not parse as a valid recommendation; raw text follows)")
-            print(terminal_safe(result.raw_text))
-    return 0
+    example, items = with_run_evidence(example, items, model)
+    spec = replace(LLMSpec(), backend=backend, model=model, base_url=base_url or "",
+                   api_key_env=api_key_env or LLMSpec().api_key_env)
+    rec = Recommender(make_client(spec), items, top_k)
+    result = rec.recommend([example], n=1, temperature=temperature,
+                           max_new_tokens=max_new_tokens, seed=seed)[0][0]
+    return result, items

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
-from reclaif.config import LLMSpec, TeacherConfig
+from reclaif.config import LLMSpec, TeacherConfig, choices
 from reclaif.errors import ConfigError
 from reclaif.llm.base import LLMClient
 from reclaif.data.features import item_features
@@ -207,4 +207,5 @@ def make_teacher(cfg: TeacherConfig, items: dict[str, Item], top_k: int,
             from reclaif.llm import make_client as client_factory
         return LLMTeacher(client_factory(cfg.llm), items, top_k, temperature=cfg.temperature,
                           seed=seed)
-    raise ConfigError(f"teacher.kind: '{cfg.kind}' is not one of ['offline', 'llm']")
+    raise ConfigError(f"teacher.kind: '{cfg.kind}' is not one of "
+                      f"{list(choices(TeacherConfig, 'kind'))}")

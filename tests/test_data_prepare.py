@@ -132,8 +132,9 @@ def test_reprepare_replaces_only_its_own_shards(shared_data, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--out", ""], "--out: empty"), (["--out", "   "], "--out: empty"),
-    (["--limit", "-1"], "--limit -1: must be 0"), (["--shard-size", "-3"], "--shard-size -3")])
+    (["--out", ""], "error: out: empty"), (["--out", "   "], "error: out: empty"),
+    (["--limit", "-1"], "error: limit -1: must be 0"),
+    (["--shard-size", "-3"], "error: shard_size -3")])
 def test_bad_out_limit_and_shard_size_are_one_line(shared_data, tmp_path, monkeypatch, capsys,
                                                    args, message):
     monkeypatch.chdir(tmp_path)

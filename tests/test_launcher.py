@@ -14,7 +14,8 @@ import pytest
 
 from reclaif.config import LaunchConfig, load_config
 from reclaif.errors import ConfigError, PhaseError
-from reclaif.pipeline.launcher import (TEMPLATES, fill_template, main, render_launch,
+from reclaif.cli.launcher import main
+from reclaif.pipeline.launcher import (TEMPLATES, fill_template, render_launch,
                                        run_launch)
 
 CLUSTER = dict(num_machines=2, machine_rank=1, main_process_ip="10.0.0.1",

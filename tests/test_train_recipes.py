@@ -188,11 +188,9 @@ def test_reference_is_the_sft_model_or_the_previous_iteration(tmp_path, tiny):
 
 @pytest.mark.slow
 def test_bench_train_quick_reports_the_three_variants_side_by_side(capsys):
-    import argparse
-
     from reclaif.bench.train import run
 
-    assert run(argparse.Namespace(json=True, quick=True)) == 0
+    assert run(quick=True, as_json=True) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["tokens_per_s"]) == {"fused", "unfused", "recomputed"}
     assert all(v > 0 for v in out["tokens_per_s"].values())

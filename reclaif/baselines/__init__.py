@@ -45,7 +45,7 @@ def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = Non
     if method.startswith(("llm:", "model:")):
         from reclaif.baselines.llm import LLMRanker
         return LLMRanker(method, top_k=top_k, max_new_tokens=max_new_tokens)
-    raise ReclaifError(f"--methods: unknown method {method!r}; known: random, popularity, "
+    raise ReclaifError(f"methods: unknown method {method!r}; known: random, popularity, "
                        "transition, bm25, "
                        "dense[:MODEL], sasrec, sasrec-ce, sasrec-bce, llm:NAME, model:PATH")
 

@@ -20,7 +20,7 @@ def parse_method(method: str) -> tuple[str, str]:
     'llm:bedrock:MODEL_ID'; without one the local hf backend loads it."""
     kind, _, target = method.partition(":")
     if kind not in ("llm", "model") or not target:
-        raise ReclaifError(f"--methods: '{method}' is not llm:NAME or model:PATH")
+        raise ReclaifError(f"method '{method}' is not llm:NAME or model:PATH")
     return kind, target
 
 

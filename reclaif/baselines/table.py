@@ -8,19 +8,17 @@ methods that write no explanation.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reclaif.atomic import atomic_write_json
 from reclaif.baselines import is_learned, make_ranker
 from reclaif.data.heldout import check_held_out
 from reclaif.data.interactions import fit_windows
-from reclaif.evidence import run_of_checkpoint
 from reclaif.errors import DataError, ReclaifError
 from reclaif.parsing import is_valid
 from reclaif.records import Example, Item
@@ -110,31 +108,33 @@ def score_method(method: str, examples: list[Example], train: list[Example],
     return row
 
 
-def training_inputs(methods: Sequence[str], train: list[Example],
-                    train_path: str) -> tuple[list[Example], list[str], list[str]]:
+@dataclass(frozen=True)
+class TrainingInput:
+    """What one model was trained on, for the held-out check: its examples and a description
+    for the table's note. The caller that knows where the model came from (a run directory:
+    reclaif.pipeline.inputs) builds it, so the table needs no knowledge of runs."""
+    examples: list[Example]
+    what: str
+
+
+def training_inputs(methods: Sequence[str], train: list[Example], train_path: str,
+                    model_inputs: Mapping[str, TrainingInput | None]
+                    ) -> tuple[list[Example], list[str], list[str]]:
     """Every training input behind the table's rows: (examples, what they are, models whose
-    input is unknown). The inputs are --train (the learned baselines) and, for a model:PATH
-    inside a run directory, the training examples of that run (its SFT, sampling and DPO input,
-    as its frozen config chose them); a model outside a run directory cannot be checked."""
+    input is unknown). The inputs are `train` (the learned baselines) and, for each model:PATH,
+    its entry of `model_inputs`; a model without one (None, or missing) cannot be checked."""
     combined, names = list(train), [f"--train {train_path} ({len(train):,})"] if train else []
     unknown = []
     for m in methods:
         if not m.startswith("model:"):
             continue
-        root = run_of_checkpoint(m.partition(":")[2])
-        if root is None:
+        given = model_inputs.get(m)
+        if given is None:
             unknown.append(m)
             continue
-        from reclaif.pipeline.driver import run_splits
-        from reclaif.pipeline.store import RunStore
-
-        cfg = RunStore(root).load_config()
-        splits = run_splits(cfg)
-        run_train = splits.train
         known = {ex.id for ex in combined}
-        combined += [ex for ex in run_train + splits.windows if ex.id not in known]
-        names.append(f"run {root} '{cfg.data.train_split}' split of {cfg.data.path} "
-                     f"({len(run_train):,}, SFT/sampling/DPO)")
+        combined += [ex for ex in given.examples if ex.id not in known]
+        names.append(given.what)
     return combined, names, unknown
 
 
@@ -207,20 +207,23 @@ def build_table(examples: list[Example], train: list[Example], items: dict[str, 
                 methods: Sequence[str], ks: list[int], resamples: int = 1000, seed: int = 0,
                 diversity: bool = True, run_dirs: Sequence[str] = (),
                 eval_path: str = "", train_path: str = "", limit: int = 0,
-                max_new_tokens: int = 256) -> dict[str, Any]:
+                max_new_tokens: int = 256,
+                model_inputs: Mapping[str, TrainingInput | None] | None = None) -> dict[str, Any]:
     """The table over `examples` (a whole split: the held-out check runs on it, then `limit`
-    keeps the first N examples that passed)."""
+    keeps the first N examples that passed). `model_inputs` holds what each model:PATH method
+    was trained on, where that is known (reclaif.pipeline.inputs.checkpoint_inputs)."""
     tasks = {ex.task for ex in examples}
     if len(tasks) != 1:
         raise DataError(f"{eval_path}: evaluation examples mix tasks {sorted(tasks)}; "
-                        "give --split or one dataset")
+                        "evaluate one split or one dataset")
     task = tasks.pop()
     ks = sorted(set(ks) | set(NEEDED_KS[task]))
     learned = [m for m in methods if is_learned(m)]
     if learned and not train:
         raise ReclaifError(f"methods {', '.join(learned)} learn from training data: "
-                           "give --train DIR")
-    trained_on, inputs, unknown = training_inputs(methods, train, train_path)
+                           "give training examples (train)")
+    trained_on, inputs, unknown = training_inputs(methods, train, train_path,
+                                                model_inputs or {})
     held = "no training input to check (no --train, no model from a run directory)"
     n_split = len(examples)
     if trained_on:
@@ -257,31 +260,25 @@ def build_table(examples: list[Example], train: list[Example], items: dict[str, 
             "held_out": held, "bootstrap": resamples, "seed": seed, "rows": rows}
 
 
-def cmd_table(args: argparse.Namespace) -> int:
+def load_table_data(examples_path: str | Path, split: str | None = None,
+                    train_path: str | Path | None = None
+                    ) -> tuple[list[Example], list[Example], dict[str, Item]]:
+    """The evaluation examples (of `split`, or all), the learned baselines' training examples
+    and the items of both, as build_table takes them."""
     from reclaif.data import load_examples, load_items
-    from reclaif.metrics.evaluate import parse_ks
 
-    ks = parse_ks(args.k)
-    examples = load_examples(args.examples, split=args.split)
+    examples = load_examples(examples_path, split=split)
     if not examples:
-        raise DataError(f"{args.examples}: no examples to evaluate"
-                        + (f" in split {args.split!r}" if args.split else ""))
-    items = load_items(args.examples)
+        raise DataError(f"{examples_path}: no examples to evaluate"
+                        + (f" in split {split!r}" if split else ""))
+    items = load_items(examples_path)
     train: list[Example] = []
-    if args.train:
+    if train_path:
         # a prepared directory may hold every split; learned baselines see only 'train'
-        everything = load_examples(args.train)
+        everything = load_examples(train_path)
         train = [ex for ex in everything if ex.split == "train"] or everything
         # the directory's interaction sequences, where it has them: what a run's evidence
         # models are fitted on, so the baseline rows and the evidence come from the same data
-        train = fit_windows(args.train, "train", train) or train
-        items = {**load_items(args.train), **items}
-    methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
-    table = build_table(examples, train, items, methods, ks, args.bootstrap,
-                        diversity=not args.no_diversity, run_dirs=args.run_dirs,
-                        eval_path=str(args.examples), train_path=str(args.train or ""),
-                        limit=args.limit, max_new_tokens=args.max_new_tokens)
-    print(to_markdown(table))
-    if args.out:
-        atomic_write_json(args.out, table)
-    return 0
+        train = fit_windows(train_path, "train", train) or train
+        items = {**load_items(train_path), **items}
+    return examples, train, items

@@ -19,7 +19,6 @@ reclaif/train/fused_dpo.py's _Plan). The usual path gets them on the device, whe
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -203,24 +202,24 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
-def run(args: argparse.Namespace) -> int:
-    quick = getattr(args, "quick", False)
-    device, dtype = getattr(args, "device", "cpu"), getattr(args, "dtype", "float32")
-    kernel = getattr(args, "kernel", "auto")
-    weight_grad = getattr(args, "weight_grad", None) or "fp32"
+def run(*, quick: bool = False, device: str = "cpu", dtype: str = "float32",
+        kernel: str = "auto", weight_grad: str | None = None, chunk: int | None = None,
+        as_json: bool = False) -> int:
+    """Prints the fused kernel against full logits (a table, or JSON with `as_json`)."""
+    weight_grad = weight_grad or "fp32"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("bench --device cuda: torch sees no CUDA device")
+        raise ConfigError("bench device 'cuda': torch sees no CUDA device")
     if kernel == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ConfigError("bench --kernel triton: runs with --device cuda, or on CPU under "
+        raise ConfigError("bench kernel 'triton': runs on device cuda, or on CPU under "
                           "TRITON_INTERPRET=1 (Triton's interpreter: a check, not a timing)")
     reps = (2 if quick else 3) if device == "cpu" else 10
-    chunk = getattr(args, "chunk", None) or CHUNK
+    chunk = chunk or CHUNK
     results = bench(QUICK_SHAPES if quick else FULL_SHAPES, reps=reps, device=device, dtype=dtype,
                     chunk=chunk, kernel=kernel, weight_grad=weight_grad)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     report = {"benchmark": "logprobs", "device": name, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "triton": _triton_version(), "results": results}
-    if getattr(args, "json", False):
+    if as_json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"logprobs: fused kernel ({kernel} inner loop, chunk {chunk} tokens, weight gradient "

@@ -25,7 +25,6 @@ warm-up and not timed. --quick: a tiny random Llama (49k vocab), shorter pairs, 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -254,28 +253,29 @@ def measure(spec: dict) -> dict:
             "peak_memory_ratio": out["reclaif"]["peak_gib"] / out["trl"]["peak_gib"]}
 
 
-def run(args: argparse.Namespace) -> int:
+def run(*, quick: bool = False, device: str = "cpu", dtype: str = "float32",
+        steps: int | None = None, gradient_checkpointing: bool = False,
+        as_json: bool = False) -> int:
+    """Prints reclaif's DPO step against TRL's on the same pairs and model."""
     import trl  # noqa: F401  (a clear ImportError here, not in a child)
 
     from reclaif.errors import ConfigError
 
-    quick = bool(getattr(args, "quick", False))
-    device = getattr(args, "device", "cpu")
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError("bench --device cuda: torch sees no CUDA device")
-    if getattr(args, "dtype", "float32") != "float32":
+            raise ConfigError("bench device 'cuda': torch sees no CUDA device")
+    if dtype != "float32":
         raise ConfigError("bench peer: fp32 only (both sides train fp32 master weights)")
-    steps = getattr(args, "steps", None) or (1 if quick else 3)
+    steps = steps or (1 if quick else 3)
     spec = {"quick": quick, "device": device, "pairs": 2, "top_k": 2 if quick else 5,
             "lr": 5e-6, "beta": 0.1, "max_length": 1024, "threads": min(2, os.cpu_count() or 1),
             "steps": steps, "warmup": 1 if steps > 1 else 0,
             # the project's side only: TRL's stays off, its fastest setting
-            "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False))}
+            "gradient_checkpointing": gradient_checkpointing}
     result = measure(spec)
-    if getattr(args, "json", False):
+    if as_json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"DPO step, {result['model']}, {spec['pairs']} pairs per step, {device} "

@@ -17,7 +17,6 @@ for the gain of that decode loop.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -126,15 +125,15 @@ def measure(model: str = "default", prompts: int = 16, batch_size: int = 16,
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    quick = getattr(args, "quick", False)
-    result = measure(model=getattr(args, "model", "default") or "default",
+def run(*, quick: bool = False, model: str = "default", max_new_tokens: int | None = None,
+        num_samples: int | None = None, with_generate: bool = False,
+        as_json: bool = False) -> int:
+    """Prints batched against one-at-a-time sampling (a table, or JSON with `as_json`)."""
+    result = measure(model=model or "default",
                      prompts=4 if quick else 16, batch_size=4 if quick else 16,
-                     max_new_tokens=(getattr(args, "max_new_tokens", None)
-                                     or (16 if quick else None)),
-                     num_samples=getattr(args, "num_samples", None),
-                     with_generate=getattr(args, "with_generate", False))
-    if getattr(args, "json", False):
+                     max_new_tokens=max_new_tokens or (16 if quick else None),
+                     num_samples=num_samples, with_generate=with_generate)
+    if as_json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"sampling bench: {result['model']} on {result['device']} ({result['attn']}, "

@@ -10,14 +10,13 @@ variants, side by side in this process on the same model and batch:
 
 --quick uses a tiny random Llama with the real 49k vocabulary (seconds); the default uses the
 embedded SmolLM2-135M-Instruct; --device cuda uses a random Llama of Mistral-7B's width (hidden
-4096, MLP 14336, 32/8 heads, vocab 32000) with 2 layers, 4 pairs of 1024 tokens, in --dtype.
+4096, MLP 14336, 32/8 heads, vocab 32000) with 2 layers, 4 pairs of 1024 tokens, in the given dtype.
 The batch is synthetic token ids (prompt + answer masks), which is all a throughput measurement
 needs; it stays on the host, as the collator leaves it (see _step). Variants alternate within
 each round, so drift in a shared machine's load affects them alike.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import tempfile
@@ -84,25 +83,25 @@ def _mistral_width_model(layers: int, dtype: torch.dtype) -> torch.nn.Module:
     return LlamaForCausalLM(config).to(dtype)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(*, quick: bool = False, device: str = "cpu", dtype: str = "float32",
+        as_json: bool = False) -> int:
+    """Prints a DPO step's fused, unfused and recomputed-reference variants side by side."""
     from transformers import AutoModelForCausalLM
 
     from reclaif.llm.models import build_tiny_model, default_model_dir
 
     torch.manual_seed(0)
-    quick = bool(getattr(args, "quick", False))
-    device = getattr(args, "device", "cpu")
-    dtype = getattr(torch, getattr(args, "dtype", "float32"))
+    torch_dtype = getattr(torch, dtype)
     if device == "cuda":
         if not torch.cuda.is_available():
             from reclaif.errors import ConfigError
-            raise ConfigError("bench --device cuda: torch sees no CUDA device")
-        model = _mistral_width_model(layers=2, dtype=dtype).to(device)
+            raise ConfigError("bench device 'cuda': torch sees no CUDA device")
+        model = _mistral_width_model(layers=2, dtype=torch_dtype).to(device)
         label = "random Llama, Mistral-7B width, 2 layers"
     else:
         with tempfile.TemporaryDirectory() as tmp:
             path = build_tiny_model(Path(tmp) / "tiny") if quick else default_model_dir()
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         label = ("tiny random Llama (49k vocab)" if quick
                  else "SmolLM2-135M-Instruct (embedded default)")
     model.config.use_cache = False
@@ -144,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "bench": "train", "model": label, "params": sum(p.numel() for p in model.parameters()),
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+        "dtype": str(torch_dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
         "pairs_per_step": pairs,
         "tokens_per_step": tokens, "rounds": rounds,
         "tokens_per_s": {v: tokens / best[v] for v in variants},
@@ -154,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if peak:  # whole process, weights and AdamW state included (step peaks, one round)
         result["peak_gib"] = peak
-    if getattr(args, "json", False):
+    if as_json:
         print(json.dumps(result, indent=2))
     else:
         print(f"DPO step, {result['model']}, {pairs} pairs x {prompt + answer} tokens, "

@@ -132,13 +132,14 @@ def _split_from_name(path: Path) -> str:
     for key, split in (("train", "train"), ("valid", "valid"), ("val", "valid"), ("test", "test")):
         if key in name:
             return split
-    raise DataError(f"{path}: cannot tell the split from the file name; give --split")
+    raise DataError(f"{path}: cannot tell the split from the file name; name the split (split)")
 
 
 def _default_meta(source: Path) -> Path:
     found = sorted(source.parent.glob("meta_*.jsonl*")) + sorted(source.parent.glob("meta_*.csv"))
     if not found:
-        raise DataError(f"{source}: no meta_*.jsonl or meta_*.csv beside it; give --items")
+        raise DataError(f"{source}: no meta_*.jsonl or meta_*.csv beside it; give the item "
+                        "metadata file (items)")
     return found[0]
 
 

@@ -216,7 +216,7 @@ def load(source: str | Path, items: str | Path | None = None, split: str | None 
     if not source.is_file():
         raise DataError(f"{source}: file not found")
     if split is not None and split not in ("train", "valid", "test"):
-        raise DataError(f"--split {split!r}: ESCI splits are train, valid, test")
+        raise DataError(f"split {split!r}: ESCI splits are train, valid, test")
     if items is None:
         items = source if "product_title" in _columns(source) else source.parent / PRODUCTS_FILE
     queries, pids = _read_judgments(source)

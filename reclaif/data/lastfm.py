@@ -251,7 +251,7 @@ def _split_from_name(path: Path) -> str:
     for key, split in (("train", "train"), ("val", "valid"), ("test", "test")):
         if key in name:
             return split
-    raise DataError(f"{path}: cannot tell the split from the file name; give --split")
+    raise DataError(f"{path}: cannot tell the split from the file name; name the split (split)")
 
 
 def load(source: str | Path, items: str | Path | None = None, id2name: str | Path | None = None,
@@ -270,7 +270,8 @@ def load(source: str | Path, items: str | Path | None = None, id2name: str | Pat
                 id2name = cand
                 break
         else:
-            raise DataError(f"{source}: no id2name.txt beside it or in ../llara/; give --id2name")
+            raise DataError(f"{source}: no id2name.txt beside it or in ../llara/; give its path "
+                            "(id2name)")
     names = read_id2name(id2name)
     if items is None and (source.parent.parent / HETREC_DIRNAME).is_dir():
         items = source.parent.parent / HETREC_DIRNAME

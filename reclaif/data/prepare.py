@@ -1,9 +1,9 @@
 """`reclaif data prepare|stats`: raw dataset files → a prepared directory, and its Table-1 counts.
 
-A prepared directory holds examples.jsonl (or examples-00000.jsonl ... with --shard-size),
+A prepared directory holds examples.jsonl (or examples-00000.jsonl ... with a shard size),
 items.jsonl (only the items some example references) and stats.json. Everything is written
-into a temporary directory beside --out and moved in at the end, so a failure (a DataError
-included) leaves --out as it was.
+into a temporary directory beside the output directory and moved in at the end, so a failure
+(a DataError included) leaves the output directory as it was.
 
 Table-1 counts (the paper's "#User, #Item, #Interactions"), as stats.json defines them:
 - users: distinct `Example.user`; an example without a user (S-DPO prompts, ESCI queries)
@@ -16,7 +16,6 @@ Table-1 counts (the paper's "#User, #Item, #Interactions"), as stats.json define
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from reclaif.atomic import atomic_write_json, fsync_dir
+from reclaif.config import DataConfig, choices
 from reclaif.data import Loaded
 from reclaif.errors import DataError
 from reclaif.records import Example, Item
 
 log = logging.getLogger(__name__)
-DATASETS = ("lastfm", "beauty", "esci")
+DATASETS = choices(DataConfig, "dataset")
 DEFINITIONS = {
     "users": "distinct Example.user; an example without a user (query or prompt) counts as one",
     "items": "distinct items referenced by some example (items.jsonl)",
@@ -60,7 +60,7 @@ def load(dataset: str, source: str | Path, items: str | Path | None = None,
         from reclaif.data import esci
 
         return esci.load(source, items, split, seed, limit, stream_items=True)
-    raise DataError(f"--dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    raise DataError(f"dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
 
 
 def referenced_ids(examples: Sequence[Example]) -> dict[str, None]:
@@ -139,17 +139,17 @@ def write_prepared(out: str | Path, examples: Sequence[Example], items: Iterable
     filesystem even when `out` is a mount point.
     """
     if not str(out).strip():
-        raise DataError("--out: empty; give the directory to write, e.g. data/lastfm-valid")
+        raise DataError("out: empty; give the directory to write, e.g. data/lastfm-valid")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out}: exists and is not a directory")
+        raise DataError(f"{out}: exists and is not a directory")
     if out.is_dir():
         ours = set(_previous_files(out))
         foreign = sorted(p.name for p in out.glob("examples*.jsonl") if p.name not in ours)
         if foreign:
-            raise DataError(f"--out {out}: holds {', '.join(foreign[:3])}, which prepare did not "
+            raise DataError(f"{out}: holds {', '.join(foreign[:3])}, which prepare did not "
                             "write and which would be read as part of this dataset; move it "
-                            "away or choose another --out")
+                            "away or choose another output directory")
         tmp_parent = out
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,11 +191,11 @@ def prepare(dataset: str, source: str | Path, out: str | Path, items: str | Path
             limit: int = 0, shard_size: int = 0) -> dict[str, Any]:
     """Loads one dataset file, writes the prepared directory, returns its stats."""
     if limit < 0:
-        raise DataError(f"--limit {limit}: must be 0 (all examples) or a positive count")
+        raise DataError(f"limit {limit}: must be 0 (all examples) or a positive count")
     if shard_size < 0:
-        raise DataError(f"--shard-size {shard_size}: must be 0 (one file) or a positive count")
+        raise DataError(f"shard_size {shard_size}: must be 0 (one file) or a positive count")
     if not str(out).strip():
-        raise DataError("--out: empty; give the directory to write, e.g. data/lastfm-valid")
+        raise DataError("out: empty; give the directory to write, e.g. data/lastfm-valid")
     start = time.perf_counter()
     loaded = load(dataset, source, items, id2name, split, seed, limit)
     return write_loaded(loaded, dataset, source, out, seed, limit, shard_size, start)
@@ -233,13 +233,6 @@ def write_loaded(loaded: Loaded, dataset: str, source: str | Path, out: str | Pa
     return stats
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
-    stats = prepare(args.dataset, args.source, args.out, items=args.items, id2name=args.id2name,
-                    split=args.split, seed=args.seed, limit=args.limit, shard_size=args.shard_size)
-    print(format_table([(args.out, stats)]))
-    return 0
-
-
 def read_stats(path: str | Path) -> dict[str, Any]:
     f = Path(path) / "stats.json"
     if not f.is_file():
@@ -267,10 +260,3 @@ def format_table(rows: Sequence[tuple[str | Path, dict[str, Any]]]) -> str:
                  skipped]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    from reclaif.data import resolve_data_dir
-
-    print(format_table([(d, read_stats(resolve_data_dir(d))) for d in args.dirs]))
-    return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from reclaif.config import JudgeConfig, LLMSpec
+from reclaif.config import JudgeConfig, LLMSpec, choices
 from reclaif.errors import ConfigError
 from reclaif.judge.base import Judge, preference_pair
 from reclaif.judge.explainability import (ExplainabilityScorer, grounding,
@@ -21,7 +21,7 @@ from reclaif.judge.rubric import RUBRIC_DESCRIPTION, RubricJudge
 from reclaif.llm.base import LLMClient
 from reclaif.records import Item
 
-KINDS = ("rubric", "llm", "panel")
+KINDS = choices(JudgeConfig, "kind")
 
 
 def make_judge(cfg: JudgeConfig, items: dict[str, Item], top_k: int,
@@ -44,9 +44,10 @@ def make_judge(cfg: JudgeConfig, items: dict[str, Item], top_k: int,
         if len(cfg.panel) < 2:
             raise ConfigError(f"judge.panel: a panel needs at least 2 judge kinds, "
                               f"got {cfg.panel}")
-        bad = [k for k in cfg.panel if k not in ("rubric", "llm")]
+        members = choices(JudgeConfig, "panel")
+        bad = [k for k in cfg.panel if k not in members]
         if bad:
-            raise ConfigError(f"judge.panel: {bad} not among ['rubric', 'llm']")
+            raise ConfigError(f"judge.panel: {bad} not among {list(members)}")
         members = [make_judge(replace(cfg, kind=k, panel=[]), items, top_k, client_factory)
                    for k in cfg.panel]
         return PanelJudge(members, names=list(cfg.panel))

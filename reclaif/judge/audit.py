@@ -22,7 +22,6 @@ Reported:
 """
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -148,18 +147,18 @@ def _run_top_k(verdicts: Path, default: int = 3) -> int:
     return default
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    rows = read_rows(args.verdicts)
+def audit_file(verdicts: str | Path, examples_path: str | Path | None = None) -> dict:
+    """The audit of a verdicts file; with a dataset, agreement with its human labels too. The
+    top-k of the NDCG comparison is the run's data.top_k where the file sits in a run directory."""
+    rows = read_rows(verdicts)
     examples = items = None
-    top_k = _run_top_k(Path(args.verdicts))
-    if args.examples:
+    top_k = _run_top_k(Path(verdicts))
+    if examples_path:
         from reclaif.data import load_examples, load_items
 
-        examples = {e.id: e for e in load_examples(args.examples)}
+        examples = {e.id: e for e in load_examples(examples_path)}
         try:
-            items = load_items(args.examples)
+            items = load_items(examples_path)
         except (DataError, FileNotFoundError, OSError):
             items = None  # titles default to ids; names in answers then rarely match
-    res = audit(rows, examples, items, top_k=top_k)
-    print(json.dumps(res, indent=2) if args.json else format_report(res))
-    return 0
+    return audit(rows, examples, items, top_k=top_k)

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reclaif.config import ExplainabilityConfig, LLMSpec
+from reclaif.config import ExplainabilityConfig, LLMSpec, choices
 from reclaif.errors import ConfigError
 from reclaif.llm.base import LLMClient
 from reclaif.records import Example, Item, Recommendation
@@ -179,8 +179,9 @@ class ExplainabilityScorer:
 
     def __init__(self, kind: str, items: dict[str, Item], top_k: int,
                  client: LLMClient | None = None, max_new_tokens: int = 256):
-        if kind not in ("rubric", "llm"):
-            raise ConfigError(f"explainability.kind: '{kind}' is not one of ['rubric', 'llm']")
+        kinds = choices(ExplainabilityConfig, "kind")
+        if kind not in kinds:
+            raise ConfigError(f"explainability.kind: '{kind}' is not one of {list(kinds)}")
         if kind == "llm" and client is None:
             raise ConfigError("explainability.kind: 'llm' needs a client (explainability.llm)")
         self.kind, self.items, self.top_k = kind, items, top_k

@@ -5,11 +5,11 @@ imported only when chosen, so a Bedrock judge never imports torch and vLLM is ne
 """
 from __future__ import annotations
 
-from reclaif.config import LLMSpec
+from reclaif.config import LLMSpec, choices
 from reclaif.errors import ConfigError
 from reclaif.llm.base import LLMClient
 
-BACKENDS = ("hf", "vllm", "bedrock", "openai_compat")
+BACKENDS = choices(LLMSpec, "backend")
 
 
 def make_client(spec: LLMSpec) -> LLMClient:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from reclaif.atomic import atomic_write_json, dumps, iter_jsonl
+from reclaif.atomic import iter_jsonl
 from reclaif.errors import ConfigError, DataError
 from reclaif.metrics.diversity import DiversityScorer
 from reclaif.metrics.relevance import hit_at_k, mrr, ndcg_at_k, precision_at_k
@@ -106,16 +105,6 @@ def paired_bootstrap_ci(a: list[float], b: list[float], resamples: int = 1000, s
     return float(d.mean()), float(lo), float(hi)
 
 
-def parse_ks(text: str) -> list[int]:
-    try:
-        ks = [int(k) for k in str(text).split(",") if k.strip()]
-    except ValueError:
-        ks = []
-    if not ks or min(ks) <= 0:
-        raise ConfigError(f"--k: expected positive integers separated by commas, got {text!r}")
-    return ks
-
-
 def read_predictions(path: str | Path, known: dict[str, Example]) -> dict[str, dict[str, Any]]:
     """Prediction rows by example id; each error names the file and line."""
     path = Path(path)
@@ -154,24 +143,25 @@ def _load_items_if_any(path: str | Path) -> dict[str, Item]:
     return load_items(p) if catalog.exists() else {}
 
 
-def cmd_eval_predictions(args) -> int:
-    """`reclaif eval --examples DIR --predictions FILE [--k 1,3,5] [--out FILE]`."""
+def score_predictions(examples_path: str | Path, predictions_path: str | Path, ks: list[int],
+                      split: str | None = None, limit: int = 0, top_k: int | None = None,
+                      diversity: bool = True, resamples: int = 0) -> dict[str, Any]:
+    """A predictions file scored on a dataset: the evaluate_rankings result with a `ci95` per
+    metric. `split` keeps one split, `limit` its first N examples; `top_k` is the items an
+    answer must rank (default: the task's, TASK_TOP_K)."""
     from reclaif.data import load_examples
     from reclaif.parsing import is_valid, parse_recommendation
 
-    ks = parse_ks(args.k)
-    everything = load_examples(args.examples)
+    everything = load_examples(examples_path)
     known = {ex.id: ex for ex in everything}
-    rows = read_predictions(args.predictions, known)
-    examples = [ex for ex in everything if not getattr(args, "split", None)
-                or ex.split == args.split]
-    if getattr(args, "limit", 0):
-        examples = examples[: args.limit]
+    rows = read_predictions(predictions_path, known)
+    examples = [ex for ex in everything if not split or ex.split == split]
+    if limit:
+        examples = examples[:limit]
     if not examples:
-        raise DataError(f"{args.examples}: no examples to evaluate"
-                        + (f" in split {args.split!r}" if getattr(args, "split", None) else ""))
-    items = _load_items_if_any(args.examples)
-    top_k_arg = getattr(args, "top_k", None)
+        raise DataError(f"{examples_path}: no examples to evaluate"
+                        + (f" in split {split!r}" if split else ""))
+    items = _load_items_if_any(examples_path)
     rankings: dict[str, list[str]] = {}
     valid: dict[str, bool] = {}
     explain: dict[str, float] = {}
@@ -179,32 +169,24 @@ def cmd_eval_predictions(args) -> int:
         row = rows.get(ex.id)
         if row is None:
             continue
-        top_k = top_k_arg or TASK_TOP_K.get(ex.task, 3)
+        k = top_k or TASK_TOP_K.get(ex.task, 3)
         if isinstance(row.get("items"), list):
             ranked = [str(i) for i in row["items"]]
-            valid[ex.id] = is_valid(ranked, ex.candidates, top_k)
+            valid[ex.id] = is_valid(ranked, ex.candidates, k)
         else:
-            rec = parse_recommendation(row["text"], ex, items, top_k)
+            rec = parse_recommendation(row["text"], ex, items, k)
             ranked, valid[ex.id] = rec.items, rec.valid
         rankings[ex.id] = ranked
         if isinstance(row.get("explainability"), (int, float)):
             explain[ex.id] = float(row["explainability"])
     tasks = {ex.task for ex in examples}
-    div_k = top_k_arg or (TASK_TOP_K.get(tasks.pop(), 3) if len(tasks) == 1 else None)
-    scorer = None if getattr(args, "no_diversity", False) else DiversityScorer(items)
+    div_k = top_k or (TASK_TOP_K.get(tasks.pop(), 3) if len(tasks) == 1 else None)
+    scorer = DiversityScorer(items) if diversity else None
     result = evaluate_rankings(examples, rankings, valid, items, ks, scorer, explain or None,
                                diversity_k=div_k)
-    resamples = getattr(args, "bootstrap", 0) or 0
     for name, m in result["metrics"].items():
         values = result["per_example"]["valid" if name == "valid_ratio" else name]
         ci = bootstrap_ci([float(v) for v in values if v is not None], resamples)
         m["ci95"] = list(ci) if ci else None
-    result.update(examples=str(args.examples), predictions=str(args.predictions))
-    if result["n_missing"]:
-        print(f"reclaif eval: {result['n_missing']} of {result['n_examples']} examples have no "
-              f"prediction and count as misses", file=sys.stderr)
-    summary = {k: v for k, v in result.items() if k != "per_example"}
-    print(dumps(summary, indent=2))
-    if getattr(args, "out", None):
-        atomic_write_json(args.out, result)
-    return 0
+    result.update(examples=str(examples_path), predictions=str(predictions_path))
+    return result

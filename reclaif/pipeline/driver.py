@@ -11,7 +11,6 @@ files in the run directory.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -465,65 +464,44 @@ class Driver:
 
 
 # ------------------------------------------------------------------------------- commands
-def _cfg(args: argparse.Namespace) -> tuple[RunConfig, Path]:
-    if args.config is None and args.run_dir and (Path(args.run_dir) / "config.yaml").exists():
-        RunStore(args.run_dir).check_config_file()  # damaged: one line saying so
-        cfg = load_config(Path(args.run_dir) / "config.yaml", args.overrides)
+def run_config(config: str | Path | None, run_dir: str | Path | None,
+               overrides: list[str] | None = None) -> tuple[RunConfig, Path]:
+    """The config of a run and its directory: `config`, or else the run directory's frozen
+    config.yaml where it has one (checked against the store's record), or else the defaults;
+    the directory defaults to runs/NAME."""
+    if config is None and run_dir and (Path(run_dir) / "config.yaml").exists():
+        RunStore(run_dir).check_config_file()  # damaged: one line saying so
+        cfg = load_config(Path(run_dir) / "config.yaml", overrides)
     else:
-        cfg = load_config(args.config, args.overrides)
-    return cfg, Path(args.run_dir or Path("runs") / cfg.name)
+        cfg = load_config(config, overrides)
+    return cfg, Path(run_dir or Path("runs") / cfg.name)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from reclaif.pipeline.report import table_markdown
-
-    cfg, run_dir = _cfg(args)
-    t0 = time.time()
-    report = Driver(cfg, run_dir).run()
-    print(f"\nRun finished in {time.time() - t0:.0f} s. Report: {report} (and report.html)\n")
-    print(table_markdown(run_dir))
-    return 0
+PHASES = ("sft", "sample", "judge")
 
 
-def _one(args: argparse.Namespace, fn: str) -> int:
-    cfg, run_dir = _cfg(args)
+def run_phase(cfg: RunConfig, run_dir: Path, phase: str, iteration: int = 0) -> Path:
+    """One phase on a run directory (sft: teacher data + SFT; sample; judge: verdicts and
+    pairs of `iteration`, 1-based); returns the rewritten report."""
+    if phase not in PHASES:
+        raise ReclaifError(f"phase '{phase}' is not one of {list(PHASES)}")
+    if phase == "sample" and iteration < 1:
+        raise ReclaifError(f"sample: iteration {iteration} must be at least 1 (1-based)")
     driver = Driver(cfg, run_dir)
     driver.evidence()
     from reclaif.distributed.pool import init_ray
 
-    if fn in ("sample", "judge"):
+    if phase in ("sample", "judge"):
         init_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
-        if fn == "sft":
+        if phase == "sft":
             driver.teacher_data()
             driver.train_phase("sft", 0)
-        elif fn == "sample":
-            driver.sample(args.iteration)
-        elif fn == "judge":
-            driver.judge(args.iteration)
-            driver.pairs(args.iteration)
-        print(driver.report())
+        elif phase == "sample":
+            driver.sample(iteration)
+        else:
+            driver.judge(iteration)
+            driver.pairs(iteration)
+        return driver.report()
     finally:
         driver.release_samplers()
-    return 0
-
-
-def cmd_phase_sft(args: argparse.Namespace) -> int:
-    return _one(args, "sft")
-
-
-def cmd_phase_sample(args: argparse.Namespace) -> int:
-    if args.iteration < 1:
-        raise ReclaifError("sample: give --iteration N (1-based)")
-    return _one(args, "sample")
-
-
-def cmd_phase_judge(args: argparse.Namespace) -> int:
-    return _one(args, "judge")
-
-
-def cmd_phase_report(args: argparse.Namespace) -> int:
-    from reclaif.pipeline.report import write_report
-
-    print(write_report(Path(args.run_dir)))
-    return 0

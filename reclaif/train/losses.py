@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+from reclaif.config import DPOConfig, choices
+
+LOSS_TYPES = choices(DPOConfig, "loss_type")
 
 
 def check_dpo_args(beta: float, loss_type: str, label_smoothing: float) -> None:
