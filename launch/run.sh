@@ -29,6 +29,6 @@ fi
 python=${PYTHON:-python3}
 launch_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-template=$("$python" -m reclaif.pipeline.launcher fill --yaml node launch_dir="$launch_dir")
+template=$("$python" -m reclaif.cli.launcher fill --yaml node launch_dir="$launch_dir")
 exec "$python" -m reclaif.cli run --config "$config" --run-dir "$run_dir" \
   launch.mode=command "launch.template=$template" "$@"

@@ -73,7 +73,7 @@ fi
 
 args_file=$(mktemp)
 trap 'rm -f "$args_file"' EXIT
-"$python" -m reclaif.pipeline.launcher render --null "$launcher" \
+"$python" -m reclaif.cli.launcher render --null "$launcher" \
   phase="$phase" run_dir="$run_dir" iteration="$iteration" \
   num_machines="$num_machines" machine_rank="$machine_rank" \
   main_process_ip="$main_process_ip" main_process_port="${MAIN_PROCESS_PORT:-29500}" \

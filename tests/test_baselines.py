@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reclaif.baselines import make_ranker
+from reclaif.comparison.methods import make_ranker
 from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker
 from reclaif.records import Example, Item
 

@@ -155,7 +155,7 @@ def test_resumed_folds_are_loaded_not_refitted(built, sample, monkeypatch):
 
 def test_a_hybrid_runs_checkpoint_reads_its_evidence_at_eval(built, sample, tmp_path,
                                                              repo_root):
-    from reclaif.baselines.llm import LLMRanker
+    from reclaif.comparison.llm_ranker import LLMRanker
     from reclaif.config import load_config
     from reclaif.llm.models import build_tiny_model
     from reclaif.pipeline.store import RunStore

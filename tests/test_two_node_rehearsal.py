@@ -19,7 +19,7 @@ What runs, all as separate processes:
      judge. pairs.jsonl is replaced; the manifest already marks the pairs phase done.
   4. `reclaif run` on the same run directory (the whole driver, attached to the cluster): base
      eval on the Ray samplers, the done phases skipped, then DPO through launch.mode=command with
-     the template `python -m reclaif.pipeline.launcher fill --yaml srun num_machines=2 ...`
+     the template `python -m reclaif.cli.launcher fill --yaml srun num_machines=2 ...`
      exactly as run.sbatch renders it. `srun` is a link to launch/local_nodes.sh, which starts
      launch/train.sh for node ranks 0 and 1; each renders RECLAIF_LAUNCHER=torchrun
      (`torchrun --nnodes 2 --node_rank K --rdzv_backend static --master_addr 127.0.0.1`) and
@@ -196,7 +196,7 @@ def test_two_node_rehearsal_ray_cluster_and_torchrun_zero3(tmp_path):
 
         # The launch template exactly as slurm/run.sbatch fills it; `srun` is local_nodes.sh.
         template = subprocess.run(
-            [sys.executable, "-m", "reclaif.pipeline.launcher", "fill", "--yaml", "srun",
+            [sys.executable, "-m", "reclaif.cli.launcher", "fill", "--yaml", "srun",
              "num_machines=2", f"launch_dir={REPO / 'launch'}"], cwd=REPO, env=env,
             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
         bin_dir = tmp_path / "bin"

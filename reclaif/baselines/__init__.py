@@ -1,57 +1,9 @@
 """Baselines of the paper's Tables 2 and 3 behind one protocol (`base.Ranker`): random and
-popularity floors, BM25, a dense bi-encoder, SASRec, and LLM recommenders (zero-shot or
-trained). `make_ranker("sasrec-bce")` builds one from its `--methods` name."""
+popularity floors, item-to-item transitions, BM25, a dense bi-encoder and SASRec. They read
+examples and items only; `reclaif.comparison.methods.make_ranker` builds one (or an LLM
+method) from its `--methods` name."""
 from __future__ import annotations
 
-from typing import Any
-
 from reclaif.baselines.base import Ranker
-from reclaif.errors import ReclaifError
 
-LEARNED = ("popularity", "sasrec", "transition")  # methods whose fit() reads training examples
-
-
-def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = None,
-                max_new_tokens: int = 256) -> Ranker:
-    """random | popularity | transition | bm25 | dense[:MODEL] | sasrec[-ce|-bce] | llm:NAME |
-    model:PATH.
-
-    `diversity`: the table's DiversityScorer; the default dense ranker shares its model and
-    item vectors (the same all-MiniLM-L6-v2 over the same `Item.text()`). `max_new_tokens`:
-    the answer budget of LLM methods (the driver's `eval.max_new_tokens`, to compare alike)."""
-    if method == "random":
-        from reclaif.baselines.floors import RandomRanker
-        return RandomRanker(seed=seed)
-    if method == "popularity":
-        from reclaif.baselines.floors import PopularityRanker
-        return PopularityRanker(seed=seed)
-    if method == "bm25":
-        from reclaif.baselines.bm25 import BM25Ranker
-        return BM25Ranker(seed=seed)
-    if method == "dense" or method.startswith("dense:"):
-        from reclaif.baselines.dense import DenseRanker
-        model = method.partition(":")[2] or "default"
-        ranker = DenseRanker(model_name=model, seed=seed, name=method)
-        if model == "default" and diversity is not None:
-            ranker.shared = diversity
-        return ranker
-    if method == "transition":
-        from reclaif.evidence.transition import TransitionRanker
-        return TransitionRanker(seed=seed)
-    if method in ("sasrec", "sasrec-ce", "sasrec-bce"):
-        from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker
-        loss = "bce" if method.endswith("bce") else "ce"
-        return SASRecRanker(SASRecConfig(loss=loss, seed=seed), name=f"sasrec-{loss}")
-    if method.startswith(("llm:", "model:")):
-        from reclaif.baselines.llm import LLMRanker
-        return LLMRanker(method, top_k=top_k, max_new_tokens=max_new_tokens)
-    raise ReclaifError(f"methods: unknown method {method!r}; known: random, popularity, "
-                       "transition, bm25, "
-                       "dense[:MODEL], sasrec, sasrec-ce, sasrec-bce, llm:NAME, model:PATH")
-
-
-def is_learned(method: str) -> bool:
-    return method.split("-")[0] in LEARNED
-
-
-__all__ = ["Ranker", "make_ranker", "is_learned"]
+__all__ = ["Ranker"]

@@ -66,8 +66,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def table(args: argparse.Namespace) -> int:
     from reclaif.atomic import atomic_write_json
-    from reclaif.baselines import is_learned
-    from reclaif.baselines.table import build_table, load_table_data, to_markdown
+    from reclaif.comparison.methods import is_learned
+    from reclaif.comparison.table import build_table, load_table_data, to_markdown
     from reclaif.pipeline.inputs import checkpoint_inputs
 
     ks = parse_ks(args.k)

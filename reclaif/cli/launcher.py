@@ -1,4 +1,4 @@
-"""`python -m reclaif.pipeline.launcher render|fill|list`: the launch templates on the command
+"""`python -m reclaif.cli.launcher render|fill|list`: the launch templates on the command
 line, for the slurm/ and launch/ scripts (the flags are theirs; the templates are the
 library's, reclaif.pipeline.launcher)."""
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _parse_values(items: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reclaif.pipeline.launcher",
+    parser = argparse.ArgumentParser(prog="python -m reclaif.cli.launcher",
                                      description=launcher.__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("render", help="print the argv of a named template")
@@ -57,3 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reclaif.pipeline.launcher: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == "__main__":  # `python -m reclaif.cli.launcher`, as the slurm/ and launch/ scripts run it
+    sys.exit(main())

@@ -19,7 +19,7 @@ from reclaif.evidence.folds import (EvidenceSet, apply_saved, build_evidence, ch
                                     evidence_of_checkpoint, fold_of, load_evaluation_models,
                                     run_of_checkpoint)
 from reclaif.evidence.models import EvidenceModels, resolve_sources
-from reclaif.evidence.transition import TransitionRanker
+from reclaif.baselines.transition import TransitionRanker
 
 __all__ = ["EvidenceModels", "EvidenceSet", "TransitionRanker", "apply_saved", "build_evidence",
            "check_no_leak", "evidence_of_checkpoint", "fold_of", "load_evaluation_models",

@@ -20,7 +20,7 @@ from reclaif.atomic import atomic_write_json
 from reclaif.baselines.base import order_by_scores
 from reclaif.data.features import item_features
 from reclaif.errors import ConfigError, DataError
-from reclaif.evidence.transition import TransitionRanker
+from reclaif.baselines.transition import TransitionRanker
 from reclaif.records import Example, Item
 
 SEQUENTIAL_SOURCES = ("sasrec", "transition", "tags")

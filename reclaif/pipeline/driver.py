@@ -193,7 +193,7 @@ class Driver:
     def _evidence_baselines(self, out: Path) -> dict[str, Any]:
         """The evaluation model's own rankings (SASRec-CE, transition) and the two floors, on
         exactly the run's evaluation examples: the rows the report shows beside the LLM's."""
-        from reclaif.baselines import make_ranker
+        from reclaif.comparison.methods import make_ranker
         from reclaif.evidence import load_evaluation_models
         from reclaif.metrics.evaluate import evaluate_rankings
         from reclaif.parsing import is_valid

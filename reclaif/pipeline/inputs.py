@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reclaif.baselines.table import TrainingInput
+from reclaif.comparison.table import TrainingInput
 from reclaif.evidence import run_of_checkpoint
 
 

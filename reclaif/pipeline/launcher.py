@@ -213,8 +213,3 @@ def named_template(name: str) -> str:
         raise ConfigError(f"no launch template '{name}'; known: {', '.join(TEMPLATES)}")
     return TEMPLATES[name]
 
-
-if __name__ == "__main__":  # `python -m reclaif.pipeline.launcher`, as slurm/ scripts run it
-    from reclaif.cli.launcher import main
-
-    sys.exit(main())

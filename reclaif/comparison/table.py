@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reclaif.baselines import is_learned, make_ranker
+from reclaif.comparison.methods import is_learned, make_ranker
 from reclaif.data.heldout import check_held_out
 from reclaif.data.interactions import fit_windows
 from reclaif.errors import DataError, ReclaifError
