@@ -130,6 +130,16 @@ def test_run_launch_failure_names_the_log(tmp_path):
     assert time.monotonic() - t0 < 20
 
 
+
+def _fake_cli_main(fake: Path, repo_root: Path, code: str) -> None:
+    """A `reclaif` package whose `python -m reclaif.cli` runs `code` instead of a trainer, while
+    every other module (the launch templates' `reclaif.cli.launcher` among them) is the real one."""
+    (fake / "__init__.py").write_text(f"__path__.append({str(repo_root / 'reclaif')!r})\n")
+    (fake / "cli").mkdir()
+    (fake / "cli" / "__init__.py").write_text(
+        f"__path__.append({str(repo_root / 'reclaif' / 'cli')!r})\n")
+    (fake / "cli" / "__main__.py").write_text(code)
+
 FAKE_CLI = '''
 import json, os, signal, sys, time
 out, rank = os.environ["FAKE_OUT"], os.environ["RANK"]
@@ -181,9 +191,7 @@ def test_two_node_torchrun_on_localhost_and_sigusr1_checkpoints(tmp_path, repo_r
     every process (what Slurm does to a step) reaches the trainers, not the elastic agents."""
     fake = tmp_path / "fake" / "reclaif"
     fake.mkdir(parents=True)
-    # Shadows reclaif.cli only; every other reclaif module comes from the real package.
-    (fake / "__init__.py").write_text(f"__path__.append({str(repo_root / 'reclaif')!r})\n")
-    (fake / "cli.py").write_text(FAKE_CLI)
+    _fake_cli_main(fake, repo_root, FAKE_CLI)
     out = tmp_path / "out"
     out.mkdir()
     port = _free_port()
@@ -231,12 +239,11 @@ def test_accelerate_template_starts_two_cpu_processes(tmp_path, repo_root, monke
     monkeypatch.chdir(tmp_path)  # `-m` puts the cwd first on sys.path: keep the fake cli first
     fake = tmp_path / "fake" / "reclaif"
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text(f"__path__.append({str(repo_root / 'reclaif')!r})\n")
     # one write per rank: print's separate writes of each argument interleave between the two
     # ranks when stdout is unbuffered (PYTHONUNBUFFERED=1), as a CI run showed
-    (fake / "cli.py").write_text("import json, os, sys\nsys.stdout.write(' '.join(['RANK=' + "
-                                 "os.environ['RANK'], os.environ['WORLD_SIZE'], "
-                                 "json.dumps(sys.argv[1:])]) + '\\n')\n")
+    _fake_cli_main(fake, repo_root, "import json, os, sys\nsys.stdout.write(' '.join(['RANK=' + "
+                                    "os.environ['RANK'], os.environ['WORLD_SIZE'], "
+                                    "json.dumps(sys.argv[1:])]) + '\\n')\n")
     argv = render_launch(TEMPLATES["accelerate"], num_machines=1, machine_rank=0,
                          main_process_ip="127.0.0.1", main_process_port=_free_port(),
                          num_processes=2, phase="sft", run_dir="runs/r", iteration=0,
