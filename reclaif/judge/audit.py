@@ -22,7 +22,6 @@ Reported:
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
