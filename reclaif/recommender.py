@@ -8,10 +8,15 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from reclaif.config import LLMSpec
+from reclaif.config import LLMSpec, load_config
 from reclaif.errors import ReclaifError
 from reclaif.llm.base import LLMClient
 from reclaif.records import Example, Item, Recommendation
+from reclaif.data import load_items
+from reclaif.evidence import evidence_of_checkpoint, run_of_checkpoint
+from reclaif.llm import make_client
+from reclaif.parsing import parse_recommendation
+from reclaif.prompts import render_recommender
 
 
 class Recommender:
@@ -24,12 +29,10 @@ class Recommender:
 
     def prompts(self, examples: list[Example]) -> list[str]:
         """The recommender prompt of each example (the user message; clients add the template)."""
-        from reclaif.prompts import render_recommender
 
         return [render_recommender(ex, self.items, self.top_k) for ex in examples]
 
     def parse(self, text: str, example: Example) -> Recommendation:
-        from reclaif.parsing import parse_recommendation
 
         return parse_recommendation(text, example, self.items, self.top_k)
 
@@ -66,9 +69,6 @@ def with_run_evidence(example: Example, items: dict[str, Item], model: str
     """For a checkpoint of a hybrid run: the names mapped to the run's catalog ids (exact, then
     case-insensitive title) and the run's evaluation evidence model's lines on the candidates,
     so the model reads the prompt it was trained on. Other models: unchanged."""
-    from reclaif.config import load_config
-    from reclaif.data import load_items
-    from reclaif.evidence import evidence_of_checkpoint, run_of_checkpoint
 
     root = run_of_checkpoint(model)
     if root is None or load_config(root / "config.yaml").evidence.mode != "hybrid":
@@ -110,7 +110,6 @@ def recommend_names(example: Example, items: dict[str, Item], model: str = "defa
                     seed: int = 0) -> tuple[Recommendation, dict[str, Item]]:
     """One recommendation from `model` for an ad-hoc example (adhoc_example), with the run's
     evidence where the model is a hybrid run's checkpoint; returns it and the catalog used."""
-    from reclaif.llm import make_client
 
     example, items = with_run_evidence(example, items, model)
     spec = replace(LLMSpec(), backend=backend, model=model, base_url=base_url or "",

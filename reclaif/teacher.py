@@ -18,6 +18,8 @@ from reclaif.errors import ConfigError
 from reclaif.llm.base import LLMClient
 from reclaif.data.features import item_features
 from reclaif.records import Example, Item
+from reclaif.parsing import format_recommendation
+from reclaif.prompts import render_recommender
 
 TEACHER_DESCRIPTION = (
     "Teacher: the offline teacher, a data-derived stand-in for the paper's Claude 3 Sonnet "
@@ -166,7 +168,6 @@ class OfflineTeacher(Teacher):
         return text[0].upper() + text[1:]
 
     def respond(self, example: Example) -> str:
-        from reclaif.parsing import format_recommendation
 
         prefs = self.key_preferences(example)
         ranked = self.rank(example, prefs)
@@ -187,7 +188,6 @@ class LLMTeacher(Teacher):
         return self.respond_many([example])[0]
 
     def respond_many(self, examples: list[Example]) -> list[str]:
-        from reclaif.prompts import render_recommender
 
         if not examples:
             return []

@@ -15,11 +15,11 @@ import numpy as np
 from reclaif.baselines.base import Ranker, history, order_by_scores
 from reclaif.errors import ReclaifError
 from reclaif.records import Example, Item
+from reclaif.metrics.diversity import load_embedder
 
 
 def load_model(name: str) -> Any:
     """The project's one sentence-embedder loader (reclaif.metrics.diversity)."""
-    from reclaif.metrics.diversity import load_embedder
 
     return load_embedder(name)
 

@@ -6,12 +6,12 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from reclaif.config import load_config
+from reclaif.pipeline.driver import Driver
 
 
 def run(*, quick: bool = False, as_json: bool = False) -> int:
     """Prints each phase's share of a small driver run's wall time."""
-    from reclaif.config import load_config
-    from reclaif.pipeline.driver import Driver
 
     n = 4 if quick else 16
     overrides = [f"data.max_train_examples={n}", f"data.max_eval_examples={n // 2}",

@@ -36,6 +36,13 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from reclaif.config import DPOConfig, shares_prompt
+from reclaif.data import load_examples, load_items
+from reclaif.errors import ConfigError
+from reclaif.llm.models import build_tiny_model, load_tokenizer, resolve_model
+from reclaif.prompts import render_recommender
+from reclaif.records import PreferencePair
+from reclaif.teacher import OfflineTeacher
 
 SIDES = ("reclaif", "trl")
 
@@ -57,10 +64,6 @@ def lastfm_pairs(count: int, top_k: int = 5) -> list:
     if top_k < 2:
         raise ValueError(f"lastfm_pairs: top_k {top_k} ranks one item, and its reverse is the "
                          "same answer; use 2 or more")
-    from reclaif.data import load_examples, load_items
-    from reclaif.prompts import render_recommender
-    from reclaif.records import PreferencePair
-    from reclaif.teacher import OfflineTeacher
 
     examples, items = load_examples("sample"), load_items("sample")
     teacher = OfflineTeacher(items, top_k)
@@ -96,7 +99,6 @@ def _rss_bytes() -> int:
 
 
 def _model_path(spec: dict, tmp: str) -> str:
-    from reclaif.llm.models import build_tiny_model, resolve_model
 
     return str(build_tiny_model(Path(tmp) / "tiny") if spec["quick"] else resolve_model("default"))
 
@@ -104,9 +106,6 @@ def _model_path(spec: dict, tmp: str) -> str:
 def _reclaif_side(spec: dict, tmp: str) -> dict:
     import torch
 
-    from reclaif.config import DPOConfig
-    from reclaif.llm.models import load_tokenizer
-    from reclaif.config import shares_prompt
     from reclaif.train.data import (PADDING, collate_pairs, count_tokens, encode_pairs,
                                     share_prompt)
     from reclaif.train.dpo import attention_of
@@ -167,7 +166,6 @@ def _trl_side(spec: dict, tmp: str) -> dict:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from reclaif.llm.models import load_tokenizer
 
     path = _model_path(spec, tmp)
     tokenizer = load_tokenizer(path)
@@ -219,7 +217,6 @@ def _run_child(side: str, spec: dict) -> dict:
                           capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEER-RESULT ")]
     if proc.returncode or not lines:
-        from reclaif.errors import ConfigError
 
         raise ConfigError(f"bench peer: the {side} child failed (exit {proc.returncode}):\n"
                           f"{proc.stderr[-3000:]}")
@@ -259,7 +256,6 @@ def run(*, quick: bool = False, device: str = "cpu", dtype: str = "float32",
     """Prints reclaif's DPO step against TRL's on the same pairs and model."""
     import trl  # noqa: F401  (a clear ImportError here, not in a child)
 
-    from reclaif.errors import ConfigError
 
     if device == "cuda":
         import torch

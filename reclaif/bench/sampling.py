@@ -25,6 +25,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from reclaif.config import LLMSpec, SamplingConfig
+from reclaif.data import load_examples, load_items
+from reclaif.errors import DataError
+from reclaif.llm.hf import HFClient
+from reclaif.prompts import render_recommender
 
 
 @dataclass
@@ -49,12 +53,9 @@ class ModeResult:
 
 def bench_prompts(count: int, top_k: int = 3) -> list[str]:
     """`count` real recommender prompts from the bundled LastFM sample."""
-    from reclaif.data import load_examples, load_items
-    from reclaif.prompts import render_recommender
 
     examples = load_examples("sample")
     if not examples:
-        from reclaif.errors import DataError
 
         raise DataError("the bundled LastFM sample has no examples")
     items = load_items("sample")
@@ -86,7 +87,6 @@ def measure(model: str = "default", prompts: int = 16, batch_size: int = 16,
             with_generate: bool = False) -> dict[str, Any]:
     import torch
 
-    from reclaif.llm.hf import HFClient
 
     t0 = time.perf_counter()
     client = HFClient(LLMSpec(model=model, batch_size=batch_size))

@@ -28,6 +28,8 @@ import torch
 from reclaif.train.fused_dpo import fused_dpo_loss, to_device_async
 from reclaif.train.logprobs import model_sequence_logps
 from reclaif.train.losses import dpo_loss
+from reclaif.errors import ConfigError
+from reclaif.llm.models import build_tiny_model, default_model_dir
 
 
 def _batch(vocab: int, pairs: int, prompt: int, answer: int, seed: int) -> tuple[dict, dict]:
@@ -88,13 +90,11 @@ def run(*, quick: bool = False, device: str = "cpu", dtype: str = "float32",
     """Prints a DPO step's fused, unfused and recomputed-reference variants side by side."""
     from transformers import AutoModelForCausalLM
 
-    from reclaif.llm.models import build_tiny_model, default_model_dir
 
     torch.manual_seed(0)
     torch_dtype = getattr(torch, dtype)
     if device == "cuda":
         if not torch.cuda.is_available():
-            from reclaif.errors import ConfigError
             raise ConfigError("bench device 'cuda': torch sees no CUDA device")
         model = _mistral_width_model(layers=2, dtype=torch_dtype).to(device)
         label = "random Llama, Mistral-7B width, 2 layers"

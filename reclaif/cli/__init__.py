@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from reclaif.cli import audit, bench, config, data, plan, recommend, run
 from reclaif.cli import eval as evaluate
 from reclaif.logs import redact, setup_logging
+from reclaif.errors import ReclaifError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _no_gpu_means_cpu_deepspeed()
     setup_logging(args.verbose)
-    from reclaif.errors import ReclaifError
 
     def fail(message: str) -> int:
         # One line for the user; the traceback only with -v (through the redacting logger).

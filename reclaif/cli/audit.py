@@ -5,6 +5,7 @@ import argparse
 import json
 
 from reclaif.cli.common import handler
+from reclaif.judge.audit import audit_file, format_report
 
 
 def register(jsub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,6 @@ def register(jsub: argparse._SubParsersAction) -> None:
 
 
 def audit(args: argparse.Namespace) -> int:
-    from reclaif.judge.audit import audit_file, format_report
 
     result = audit_file(args.verdicts, args.examples)
     print(json.dumps(result, indent=2) if args.json else format_report(result))

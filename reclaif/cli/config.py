@@ -5,6 +5,7 @@ import argparse
 import json
 
 from reclaif.cli.common import handler
+from reclaif.config import describe, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def show(args: argparse.Namespace) -> int:
-    from reclaif.config import describe, load_config
 
     section = None
     for k in describe(load_config(args.config, args.overrides)):

@@ -5,6 +5,8 @@ import argparse
 
 from reclaif.cli.common import handler
 from reclaif.config import DataConfig, choices
+from reclaif.data import resolve_data_dir
+from reclaif.data.prepare import format_table, prepare as prepare_dir, read_stats
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def prepare(args: argparse.Namespace) -> int:
-    from reclaif.data.prepare import format_table
-    from reclaif.data.prepare import prepare as prepare_dir
 
     result = prepare_dir(args.dataset, args.source, args.out, items=args.items,
                          id2name=args.id2name, split=args.split, seed=args.seed,
@@ -42,8 +42,6 @@ def prepare(args: argparse.Namespace) -> int:
 
 
 def stats(args: argparse.Namespace) -> int:
-    from reclaif.data import resolve_data_dir
-    from reclaif.data.prepare import format_table, read_stats
 
     print(format_table([(d, read_stats(resolve_data_dir(d))) for d in args.dirs]))
     return 0

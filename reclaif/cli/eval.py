@@ -6,6 +6,11 @@ import sys
 
 from reclaif.cli.common import handler
 from reclaif.errors import ConfigError, ReclaifError
+from reclaif.atomic import atomic_write_json, dumps
+from reclaif.comparison.methods import is_learned
+from reclaif.comparison.table import build_table, load_table_data, to_markdown
+from reclaif.metrics.evaluate import score_predictions
+from reclaif.pipeline.inputs import checkpoint_inputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,8 +54,6 @@ def evaluate(args: argparse.Namespace) -> int:
         return table(args)
     if not args.predictions:
         raise ReclaifError("eval: give --predictions FILE, or --methods LIST / --run DIR")
-    from reclaif.atomic import atomic_write_json, dumps
-    from reclaif.metrics.evaluate import score_predictions
 
     result = score_predictions(args.examples, args.predictions, parse_ks(args.k),
                                split=args.split, limit=args.limit, top_k=args.top_k,
@@ -65,10 +68,6 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def table(args: argparse.Namespace) -> int:
-    from reclaif.atomic import atomic_write_json
-    from reclaif.comparison.methods import is_learned
-    from reclaif.comparison.table import build_table, load_table_data, to_markdown
-    from reclaif.pipeline.inputs import checkpoint_inputs
 
     ks = parse_ks(args.k)
     examples, train, items = load_table_data(args.examples, args.split, args.train)

@@ -6,6 +6,8 @@ import dataclasses
 import json
 
 from reclaif.cli.common import handler
+from reclaif.config import load_config
+from reclaif.plan import Assumptions, format_plan, plan as make_plan
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,9 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def plan(args: argparse.Namespace) -> int:
-    from reclaif.config import load_config
-    from reclaif.plan import Assumptions, format_plan
-    from reclaif.plan import plan as make_plan
 
     cfg = load_config(args.config, args.overrides)
     names = {f.name for f in dataclasses.fields(Assumptions)}

@@ -8,6 +8,7 @@ import re
 from reclaif.cli.common import handler
 from reclaif.config import LLMSpec, choices
 from reclaif.errors import ReclaifError
+from reclaif.recommender import adhoc_example, recommend_names, terminal_safe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +48,6 @@ def _context(args: argparse.Namespace) -> list[str] | str:
 
 
 def recommend(args: argparse.Namespace) -> int:
-    from reclaif.recommender import adhoc_example, recommend_names, terminal_safe
 
     candidates = _names(args.candidates)
     if not candidates:

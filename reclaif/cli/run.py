@@ -5,6 +5,9 @@ import argparse
 
 from reclaif.cli.common import config_args, handler
 from reclaif.errors import ConfigError, ReclaifError
+from reclaif.pipeline.driver import Driver, run_config, run_phase
+from reclaif.pipeline.report import table_markdown, write_report
+from reclaif.pipeline.train_command import phase_config, train_phase
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,8 +43,6 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from reclaif.pipeline.driver import Driver, run_config
-    from reclaif.pipeline.report import table_markdown
 
     cfg, run_dir = run_config(args.config, args.run_dir, args.overrides)
     t0 = time.time()
@@ -52,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _phase(args: argparse.Namespace, phase: str) -> int:
-    from reclaif.pipeline.driver import run_config, run_phase
 
     cfg, run_dir = run_config(args.config, args.run_dir, args.overrides)
     print(run_phase(cfg, run_dir, phase, args.iteration))
@@ -76,14 +76,12 @@ def judge(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from reclaif.pipeline.report import write_report
 
     print(write_report(Path(args.run_dir)))
     return 0
 
 
 def _train(args: argparse.Namespace, phase: str) -> int:
-    from reclaif.pipeline.train_command import phase_config, train_phase
 
     cfg = phase_config(args.run_dir, args.config, args.overrides)
     train_phase(phase, cfg, args.run_dir, args.iteration)

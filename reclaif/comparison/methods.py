@@ -8,6 +8,10 @@ from typing import Any
 
 from reclaif.baselines.base import Ranker
 from reclaif.errors import ReclaifError
+from reclaif.baselines.dense import DenseRanker
+from reclaif.baselines.floors import PopularityRanker, RandomRanker
+from reclaif.baselines.transition import TransitionRanker
+from reclaif.comparison.llm_ranker import LLMRanker
 
 LEARNED = ("popularity", "sasrec", "transition")  # methods whose fit() reads training examples
 
@@ -21,30 +25,25 @@ def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = Non
     item vectors (the same all-MiniLM-L6-v2 over the same `Item.text()`). `max_new_tokens`:
     the answer budget of LLM methods (the driver's `eval.max_new_tokens`, to compare alike)."""
     if method == "random":
-        from reclaif.baselines.floors import RandomRanker
         return RandomRanker(seed=seed)
     if method == "popularity":
-        from reclaif.baselines.floors import PopularityRanker
         return PopularityRanker(seed=seed)
     if method == "bm25":
         from reclaif.baselines.bm25 import BM25Ranker
         return BM25Ranker(seed=seed)
     if method == "dense" or method.startswith("dense:"):
-        from reclaif.baselines.dense import DenseRanker
         model = method.partition(":")[2] or "default"
         ranker = DenseRanker(model_name=model, seed=seed, name=method)
         if model == "default" and diversity is not None:
             ranker.shared = diversity
         return ranker
     if method == "transition":
-        from reclaif.baselines.transition import TransitionRanker
         return TransitionRanker(seed=seed)
     if method in ("sasrec", "sasrec-ce", "sasrec-bce"):
         from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker
         loss = "bce" if method.endswith("bce") else "ce"
         return SASRecRanker(SASRecConfig(loss=loss, seed=seed), name=f"sasrec-{loss}")
     if method.startswith(("llm:", "model:")):
-        from reclaif.comparison.llm_ranker import LLMRanker
         return LLMRanker(method, top_k=top_k, max_new_tokens=max_new_tokens)
     raise ReclaifError(f"methods: unknown method {method!r}; known: random, popularity, "
                        "transition, bm25, "

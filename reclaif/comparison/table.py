@@ -23,6 +23,11 @@ from reclaif.errors import DataError, ReclaifError
 from reclaif.parsing import is_valid
 from reclaif.records import Example, Item
 from reclaif.run_layout import BASE, ITERATION_GLOB, SFT, iteration_of
+from reclaif.config import ExplainabilityConfig
+from reclaif.data import load_examples, load_items
+from reclaif.judge import make_explainability_scorer
+from reclaif.metrics.diversity import DiversityScorer
+from reclaif.metrics.evaluate import bootstrap_ci, evaluate_rankings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,6 @@ def group_of(method: str) -> str:
 def with_ci(result: dict[str, Any], resamples: int, seed: int = 0) -> dict[str, dict[str, Any]]:
     """The metrics of an evaluate_rankings result, each with `ci95` from its per-example values
     (None where the result carries none, e.g. an eval.json without per-example values)."""
-    from reclaif.metrics.evaluate import bootstrap_ci
 
     per = result.get("per_example") or {}
     out = {}
@@ -69,7 +73,6 @@ def score_method(method: str, examples: list[Example], train: list[Example],
                  items: dict[str, Item], ks: list[int], scorer: Any, resamples: int,
                  seed: int = 0, max_new_tokens: int = 256) -> dict[str, Any]:
     """Fits one method, ranks every example, scores the rankings; returns one table row."""
-    from reclaif.metrics.evaluate import evaluate_rankings
 
     task = examples[0].task
     ranker = make_ranker(method, seed=seed, top_k=TOP_K[task], diversity=scorer,
@@ -85,8 +88,6 @@ def score_method(method: str, examples: list[Example], train: list[Example],
     explain = None
     answers = {ex.id: ranker.answer(ex) for ex in examples}
     if all(a is not None for a in answers.values()):  # an LLM: its own validity, explanations
-        from reclaif.config import ExplainabilityConfig
-        from reclaif.judge import make_explainability_scorer
 
         valid = {i: a.valid for i, a in answers.items()}
         expl = make_explainability_scorer(ExplainabilityConfig(), items, TOP_K[task])
@@ -239,7 +240,6 @@ def build_table(examples: list[Example], train: list[Example], items: dict[str, 
     subset = f"; the first {len(examples):,} of {n_split:,} (--limit {limit})" if limit else ""
     scorer = None
     if diversity:
-        from reclaif.metrics.diversity import DiversityScorer
         scorer = DiversityScorer(items)
     rows = []
     for m in methods:
@@ -265,7 +265,6 @@ def load_table_data(examples_path: str | Path, split: str | None = None,
                     ) -> tuple[list[Example], list[Example], dict[str, Item]]:
     """The evaluation examples (of `split`, or all), the learned baselines' training examples
     and the items of both, as build_table takes them."""
-    from reclaif.data import load_examples, load_items
 
     examples = load_examples(examples_path, split=split)
     if not examples:

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from reclaif.errors import ConfigError
+from reclaif.errors import ConfigError, ReclaifError
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,6 @@ def wait_processes_gone(where: list[dict], timeout_s: float) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from reclaif.errors import ReclaifError
 
     by_node: dict[str, list[int]] = {}
     for w in where:

@@ -11,6 +11,12 @@ from typing import Any
 
 from reclaif.distributed.pool import PoolWorker
 from reclaif.faults import maybe_fail
+from reclaif.config import JudgeConfig, LLMSpec, from_dict
+from reclaif.data import load_items
+from reclaif.judge import make_judge
+from reclaif.llm import make_client
+from reclaif.recommender import Recommender
+from reclaif.records import Example
 
 
 def _set_threads(threads: int) -> None:
@@ -25,8 +31,6 @@ class SamplerWorker(PoolWorker):
     """Samples answers from the recommender; reloads weights when asked for another checkpoint."""
 
     def __init__(self, spec: dict[str, Any], data_path: str, top_k: int, threads: int = 0) -> None:
-        from reclaif.config import LLMSpec, from_dict
-        from reclaif.data import load_items
 
         _set_threads(threads)
         self.spec = from_dict(LLMSpec, spec)
@@ -36,12 +40,10 @@ class SamplerWorker(PoolWorker):
         self.client = None
 
     def _ensure(self, model_path: str) -> None:
-        from reclaif.llm import make_client
 
         if self.client is None:
             spec_dict = dict(vars(self.spec))
             spec_dict["model"] = model_path
-            from reclaif.config import LLMSpec
 
             self.client = make_client(LLMSpec(**spec_dict))
         elif model_path != self.model_path:
@@ -52,8 +54,6 @@ class SamplerWorker(PoolWorker):
     def sample(self, rows: list[dict], model_path: str, params: dict[str, Any],
                fault_point: str = "") -> list[dict]:
         """rows: Example JSON. Returns {example_id, prompt, answers[n]} per example."""
-        from reclaif.records import Example
-        from reclaif.recommender import Recommender
 
         self._ensure(model_path)
         examples = [Example.from_json(r) for r in rows]
@@ -73,9 +73,6 @@ class JudgeWorker(PoolWorker):
 
     def __init__(self, judge_cfg: dict[str, Any], data_path: str, top_k: int,
                  threads: int = 0) -> None:
-        from reclaif.config import JudgeConfig, from_dict
-        from reclaif.data import load_items
-        from reclaif.judge import make_judge
 
         _set_threads(threads)
         self.items = load_items(data_path)
@@ -87,7 +84,6 @@ class JudgeWorker(PoolWorker):
         {example_id, prompt, a, b, verdict}; an LLM judge adds what each record cost
         (retries, unparseable), and a record whose call failed for good becomes a failed row
         {example_id, failed, error, failed_calls, retries}, skipped and counted downstream."""
-        from reclaif.records import Example
 
         live = [r for r in rows if not r.get("failed")]
         examples = [Example.from_json(r["example"]) for r in live]

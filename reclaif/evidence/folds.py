@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reclaif.atomic import atomic_write_jsonl, read_jsonl
-from reclaif.config import EvidenceConfig
+from reclaif.config import EvidenceConfig, load_config
 from reclaif.data.heldout import LEAVE_LAST_OUT_DOMAINS
 from reclaif.errors import DataError
 from reclaif.evidence.models import LEARNED_SOURCES, EvidenceModels, resolve_sources
@@ -155,7 +155,6 @@ def run_of_checkpoint(path: str | Path) -> Path | None:
 def evidence_of_checkpoint(path: str | Path, items: dict[str, Item]) -> EvidenceModels | None:
     """The evaluation evidence model a checkpoint was trained to read: that of its run, read
     from the run's frozen config; None for names-only runs and models outside a run."""
-    from reclaif.config import load_config
 
     root = run_of_checkpoint(path)
     if root is None or load_config(root / "config.yaml").evidence.mode != "hybrid":

@@ -25,8 +25,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from reclaif.errors import DataError
+from reclaif.errors import ConfigError, DataError
 from reclaif.records import Example, Item, Verdict
+from reclaif.atomic import read_jsonl
+from reclaif.config import load_yaml, read_config_text
+from reclaif.data import load_examples, load_items
+from reclaif.metrics.relevance import ndcg_at_k
+from reclaif.parsing import parse_recommendation
 
 REQUIRED = ("example_id", "a", "b", "verdict")
 
@@ -45,8 +50,6 @@ def audit(verdict_rows: list[dict], examples: dict[str, Example] | None,
           items: dict[str, Item] | None = None, top_k: int = 3) -> dict:
     """The audit numbers of a list of verdict rows (format in the module docstring). Without
     `examples`, the label agreement is left out; without `items`, titles are the item ids."""
-    from reclaif.metrics.relevance import ndcg_at_k
-    from reclaif.parsing import parse_recommendation
 
     failed = sum(1 for r in verdict_rows if r.get("failed"))
     verdict_rows = [r for r in verdict_rows if not r.get("failed")]
@@ -97,7 +100,6 @@ def audit(verdict_rows: list[dict], examples: dict[str, Example] | None,
 
 def read_rows(path: str | Path) -> list[dict]:
     """Verdict rows of a JSONL file; errors name the file and line."""
-    from reclaif.atomic import read_jsonl
 
     rows = read_jsonl(path)
     for n, row in enumerate(rows, 1):
@@ -132,8 +134,6 @@ def _run_top_k(verdicts: Path, default: int = 3) -> int:
     """data.top_k of the run the verdicts belong to (RUN/config.yaml beside RUN/iter-NNN/)."""
     import yaml
 
-    from reclaif.config import load_yaml, read_config_text
-    from reclaif.errors import ConfigError
 
     for cfg in (verdicts.parent / "config.yaml", verdicts.parent.parent / "config.yaml"):
         if cfg.is_file():
@@ -153,7 +153,6 @@ def audit_file(verdicts: str | Path, examples_path: str | Path | None = None) ->
     examples = items = None
     top_k = _run_top_k(Path(verdicts))
     if examples_path:
-        from reclaif.data import load_examples, load_items
 
         examples = {e.id: e for e in load_examples(examples_path)}
         try:

@@ -25,6 +25,8 @@ from reclaif.config import ExplainabilityConfig, LLMSpec, choices
 from reclaif.errors import ConfigError
 from reclaif.llm.base import LLMClient
 from reclaif.records import Example, Item, Recommendation
+from reclaif.parsing import parse_recommendation
+from reclaif.prompts import render_explainability
 
 
 # Words that carry no evidence: function words, the task's own vocabulary ("artist", "user",
@@ -200,7 +202,6 @@ class ExplainabilityScorer:
         self.n_scored += len(examples)
         if self.kind == "rubric":
             return [self._rubric(ex, a) for ex, a in zip(examples, answers)]
-        from reclaif.prompts import render_explainability
 
         prompts = [render_explainability(ex, self.items, a) for ex, a in zip(examples, answers)]
         outs = self.client.generate(prompts, n=1, temperature=0.0, top_p=1.0,
@@ -215,7 +216,6 @@ class ExplainabilityScorer:
         return scores
 
     def _rubric(self, example: Example, answer: str) -> float:
-        from reclaif.parsing import parse_recommendation
 
         rec = parse_recommendation(answer, example, self.items, self.top_k)
         if not rec.valid:

@@ -19,6 +19,7 @@ from reclaif.errors import LLMError
 from reclaif.judge.base import CallOutcome, Judge, check_pairs, tie_verdict
 from reclaif.llm.base import LLMClient, Settled
 from reclaif.records import Example, Item, Scores, Verdict
+from reclaif.prompts import render_judge
 
 CRITERIA = ("relevance", "diversity", "explainability")
 SWAP_SEPARATOR = "\n\n=== position-swapped call (Option A = answer b) ===\n\n"
@@ -142,7 +143,6 @@ class LLMJudge(Judge):
 
     def compare_many(self, examples: list[Example],
                      pairs: list[tuple[str, str]]) -> list[Verdict]:
-        from reclaif.prompts import render_judge
 
         check_pairs(examples, pairs)
         if not examples:

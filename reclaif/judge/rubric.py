@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from reclaif.judge.base import Judge, check_pairs, to_scale
 from reclaif.judge.explainability import Grounding, grounding
 from reclaif.records import Example, Item, Recommendation, Scores, Verdict
+from reclaif.metrics.diversity import DiversityScorer
+from reclaif.metrics.relevance import ndcg_at_k
+from reclaif.parsing import parse_recommendation
 
 RUBRIC_DESCRIPTION = (
     "Judge: the rubric judge, a data-derived, label-aware stand-in for the paper's LLM judge "
@@ -62,14 +65,11 @@ class RubricJudge(Judge):
     @property
     def diversity(self):
         if self._diversity is None:
-            from reclaif.metrics.diversity import DiversityScorer
 
             self._diversity = DiversityScorer(self.items, model=self._diversity_model)
         return self._diversity
 
     def score(self, example: Example, answer: str) -> RubricScore:
-        from reclaif.metrics.relevance import ndcg_at_k
-        from reclaif.parsing import parse_recommendation
 
         rec = parse_recommendation(answer, example, self.items, self.top_k)
         # Graded gains: ESCI's Exact/Substitute/Complement grades count; binary labels are unchanged.

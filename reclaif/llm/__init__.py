@@ -8,6 +8,10 @@ from __future__ import annotations
 from reclaif.config import LLMSpec, choices
 from reclaif.errors import ConfigError
 from reclaif.llm.base import LLMClient
+from reclaif.llm.bedrock import BedrockClient
+from reclaif.llm.hf import HFClient
+from reclaif.llm.openai_compat import OpenAICompatClient
+from reclaif.llm.vllm_client import VLLMClient
 
 BACKENDS = choices(LLMSpec, "backend")
 
@@ -15,19 +19,15 @@ BACKENDS = choices(LLMSpec, "backend")
 def make_client(spec: LLMSpec) -> LLMClient:
     """The client for `spec.backend`; local backends load their model here."""
     if spec.backend == "hf":
-        from reclaif.llm.hf import HFClient
 
         return HFClient(spec)
     if spec.backend == "vllm":
-        from reclaif.llm.vllm_client import VLLMClient
 
         return VLLMClient(spec)
     if spec.backend == "bedrock":
-        from reclaif.llm.bedrock import BedrockClient
 
         return BedrockClient(spec)
     if spec.backend == "openai_compat":
-        from reclaif.llm.openai_compat import OpenAICompatClient
 
         return OpenAICompatClient(spec)
     raise ConfigError(f"backend: '{spec.backend}' is not one of {list(BACKENDS)}")

@@ -20,6 +20,8 @@ from reclaif.metrics.diversity import DiversityScorer
 from reclaif.metrics.relevance import hit_at_k, mrr, ndcg_at_k, precision_at_k
 from reclaif.metrics.validity import valid_ratio
 from reclaif.records import Example, Item
+from reclaif.data import load_examples, load_items, resolve_data_dir
+from reclaif.parsing import is_valid, parse_recommendation
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,6 @@ def read_predictions(path: str | Path, known: dict[str, Example]) -> dict[str, d
 
 
 def _load_items_if_any(path: str | Path) -> dict[str, Item]:
-    from reclaif.data import load_items, resolve_data_dir
 
     p = resolve_data_dir(path)
     catalog = (p.parent if p.is_file() else p) / "items.jsonl"
@@ -149,8 +150,6 @@ def score_predictions(examples_path: str | Path, predictions_path: str | Path, k
     """A predictions file scored on a dataset: the evaluate_rankings result with a `ci95` per
     metric. `split` keeps one split, `limit` its first N examples; `top_k` is the items an
     answer must rank (default: the task's, TASK_TOP_K)."""
-    from reclaif.data import load_examples
-    from reclaif.parsing import is_valid, parse_recommendation
 
     everything = load_examples(examples_path)
     known = {ex.id: ex for ex in everything}

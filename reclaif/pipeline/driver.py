@@ -29,6 +29,20 @@ from reclaif.faults import maybe_fail
 from reclaif.pipeline.store import RunStore
 from reclaif.records import Example, PreferencePair, Verdict
 from reclaif.run_layout import BASE, SFT, stage_name, training_stage
+from reclaif.comparison.methods import make_ranker
+from reclaif.distributed.pool import ActorPool, PoolReport, init_ray
+from reclaif.distributed.workers import JudgeWorker, SamplerWorker
+from reclaif.evidence import apply_saved, build_evidence, load_evaluation_models
+from reclaif.judge import make_explainability_scorer, preference_pair
+from reclaif.judge.audit import audit
+from reclaif.llm.models import resolve_model
+from reclaif.metrics.diversity import DiversityScorer
+from reclaif.metrics.evaluate import evaluate_rankings
+from reclaif.parsing import is_valid, parse_recommendation
+from reclaif.pipeline.launcher import render_launch, run_launch
+from reclaif.pipeline.report import write_report
+from reclaif.prompts import render_recommender
+from reclaif.teacher import make_teacher
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +130,6 @@ class Driver:
 
     # --------------------------------------------------------------------------- models
     def base_model(self) -> str:
-        from reclaif.llm.models import resolve_model
 
         return resolve_model(self.cfg.recommender.model, self.cfg.recommender.cache_dir or None)
 
@@ -128,8 +141,6 @@ class Driver:
     def samplers(self, model: str):
         """The sampler pool, on `model`: a pool on another checkpoint is released first, so
         new weights come as new actors (no engine swapped inside a process that holds a GPU)."""
-        from reclaif.distributed.pool import ActorPool, init_ray
-        from reclaif.distributed.workers import SamplerWorker
 
         if self._samplers is not None and self._samplers_model != model:
             self.release_samplers()
@@ -167,7 +178,6 @@ class Driver:
     def evidence(self) -> None:
         """Hybrid mode: fit the evidence models (out of fold for the training prompts) and give
         every training and evaluation example its evidence; resumed, read what was written."""
-        from reclaif.evidence import apply_saved, build_evidence
 
         if self._evidence_ready:
             return
@@ -193,10 +203,6 @@ class Driver:
     def _evidence_baselines(self, out: Path) -> dict[str, Any]:
         """The evaluation model's own rankings (SASRec-CE, transition) and the two floors, on
         exactly the run's evaluation examples: the rows the report shows beside the LLM's."""
-        from reclaif.comparison.methods import make_ranker
-        from reclaif.evidence import load_evaluation_models
-        from reclaif.metrics.evaluate import evaluate_rankings
-        from reclaif.parsing import is_valid
 
         models = load_evaluation_models(self.store.root, self.items)
         rankers = {"random": make_ranker("random", self.cfg.seed),
@@ -225,7 +231,6 @@ class Driver:
                   n: int, temperature: float, top_p: float, max_new_tokens: int,
                   seed_base: tuple) -> list[dict]:
         """Fans generation over the sampler pool, one atomically written file per shard."""
-        from reclaif.distributed.pool import PoolReport
 
         r = self.cfg.ray
         rows = [e.to_json() for e in examples]
@@ -255,8 +260,6 @@ class Driver:
         return out
 
     def teacher_data(self) -> None:
-        from reclaif.prompts import render_recommender
-        from reclaif.teacher import make_teacher
 
         if self.store.is_done("sft/teacher"):
             return
@@ -300,8 +303,6 @@ class Driver:
         return [self.train[(start + j) % total] for j in range(n)]
 
     def judge(self, i: int) -> None:
-        from reclaif.distributed.pool import ActorPool, init_ray
-        from reclaif.distributed.workers import JudgeWorker
 
         key = f"{stage_name(i)}/judge"
         if self.store.is_done(key):
@@ -338,8 +339,6 @@ class Driver:
         self._timed(key, t0)
 
     def pairs(self, i: int) -> None:
-        from reclaif.judge import preference_pair
-        from reclaif.judge.audit import audit
 
         key = f"{stage_name(i)}/pairs"
         if self.store.is_done(key):
@@ -401,7 +400,6 @@ class Driver:
         self._timed(key, t0)
 
     def _launch(self, phase: str, i: int) -> dict:
-        from reclaif.pipeline.launcher import render_launch, run_launch
         from reclaif.train.checkpoint import latest_train_state
 
         log_path = self.store.train_log(phase, i)  # run_launch makes logs/
@@ -421,10 +419,6 @@ class Driver:
         return read_json(metrics_file) if metrics_file.exists() else {}
 
     def evaluate(self, stage: str, model: str) -> None:
-        from reclaif.judge import make_explainability_scorer
-        from reclaif.metrics.diversity import DiversityScorer
-        from reclaif.metrics.evaluate import evaluate_rankings
-        from reclaif.parsing import parse_recommendation
 
         key = f"{stage}/eval"
         if self.store.is_done(key):
@@ -458,7 +452,6 @@ class Driver:
         self.report()
 
     def report(self) -> Path:
-        from reclaif.pipeline.report import write_report
 
         return write_report(self.store.root)
 
@@ -489,7 +482,6 @@ def run_phase(cfg: RunConfig, run_dir: Path, phase: str, iteration: int = 0) -> 
         raise ReclaifError(f"sample: iteration {iteration} must be at least 1 (1-based)")
     driver = Driver(cfg, run_dir)
     driver.evidence()
-    from reclaif.distributed.pool import init_ray
 
     if phase in ("sample", "judge"):
         init_ray(cfg.ray.address, cfg.ray.num_cpus)

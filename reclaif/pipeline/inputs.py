@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from reclaif.comparison.table import TrainingInput
 from reclaif.evidence import run_of_checkpoint
+from reclaif.pipeline.driver import run_splits
+from reclaif.pipeline.store import RunStore
 
 
 def checkpoint_inputs(methods: Sequence[str]) -> dict[str, TrainingInput | None]:
@@ -20,8 +22,6 @@ def checkpoint_inputs(methods: Sequence[str]) -> dict[str, TrainingInput | None]
         if root is None:
             out[m] = None
             continue
-        from reclaif.pipeline.driver import run_splits
-        from reclaif.pipeline.store import RunStore
 
         cfg = RunStore(root).load_config()
         splits = run_splits(cfg)

@@ -32,6 +32,7 @@ from reclaif.config import (RunConfig, dump_config, from_dict, load_yaml, read_c
                             to_dict)
 from reclaif.errors import ConfigError, ReclaifError
 from reclaif.run_layout import RunLayout, stage_name
+from reclaif.data import resolve_data_dir
 
 log = logging.getLogger(__name__)
 VERIFY_HASH_BYTES = 64 << 20
@@ -107,7 +108,6 @@ class RunStore(RunLayout):
     def freeze_config(self, cfg: RunConfig) -> RunConfig:
         """Writes config.yaml and the dataset's fingerprint on the first start; later starts
         must use the same config on the same data."""
-        from reclaif.data import resolve_data_dir
 
         path = self.root / "config.yaml"
         self.check_timings()

@@ -19,11 +19,11 @@ import torch
 from torch import Tensor
 
 from reclaif.train.logprobs import shifted_labels
+from reclaif.llm.models import render_chat
 
 
 def render_prompt(tokenizer: Any, prompt: str) -> str:
     """The prompt as a user turn, exactly as the samplers render it."""
-    from reclaif.llm.models import render_chat
 
     return render_chat(tokenizer, prompt)
 

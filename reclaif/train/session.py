@@ -20,6 +20,7 @@ from reclaif.atomic import atomic_write_json
 from reclaif.config import TRACKERS, TrainConfig
 from reclaif.errors import ConfigError
 from reclaif.run_layout import RunLayout
+from reclaif.llm.models import check_checkpoint_dir, pick_attn
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ def load_policy(path: str, cfg: TrainConfig, strategy: Any = None,
     flash-attention 2 on GPUs where flash_attn is installed, else sdpa."""
     from transformers import AutoModelForCausalLM
 
-    from reclaif.llm.models import check_checkpoint_dir, pick_attn
 
     ckpt = str(check_checkpoint_dir(path))
     zero3 = strategy.zero3_config(ckpt) if strategy is not None else None
