@@ -33,7 +33,6 @@ class Recommender:
         return [render_recommender(ex, self.items, self.top_k) for ex in examples]
 
     def parse(self, text: str, example: Example) -> Recommendation:
-
         return parse_recommendation(text, example, self.items, self.top_k)
 
     def recommend(self, examples: list[Example], n: int = 1, temperature: float = 0.0,

@@ -168,7 +168,6 @@ class OfflineTeacher(Teacher):
         return text[0].upper() + text[1:]
 
     def respond(self, example: Example) -> str:
-
         prefs = self.key_preferences(example)
         ranked = self.rank(example, prefs)
         titles = [self.items[i].title if i in self.items else i for i in ranked]
@@ -188,7 +187,6 @@ class LLMTeacher(Teacher):
         return self.respond_many([example])[0]
 
     def respond_many(self, examples: list[Example]) -> list[str]:
-
         if not examples:
             return []
         prompts = [render_recommender(ex, self.items, self.top_k) for ex in examples]

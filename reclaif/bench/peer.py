@@ -99,7 +99,6 @@ def _rss_bytes() -> int:
 
 
 def _model_path(spec: dict, tmp: str) -> str:
-
     return str(build_tiny_model(Path(tmp) / "tiny") if spec["quick"] else resolve_model("default"))
 
 

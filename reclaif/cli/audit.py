@@ -17,7 +17,6 @@ def register(jsub: argparse._SubParsersAction) -> None:
 
 
 def audit(args: argparse.Namespace) -> int:
-
     result = audit_file(args.verdicts, args.examples)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0

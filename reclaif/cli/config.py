@@ -18,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def show(args: argparse.Namespace) -> int:
-
     section = None
     for k in describe(load_config(args.config, args.overrides)):
         if k.section != section and "." in k.key:

@@ -33,7 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def prepare(args: argparse.Namespace) -> int:
-
     result = prepare_dir(args.dataset, args.source, args.out, items=args.items,
                          id2name=args.id2name, split=args.split, seed=args.seed,
                          limit=args.limit, shard_size=args.shard_size)
@@ -42,6 +41,5 @@ def prepare(args: argparse.Namespace) -> int:
 
 
 def stats(args: argparse.Namespace) -> int:
-
     print(format_table([(d, read_stats(resolve_data_dir(d))) for d in args.dirs]))
     return 0

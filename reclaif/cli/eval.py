@@ -68,7 +68,6 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def table(args: argparse.Namespace) -> int:
-
     ks = parse_ks(args.k)
     examples, train, items = load_table_data(args.examples, args.split, args.train)
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]

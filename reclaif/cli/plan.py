@@ -34,7 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def plan(args: argparse.Namespace) -> int:
-
     cfg = load_config(args.config, args.overrides)
     names = {f.name for f in dataclasses.fields(Assumptions)}
     a = Assumptions(**{k: v for k, v in vars(args).items() if k in names and v is not None})

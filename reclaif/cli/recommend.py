@@ -48,7 +48,6 @@ def _context(args: argparse.Namespace) -> list[str] | str:
 
 
 def recommend(args: argparse.Namespace) -> int:
-
     candidates = _names(args.candidates)
     if not candidates:
         raise ReclaifError("--candidates: give at least one name, separated by ';'")

@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _phase(args: argparse.Namespace, phase: str) -> int:
-
     cfg, run_dir = run_config(args.config, args.run_dir, args.overrides)
     print(run_phase(cfg, run_dir, phase, args.iteration))
     return 0
@@ -82,7 +81,6 @@ def report(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, phase: str) -> int:
-
     cfg = phase_config(args.run_dir, args.config, args.overrides)
     train_phase(phase, cfg, args.run_dir, args.iteration)
     return 0

@@ -31,7 +31,6 @@ class SamplerWorker(PoolWorker):
     """Samples answers from the recommender; reloads weights when asked for another checkpoint."""
 
     def __init__(self, spec: dict[str, Any], data_path: str, top_k: int, threads: int = 0) -> None:
-
         _set_threads(threads)
         self.spec = from_dict(LLMSpec, spec)
         self.items = load_items(data_path)
@@ -40,7 +39,6 @@ class SamplerWorker(PoolWorker):
         self.client = None
 
     def _ensure(self, model_path: str) -> None:
-
         if self.client is None:
             spec_dict = dict(vars(self.spec))
             spec_dict["model"] = model_path

@@ -216,7 +216,6 @@ class ExplainabilityScorer:
         return scores
 
     def _rubric(self, example: Example, answer: str) -> float:
-
         rec = parse_recommendation(answer, example, self.items, self.top_k)
         if not rec.valid:
             return 1.0

@@ -70,7 +70,6 @@ class RubricJudge(Judge):
         return self._diversity
 
     def score(self, example: Example, answer: str) -> RubricScore:
-
         rec = parse_recommendation(answer, example, self.items, self.top_k)
         # Graded gains: ESCI's Exact/Substitute/Complement grades count; binary labels are unchanged.
         rel = ndcg_at_k(rec.items, example.labels, self.top_k, graded=True) if rec.items else 0.0

@@ -138,7 +138,6 @@ def read_predictions(path: str | Path, known: dict[str, Example]) -> dict[str, d
 
 
 def _load_items_if_any(path: str | Path) -> dict[str, Item]:
-
     p = resolve_data_dir(path)
     catalog = (p.parent if p.is_file() else p) / "items.jsonl"
     return load_items(p) if catalog.exists() else {}

@@ -130,7 +130,6 @@ class Driver:
 
     # --------------------------------------------------------------------------- models
     def base_model(self) -> str:
-
         return resolve_model(self.cfg.recommender.model, self.cfg.recommender.cache_dir or None)
 
     def policy_before(self, iteration: int) -> str:
@@ -260,7 +259,6 @@ class Driver:
         return out
 
     def teacher_data(self) -> None:
-
         if self.store.is_done("sft/teacher"):
             return
         t0 = time.time()
@@ -303,7 +301,6 @@ class Driver:
         return [self.train[(start + j) % total] for j in range(n)]
 
     def judge(self, i: int) -> None:
-
         key = f"{stage_name(i)}/judge"
         if self.store.is_done(key):
             return
@@ -339,7 +336,6 @@ class Driver:
         self._timed(key, t0)
 
     def pairs(self, i: int) -> None:
-
         key = f"{stage_name(i)}/pairs"
         if self.store.is_done(key):
             return
@@ -419,7 +415,6 @@ class Driver:
         return read_json(metrics_file) if metrics_file.exists() else {}
 
     def evaluate(self, stage: str, model: str) -> None:
-
         key = f"{stage}/eval"
         if self.store.is_done(key):
             return
@@ -452,7 +447,6 @@ class Driver:
         self.report()
 
     def report(self) -> Path:
-
         return write_report(self.store.root)
 
 
