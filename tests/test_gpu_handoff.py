@@ -55,7 +55,7 @@ def _lifecycle(run_dir: Path) -> list[dict]:
 
 def test_no_sampler_is_alive_while_a_trainer_runs_fresh_and_resumed(ray_cluster, tiny, tmp_path,
                                                                    monkeypatch):
-    import reclaif.judge
+    import reclaif.pipeline.driver
     import reclaif.train.dpo
     import reclaif.train.sft
     from reclaif.pipeline.driver import Driver
@@ -82,7 +82,7 @@ def test_no_sampler_is_alive_while_a_trainer_runs_fresh_and_resumed(ray_cluster,
     monkeypatch.setattr(reclaif.train.sft, "run_sft", trainer("sft"))
     monkeypatch.setattr(reclaif.train.dpo, "run_dpo", trainer("iter-001"))
     # The tiny model's answers are noise the rubric judge ties: keep every pair as (a, b).
-    monkeypatch.setattr(reclaif.judge, "preference_pair",
+    monkeypatch.setattr(reclaif.pipeline.driver, "preference_pair",
                         lambda ex, prompt, a, b, v: PreferencePair(ex.id, prompt, a, b))
     cfg = load_config("configs/quickstart.yaml",
                       OVERRIDES + [f"recommender.model={tiny}", f"ray.address={ray_cluster}"])
