@@ -165,7 +165,6 @@ def _trl_side(spec: dict, tmp: str) -> dict:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-
     path = _model_path(spec, tmp)
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
@@ -254,7 +253,6 @@ def run(*, quick: bool = False, device: str = "cpu", dtype: str = "float32",
         as_json: bool = False) -> int:
     """Prints reclaif's DPO step against TRL's on the same pairs and model."""
     import trl  # noqa: F401  (a clear ImportError here, not in a child)
-
 
     if device == "cuda":
         import torch

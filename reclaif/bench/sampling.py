@@ -87,7 +87,6 @@ def measure(model: str = "default", prompts: int = 16, batch_size: int = 16,
             with_generate: bool = False) -> dict[str, Any]:
     import torch
 
-
     t0 = time.perf_counter()
     client = HFClient(LLMSpec(model=model, batch_size=batch_size))
     load_s = time.perf_counter() - t0

@@ -90,7 +90,6 @@ def run(*, quick: bool = False, device: str = "cpu", dtype: str = "float32",
     """Prints a DPO step's fused, unfused and recomputed-reference variants side by side."""
     from transformers import AutoModelForCausalLM
 
-
     torch.manual_seed(0)
     torch_dtype = getattr(torch, dtype)
     if device == "cuda":

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
 from reclaif.cli.common import config_args, handler
 from reclaif.errors import ConfigError, ReclaifError
@@ -41,9 +43,6 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
-
     cfg, run_dir = run_config(args.config, args.run_dir, args.overrides)
     t0 = time.time()
     path = Driver(cfg, run_dir).run()
@@ -73,9 +72,6 @@ def judge(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-
     print(write_report(Path(args.run_dir)))
     return 0
 

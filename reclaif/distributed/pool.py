@@ -217,7 +217,6 @@ def wait_processes_gone(where: list[dict], timeout_s: float) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-
     by_node: dict[str, list[int]] = {}
     for w in where:
         by_node.setdefault(w["node"], []).append(int(w["pid"]))

@@ -134,7 +134,6 @@ def _run_top_k(verdicts: Path, default: int = 3) -> int:
     """data.top_k of the run the verdicts belong to (RUN/config.yaml beside RUN/iter-NNN/)."""
     import yaml
 
-
     for cfg in (verdicts.parent / "config.yaml", verdicts.parent.parent / "config.yaml"):
         if cfg.is_file():
             try:  # the config's loader: aliases bounded, non-UTF-8 a ConfigError

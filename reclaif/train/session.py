@@ -37,7 +37,6 @@ def load_policy(path: str, cfg: TrainConfig, strategy: Any = None,
     flash-attention 2 on GPUs where flash_attn is installed, else sdpa."""
     from transformers import AutoModelForCausalLM
 
-
     ckpt = str(check_checkpoint_dir(path))
     zero3 = strategy.zero3_config(ckpt) if strategy is not None else None
     dtype = torch.bfloat16 if cfg.bf16 and cfg.engine == "deepspeed" else torch.float32

@@ -250,7 +250,6 @@ class Strategy:
         ds = self.ds_config(hidden)
         return ds if ds.get("zero_optimization", {}).get("stage") == 3 else None
 
-
     def prepare(self, model: nn.Module, total_steps: int) -> None:
         """Wraps `model` for training with AdamW and warm-up + cosine over `total_steps`."""
         self.module = model
