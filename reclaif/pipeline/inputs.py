@@ -22,7 +22,6 @@ def checkpoint_inputs(methods: Sequence[str]) -> dict[str, TrainingInput | None]
         if root is None:
             out[m] = None
             continue
-
         cfg = RunStore(root).load_config()
         splits = run_splits(cfg)
         out[m] = TrainingInput(splits.train + splits.windows,
