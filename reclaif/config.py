@@ -229,6 +229,11 @@ class EvalConfig:
                               "offline all-MiniLM-L6-v2.")
     temperature: float = _f(0.0, "Decoding temperature at evaluation (0 = greedy).")
     max_new_tokens: int = _f(256, "Answer token limit at evaluation.")
+    baselines: list[str] = _f([], "More baseline rows in the run's report, fitted on the training "
+                              "split beside the floors (random, popularity) and the evidence "
+                              "models' own rankings, e.g. [sasrec-bce] (fitted for "
+                              "evidence.sasrec_epochs, as the evidence's SASRec-CE): any method "
+                              "of `reclaif eval --methods` but llm: and model:.")
 
 
 @dataclass
@@ -541,6 +546,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("judge.weights: three weights (relevance, diversity, explainability)")
     if not cfg.eval.k:
         raise ConfigError("eval.k: give at least one cut-off, e.g. [1, 3, 5]")
+    for method in cfg.eval.baselines:
+        if method.startswith(("llm:", "model:")):
+            raise ConfigError(f"eval.baselines: {method!r} is an LLM; the run evaluates its own "
+                              f"models, and `reclaif eval --methods` compares others")
     # (key, value, smallest allowed, what it is): ">= 0" counts and "0 = off" caps may be 0.
     at_least: list[tuple[str, float, float]] = [
         ("data.top_k", cfg.data.top_k, 1), ("data.max_train_examples", cfg.data.max_train_examples, 0),

@@ -251,3 +251,9 @@ def test_full_disk_while_saving_a_checkpoint_is_an_oserror_not_a_safetensor_erro
     assert f"OSError EFBIG {out}" in p.stdout
     assert {q.name: q.read_bytes() for q in out.iterdir()} == before
     assert [q.name for q in out.parent.iterdir()] == ["checkpoint"]
+
+
+def test_eval_baselines_takes_rankers_not_llms():
+    assert load_config(None, ["eval.baselines=[sasrec-bce]"]).eval.baselines == ["sasrec-bce"]
+    with pytest.raises(ConfigError, match=r"eval.baselines: 'model:runs/x' is an LLM"):
+        load_config(None, ["eval.baselines=[model:runs/x]"])

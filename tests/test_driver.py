@@ -42,7 +42,10 @@ OVERRIDES = ["data.max_train_examples=4", "data.max_eval_examples=2", "ray.shard
              "eval.max_new_tokens=32",
              # Hybrid mode on, its evidence from the fast sources only (a SASRec fit per fold
              # would add minutes per run): the evidence phase is killed and resumed like any.
-             "evidence.mode=hybrid", "evidence.sources=[transition,tags]", "evidence.folds=2"]
+             "evidence.mode=hybrid", "evidence.sources=[transition,tags]", "evidence.folds=2",
+             # a baseline row the evidence does not fit, fitted on the training split (two
+             # epochs, the quickstart's evidence.sasrec_epochs)
+             "eval.baselines=[sasrec-bce]"]
 FAULTS = ["evidence:end", "iter-001/sample:written:0", "iter-001/sample:1", "iter-001/judge:written:0",
           "dpo:reference", "dpo:step:1", "eval:iter-001"]
 
@@ -94,6 +97,9 @@ def test_run_produces_every_phase_and_the_report(clean_run):
         assert row in report
     assert "data-derived" in report
     assert "Hybrid mode (evidence in the prompt)" in report and "| Transition |" in report
+    rows = json.loads((run_dir / "evidence/baselines.json").read_text())
+    assert "| SASRec-BCE |" in report
+    assert rows["sasrec-bce"]["n_examples"] == rows["random"]["n_examples"] > 0
     # the evidence reached every prompt the model saw: teacher answers, samples, evaluation
     teacher = [json.loads(x) for x in (run_dir / "sft/teacher.jsonl").read_text().splitlines()]
     assert teacher and all("follows your last artist" in t["prompt"] or "tags: " in t["prompt"]

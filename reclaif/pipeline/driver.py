@@ -29,7 +29,7 @@ from reclaif.faults import maybe_fail
 from reclaif.pipeline.store import RunStore
 from reclaif.records import Example, PreferencePair, Verdict
 from reclaif.run_layout import BASE, SFT, stage_name, training_stage
-from reclaif.comparison.methods import make_ranker
+from reclaif.comparison.methods import is_learned, make_ranker
 from reclaif.distributed.pool import ActorPool, PoolReport, init_ray
 from reclaif.distributed.workers import JudgeWorker, SamplerWorker
 from reclaif.evidence import apply_saved, build_evidence, load_evaluation_models
@@ -200,8 +200,9 @@ class Driver:
         self._timed("evidence", t0)
 
     def _evidence_baselines(self, out: Path) -> dict[str, Any]:
-        """The evaluation model's own rankings (SASRec-CE, transition) and the two floors, on
-        exactly the run's evaluation examples: the rows the report shows beside the LLM's."""
+        """The evaluation model's own rankings (SASRec-CE, transition), the two floors and
+        eval.baselines, on exactly the run's evaluation examples: the rows the report shows
+        beside the LLM's."""
 
         models = load_evaluation_models(self.store.root, self.items)
         rankers = {"random": make_ranker("random", self.cfg.seed),
@@ -213,6 +214,13 @@ class Driver:
             rankers["transition"] = models.transition
         if models.bm25 is not None:
             rankers["bm25"] = models.bm25
+        for method in self.cfg.eval.baselines:
+            if method not in rankers:
+                # SASRec rows get the evidence model's epoch budget: CE and BCE alike
+                rankers[method] = make_ranker(method, self.cfg.seed,
+                                              sasrec_epochs=self.cfg.evidence.sasrec_epochs)
+                if is_learned(method):
+                    rankers[method].fit(self.windows or self.train, self.items)
         rows = {}
         for name, ranker in rankers.items():
             ranked = {ex.id: ranker.rank(ex)[:self.top_k] for ex in self.eval}

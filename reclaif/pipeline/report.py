@@ -118,7 +118,8 @@ def evidence_rows(run_dir: Path) -> list[tuple[str, dict]]:
         raise ReclaifError(f"{f}: damaged (not a JSON object); rerun the same `reclaif run` "
                            "command to redo the evidence phase")
     names = {"random": "Random", "popularity": "Popularity", "transition": "Transition",
-             "sasrec-ce": "SASRec-CE (evidence model)", "bm25": "BM25 (evidence)"}
+             "sasrec-ce": "SASRec-CE (evidence model)", "sasrec-bce": "SASRec-BCE",
+             "bm25": "BM25 (evidence)"}
     return [(names.get(k, k), v) for k, v in rows.items()]
 
 
