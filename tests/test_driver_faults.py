@@ -122,6 +122,8 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def _overrides(model: Path, url: str, train_examples: int) -> list[str]:
     return ["evidence.mode=none", "sampling.max_prompts=0", f"recommender.model={model}",
+            # fp32, not the quickstart's bf16
+            "recommender.dtype=float32", "sft.bf16=false", "dpo.bf16=false",
             "sft.enabled=false", "dpo.iterations=1",
             f"data.max_train_examples={train_examples}", "data.max_eval_examples=2",
             # top_p=1 skips the nucleus sort over the 49k vocabulary at every decoding step;
@@ -225,6 +227,8 @@ def test_killed_training_command_names_its_log_and_the_rerun_resumes(tiny_model,
     log = run_dir / "logs" / "train-sft-000.log"
     env = {"RECLAIF_FAULTS": "sft:step:1", "RECLAIF_FAULT_DIR": str(tmp_path / "faults")}
     overrides = ["evidence.mode=none", f"recommender.model={tiny_model}", "sft.enabled=true",
+                 # fp32, not the quickstart's bf16
+                 "recommender.dtype=float32", "sft.bf16=false", "dpo.bf16=false",
                  "data.max_train_examples=4", "data.max_eval_examples=2",
                  # Pinned, not taken from the quickstart: 4 teacher answers make exactly 2 steps.
                  "sft.max_examples=0", "sft.batch_size=2", "sft.epochs=1", "sft.grad_accum=1",

@@ -21,7 +21,9 @@ OVERRIDES = ["data.max_train_examples=2", "data.max_eval_examples=2", "ray.shard
              "sampling.max_new_tokens=4", "eval.max_new_tokens=4", "dpo.iterations=1",
              "evidence.mode=none", "teacher.kind=offline", "judge.kind=rubric",
              "explainability.kind=rubric", "sft.enabled=true", "launch.mode=inprocess",
-             "ray.num_samplers=1", "ray.num_judges=1", "ray.num_cpus=2"]
+             "ray.num_samplers=1", "ray.num_judges=1", "ray.num_cpus=2",
+             # fp32, not the quickstart's bf16
+             "recommender.dtype=float32", "sft.bf16=false", "dpo.bf16=false"]
 
 
 @pytest.fixture(scope="module")

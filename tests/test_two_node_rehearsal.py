@@ -213,6 +213,8 @@ def test_two_node_rehearsal_ray_cluster_and_torchrun_zero3(tmp_path):
             "sft.enabled=false", "dpo.iterations=1", "dpo.epochs=1", "dpo.engine=deepspeed",
             "dpo.deepspeed_config=configs/deepspeed/zero3_cpu.json", "dpo.batch_size=1",
             "dpo.max_length=512", "dpo.save_every_steps=0", "launch.mode=command",
+            # fp32, not the quickstart's bf16
+            "recommender.dtype=float32", "sft.bf16=false", "dpo.bf16=false",
             f"launch.template={template}"]
 
         # 2. sampling and judging on the cluster
