@@ -51,7 +51,8 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class DataConfig:
     dataset: Dataset = _f("lastfm", "Dataset name: lastfm, beauty or esci (selects prompts and metrics).")
     path: str = _f("sample", "Directory with examples.jsonl and items.jsonl made by "
-                   "`reclaif data prepare`; 'sample' means the LastFM sample bundled in the package.")
+                   "`reclaif data prepare`; 'sample' means the LastFM sample bundled in the "
+                   "package, 'sample:beauty' the Beauty one.")
     train_split: str = _f("train", "Split used for SFT, sampling and DPO.")
     eval_split: str = _f("valid", "Held-out split used for evaluation (never trained on).")
     max_train_examples: int = _f(0, "Cap on training prompts (0 = all).")

@@ -1,6 +1,6 @@
-"""Rebuilds the bundled LastFM sample (reclaif/data/samples/lastfm/) from ../shared/data.
+"""Rebuilds the bundled samples (reclaif/data/samples/lastfm/ and beauty/) from ../shared/data.
 
-    python tests/make_sample.py [--data ../shared/data] [--out reclaif/data/samples/lastfm]
+    python tests/make_sample.py [--dataset lastfm|beauty] [--data ../shared/data] [--out DIR]
 
 512 "train" examples drawn (seeded) from the LLaRA train rows, with their seeded candidates, and
 320 "valid" examples drawn from the S-DPO validation prompts with their fixed 20 candidates. The
@@ -8,6 +8,11 @@ two releases come from disjoint users. interactions.jsonl holds every LLaRA trai
 listening sequence (what the evidence models are fitted on: reclaif/evidence). items.jsonl holds
 the artists the examples and sequences reference, with their HetRec tags. Same seed →
 byte-identical files (tests/test_data_sample.py checks).
+
+Beauty (`data.path: sample:beauty`): the benchmark's whole 5-core layout, both splits, as
+`reclaif data prepare` makes them (train 1,776 examples, valid 253; 10 seeded candidates each),
+with the items they reference; its training examples are the sliding windows the evidence models
+are fitted on (no interactions file). tests/data/beauty holds the same three source files.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import sys
 from pathlib import Path
 
 from reclaif.atomic import atomic_write_jsonl
-from reclaif.data import lastfm, open_text
+from reclaif.data import beauty, lastfm, open_text
 from reclaif.data.prepare import DEFINITIONS, referenced, table1, write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +54,25 @@ def make_sample(data: Path, out: Path, seed: int = 0) -> dict:
     return stats
 
 
+def make_beauty_sample(data: Path, out: Path, seed: int = 0) -> dict:
+    """Writes the Beauty sample (both splits of the 5-core benchmark) into `out`."""
+    src = data / "beauty"
+    meta = src / "meta_All_Beauty_5core_items.csv"
+    train = beauty.load(src / "All_Beauty.train.csv.gz", meta, "train", seed)
+    valid = beauty.load(src / "All_Beauty.valid.csv.gz", meta, "valid", seed)
+    examples = train.examples + valid.examples
+    items = referenced(examples, train.items)
+    stats = {"dataset": "beauty", "source": "All_Beauty.{train,valid}.csv.gz (5-core, "
+             "last_out_w_his) + meta_All_Beauty_5core_items.csv", "task": "sequential",
+             "domain": "beauty", **table1(examples, items), "examples": len(examples),
+             "examples_per_split": {"train": len(train.examples), "valid": len(valid.examples)},
+             "candidates_per_example": {"10": len(examples)},
+             "skipped": {"empty_history": train.skipped["empty_history"]
+                         + valid.skipped["empty_history"]},
+             "seed": seed, "limit": 0, "definitions": DEFINITIONS}
+    return write_prepared(out, examples, items.values(), stats)
+
+
 def llara_sequences(path: Path, split: str) -> list[dict]:
     """Each LLaRA user's whole sequence: a user starts at a row with an empty history (as
     `lastfm.load_llara` numbers them) and every row adds its next_id, so the rows are exactly
@@ -69,11 +93,14 @@ def llara_sequences(path: Path, split: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=["lastfm", "beauty"], default="lastfm")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--out", default=str(REPO / "reclaif" / "data" / "samples" / "lastfm"))
+    p.add_argument("--out", default="", help="default: reclaif/data/samples/DATASET")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    print(make_sample(Path(a.data), Path(a.out), a.seed))
+    out = Path(a.out or REPO / "reclaif" / "data" / "samples" / a.dataset)
+    make = make_beauty_sample if a.dataset == "beauty" else make_sample
+    print(make(Path(a.data), out, a.seed))
     return 0
 
 

@@ -70,3 +70,33 @@ def test_make_sample_reproduces_the_bundled_files(shared_data, tmp_path):
     make_sample(shared_data, tmp_path / "s")
     for name in ("examples.jsonl", "interactions.jsonl", "items.jsonl", "stats.json"):
         assert (tmp_path / "s" / name).read_bytes() == (SAMPLE_DIR / name).read_bytes(), name
+
+
+def test_beauty_sample_has_both_splits_and_rebuilds_from_tests_data(repo_root, tmp_path):
+    from reclaif.data import resolve_data_dir
+
+    exs, items = load_examples("sample:beauty"), load_items("sample:beauty")
+    assert [e.split for e in exs].count("train") == 1776
+    assert [e.split for e in exs].count("valid") == 253
+    assert all(len(set(e.candidates)) == 10 and e.domain == "beauty" for e in exs)
+    assert {i for e in exs for i in list(e.context) + e.candidates} == set(items)
+    # leave-last-out: the validation users are training users, each once, with a later target
+    train_users = {e.user for e in exs if e.split == "train"}
+    valid_users = [e.user for e in exs if e.split == "valid"]
+    assert len(set(valid_users)) == 253 and set(valid_users) <= train_users
+    sys.path.insert(0, str(Path(__file__).parent))
+    from make_sample import make_beauty_sample
+
+    make_beauty_sample(repo_root / "tests" / "data", tmp_path / "b")
+    beauty_dir = resolve_data_dir("sample:beauty")
+    for name in ("examples.jsonl", "items.jsonl", "stats.json"):
+        assert (tmp_path / "b" / name).read_bytes() == (beauty_dir / name).read_bytes(), name
+    assert "make_sample.py --dataset beauty" in (beauty_dir / "SOURCE.md").read_text()
+
+
+def test_an_unknown_bundled_sample_names_the_bundled_ones():
+    from reclaif.errors import DataError
+
+    with pytest.raises(DataError, match=r"no bundled sample 'nope'; bundled: sample:beauty, "
+                                        r"sample:lastfm"):
+        load_examples("sample:nope")

@@ -14,12 +14,24 @@ from reclaif.atomic import read_jsonl
 from reclaif.errors import DataError
 from reclaif.records import Example, Item
 
-SAMPLE_DIR = Path(__file__).parent / "samples" / "lastfm"
+SAMPLES = Path(__file__).parent / "samples"
+SAMPLE_DIR = SAMPLES / "lastfm"
 
 
 def resolve_data_dir(path: str | Path) -> Path:
-    """'sample' means the bundled LastFM sample; anything else is a prepared directory."""
-    return SAMPLE_DIR if str(path) == "sample" else Path(path)
+    """'sample' means the bundled LastFM sample, 'sample:NAME' the bundled sample NAME
+    (lastfm, beauty); anything else is a prepared directory."""
+    text = str(path)
+    if text == "sample":
+        return SAMPLE_DIR
+    if text.startswith("sample:"):
+        name = text.partition(":")[2]
+        known = sorted(p.name for p in SAMPLES.iterdir() if p.is_dir())
+        if name not in known:
+            raise DataError(f"data path {text!r}: no bundled sample {name!r}; bundled: "
+                            + ", ".join(f"sample:{k}" for k in known))
+        return SAMPLES / name
+    return Path(path)
 
 
 def load_examples(path: str | Path, split: str | None = None) -> list[Example]:
