@@ -214,6 +214,10 @@ class DPOConfig(TrainConfig):
     beta: float = _f(0.1, "DPO beta (Eq. 2).")
     loss_type: LossType = _f("sigmoid", "sigmoid (paper Eq. 2), ipo or hinge.")
     label_smoothing: float = _f(0.0, "cDPO label smoothing (sigmoid loss only).")
+    rpo_alpha: float = _f(0.0, "RPO (Pang et al. 2024; TRL's loss_type [sigmoid, sft]): adds "
+                          "rpo_alpha x the chosen answers' mean per-token NLL to the DPO loss, "
+                          "so the chosen answers' likelihood cannot fall with the rejected "
+                          "ones'; 0 = plain DPO.")
     reference: Reference = _f("previous", "Reference model: sft (fixed) or previous (last iteration's).")
     lr: float = _f(5e-6, "Peak learning rate (AdamW).")
     prompt_forward: PromptForward = _f("auto", "How a pair's prompt runs through the model: shared (once "
@@ -561,6 +565,7 @@ def validate(cfg: RunConfig) -> None:
         ("teacher.temperature", cfg.teacher.temperature, 0),
         ("judge.min_margin", cfg.judge.min_margin, 0),
         ("dpo.iterations", cfg.dpo.iterations, 0), ("dpo.label_smoothing", cfg.dpo.label_smoothing, 0),
+        ("dpo.rpo_alpha", cfg.dpo.rpo_alpha, 0),
         ("sft.max_examples", cfg.sft.max_examples, 0),
         ("eval.temperature", cfg.eval.temperature, 0),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens, 1),

@@ -169,28 +169,32 @@ def test_a_kernel_off_by_one_part_in_ten_thousand_is_caught(interpreted, monkeyp
         assert_same_as_torch_loop(h, w, labels)
 
 
-def dpo_and_grads(h, w, labels, kernel, loss_type, chunk, ls=0.0):
+def dpo_and_grads(h, w, labels, kernel, loss_type, chunk, ls=0.0, rpo=0.0):
     h, w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     with torch.no_grad():  # references near the policy: a margin where the loss is not flat
         lp = sequence_logps(h, w, labels, kernel="torch")[0]
     rc, rr = lp[:2] + torch.tensor([0.3, -0.2]), lp[2:] + torch.tensor([-0.1, 0.4])
     loss, metrics = fused_dpo_loss_from_hidden(h, w, labels, rc, rr, 0.5, loss_type, ls,
-                                               chunk_size=chunk, kernel=kernel)
+                                               chunk_size=chunk, kernel=kernel,
+                                               rpo_alpha=rpo)
     return loss.detach(), metrics, *torch.autograd.grad(loss, [h, w])
 
 
 @interpreter_case
 # chunk 1024: both pairs in one chunk; 16: each pair alone, longer than the chunk
-@pytest.mark.parametrize("loss_type,chunk,ls", [("sigmoid", 1024, 0.0), ("ipo", 16, 0.0),
-                                                ("hinge", 16, 0.0), ("sigmoid", 16, 0.2)])
-def test_fused_dpo_triton_loop_matches_torch_loop_at_odd_shapes(interpreted, loss_type, chunk, ls):
+@pytest.mark.parametrize("loss_type,chunk,ls,rpo", [
+    ("sigmoid", 1024, 0.0, 0.0), ("ipo", 16, 0.0, 0.0), ("hinge", 16, 0.0, 0.0),
+    ("sigmoid", 16, 0.2, 0.0), ("sigmoid", 16, 0.0, 0.5), ("ipo", 1024, 0.0, 0.5)])
+def test_fused_dpo_triton_loop_matches_torch_loop_at_odd_shapes(interpreted, loss_type, chunk, ls,
+                                                                 rpo):
     """The Triton loop's own DPO kernel (dpo_pairs) against the torch loop's dpo_losses and
-    dpo_loss_grad: every loss type, label smoothing, one group and one group per pair."""
+    dpo_loss_grad: every loss type, label smoothing, RPO's NLL term, one group and one group
+    per pair."""
     h, w, labels = odd_batch(B=4, T=13, seed=1)  # 2 pairs; chunk 16 splits every pair off
     labels[1, :6] = -100
-    loss, metrics, gh, gw = dpo_and_grads(h, w, labels, "triton", loss_type, chunk, ls)
+    loss, metrics, gh, gw = dpo_and_grads(h, w, labels, "triton", loss_type, chunk, ls, rpo)
     ref_loss, ref_metrics, ref_gh, ref_gw = dpo_and_grads(h, w, labels, "torch", loss_type,
-                                                          chunk, ls)
+                                                          chunk, ls, rpo)
     assert ref_gw.abs().max() > 1e-3  # a case with a real gradient
     torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-6)
     for k, v in ref_metrics.items():

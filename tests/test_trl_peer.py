@@ -14,6 +14,8 @@ Where the two define a quantity differently, the test says so and checks the dif
   loss and gradients are checked for plain equality. The metrics differ: the project reports
   IPO's rewards/* and logps/* from the length-normalised log-probs its loss uses, TRL from the
   sums; the test checks the project's against TRL's per-sequence values divided by length.
+- RPO: the project's rpo_alpha is TRL's loss_type [sigmoid, sft] with loss_weights [1, alpha]
+  (the "sft" term: the mean NLL over the batch's chosen tokens); checked for plain equality.
 - Truncation (not exercised: every pair fits max_length): TRL's collator cuts the sequence's end
   (`keep_start`), the project cuts the prompt's beginning and keeps the answer.
 """
@@ -104,13 +106,13 @@ def per_token_metrics(trainer):
             "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item()}
 
 
-def reclaif_loss_and_grads(peer, loss_type, label_smoothing=0.0):
+def reclaif_loss_and_grads(peer, loss_type, label_smoothing=0.0, rpo_alpha=0.0):
     ref_c, ref_r = reclaif_logps(peer, peer["ref"])
     batch = collate_pairs(peer["encoded"], peer["tok"].pad_token_id)
     peer["policy"].train()
     loss, metrics = fused_dpo_loss(peer["policy"], batch["chosen"], batch["rejected"], ref_c,
                                    ref_r, BETA, loss_type, label_smoothing, chunk_size=CHUNK,
-                                   kernel="torch")
+                                   kernel="torch", rpo_alpha=rpo_alpha)
     return loss.detach(), grads_of(peer["policy"], loss), metrics
 
 
@@ -170,3 +172,17 @@ def test_trls_sigmoid_ignores_label_smoothing_where_the_projects_is_cdpo(peer):
     cdpo, _, _ = reclaif_loss_and_grads(peer, "sigmoid", EPS)
     torch.testing.assert_close(plain, smoothed, rtol=1e-5, atol=1e-4)
     assert not torch.allclose(cdpo, smoothed, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_rpo_alpha_equals_trls_dpo_plus_sft_loss(peer, loss_type):
+    alpha = 0.5
+    want_loss, want_grads, _ = trl_loss_and_grads(trainer_for(peer, [loss_type, "sft"],
+                                                              [1.0, alpha]))
+    loss, grads, _ = reclaif_loss_and_grads(peer, loss_type, rpo_alpha=alpha)
+    plain, plain_grads, _ = reclaif_loss_and_grads(peer, loss_type)
+    assert (loss - plain).item() > 0.1  # the NLL term is there (chosen tokens' NLL > 0.2)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-4)
+    assert_grads_equal(grads, want_grads)
+    with pytest.raises(AssertionError):
+        assert_grads_equal(plain_grads, want_grads)

@@ -74,7 +74,7 @@ class DPOMethod:
                               batch["ref_chosen"], batch["ref_rejected"], t.beta, t.loss_type,
                               t.label_smoothing, t.logprob_chunk, kernel=t.logprob_kernel,
                               weight_grad_acc=t.logprob_weight_grad, device=self.strategy.device,
-                              shared_prompt=self.shared_prompt)
+                              shared_prompt=self.shared_prompt, rpo_alpha=t.rpo_alpha)
 
     def loss(self, idx: Sequence[int]) -> torch.Tensor:
         # Left on the host: fused_dpo_loss copies it over without a device sync.
@@ -165,6 +165,7 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     metrics = {"phase": "dpo", "iteration": iteration, "steps": result.steps,
                "total_steps": total, "pairs": len(encoded), "policy_init": policy_path,
                "reference": ref_path, "loss_type": t.loss_type, "beta": t.beta,
+               "rpo_alpha": t.rpo_alpha,
                **{k: mean_over(last_epoch, k) for k in METRICS},
                "loss_first_step": h[0]["loss"] if h else None,
                "margins_first_step": h[0]["rewards/margins"] if h else None,

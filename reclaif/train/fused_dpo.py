@@ -142,6 +142,12 @@ class _FusedDPO(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden).view(-1, H) if need_h else None
         grad_w = GradWeight(weight, len(plan.groups), opts["acc"]) if need_w else None
         ce = opts["ce"]
+        # RPO's NLL term, rpo * -sum(chosen log-probs) / chosen tokens (TRL's "sft" loss: a
+        # mean over the micro-batch's chosen tokens), adds one constant to every chosen slot's
+        # gradient; rejected slots get nothing.
+        rpo = opts["rpo"]
+        if rpo:
+            nll_g = plan.counts[:B].sum().clamp(min=1).to(acc).reciprocal().mul_(-rpo)
         if ce is not None:  # the Triton loop writes each group's stats as it goes
             stats = torch.empty(B, 5, dtype=acc, device=hidden.device)
         else:
@@ -153,6 +159,8 @@ class _FusedDPO(torch.autograd.Function):
                 _, lse = ce.lse_and_target(p, tgt, slots=slots, sums=sums)
                 ce.dpo_pairs(sums, inv_len if ipo else None, ref_c, ref_r, plan.coef, a, b,
                              beta, loss_type, ls, g_slot, stats)
+                if rpo:
+                    g_slot[2 * a:a + b].add_(nll_g)
                 if need_h or need_w:
                     ce.grad_logits_inplace(p, lse, tgt, g_slot, slots=slots)
                     gh = matmul_grads(p, p, hc, weight, grad_w)
@@ -168,6 +176,8 @@ class _FusedDPO(torch.autograd.Function):
                     d = dpo_loss_grad(s[:n] - s[n:] - ref_diff[a:b], beta, loss_type, ls)
                     torch.mul(plan.coef[2 * a:2 * b].view(2, n), d,
                               out=g_slot[2 * a:2 * b].view(2, n))
+                    if rpo:
+                        g_slot[2 * a:a + b].add_(nll_g)
                     gh = backprop_chunk(p, g_slot[slots], tgt, hc, weight, grad_w)
             if grad_h is not None:  # written row by row, with no [tokens, H] staging buffer
                 grad_h.index_copy_(0, plan.pos[t0:t1], gh.to(grad_h.dtype))
@@ -183,7 +193,10 @@ class _FusedDPO(torch.autograd.Function):
         ctx.grads = (grad_h.view_as(hidden) if grad_h is not None else None,
                      grad_w.result() if grad_w is not None else None)
         ctx.mark_non_differentiable(stats)
-        return stats[:, 0].sum() / B, stats
+        loss = stats[:, 0].sum() / B
+        if rpo:  # raw sums (IPO's normalised log-probs are for its own term only)
+            loss = loss + nll_g * sums[plan.rank[:B]].sum()
+        return loss, stats
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor, _grad_stats: Tensor) -> tuple[Tensor | None, ...]:
@@ -266,7 +279,7 @@ def fused_dpo_loss(model: torch.nn.Module, chosen: dict, rejected: dict, ref_cho
                    label_smoothing: float = 0.0, chunk_size: int = 1024,
                    kernel: str = "auto", weight_grad_acc: str = "fp32",
                    device: torch.device | None = None,
-                   shared_prompt: bool = False) -> tuple[Tensor, dict]:
+                   shared_prompt: bool = False, rpo_alpha: float = 0.0) -> tuple[Tensor, dict]:
     """DPO loss with the loss fused into the log-prob kernel (gradients formed in the forward).
     chosen/rejected: dicts with input_ids, attention_mask, loss_mask [B,T*] (collate_pairs);
     shared_prompt: one forward of each pair's prompt for both answers (see pair_hidden; the
@@ -280,18 +293,20 @@ def fused_dpo_loss(model: torch.nn.Module, chosen: dict, rejected: dict, ref_cho
     token plan is made from the host's labels, so the step launches all its GPU work without
     once waiting for the GPU (see _Plan).
     kernel: "auto", "torch" or "triton", the inner loop over each chunk (module docstring);
-    weight_grad_acc: "fp32" or "param" (see reclaif.train.logprobs.GradWeight)."""
+    weight_grad_acc: "fp32" or "param" (see reclaif.train.logprobs.GradWeight);
+    rpo_alpha: weight of RPO's NLL term on the chosen answers (0 = plain DPO; DPOConfig)."""
     hidden, labels, weight = pair_hidden(model, chosen, rejected, shared_prompt, device)
     return fused_dpo_loss_from_hidden(hidden, weight, labels, ref_chosen, ref_rejected, beta,
                                       loss_type, label_smoothing, chunk_size, kernel=kernel,
-                                      weight_grad_acc=weight_grad_acc)
+                                      weight_grad_acc=weight_grad_acc, rpo_alpha=rpo_alpha)
 
 
 def fused_dpo_loss_from_hidden(hidden: Tensor, weight: Tensor, labels: Tensor, ref_chosen: Tensor,
                                ref_rejected: Tensor, beta: float, loss_type: str = "sigmoid",
                                label_smoothing: float = 0.0, chunk_size: int = 1024,
                                ignore_index: int = -100, kernel: str = "auto",
-                               weight_grad_acc: str = "fp32") -> tuple[Tensor, dict]:
+                               weight_grad_acc: str = "fp32",
+                               rpo_alpha: float = 0.0) -> tuple[Tensor, dict]:
     """The kernel behind fused_dpo_loss: hidden [2B,T,H] (chosen rows then rejected rows),
     labels [2B,T] shifted as in sequence_logps; ref_* [B] log-prob sums. Labels and refs may be
     on the host (no device sync then: see _Plan) or on hidden's device."""
@@ -300,13 +315,15 @@ def fused_dpo_loss_from_hidden(hidden: Tensor, weight: Tensor, labels: Tensor, r
                          f"labels [2B,T], got labels {tuple(labels.shape)}")
     check_dpo_args(beta, loss_type, label_smoothing)
     check_weight_grad_acc("fused_dpo_loss", weight_grad_acc)
+    if not rpo_alpha >= 0:
+        raise ValueError(f"fused_dpo_loss: rpo_alpha {rpo_alpha} must be >= 0")
     acc = acc_dtype(hidden)
     ref_c, ref_r = (to_device_async(r.to(acc), hidden.device) for r in (ref_chosen, ref_rejected))
     with gathered(weight):  # around apply: see sequence_logps
         h, w, plain = under_autocast(hidden, weight)  # the reference's dtypes, exactly
         opts = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
                     chunk=chunk_size, ignore_index=ignore_index, ce=inner_loop(kernel, h),
-                    acc=weight_grad_acc)
+                    acc=weight_grad_acc, rpo=float(rpo_alpha))
         with plain:
             loss, stats = _FusedDPO.apply(h.contiguous(), w, labels, ref_c, ref_r, opts)
     metrics = dpo_metrics(stats[:, 0], stats[:, 1], stats[:, 2])
