@@ -166,3 +166,17 @@ class EvidenceModels:
         return ("Evidence per candidate: " + "; ".join(what[s] for s in self.sources)
                 + (". Candidates listed best first by " + self.sources[0] if self.order == "score"
                    else ". Candidates in the data's order") + ".")
+
+
+FIRST_SOURCES = ("SASRec", "BM25")  # the ranking sources annotate() writes "NAME #rank" for
+
+
+def evidence_first(evidence: dict[str, str]) -> str | None:
+    """The candidate the evidence's first ranking source ranks #1, read back from the texts
+    `annotate` wrote (so a finished run's evidence/eval.jsonl answers it with no model);
+    None in names-only mode."""
+    for source in FIRST_SOURCES:
+        for cand, text in evidence.items():
+            if text.startswith(f"{source} #1 (") or f"; {source} #1 (" in text:
+                return cand
+    return None

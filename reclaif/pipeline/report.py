@@ -164,6 +164,42 @@ def paired_lines(run_dir: Path) -> list[str]:
     return out
 
 
+def agreement_lines(run_dir: Path) -> list[str]:
+    """How often each LLM stage's first pick is the evidence's #1 (hybrid runs): a reranker
+    that only copies its first stage can match it, never beat it. Where the two differ, how
+    often each was right (hit@1 of the stage and of the evidence's own row)."""
+    from reclaif.evidence.models import evidence_first
+
+    run_dir = Path(run_dir)
+    f = run_dir / "evidence" / "eval.jsonl"
+    if not f.is_file():
+        return []
+    first = {str(r["id"]): evidence_first(r.get("evidence") or {}) for r in read_jsonl(f)}
+    if not any(first.values()):
+        return []
+    rows = dict(evidence_rows(run_dir))
+    ev = rows.get("SASRec-CE (evidence model)") or rows.get("BM25 (evidence)") or {}
+    ev_hit = dict(zip(ev.get("per_example", {}).get("ids", []),
+                      ev.get("per_example", {}).get("hit@1", [])))
+    out = []
+    for stage, result in stages(run_dir):
+        pf = run_dir / stage / "predictions.jsonl"
+        if not pf.is_file():
+            continue
+        preds = [r for r in read_jsonl(pf) if r.get("valid") and r.get("items")]
+        per = result.get("per_example", {})
+        hit = dict(zip(per.get("ids", []), per.get("hit@1", [])))
+        same = [r for r in preds if first.get(r["id"]) == r["items"][0]]
+        other = [r["id"] for r in preds if first.get(r["id"]) not in (None, r["items"][0])]
+        line = (f"- {_label(stage)}: first pick = the evidence's #1 in {len(same)} of "
+                f"{len(preds)} valid answers")
+        if other and hit and ev_hit:
+            line += (f"; of the {len(other)} others, {sum(bool(hit.get(i)) for i in other)} "
+                     f"right (the evidence's #1: {sum(bool(ev_hit.get(i)) for i in other)})")
+        out.append(line)
+    return out
+
+
 def table_markdown(run_dir: Path) -> str:
     head, rows = table_rows(Path(run_dir))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -171,6 +207,9 @@ def table_markdown(run_dir: Path) -> str:
     paired = paired_lines(Path(run_dir))
     if paired:
         lines += [""] + paired
+    agree = agreement_lines(Path(run_dir))
+    if agree:
+        lines += [""] + agree
     return "\n".join(lines)
 
 

@@ -1,0 +1,50 @@
+"""The report's agreement lines: how often a stage's first pick is the evidence's #1, read back
+from a run directory's own files (evidence/eval.jsonl, baselines.json, predictions.jsonl)."""
+import json
+
+from reclaif.evidence.models import evidence_first
+from reclaif.pipeline.report import agreement_lines, table_markdown
+
+
+def _write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(rows, list):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        path.write_text(json.dumps(rows))
+
+
+def test_evidence_first_reads_the_first_ranking_source():
+    ev = {"a": "SASRec #2 (0.30); tags: rock", "b": "SASRec #1 (0.61)", "c": "tags: pop"}
+    assert evidence_first(ev) == "b"
+    assert evidence_first({"a": "follows your last artist for 3 listeners; BM25 #1 (4.2)"}) == "a"
+    assert evidence_first({"a": "SASRec #10 (0.01)", "b": "SASRec #11 (0.00)"}) is None
+    assert evidence_first({}) is None
+
+
+def test_agreement_counts_copies_and_overrides(tmp_path):
+    ids = ["e1", "e2", "e3", "e4"]
+    _write(tmp_path / "evidence/eval.jsonl", [
+        {"id": i, "candidates": ["x", "y"],
+         "evidence": {"x": "SASRec #1 (0.7)", "y": "SASRec #2 (0.3)"}} for i in ids])
+    # the evidence's own row: right on e1, e2, e4
+    _write(tmp_path / "evidence/baselines.json", {"sasrec-ce": {
+        "metrics": {"hit@1": 0.75}, "n_examples": 4,
+        "per_example": {"ids": ids, "hit@1": [1, 1, 0, 1]}}})
+    # SFT copies x on e1, e2; picks y on e3 (right: the evidence was wrong) and e4 (wrong)
+    _write(tmp_path / "sft/predictions.jsonl", [
+        {"id": i, "items": [first, "x" if first == "y" else "y"], "valid": True,
+         "key_features": [], "reasons": [], "raw_text": ""}
+        for i, first in zip(ids, ["x", "x", "y", "y"])])
+    _write(tmp_path / "sft/eval.json", {"metrics": {"hit@1": 0.75}, "per_example": {
+        "ids": ids, "hit@1": [1, 1, 1, 0], "valid": [1, 1, 1, 1]}})
+    (line,) = agreement_lines(tmp_path)
+    assert line == ("- SFT: first pick = the evidence's #1 in 2 of 4 valid answers; "
+                    "of the 2 others, 1 right (the evidence's #1: 1)")
+    assert line in table_markdown(tmp_path)
+
+
+def test_no_agreement_lines_in_names_only_runs(tmp_path):
+    _write(tmp_path / "evidence/eval.jsonl", [{"id": "e1", "candidates": ["x"], "evidence": {}}])
+    assert agreement_lines(tmp_path) == []
+    assert agreement_lines(tmp_path / "missing") == []
