@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -521,6 +522,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
+MAX_ITERATIONS = 999  # stage names hold three digits (run_layout.stage_name)
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks that types alone cannot express, after the closed sets' check."""
     _check_choices(cfg)
@@ -536,6 +541,17 @@ def validate(cfg: RunConfig) -> None:
                     raise ConfigError(f"{key}: {v} is not a finite number")
 
     finite(cfg, "")
+    if not _NAME_RE.fullmatch(cfg.name) or cfg.name in (".", ".."):
+        # The run directory defaults to runs/NAME: a path here would put it anywhere.
+        raise ConfigError(f"name: {cfg.name!r} must be a plain directory name (letters, digits, "
+                          f"'.', '_', '-'); give --run-dir to place a run elsewhere")
+    for key, value in (("seed", cfg.seed), ("sft.seed", cfg.sft.seed),
+                       ("dpo.seed", cfg.dpo.seed)):
+        if not 0 <= value < 2**32:  # numpy's and torch's seeds are 32/64-bit: fail before I/O
+            raise ConfigError(f"{key}: {value} must be in [0, 2**32)")
+    if cfg.dpo.iterations > MAX_ITERATIONS:
+        raise ConfigError(f"dpo.iterations: {cfg.dpo.iterations} is more than "
+                          f"{MAX_ITERATIONS}; the paper runs up to 4")
     if not 0 < cfg.sampling.top_p <= 1:
         raise ConfigError(f"sampling.top_p: {cfg.sampling.top_p} must be in (0, 1]")
     if cfg.sampling.num_samples != 2:

@@ -38,6 +38,13 @@ def is_iteration(stage: str) -> bool:
     return iteration_of(stage) is not None
 
 
+def iteration_dirs(root: str | Path) -> list[Path]:
+    """Every DPO iteration's stage directory under `root`, in iteration order. Only names
+    `iteration_of` accepts: a user's `iter-002.bak` or `iter-old` beside them is not a stage."""
+    found = [(iteration_of(p.name), p) for p in Path(root).glob(ITERATION_GLOB) if p.is_dir()]
+    return [p for i, p in sorted((i, p) for i, p in found if i is not None)]
+
+
 def training_stage(phase: str, iteration: int) -> str:
     """The stage a training phase writes: 'sft', or iteration i's for 'dpo'."""
     return SFT if phase == "sft" else stage_name(iteration)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from reclaif.cli.common import handler
 from reclaif.errors import ConfigError, ReclaifError
@@ -23,19 +25,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", dest="run_dirs", action="append", default=[],
                    help="a run directory whose base/SFT/iteration rows join the table")
     p.add_argument("--k", default="1,3,5", help="cut-offs, comma separated")
-    p.add_argument("--top-k", type=int, help="items an answer must rank (default: the task's, "
+    p.add_argument("--top-k", type=positive_int, help="items an answer must rank (default: the task's, "
                                              "3 sequential, 5 retrieval)")
     p.add_argument("--split", help="evaluate only examples of this split")
-    p.add_argument("--limit", type=int, default=0,
+    p.add_argument("--limit", type=count, default=0,
                    help="evaluate the first N examples (with --methods: the first N that pass "
                         "the held-out check)")
-    p.add_argument("--max-new-tokens", type=int, default=256,
+    p.add_argument("--max-new-tokens", type=positive_int, default=256,
                    help="answer token limit of llm:/model: methods (the driver's "
                         "eval.max_new_tokens; the quickstart uses 128)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CI")
+    p.add_argument("--bootstrap", type=count, default=1000, help="bootstrap resamples for 95%% CI")
     p.add_argument("--no-diversity", action="store_true", help="skip the embedding diversity")
     p.add_argument("--out", help="write the JSON result here")
     handler(p, evaluate)
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {low}")
+        return value
+    return parse
+
+
+positive_int, count = _int_at_least(1), _int_at_least(0)
 
 
 def parse_ks(text: str) -> list[int]:
@@ -54,6 +71,9 @@ def evaluate(args: argparse.Namespace) -> int:
         return table(args)
     if not args.predictions:
         raise ReclaifError("eval: give --predictions FILE, or --methods LIST / --run DIR")
+    if args.out and Path(args.out).resolve() == Path(args.predictions).resolve():
+        raise ConfigError(f"--out {args.out}: is the --predictions file; writing the scores "
+                          "there would replace the predictions")
 
     result = score_predictions(args.examples, args.predictions, parse_ks(args.k),
                                split=args.split, limit=args.limit, top_k=args.top_k,

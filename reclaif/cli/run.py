@@ -8,6 +8,7 @@ from pathlib import Path
 from reclaif.cli.common import config_args, handler
 from reclaif.errors import ConfigError, ReclaifError
 from reclaif.pipeline.driver import Driver, run_config, run_phase
+from reclaif.pipeline.store import RunStore
 from reclaif.pipeline.report import table_markdown, write_report
 from reclaif.pipeline.train_command import phase_config, train_phase
 
@@ -45,7 +46,8 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg, run_dir = run_config(args.config, args.run_dir, args.overrides)
     t0 = time.time()
-    path = Driver(cfg, run_dir).run()
+    with RunStore(run_dir).exclusive():
+        path = Driver(cfg, run_dir).run()
     print(f"\nRun finished in {time.time() - t0:.0f} s. Report: {path} (and report.html)\n")
     print(table_markdown(run_dir))
     return 0
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _phase(args: argparse.Namespace, phase: str) -> int:
     cfg, run_dir = run_config(args.config, args.run_dir, args.overrides)
-    print(run_phase(cfg, run_dir, phase, args.iteration))
+    with RunStore(run_dir).exclusive():
+        print(run_phase(cfg, run_dir, phase, args.iteration))
     return 0
 
 
@@ -72,6 +75,7 @@ def judge(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
+    RunStore(args.run_dir).require_run()
     print(write_report(Path(args.run_dir)))
     return 0
 

@@ -22,7 +22,7 @@ from reclaif.data.interactions import fit_windows
 from reclaif.errors import DataError, ReclaifError
 from reclaif.parsing import is_valid
 from reclaif.records import Example, Item
-from reclaif.run_layout import BASE, ITERATION_GLOB, SFT, iteration_of
+from reclaif.run_layout import BASE, ITERATION_GLOB, SFT, iteration_dirs, iteration_of
 from reclaif.config import ExplainabilityConfig
 from reclaif.data import load_examples, load_items
 from reclaif.judge import make_explainability_scorer
@@ -144,7 +144,7 @@ def run_rows(run_dir: str | Path, resamples: int, seed: int = 0) -> list[dict[st
     A run without any is skipped with a printed note."""
     root = Path(run_dir)
     files = [root / s / "eval.json" for s in (BASE, SFT)]
-    files += sorted(root.glob(f"{ITERATION_GLOB}/eval.json")) + sorted(root.glob("eval/*.json"))
+    files += [d / "eval.json" for d in iteration_dirs(root)] + sorted(root.glob("eval/*.json"))
     rows = []
     for f in files:
         if not f.is_file():

@@ -12,7 +12,6 @@ files in the run directory.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -170,8 +169,7 @@ class Driver:
     def _lifecycle(self, event: str, **info: Any) -> None:
         """One line per sampler start/release and training start/end (RUN/lifecycle.jsonl):
         the order GPUs change hands in, for the user and the tests."""
-        with open(self.store.root / "lifecycle.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"event": event, "time": round(time.time(), 3), **info}) + "\n")
+        self.store.append_event(event, **info)
 
     # --------------------------------------------------------------------------- phases
     def evidence(self) -> None:

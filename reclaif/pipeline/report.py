@@ -16,7 +16,7 @@ from typing import Any
 
 from reclaif.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from reclaif.errors import ReclaifError
-from reclaif.run_layout import BASE, ITERATION_GLOB, SFT, is_iteration
+from reclaif.run_layout import BASE, SFT, is_iteration, iteration_dirs, iteration_of
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _config_text(run_dir: Path) -> str:
 def stages(run_dir: Path) -> list[tuple[str, dict]]:
     """(stage name, eval.json) in pipeline order: base, sft, iter-001, ..."""
     out = []
-    names = [BASE, SFT] + sorted(p.name for p in run_dir.glob(ITERATION_GLOB) if p.is_dir())
+    names = [BASE, SFT] + [p.name for p in iteration_dirs(run_dir)]
     for name in names:
         f = run_dir / name / "eval.json"
         if f.exists():
@@ -77,7 +77,7 @@ def _label(stage: str) -> str:
         return "Base (zero-shot)"
     if stage == "sft":
         return "SFT"
-    return "DPO-Iter" + str(int(stage.split("-")[1]))
+    return f"DPO-Iter{iteration_of(stage)}"
 
 
 def _fmt(v: float | None, expl: bool = False) -> str:
@@ -251,7 +251,7 @@ def _plot(run_dir: Path) -> Path | None:
 
 def _judge_rows(run_dir: Path) -> list[list[str]]:
     rows = []
-    for d in sorted(run_dir.glob(ITERATION_GLOB)):
+    for d in iteration_dirs(run_dir):
         f = d / "judge_stats.json"
         if not f.exists():
             continue

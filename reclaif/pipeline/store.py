@@ -17,10 +17,16 @@ existing, only for matching what was recorded when it was written:
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +102,18 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a!r} → {b!r}"]
 
 
+def _open_own(path: Path, flags: int) -> int:
+    """os.open that refuses a symbolic link: a run's own files are never written through one
+    to a file outside the run directory."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise ReclaifError(f"{path}: is a symbolic link; a run writes this file only inside "
+                           "its own directory (remove the link)") from None
+
+
 class RunStore(RunLayout):
     """One run directory. All paths a phase reads or writes come from here: the names from
     `RunLayout` (reclaif/run_layout.py, which the trainers share), the rest below."""
@@ -166,6 +184,47 @@ class RunStore(RunLayout):
             raise ConfigError(f"{damaged} (not valid YAML: {str(e).splitlines()[0]})") from None
         except ConfigError as e:
             raise ConfigError(f"{damaged} ({e})") from None
+
+    # who may write ----------------------------------------------------------------------
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Holds RUN/.lock for one driver: a second `reclaif run` (or phase command) on the
+        same directory is refused with one line naming the holder, instead of retraining what
+        the first one is writing. An advisory kernel lock (lockf, which NFS also honours), not
+        a pid file: it dies with its process, however that ends, so a lock is never stale."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = _open_own(self.root / ".lock", os.O_RDWR | os.O_CREAT)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+                raise ReclaifError(f"{self.root}: another reclaif driver is using this run "
+                                   f"directory ({holder}); wait for it to end or stop it") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def require_run(self) -> None:
+        """Refuses a directory no run wrote (a mistyped path, a user's own notes): commands
+        that write into a run directory must not create or overwrite files elsewhere."""
+        if not (self.manifest_path.is_file() or (self.root / "config.yaml").is_file()):
+            raise ReclaifError(f"{self.root}: not a run directory (no manifest.json or "
+                               "config.yaml); give the --run-dir of a reclaif run")
+
+    def append_event(self, event: str, **info: Any) -> None:
+        """One line of RUN/lifecycle.jsonl (sampler starts and releases, training starts and
+        ends: the order GPUs change hands in). Opened without following a symlink, so the log
+        cannot be pointed at a file outside the run directory."""
+        line = json.dumps({"event": event, "time": round(time.time(), 3), **info}) + "\n"
+        fd = _open_own(self.root / "lifecycle.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
 
     # manifest ---------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
