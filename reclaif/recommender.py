@@ -5,7 +5,6 @@ only joins them to a client, so the same Recommender serves the hf, vLLM and rem
 """
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 from reclaif.config import LLMSpec, load_config
@@ -88,19 +87,6 @@ def with_run_evidence(example: Example, items: dict[str, Item], model: str
     mapped = replace(example, context=context, candidates=[to_id(n) for n in example.candidates])
     models.prepare([mapped])
     return models.annotate(mapped, merged), merged
-
-
-# Escape sequences a terminal acts on (CSI "\x1b[...", OSC "\x1b]...BEL", and the rest), and
-# any other C0/C1 control character: a model's answer can retitle, clear or hyperlink the
-# user's terminal, or hide text, if printed raw.
-_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
-                      r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?|\x1b.?|\x9b[0-?]*[ -/]*[@-~]?")
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def terminal_safe(text: str) -> str:
-    """`text` without terminal escape sequences or control characters (newlines and tabs kept)."""
-    return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
 def recommend_names(example: Example, items: dict[str, Item], model: str = "default",

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from reclaif.cli import audit, bench, config, data, plan, recommend, run
 from reclaif.cli import eval as evaluate
-from reclaif.logs import redact, setup_logging
+from reclaif.logs import for_terminal, setup_logging
 from reclaif.errors import ReclaifError
 
 
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line for the user; the traceback only with -v (through the redacting logger).
         if args.verbose:
             logging.getLogger("reclaif.cli").debug("traceback", exc_info=True)
-        print(f"reclaif: error: {redact(message)}", file=sys.stderr)
+        print(f"reclaif: error: {for_terminal(message)}", file=sys.stderr)
         return 2
 
     try:

@@ -8,7 +8,8 @@ import re
 from reclaif.cli.common import handler
 from reclaif.config import LLMSpec, choices
 from reclaif.errors import ReclaifError
-from reclaif.recommender import adhoc_example, recommend_names, terminal_safe
+from reclaif.logs import terminal_safe
+from reclaif.recommender import adhoc_example, recommend_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:

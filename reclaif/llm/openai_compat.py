@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import ssl
 import threading
@@ -29,6 +28,7 @@ from reclaif.config import LLMSpec
 from reclaif.errors import ConfigError, LLMError
 from reclaif.llm.base import LLMClient, Settled
 from reclaif.llm.retry import Backoff, Retryable, parse_retry_after
+from reclaif.logs import secret_from_env
 
 # An answer is a few KB (n choices of a few hundred tokens); 8 MiB is far past any real one and
 # small enough that a hostile or broken endpoint cannot fill a worker's memory.
@@ -126,7 +126,7 @@ class OpenAICompatClient(LLMClient):
 
     def _attempt(self, body: dict[str, Any]) -> list[str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self.spec.api_key_env, "") if self.spec.api_key_env else ""
+        key = secret_from_env(self.spec.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         status, resp_headers, raw = self._post(json.dumps(body).encode(), headers)
