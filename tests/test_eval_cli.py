@@ -126,7 +126,7 @@ def test_top_k_flag_overrides_the_task_default(dataset, tmp_path, capsys):
     assert json.loads(out2)["metrics"]["valid_ratio"]["mean"] == 1.0
 
 
-@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1" + "0" * 400])
 def test_non_finite_explainability_is_a_data_error_not_json_nan(dataset, tmp_path, capsys, value):
     d, examples = dataset
     p = tmp_path / "p.jsonl"

@@ -94,3 +94,38 @@ def test_pick_helpers_on_cpu():
     assert models.pick_dtype("bfloat16", "cuda") is torch.bfloat16
     assert models.pick_attn("auto", "cpu") == "sdpa"
     assert models.pick_attn("eager", "cuda") == "eager"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return models.build_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbled", "empty"])
+def test_a_damaged_safetensors_file_is_one_line_naming_it(tiny_dir, tmp_path, damage):
+    d = _copy(tiny_dir, tmp_path / "ckpt")
+    f = next(d.glob("*.safetensors"))
+    data = f.read_bytes()
+    f.write_bytes({"cut": data[: len(data) // 2], "garbled": data[:8] + b"{not json" + data[17:],
+                   "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match=f"{f}: .*damaged"):
+        models.check_checkpoint_dir(d)
+    with pytest.raises(CheckpointError, match=f"{f}: "):
+        models.load_causal_lm(str(d), device="cpu")
+    assert models.safetensors_damage(next(tiny_dir.glob("*.safetensors"))) is None
+
+
+def test_a_checkpoint_without_its_tokenizer_is_one_line(tiny_dir, tmp_path):
+    d = _copy(tiny_dir, tmp_path / "ckpt")
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+              "special_tokens_map.json"):
+        (d / f).unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match=f"{d}: no usable tokenizer"):
+        models.load_tokenizer(str(d))

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -124,9 +125,35 @@ def check_checkpoint_dir(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{p}: not a directory (expected a model checkpoint)")
     if not (p / "config.json").exists():
         raise CheckpointError(f"{p}: no config.json, so not a model checkpoint")
-    if not list(p.glob("*.safetensors")):
+    weights = sorted(p.glob("*.safetensors"))
+    if not weights:
         raise CheckpointError(f"{p}: no *.safetensors weights (pickled .bin weights are refused)")
+    for f in weights:
+        why = safetensors_damage(f)
+        if why:
+            raise CheckpointError(f"{f}: {why}; the checkpoint is damaged (copy it again, or "
+                                  "rerun the phase that wrote it)")
     return p
+
+
+def safetensors_damage(path: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (cut short, garbled header), or None. Reads the
+    header only (8-byte length, JSON, each tensor's byte range), so checking a 14 GB
+    checkpoint costs milliseconds; safetensors' own error on load is a bare
+    SafetensorError with no file name."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n > size - 8:
+                return f"{size} bytes, shorter than its header says"
+            header = json.loads(fh.read(n))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return "its header is not valid safetensors JSON"
+    if max(ends, default=0) > size - 8 - n:
+        return f"{size} bytes, cut short (its tensors end at byte {8 + n + max(ends)})"
+    return None
 
 
 def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
@@ -167,8 +194,15 @@ def load_tokenizer(name: str, cache_dir: str | os.PathLike | None = None,
                    trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(name, cache_dir),
-                                        trust_remote_code=trust_remote_code)
+    path = resolve_model(name, cache_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # a directory without tokenizer files: ValueError
+        if not Path(path).is_dir():
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: no usable tokenizer (tokenizer.json or "
+                              f"tokenizer_config.json missing or damaged: {first[:200]})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

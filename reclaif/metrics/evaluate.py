@@ -8,7 +8,6 @@ at least two items; explainability averages the scores given.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +128,13 @@ def read_predictions(path: str | Path, known: dict[str, Example]) -> dict[str, d
         if has_items and not all(isinstance(i, (str, int)) for i in row["items"]):
             raise DataError(f"{path}:{n}: 'items' of id {pid!r} must be item ids")
         score = row.get("explainability")
-        # json.loads reads NaN and Infinity; a mean over them would be NaN in eval.json.
-        if isinstance(score, float) and not math.isfinite(score):
-            raise DataError(f"{path}:{n}: 'explainability' of id {pid!r} is {score}; give "
-                            "a finite number or leave it out")
+        # json.loads reads NaN, Infinity and 400-digit integers (float() of those overflows);
+        # a mean over them would be NaN in eval.json. Scores are 0-100.
+        if isinstance(score, (int, float)) and not isinstance(score, bool) and not (
+                -1e6 < score < 1e6):
+            shown = score if isinstance(score, float) else f"a {len(str(score))}-digit number"
+            raise DataError(f"{path}:{n}: 'explainability' of id {pid!r} is {shown}; give "
+                            "a finite number (the scores are 0-100) or leave it out")
         out[pid] = row
     return out
 
