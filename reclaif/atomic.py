@@ -24,20 +24,23 @@ from reclaif.errors import DataError, ReclaifError
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
-            # write()/fsync() on a full disk name no file: the user should read which one.
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(e, OSError) and e.errno is not None:
+            # write()/fsync() on a full disk name no file, mkstemp and rename name the
+            # temporary one: the user should read the file they asked for.
             raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     fsync_dir(path.parent)

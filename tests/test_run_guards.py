@@ -110,3 +110,22 @@ def test_eval_refuses_negative_numbers_and_overwriting_its_input(tmp_path, capsy
                  "--out", str(preds)]) != 0
     assert "would replace the predictions" in capsys.readouterr().err
     assert preds.read_text() == '{"id": "x", "items": []}\n'
+
+
+@pytest.mark.parametrize("where", ["mkstemp", "replace"])
+def test_a_failed_write_names_the_target_not_its_temporary_file(tmp_path, monkeypatch, where):
+    import errno
+    import tempfile
+
+    from reclaif import atomic
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied",
+                              str(tmp_path / ".report.md.wno05ovs.tmp"))
+
+    monkeypatch.setattr(tempfile if where == "mkstemp" else os,
+                        "mkstemp" if where == "mkstemp" else "replace", refuse)
+    with pytest.raises(PermissionError) as e:
+        atomic.atomic_write_text(tmp_path / "report.md", "x")
+    assert e.value.filename == str(tmp_path / "report.md")
+    assert not list(tmp_path.glob(".report.md.*"))
