@@ -26,7 +26,8 @@ import copy
 import pytest
 import torch
 
-from reclaif.bench.peer import lastfm_pairs, trl_rows
+from reclaif.bench.peer import lastfm_pairs
+from reclaif.pipeline.export import standard_rows
 from reclaif.train.data import collate_pairs, encode_pairs
 from reclaif.train.fused_dpo import fused_dpo_loss
 from reclaif.train.reference import compute_reference_logps
@@ -63,7 +64,7 @@ def trainer_for(peer, loss_type, loss_weights=None, label_smoothing=0.0):
                      bf16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
                      disable_tqdm=True)
     return DPOTrainer(model=peer["policy"], ref_model=peer["ref"], args=args,
-                      train_dataset=Dataset.from_list(trl_rows(peer["tok"], peer["pairs"])),
+                      train_dataset=Dataset.from_list(standard_rows(peer["tok"], peer["pairs"])),
                       processing_class=peer["tok"])
 
 

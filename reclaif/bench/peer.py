@@ -40,6 +40,7 @@ from reclaif.config import DPOConfig, shares_prompt
 from reclaif.data import load_examples, load_items
 from reclaif.errors import ConfigError
 from reclaif.llm.models import build_tiny_model, load_tokenizer, resolve_model
+from reclaif.pipeline.export import standard_rows
 from reclaif.prompts import render_recommender
 from reclaif.records import PreferencePair
 from reclaif.teacher import OfflineTeacher
@@ -73,16 +74,6 @@ def lastfm_pairs(count: int, top_k: int = 5) -> list:
         pairs.append(PreferencePair(e.id, render_recommender(e, items, top_k), good,
                                     _reversed_ranking(good)))
     return pairs
-
-
-def trl_rows(tokenizer: Any, pairs: list) -> list[dict[str, str]]:
-    """TRL's plain-text preference rows for `pairs`: the prompt rendered by the chat template
-    exactly as the project trains on it (reclaif.train.data.render_prompt); TRL appends the EOS
-    token to each answer, as the project's encode does."""
-    from reclaif.train.data import render_prompt
-
-    return [{"prompt": render_prompt(tokenizer, p.prompt), "chosen": p.chosen,
-             "rejected": p.rejected} for p in pairs]
 
 
 def _peak_bytes(device: str) -> int:
@@ -169,7 +160,7 @@ def _trl_side(spec: dict, tmp: str) -> dict:
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                  attn_implementation="sdpa")
-    rows = trl_rows(tokenizer, lastfm_pairs(spec["pairs"], spec["top_k"]))
+    rows = standard_rows(tokenizer, lastfm_pairs(spec["pairs"], spec["top_k"]))
     total = spec["warmup"] + spec["steps"]
     args = DPOConfig(output_dir=str(Path(tmp) / "trl"), per_device_train_batch_size=spec["pairs"],
                      learning_rate=spec["lr"], max_length=spec["max_length"], beta=spec["beta"],

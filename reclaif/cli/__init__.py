@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from reclaif.cli import audit, bench, config, data, plan, recommend, run
+from reclaif.cli import audit, bench, config, data, export, plan, recommend, run
 from reclaif.cli import eval as evaluate
 from reclaif.logs import for_terminal, setup_logging
 from reclaif.errors import ReclaifError
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     plan.register(sub)
     config.register(sub)
+    export.register(sub)
     return parser
 
 
