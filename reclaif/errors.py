@@ -23,3 +23,9 @@ class LLMError(ReclaifError):
 
 class PhaseError(ReclaifError):
     """A pipeline phase (e.g. a training subprocess) failed; names the log to read."""
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the `reclaif` command (a scheduler's cancel, `kill`). A BaseException,
+    as KeyboardInterrupt is: no `except Exception` on the way out swallows it, and every
+    `finally` (samplers released, files closed) runs before the one-line exit."""

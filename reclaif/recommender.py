@@ -92,13 +92,18 @@ def with_run_evidence(example: Example, items: dict[str, Item], model: str
 def recommend_names(example: Example, items: dict[str, Item], model: str = "default",
                     backend: str = "hf", base_url: str = "", api_key_env: str = "",
                     top_k: int = 3, temperature: float = 0.0, max_new_tokens: int = 256,
-                    seed: int = 0) -> tuple[Recommendation, dict[str, Item]]:
+                    seed: int = 0, timeout_s: float | None = None,
+                    max_retries: int | None = None) -> tuple[Recommendation, dict[str, Item]]:
     """One recommendation from `model` for an ad-hoc example (adhoc_example), with the run's
     evidence where the model is a hybrid run's checkpoint; returns it and the catalog used."""
 
     example, items = with_run_evidence(example, items, model)
     spec = replace(LLMSpec(), backend=backend, model=model, base_url=base_url or "",
                    api_key_env=api_key_env or LLMSpec().api_key_env)
+    if timeout_s is not None:
+        spec = replace(spec, timeout_s=timeout_s)
+    if max_retries is not None:
+        spec = replace(spec, max_retries=max_retries)
     rec = Recommender(make_client(spec), items, top_k)
     result = rec.recommend([example], n=1, temperature=temperature,
                            max_new_tokens=max_new_tokens, seed=seed)[0][0]

@@ -35,7 +35,15 @@ def ray_local():
 
     # The worker class lives in this test module, which Ray workers cannot import by name.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    import signal
+
+    from reclaif.cli import _terminate
+
+    before = signal.signal(signal.SIGTERM, _terminate)  # as `reclaif run` has it
     init_ray("", num_cpus=2)
+    # ray.init installs its own SIGTERM handler (a C++ stack dump); the command's comes back
+    assert signal.getsignal(signal.SIGTERM) is _terminate
+    signal.signal(signal.SIGTERM, before)
     yield ray
     ray.shutdown()
 

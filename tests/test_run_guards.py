@@ -129,3 +129,12 @@ def test_a_failed_write_names_the_target_not_its_temporary_file(tmp_path, monkey
         atomic.atomic_write_text(tmp_path / "report.md", "x")
     assert e.value.filename == str(tmp_path / "report.md")
     assert not list(tmp_path.glob(".report.md.*"))
+
+
+def test_a_huge_title_is_cut_in_the_prompt():
+    from reclaif.prompts import MAX_TITLE_CHARS, display_item
+    from reclaif.records import Item
+
+    items = {"x": Item(id="x", title="La " * 40_000, fields={})}
+    shown = display_item("x", items, "music")
+    assert len(shown) == MAX_TITLE_CHARS and shown.endswith("…")

@@ -40,3 +40,57 @@ def test_log_lines_are_cleaned_too(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "abcd-1234-efgh" not in err and "zz9-plural" not in err and "\x1b" not in err
     assert for_terminal("line one\n\tline two") == "line one\n\tline two"  # layout kept
+
+
+def test_recommend_takes_timeout_and_retries_and_refuses_bad_ones(monkeypatch, capsys):
+    import time
+
+    monkeypatch.setenv("LLM_AUTH", KEY)
+    with serve() as server:
+        server.script = [(200, {}, b"{}", 5.0)]  # an endpoint that hangs 5 s
+        t0 = time.monotonic()
+        rc = main(["recommend", "--backend", "openai_compat", "--base-url", server.url,
+                   "--api-key-env", "LLM_AUTH", "--model", "m", "--history", "a; b",
+                   "--candidates", "x; y", "--timeout", "0.5", "--retries", "0"])
+        took = time.monotonic() - t0
+    assert rc == 2 and took < 4 and len(server.requests) == 1
+    for bad in (["--timeout", "0"], ["--timeout", "nan"], ["--retries", "-1"], ["--top-k", "0"]):
+        try:
+            main(["recommend", "--history", "a", "--candidates", "x", *bad])
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f"{bad} accepted")
+
+
+_SLOW = """
+import sys
+sys.path.insert(0, {tests!r})
+from llm_server import serve
+from reclaif.cli import main
+with serve() as server:
+    server.script = [(200, {{}}, b"{{}}", 60.0)]
+    print("ready", flush=True)
+    sys.exit(main(["recommend", "--backend", "openai_compat", "--base-url", server.url,
+                   "--model", "m", "--history", "a", "--candidates", "x", "--retries", "0",
+                   "--timeout", "120"]))
+"""
+
+
+def test_sigterm_is_one_line_and_exit_143():
+    import os
+    import signal
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-c", _SLOW.format(tests=str(Path(__file__).parent))],
+                             env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(1.5)  # inside the request
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 143, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert lines[-1].startswith("reclaif: terminated (SIGTERM)") and "Traceback" not in err

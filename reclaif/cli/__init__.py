@@ -13,13 +13,15 @@ import errno
 import glob
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from reclaif.cli import audit, bench, config, data, export, plan, recommend, run
 from reclaif.cli import eval as evaluate
 from reclaif.logs import for_terminal, setup_logging
-from reclaif.errors import ReclaifError
+from reclaif.errors import ReclaifError, Terminated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +59,22 @@ def _no_gpu_means_cpu_deepspeed() -> None:
 _WRITE_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EPERM)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    on_main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if on_main else None
+    try:
+        return _run(args)
+    finally:
+        if on_main:  # a caller's own handler (main() called from Python) comes back
+            signal.signal(signal.SIGTERM, before)
+
+
+def _run(args: argparse.Namespace) -> int:
     _no_gpu_means_cpu_deepspeed()
     setup_logging(args.verbose)
 
@@ -85,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("reclaif: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print("reclaif: terminated (SIGTERM); finished work is intact, rerun the same command "
+              "to resume", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

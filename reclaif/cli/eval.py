@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from reclaif.cli.common import handler
+from reclaif.cli.common import count, handler, positive_int
 from reclaif.errors import ConfigError, ReclaifError
 from reclaif.atomic import atomic_write_json, dumps
 from reclaif.comparison.methods import is_learned
@@ -38,21 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-diversity", action="store_true", help="skip the embedding diversity")
     p.add_argument("--out", help="write the JSON result here")
     handler(p, evaluate)
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {low}")
-        return value
-    return parse
-
-
-positive_int, count = _int_at_least(1), _int_at_least(0)
 
 
 def parse_ks(text: str) -> list[int]:

@@ -5,7 +5,7 @@ import argparse
 import json
 import re
 
-from reclaif.cli.common import handler
+from reclaif.cli.common import count, handler, positive_float, positive_int
 from reclaif.config import LLMSpec, choices
 from reclaif.errors import ReclaifError
 from reclaif.logs import terminal_safe
@@ -24,10 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history", help="'a; b; c' (sequential task)")
     p.add_argument("--query", help="search query (retrieval task)")
     p.add_argument("--candidates", required=True, help="'x; y; z'")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=positive_int, default=3)
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=positive_float, default=LLMSpec().timeout_s,
+                   help="seconds one endpoint request may take (openai_compat, bedrock)")
+    p.add_argument("--retries", type=count, default=LLMSpec().max_retries,
+                   help="retries of a failed endpoint request")
     p.add_argument("--json", action="store_true", help="print the Recommendation as JSON")
     handler(p, recommend)
 
@@ -56,7 +60,8 @@ def recommend(args: argparse.Namespace) -> int:
     result, items = recommend_names(example, items, model=args.model, backend=args.backend,
                                     base_url=args.base_url or "", api_key_env=args.api_key_env,
                                     top_k=args.top_k, temperature=args.temperature,
-                                    max_new_tokens=args.max_new_tokens, seed=args.seed)
+                                    max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                    timeout_s=args.timeout, max_retries=args.retries)
     if args.json:
         # json escapes C0 controls itself; C1 ones (U+0080-U+009F) it leaves raw.
         text = json.dumps(result.to_json(), ensure_ascii=False, indent=2)

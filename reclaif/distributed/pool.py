@@ -9,6 +9,8 @@ with its records marked failed after `max_retries`, and the run goes on.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -247,8 +249,14 @@ def init_ray(address: str = "", num_cpus: int = 2) -> None:
                 "TRANSFORMERS_OFFLINE"):
         if key in os.environ:
             env["env_vars"][key] = os.environ[key]
+    # ray.init installs its own SIGTERM handler (it dumps a C++ stack trace): the `reclaif`
+    # command's one-line, resumable exit is put back where it was installed.
+    ours = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
                  log_to_driver=False, configure_logging=False)
+    if getattr(ours, "__module__", "").startswith("reclaif") and \
+            threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, ours)

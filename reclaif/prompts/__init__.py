@@ -39,6 +39,9 @@ DISPLAY_FIELDS: dict[str, tuple[str, ...]] = {
     "product_search": ("brand", "color"),
 }
 MAX_FIELD_CHARS = 60
+# A title longer than this is cut in the prompt (a 100 kB title once made a 104 kB prompt);
+# the parser matches answers on the first 160 characters anyway (parsing.MAX_FUZZY_CHARS).
+MAX_TITLE_CHARS = 200
 
 # Section headers of the templates' own structure. Answer-format headers ("Key Preferences:",
 # "Recommended ...:", "Preference 1:") are not here: the answers under review legitimately
@@ -131,6 +134,8 @@ def item_title(item_id: str, items: dict[str, Item]) -> str:
 def display_item(item_id: str, items: dict[str, Item], domain: str) -> str:
     """One item as a prompt line: title, then the domain's display fields in parentheses."""
     title = sanitize(item_title(item_id, items), multiline=False)
+    if len(title) > MAX_TITLE_CHARS:
+        title = title[: MAX_TITLE_CHARS - 1] + "…"
     item = items.get(item_id)
     extra = []
     if item is not None:
