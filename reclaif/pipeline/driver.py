@@ -112,7 +112,8 @@ class Driver:
         # need no actor (training, a finished run) skips the seconds a local Ray takes.
         try:
             self.evidence()
-            self.evaluate(BASE, self.base_model())
+            if self.base_examples():
+                self.evaluate(BASE, self.base_model(), self.base_examples())
             if self.cfg.sft.enabled:
                 self.teacher_data()
                 self.train_phase("sft", 0)
@@ -131,6 +132,13 @@ class Driver:
     # --------------------------------------------------------------------------- models
     def base_model(self) -> str:
         return resolve_model(self.cfg.recommender.model, self.cfg.recommender.cache_dir or None)
+
+    def base_examples(self) -> list[Example]:
+        """The evaluation examples the base model is scored on: the first eval.base_examples
+        (-1: all, 0: none). The base model is rarely valid on these prompts, so a full
+        evaluation of it would cost as much as a trained stage's to say little more."""
+        n = self.cfg.eval.base_examples
+        return list(self.eval) if n < 0 else self.eval[:n]
 
     def policy_before(self, iteration: int) -> str:
         if iteration > 1:
@@ -422,16 +430,18 @@ class Driver:
         metrics_file = self.store.train_metrics(stage)
         return read_json(metrics_file) if metrics_file.exists() else {}
 
-    def evaluate(self, stage: str, model: str) -> None:
+    def evaluate(self, stage: str, model: str, examples: list[Example] | None = None) -> None:
+        """Scores `model` on `examples` (default: every evaluation example)."""
         key = f"{stage}/eval"
         if self.store.is_done(key):
             return
         t0 = time.time()
         e = self.cfg.eval
+        examples = self.eval if examples is None else examples
         out_dir = self.store.phase_dir(stage)
-        rows = self._generate(key, self.eval, model, out_dir / "eval", 1, e.temperature, 1.0,
+        rows = self._generate(key, examples, model, out_dir / "eval", 1, e.temperature, 1.0,
                               e.max_new_tokens, (self.cfg.seed, "eval"))
-        by_id = {x.id: x for x in self.eval}
+        by_id = {x.id: x for x in examples}
         recs = {}
         for row in rows:
             if row.get("failed"):
@@ -440,7 +450,7 @@ class Driver:
                                                            self.items, self.top_k)
         scorer = make_explainability_scorer(self.cfg.explainability, self.items, self.top_k)
         expl = {i: scorer.score(by_id[i], r.raw_text) for i, r in recs.items() if r.valid}
-        result = evaluate_rankings(self.eval, {i: r.items for i, r in recs.items()},
+        result = evaluate_rankings(examples, {i: r.items for i, r in recs.items()},
                                    {i: r.valid for i, r in recs.items()}, self.items, e.k,
                                    DiversityScorer(self.items, e.diversity_model), expl)
         result.update(stage=stage, model=model, split=self.cfg.data.eval_split,
