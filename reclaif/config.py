@@ -143,6 +143,11 @@ class EvidenceConfig:
     sasrec_max_seconds: float = _f(0.0, "Optional wall-clock cap on each SASRec fit; 0 = none. "
                                    "A cap makes the evidence depend on the machine's speed and "
                                    "load.")
+    cache_dir: str = _f("", "Where fitted evidence models are kept and reused by later runs on "
+                        "the same inputs (a hash of the windows, folds, item text, these "
+                        "settings, the seed and the fitting code): '' = $RECLAIF_EVIDENCE_CACHE, "
+                        "else $RECLAIF_CACHE/evidence, else ~/.cache/reclaif/evidence; 'off' = "
+                        "always fit.")
 
 
 # The fused log-prob kernel's choices, here (torch-free) for the config, the CLI and the kernel.

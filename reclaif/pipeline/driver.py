@@ -32,7 +32,7 @@ from reclaif.run_layout import BASE, SFT, stage_name, training_stage
 from reclaif.comparison.methods import is_learned, make_ranker
 from reclaif.distributed.pool import ActorPool, PoolReport, init_ray
 from reclaif.distributed.workers import JudgeWorker, SamplerWorker
-from reclaif.evidence import apply_saved, build_evidence, load_evaluation_models
+from reclaif.evidence import apply_saved, build_evidence, evidence_cache, load_evaluation_models
 from reclaif.judge import make_explainability_scorer, preference_pair
 from reclaif.judge.audit import audit
 from reclaif.llm.models import resolve_model
@@ -196,7 +196,7 @@ class Driver:
             return
         t0 = time.time()
         ev = build_evidence(self.cfg.evidence, self.train, self.eval, self.windows, self.items,
-                            out, seed=self.cfg.seed)
+                            out, seed=self.cfg.seed, cache_root=evidence_cache(self.cfg.evidence))
         self.train, self.eval = ev.train, ev.evaluation
         baselines = self._evidence_baselines(out)
         atomic_write_json(out / "baselines.json", baselines)
