@@ -61,3 +61,14 @@ def test_the_base_row_says_its_n_and_pairs_only_common_examples(tmp_path, monkey
     paired = paired_lines(driver.store.root)
     assert paired and all("same 2 examples" in line for line in paired)
     assert "Base (zero-shot) (n=2)" in (driver.store.root / "report.md").read_text()
+    # `reclaif eval --run` rows: the base row's note says it covered fewer examples
+    from reclaif.comparison.table import run_rows, to_markdown
+
+    rows = run_rows(driver.store.root, resamples=10)
+    table = {"task": "sequential", "rows": rows, "held_out": "-", "bootstrap": 10, "seed": 0,
+             "eval": {"examples": "sample", "split": "valid", "n": 4, "candidates": 20,
+                      "subset": ""},
+             "train": {"path": "sample", "split": "train", "n": 4}}
+    text = to_markdown(table)
+    assert "Base (zero-shot) was evaluated on 2 examples, not the 4 above" in text
+    assert "DPO-Iter1 was evaluated on" not in text
