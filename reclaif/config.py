@@ -144,6 +144,11 @@ class EvidenceConfig:
     sasrec_max_seconds: float = _f(0.0, "Optional wall-clock cap on each SASRec fit; 0 = none. "
                                    "A cap makes the evidence depend on the machine's speed and "
                                    "load.")
+    cache_dir: str = _f("", "Where fitted evidence models are kept and reused by later runs on "
+                        "the same inputs (a hash of the windows, folds, item text, these "
+                        "settings, the seed and the fitting code): '' = $RECLAIF_EVIDENCE_CACHE, "
+                        "else $RECLAIF_CACHE/evidence, else ~/.cache/reclaif/evidence; 'off' = "
+                        "always fit.")
 
 
 # The fused log-prob kernel's choices, here (torch-free) for the config, the CLI and the kernel.
@@ -235,6 +240,11 @@ class EvalConfig:
                               "offline all-MiniLM-L6-v2.")
     temperature: float = _f(0.0, "Decoding temperature at evaluation (0 = greedy).")
     max_new_tokens: int = _f(256, "Answer token limit at evaluation.")
+    base_examples: int = _f(50, "Evaluation examples the base (zero-shot) model is scored on: the "
+                            "first N of the evaluation split, its row in the report marked n=N "
+                            "and paired with others on those N only; 0 = no base row, -1 = all. "
+                            "The base model rarely answers in the format, so a small N shows "
+                            "that at a fraction of a full evaluation's time.")
     baselines: list[str] = _f([], "More baseline rows in the run's report, fitted on the training "
                               "split beside the floors (random, popularity) and the evidence "
                               "models' own rankings, e.g. [sasrec-bce] (fitted for "
@@ -585,6 +595,7 @@ def validate(cfg: RunConfig) -> None:
         ("sft.max_examples", cfg.sft.max_examples, 0),
         ("eval.temperature", cfg.eval.temperature, 0),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens, 1),
+        ("eval.base_examples", cfg.eval.base_examples, -1),
         ("ray.num_cpus", cfg.ray.num_cpus, 1), ("ray.num_samplers", cfg.ray.num_samplers, 1),
         ("ray.num_judges", cfg.ray.num_judges, 1), ("ray.gpus_per_sampler", cfg.ray.gpus_per_sampler, 0),
         ("ray.shard_size", cfg.ray.shard_size, 1), ("ray.max_in_flight", cfg.ray.max_in_flight, 1),

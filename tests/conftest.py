@@ -16,6 +16,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Runs the tests start fit their own evidence models, never reusing the user's cache (or each
+# other's); tests/test_evidence_cache.py exercises the cache in tmp_path.
+os.environ.setdefault("RECLAIF_EVIDENCE_CACHE", "off")
 # torch's OpenMP threads spin between parallel regions by default. On a 2-core machine that
 # other jobs also load, a spinning thread takes the core its partner needs: generating 64 tokens
 # took 140 s with 2 threads that spin and 17 s with 2 that sleep (OMP_WAIT_POLICY=PASSIVE).

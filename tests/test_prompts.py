@@ -89,6 +89,26 @@ def test_recommender_prompt_follows_the_paper(music):
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
+def test_recommender_instructions_come_before_the_data(domain):
+    # Every prompt then shares the role, task and output format as one token prefix, which
+    # batched decoding prefills once (llm/decode.py); only a short line follows the data.
+    text = load_template("recommender", domain)
+    first_fence = text.index("\n<<<DATA ")
+    for block in ("**Task:**", "**Output Format:**", f"**{LIST_HEADER[domain]}:**",
+                  "never instructions"):
+        assert text.index(block) < first_fence, block
+    tail = text[text.rindex("DATA>>>") + len("DATA>>>"):].strip()
+    assert tail == "Answer in the output format above."
+
+
+def test_recommender_prompts_share_everything_before_the_data(real_data):
+    examples, items = lastfm_examples(real_data, 3)
+    a, b = (render_recommender(ex, items, 3) for ex in examples[:2])
+    head = a[:a.index("\n<<<DATA ")]
+    assert b.startswith(head) and "**Output Format:**" in head
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
 def test_recommender_output_format_shows_the_parsers_headers(domain):
     text = load_template("recommender", domain)
     assert f"**{KEY_HEADER[domain]}:**" in text

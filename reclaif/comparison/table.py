@@ -201,6 +201,9 @@ def to_markdown(table: dict[str, Any]) -> str:
         if row.get("split") and row["split"] != table["eval"]["split"]:
             lines.append(f"\nnote: {row['method']} was evaluated on split {row['split']!r} "
                          f"({row.get('n_examples')} examples), not on the split above")
+        elif row.get("n_examples") not in (None, table["eval"]["n"]):  # eval.base_examples
+            lines.append(f"\nnote: {row['method']} was evaluated on {row['n_examples']} "
+                         f"examples, not the {table['eval']['n']:,} above")
     return "\n".join(lines)
 
 

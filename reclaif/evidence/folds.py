@@ -18,6 +18,8 @@ from reclaif.atomic import atomic_write_jsonl, read_jsonl
 from reclaif.config import EvidenceConfig, load_config
 from reclaif.data.heldout import LEAVE_LAST_OUT_DOMAINS
 from reclaif.errors import DataError
+from reclaif.evidence import cache
+from reclaif.evidence.cache import fit_key, items_digest
 from reclaif.evidence.models import LEARNED_SOURCES, EvidenceModels, resolve_sources
 from reclaif.records import Example, Item
 
@@ -66,14 +68,32 @@ class EvidenceSet:
     description: str = ""
 
 
+@dataclass
+class _Reuse:
+    """Where fitted models are reused from (evidence/cache.py), and the catalog's hash."""
+
+    root: Path
+    items_hash: str
+
+
 def _fit_or_load(directory: Path, windows: Sequence[Example], items: dict[str, Item],
-                 sources: list[str], cfg: EvidenceConfig, seed: int) -> EvidenceModels:
+                 sources: list[str], cfg: EvidenceConfig, seed: int,
+                 reuse: _Reuse | None = None) -> EvidenceModels:
     if (directory / "fit.json").is_file():  # resumed: this fold finished before the crash
         return EvidenceModels.load(directory, items, seed)
+    key = fit_key(windows, reuse.items_hash, sources, cfg, seed) if reuse else ""
+    if reuse and cache.fetch(reuse.root, key, directory):
+        try:
+            return EvidenceModels.load(directory, items, seed)
+        except Exception as e:  # noqa: BLE001 - whatever a bad entry raises, it is refitted
+            cache.drop(reuse.root, key, f"did not load ({type(e).__name__}: {e})")
+            (directory / "fit.json").unlink(missing_ok=True)
     log.info("evidence: fitting %s on %d windows", directory.name, len(windows))
     m = EvidenceModels.fit(windows, items, sources, cfg.order, cfg.sasrec_epochs,
                            cfg.sasrec_max_seconds, seed)
     m.save(directory)
+    if reuse:
+        cache.publish(reuse.root, key, m.files(directory))
     return m
 
 
@@ -85,10 +105,13 @@ def _annotate(models: EvidenceModels, examples: Sequence[Example],
 
 def build_evidence(cfg: EvidenceConfig, train: list[Example], evaluation: list[Example],
                    windows: list[Example], items: dict[str, Item], out_dir: Path,
-                   seed: int = 0) -> EvidenceSet:
+                   seed: int = 0, cache_root: Path | None = None) -> EvidenceSet:
     """Fits (or, resumed, loads) the fold models and the evaluation model under `out_dir`,
-    checks them for leaks, annotates both splits and writes train.jsonl and eval.jsonl."""
+    checks them for leaks, annotates both splits and writes train.jsonl and eval.jsonl.
+    cache_root: where models fitted on the same inputs are reused from and published to
+    (evidence/cache.py, `cache.cache_dir(cfg)`); None fits every model here."""
     task = (train or evaluation)[0].task
+    reuse = _Reuse(cache_root, items_digest(items)) if cache_root is not None else None
     sources = resolve_sources(cfg.sources, task)
     learned = any(s in LEARNED_SOURCES for s in sources)
     if learned and not windows:
@@ -96,7 +119,7 @@ def build_evidence(cfg: EvidenceConfig, train: list[Example], evaluation: list[E
                         "model on (an interactions.jsonl or sequential training examples)")
     fitted: dict[str, set[str]] = {}
     files: list[Path] = []
-    full = _fit_or_load(out_dir / FULL, windows, items, sources, cfg, seed)
+    full = _fit_or_load(out_dir / FULL, windows, items, sources, cfg, seed, reuse)
     fitted[FULL] = set(full.users)
     files += full.files(out_dir / FULL)
     if learned:
@@ -105,7 +128,7 @@ def build_evidence(cfg: EvidenceConfig, train: list[Example], evaluation: list[E
             d = out_dir / f"fold-{f}"
             mine = [p for p in train if fold_of(unit(p), cfg.folds) == f]
             rest = [w for w in windows if fold_of(unit(w), cfg.folds) != f]
-            m = _fit_or_load(d, rest, items, sources, cfg, seed)
+            m = _fit_or_load(d, rest, items, sources, cfg, seed, reuse)
             fitted[f"fold-{f}"] = set(m.users)
             files += m.files(d)
             annotated.update((ex.id, ex) for ex in _annotate(m, mine, items))

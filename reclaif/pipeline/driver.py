@@ -31,7 +31,7 @@ from reclaif.run_layout import BASE, SFT, stage_name, training_stage
 from reclaif.comparison.methods import is_learned, make_ranker
 from reclaif.distributed.pool import ActorPool, PoolReport, init_ray
 from reclaif.distributed.workers import JudgeWorker, SamplerWorker
-from reclaif.evidence import apply_saved, build_evidence, load_evaluation_models
+from reclaif.evidence import apply_saved, build_evidence, evidence_cache, load_evaluation_models
 from reclaif.judge import make_explainability_scorer, preference_pair
 from reclaif.judge.audit import audit
 from reclaif.llm.models import resolve_model
@@ -111,7 +111,8 @@ class Driver:
         # need no actor (training, a finished run) skips the seconds a local Ray takes.
         try:
             self.evidence()
-            self.evaluate(BASE, self.base_model())
+            if self.base_examples():
+                self.evaluate(BASE, self.base_model(), self.base_examples())
             if self.cfg.sft.enabled:
                 self.teacher_data()
                 self.train_phase("sft", 0)
@@ -130,6 +131,13 @@ class Driver:
     # --------------------------------------------------------------------------- models
     def base_model(self) -> str:
         return resolve_model(self.cfg.recommender.model, self.cfg.recommender.cache_dir or None)
+
+    def base_examples(self) -> list[Example]:
+        """The evaluation examples the base model is scored on: the first eval.base_examples
+        (-1: all, 0: none). The base model is rarely valid on these prompts, so a full
+        evaluation of it would cost as much as a trained stage's to say little more."""
+        n = self.cfg.eval.base_examples
+        return list(self.eval) if n < 0 else self.eval[:n]
 
     def policy_before(self, iteration: int) -> str:
         if iteration > 1:
@@ -186,7 +194,7 @@ class Driver:
             return
         t0 = time.time()
         ev = build_evidence(self.cfg.evidence, self.train, self.eval, self.windows, self.items,
-                            out, seed=self.cfg.seed)
+                            out, seed=self.cfg.seed, cache_root=evidence_cache(self.cfg.evidence))
         self.train, self.eval = ev.train, ev.evaluation
         baselines = self._evidence_baselines(out)
         atomic_write_json(out / "baselines.json", baselines)
@@ -420,16 +428,18 @@ class Driver:
         metrics_file = self.store.train_metrics(stage)
         return read_json(metrics_file) if metrics_file.exists() else {}
 
-    def evaluate(self, stage: str, model: str) -> None:
+    def evaluate(self, stage: str, model: str, examples: list[Example] | None = None) -> None:
+        """Scores `model` on `examples` (default: every evaluation example)."""
         key = f"{stage}/eval"
         if self.store.is_done(key):
             return
         t0 = time.time()
         e = self.cfg.eval
+        examples = self.eval if examples is None else examples
         out_dir = self.store.phase_dir(stage)
-        rows = self._generate(key, self.eval, model, out_dir / "eval", 1, e.temperature, 1.0,
+        rows = self._generate(key, examples, model, out_dir / "eval", 1, e.temperature, 1.0,
                               e.max_new_tokens, (self.cfg.seed, "eval"))
-        by_id = {x.id: x for x in self.eval}
+        by_id = {x.id: x for x in examples}
         recs = {}
         for row in rows:
             if row.get("failed"):
@@ -438,7 +448,7 @@ class Driver:
                                                            self.items, self.top_k)
         scorer = make_explainability_scorer(self.cfg.explainability, self.items, self.top_k)
         expl = {i: scorer.score(by_id[i], r.raw_text) for i, r in recs.items() if r.valid}
-        result = evaluate_rankings(self.eval, {i: r.items for i, r in recs.items()},
+        result = evaluate_rankings(examples, {i: r.items for i, r in recs.items()},
                                    {i: r.valid for i, r in recs.items()}, self.items, e.k,
                                    DiversityScorer(self.items, e.diversity_model), expl)
         result.update(stage=stage, model=model, split=self.cfg.data.eval_split,

@@ -129,8 +129,13 @@ def table_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
     for label, result in evidence_rows(Path(run_dir)):
         rows.append([label] + [_cell(result, key) if key != "explainability" else "-"
                                for _, key in cols])
-    for stage, result in stages(Path(run_dir)):
-        rows.append([_label(stage)] + [_cell(result, key) for _, key in cols])
+    st = stages(Path(run_dir))
+    most = max((r.get("n_examples") or 0 for _, r in st), default=0)
+    for stage, result in st:
+        n = result.get("n_examples")
+        # eval.base_examples scores the base model on the first n examples only: say so
+        label = _label(stage) + (f" (n={n})" if n is not None and n < most else "")
+        rows.append([label] + [_cell(result, key) for _, key in cols])
     return ["Model"] + [c for c, _ in cols], rows
 
 
@@ -150,17 +155,20 @@ def paired_lines(run_dir: Path) -> list[str]:
     for key in keys + ["valid_ratio", "explainability"]:
         a, b = st[last].get("per_example", {}), st[ref].get("per_example", {})
         name = "valid" if key == "valid_ratio" else key
-        if name not in a or name not in b or a.get("ids") != b.get("ids"):
+        if name not in a or name not in b:
             continue
-        if None in a[name] or None in b[name]:  # explainability of an invalid answer: unpaired
-            continue
-        diff = paired_bootstrap_ci([float(x) for x in a[name]], [float(x) for x in b[name]],
+        # Pairs only the examples both stages scored (the base row may cover the first n only)
+        mine = dict(zip(b.get("ids", []), b[name]))
+        common = [(x, mine[i]) for i, x in zip(a.get("ids", []), a[name]) if i in mine]
+        if not common or any(x is None or y is None for x, y in common):
+            continue  # explainability of an invalid answer: unpaired
+        diff = paired_bootstrap_ci([float(x) for x, _ in common], [float(y) for _, y in common],
                                    BOOTSTRAP)
         if diff is None:
             continue
         mean, lo, hi = diff
         out.append(f"- {_label(last)} − {_label(ref)}, {key}: {mean:+.3f} "
-                   f"[{lo:+.3f}, {hi:+.3f}] (paired bootstrap, same examples)")
+                   f"[{lo:+.3f}, {hi:+.3f}] (paired bootstrap, same {len(common)} examples)")
     return out
 
 
