@@ -6,7 +6,8 @@
 320 "valid" examples drawn from the S-DPO validation prompts with their fixed 20 candidates. The
 two releases come from disjoint users. interactions.jsonl holds every LLaRA training user's whole
 listening sequence (what the evidence models are fitted on: reclaif/evidence). items.jsonl holds
-the artists the examples and sequences reference, with their HetRec tags. Same seed →
+the artists the examples and sequences reference, with their clean HetRec tags (training users'
+tagging only; stats.json "tags" says how much was kept). Same seed →
 byte-identical files (tests/test_data_sample.py checks).
 
 Beauty (`data.path: sample:beauty`): the benchmark's whole 5-core layout, both splits, as
@@ -17,6 +18,7 @@ are fitted on (no interactions file). tests/data/beauty holds the same three sou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 from pathlib import Path
@@ -39,7 +41,9 @@ def make_sample(data: Path, out: Path, seed: int = 0) -> dict:
     # Keep file order inside each split (sorted indices) so a diff of two samples reads well.
     examples = ([train[i] for i in sorted(rng.sample(range(len(train)), N_TRAIN))]
                 + [valid[i] for i in sorted(rng.sample(range(len(valid)), N_VALID))])
-    catalog = lastfm.load_hetrec_items(data / "lastfm" / lastfm.HETREC_DIRNAME, names)
+    # Clean tags: only LLaRA training users' tagging (docs/ARCHITECTURE.md, "Clean tags")
+    catalog, provenance = lastfm.hetrec_catalog(data / "lastfm" / lastfm.HETREC_DIRNAME, names,
+                                                llara / lastfm.TRAIN_FILE)
     sequences = llara_sequences(llara / "train.jsonl.gz", "train")
     items = referenced(examples, catalog)
     for row in sequences:
@@ -48,7 +52,7 @@ def make_sample(data: Path, out: Path, seed: int = 0) -> dict:
              "task": "sequential", "domain": "music", **table1(examples, items),
              "examples": len(examples), "examples_per_split": {"train": N_TRAIN, "valid": N_VALID},
              "candidates_per_example": {"20": len(examples)}, "skipped": {}, "seed": seed,
-             "limit": 0, "definitions": DEFINITIONS}
+             "limit": 0, "definitions": DEFINITIONS, "tags": dataclasses.asdict(provenance)}
     stats = write_prepared(out, examples, items.values(), stats)
     atomic_write_jsonl(out / "interactions.jsonl", sequences)
     return stats

@@ -79,7 +79,9 @@ def test_hetrec_files(artists, tags, tagged, tmp_path):
     (tmp_path / "artists.dat").write_text("id\tname\n" + artists)
     (tmp_path / "tags.dat").write_bytes(b"tagID\ttagValue\n" + tags)
     (tmp_path / "user_taggedartists.dat").write_text("userID\tartistID\ttagID\n" + tagged)
-    _only_data_errors(lastfm.load_hetrec_items, tmp_path, {"1": "a", "2": "b"})
+    (tmp_path / "train.jsonl").write_text('{"history_ids": [], "next_id": 1}\n')
+    _only_data_errors(lastfm.load_hetrec_items, tmp_path, {"1": "a", "2": "b"},
+                      tmp_path / "train.jsonl")
 
 
 def _csv(rows) -> str:

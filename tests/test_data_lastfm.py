@@ -76,7 +76,8 @@ def test_llara_sampling_is_seeded_per_row_and_order_independent(lf, names, tmp_p
 
 
 def test_hetrec_tags_are_top5_by_count(lf, names):
-    items = lastfm.load_hetrec_items(lf / "hetrec2011-lastfm-2k", names)
+    items = lastfm.load_hetrec_items(lf / "hetrec2011-lastfm-2k", names, all_users=True,
+                                     train_sequences=None)
     assert len(items) == 4606
     tagged = [i for i in items.values() if i.fields["tags"]]
     # tests/data keeps the HetRec rows of the 3,217 artists its S-DPO prompts and tests name;
@@ -163,10 +164,14 @@ def test_missing_files_are_data_errors(lf, tmp_path):
         lastfm.load(lf / "sdpo" / "lastfm-val.json", items=tmp_path, limit=1)
 
 
-def test_load_finds_id2name_and_hetrec_beside_the_source(lf):
+def test_load_finds_id2name_hetrec_and_training_users_beside_the_source(lf, names):
     loaded = lastfm.load(lf / "sdpo" / "lastfm-val.json", limit=5)
     assert len(loaded.examples) == 5
-    assert loaded.items["0"].fields["tags"].startswith("trip-hop")
+    # Morcheeba is the first training user's first artist: its clean tags are that user's
+    clean = lastfm.load_hetrec_items(lf / "hetrec2011-lastfm-2k", names,
+                                     lf / "llara" / "train.jsonl.gz")
+    assert loaded.items == clean
+    assert "trip-hop" in loaded.items["0"].fields["tags"]
 
 
 def test_a_repeated_id_in_id2name_is_named_not_replaced(tmp_path):
@@ -186,9 +191,10 @@ def test_hetrec_files_may_be_gzipped(lf, names, tmp_path):
     for name in ("artists.dat", "tags.dat", "user_taggedartists.dat"):
         with gzip.open(gz / f"{name}.gz", "rb") as src, open(tmp_path / name, "wb") as dst:
             shutil.copyfileobj(src, dst)
-    plain = lastfm.load_hetrec_items(tmp_path, names)
-    assert plain == lastfm.load_hetrec_items(gz, names)
+    train = lf / "llara" / "train.jsonl.gz"
+    plain = lastfm.load_hetrec_items(tmp_path, names, train)
+    assert plain == lastfm.load_hetrec_items(gz, names, train)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "artists.dat.gz").write_bytes(b"not gzip")
     with pytest.raises(DataError, match=r"artists.dat.gz: unreadable"):
-        lastfm.load_hetrec_items(tmp_path / "bad", names)
+        lastfm.load_hetrec_items(tmp_path / "bad", names, train)

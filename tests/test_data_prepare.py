@@ -32,7 +32,9 @@ def test_cli_prepares_sdpo_valid_with_table1_counts(real_data, tmp_path, capsys)
     assert stats["interactions"] == sum(len(e.context) + 1 for e in exs)
     used = {i for e in exs for i in list(e.context) + e.candidates}
     assert stats["items"] == len(items) and set(items) == used
-    assert all(items[i].fields["tags"] for i in list(used)[:50] if items[i].title != "Weird Al Yankovic")
+    # Clean tags only (training users' tagging); tests/data holds 61 training users, whose
+    # 6,354 tag assignments tag a few hundred of these artists
+    assert sum(bool(items[i].fields["tags"]) for i in used) > 100
     assert "| lastfm | sequential | 302 |" in capsys.readouterr().out
 
 

@@ -13,6 +13,7 @@ import json
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from reclaif.records import Example, Item
 N_CANDIDATES = 20
 TOP_TAGS = 5
 HETREC_DIRNAME = "hetrec2011-lastfm-2k"
+TRAIN_FILE = "train.jsonl.gz"  # LLaRA's training split: whose tagging clean tags may use
 
 
 def read_id2name(path: str | Path) -> dict[str, str]:
@@ -86,13 +88,82 @@ def _hetrec_file(d: Path, name: str) -> Path:
     return gz if not (d / name).is_file() and gz.is_file() else d / name
 
 
-def load_hetrec_items(hetrec_dir: str | Path, id2name: dict[str, str]) -> dict[str, Item]:
-    """Catalog of every LLaRA artist: title = its name, fields = {"tags": top-5 HetRec tags}.
+def read_training_sets(path: str | Path) -> list[set[str]]:
+    """Each LLaRA training user's artists, from the sequence file: a user starts at a row with an
+    empty history (as `load_llara` numbers them) and every row adds its next_id."""
+    users: list[set[str]] = []
+    try:
+        with open_text(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    hist, nxt = row["history_ids"], row["next_id"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise DataError(f"{path}:{n}: not a LLaRA row ({e!r})") from None
+                if not hist or not users:
+                    users.append(set())
+                users[-1].update(str(i) for i in [*hist, nxt])
+    except (UnicodeDecodeError, EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{path}: unreadable ({e})") from None
+    return users
+
+
+@dataclass
+class TagProvenance:
+    """Whose tagging the catalog's tags were built from (docs/ARCHITECTURE.md, "Clean tags")."""
+
+    users: int = 0               # HetRec users with at least one tag assignment
+    users_kept: int = 0          # identified as LLaRA training users
+    assignments_kept: int = 0
+    assignments_dropped: int = 0
+    artists_untagged: int = 0    # LLaRA artists left without any tag
+    all_users: bool = False      # the leaky build, for the side-by-side table only
+
+
+def training_taggers(tagged: dict[str, set[str]], training: list[set[str]],
+                     known: set[str]) -> set[str]:
+    """The HetRec users whose tagging is a LLaRA training user's sequence: the LLaRA artists they
+    tagged are exactly one training user's artists (both cut to `known`, the artists the HetRec
+    files name, so a subset of the files gives the same answer). The LLaRA sequences ARE HetRec
+    tagging sequences; mere containment is not enough: heavy taggers contain short sequences by
+    chance, 37 of them a validation user's too (docs/ARCHITECTURE.md, "Clean tags")."""
+    by_set: dict[frozenset[str], None] = {}
+    for seq in training:
+        cut = frozenset(seq & known)
+        if cut:
+            by_set[cut] = None
+    return {u for u, arts in tagged.items() if arts and frozenset(arts) in by_set}
+
+
+def load_hetrec_items(hetrec_dir: str | Path, id2name: dict[str, str],
+                      train_sequences: str | Path | None, *, all_users: bool = False
+                      ) -> dict[str, Item]:
+    """`hetrec_catalog`'s items (the catalog every consumer reads)."""
+    return hetrec_catalog(hetrec_dir, id2name, train_sequences, all_users=all_users)[0]
+
+
+def hetrec_catalog(hetrec_dir: str | Path, id2name: dict[str, str],
+                   train_sequences: str | Path | None, *, all_users: bool = False
+                   ) -> tuple[dict[str, Item], TagProvenance]:
+    """Catalog of every LLaRA artist: title = its name, fields = {"tags": top-5 clean tags}.
+
+    Clean tags come only from the tagging of HetRec users identified as LLaRA training users
+    (`training_taggers`, read from `train_sequences`): the LLaRA/S-DPO prompts are HetRec tagging
+    sequences, so tags aggregated over every user would carry an evaluated user's own tags on
+    their target. `all_users=True` builds those leaky tags: for the clean/leaky table of
+    docs/RESULTS.md only; no config reaches it. `provenance`, when given, is filled with what
+    the rule kept and dropped.
 
     HetRec artists are matched by name (exact, then case-insensitive); an artist without a match
     or without tags gets tags "". tags.dat is Latin-1 (the HetRec release), the rest UTF-8.
     Each file may also be gzipped (`artists.dat.gz`, ...).
     """
+    if train_sequences is None and not all_users:
+        raise DataError(f"{hetrec_dir}: clean tags need the LLaRA training sequences "
+                        "(llara/train.jsonl.gz) to tell training users' tagging from "
+                        "evaluated users'")
     d = Path(hetrec_dir)
     index = NameIndex(id2name)
     hetrec_to_llara = {}
@@ -102,27 +173,47 @@ def load_hetrec_items(hetrec_dir: str | Path, id2name: dict[str, str]) -> dict[s
             hetrec_to_llara[row[0]] = iid
     tag_names = {row[0]: row[1]
                  for _, row in _read_tsv(_hetrec_file(d, "tags.dat"), "latin-1", 2)}
-    counts: dict[str, Counter] = {}
+    events: list[tuple[str, str, str]] = []  # (user, LLaRA artist, tag)
+    users: set[str] = set()
     path = _hetrec_file(d, "user_taggedartists.dat")
     for n, row in _read_tsv(path, "utf-8", 3):
+        users.add(row[0])
         iid = hetrec_to_llara.get(row[1])
         if iid is None:
             continue
         if row[2] not in tag_names:
             raise DataError(f"{path}:{n}: tagID {row[2]!r} is not in tags.dat")
-        counts.setdefault(iid, Counter())[tag_names[row[2]]] += 1
+        events.append((row[0], iid, tag_names[row[2]]))
+    if all_users:
+        kept = users
+    else:
+        tagged: dict[str, set[str]] = {}
+        for user, iid, _ in events:
+            tagged.setdefault(user, set()).add(iid)
+        kept = training_taggers(tagged, read_training_sets(train_sequences),
+                                set(hetrec_to_llara.values()))
+    counts: dict[str, Counter] = {}
+    n_kept = 0
+    for user, iid, tag in events:
+        if user in kept:
+            counts.setdefault(iid, Counter())[tag] += 1
+            n_kept += 1
     items = {}
     for iid, name in id2name.items():
         # Most used first; ties by name so the text is the same on every run.
         top = sorted(counts.get(iid, Counter()).items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_TAGS]
         items[iid] = Item(id=iid, title=name, fields={"tags": ", ".join(t for t, _ in top)})
-    return items
+    return items, TagProvenance(
+        users=len(users), users_kept=len(kept & users), assignments_kept=n_kept,
+        assignments_dropped=len(events) - n_kept,
+        artists_untagged=sum(not it.fields["tags"] for it in items.values()), all_users=all_users)
 
 
-def _catalog(id2name: dict[str, str], hetrec_dir: str | Path | None) -> dict[str, Item]:
+def _catalog(id2name: dict[str, str], hetrec_dir: str | Path | None,
+             train_sequences: Path | None) -> dict[str, Item]:
     if hetrec_dir is None:
         return {i: Item(id=i, title=n, fields={"tags": ""}) for i, n in id2name.items()}
-    return load_hetrec_items(hetrec_dir, id2name)
+    return load_hetrec_items(hetrec_dir, id2name, train_sequences)
 
 
 def load_sdpo(path: str | Path, id2name: dict[str, str], split: str = "valid",
@@ -259,7 +350,8 @@ def load(source: str | Path, items: str | Path | None = None, id2name: str | Pat
     """S-DPO json (fixed candidates) or LLaRA jsonl(.gz) (seeded candidates) → Loaded.
 
     id2name defaults to `id2name.txt` beside the source or in a sibling `llara/`; items (the HetRec
-    directory) defaults to a sibling `hetrec2011-lastfm-2k/`; without it, tags are empty.
+    directory) defaults to a sibling `hetrec2011-lastfm-2k/`; without it, tags are empty. Tags are
+    clean (`hetrec_catalog`): they need LLaRA's train.jsonl.gz beside the source or in ../llara/.
     """
     source = Path(source)
     if not source.is_file():
@@ -281,4 +373,6 @@ def load(source: str | Path, items: str | Path | None = None, id2name: str | Pat
     else:
         examples, skipped = load_llara(source, names, split or _split_from_name(source), seed,
                                        limit)
-    return Loaded(examples=examples, items=_catalog(names, items), skipped=skipped)
+    train = next((p for p in (source.parent / TRAIN_FILE,
+                              source.parent.parent / "llara" / TRAIN_FILE) if p.is_file()), None)
+    return Loaded(examples=examples, items=_catalog(names, items, train), skipped=skipped)
