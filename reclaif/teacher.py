@@ -187,9 +187,9 @@ class OfflineTeacher(Teacher):
             parts.append(f"follows {self.title(example.context[-1], example.domain)} for "
                          f"{transition.group(1)} {transition.group(2)}")
         if not parts:
-            verb = "tagged " if example.domain == "music" else ""
+            what, verb = ("tag", "tagged ") if example.domain == "music" else ("field", "")
             shown = f"; {verb}{', '.join(feats[:2])}" if feats else ""
-            parts.append(f"less obvious pick: shares nothing with the history{shown}")
+            parts.append(f"less obvious pick: shares no {what} with the history{shown}")
         parts += _figures(example, item_id)
         text = "; ".join(parts) + "."
         return text[0].upper() + text[1:]

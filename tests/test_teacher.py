@@ -94,7 +94,7 @@ def test_reasons_name_a_tag_both_have_and_the_history_items_that_have_it(music):
                     (h,) = [i for i in ex.context if music.items[i].title == name]
                     assert m.group(1) in item_features(music.items[h], "music")
             else:  # honest: nothing shared, said so
-                assert reason.startswith("Less obvious pick: shares nothing with the history")
+                assert reason.startswith("Less obvious pick: shares no tag with the history")
                 assert not set(own) & {t for i in ex.context
                                        for t in item_features(music.items[i], "music")}
         assert grounding(rec, ex, music.items, TOP_K).features > 0.75
@@ -232,7 +232,7 @@ def test_hybrid_reasons_link_item_and_history_with_the_rank_as_support(hybrid):
                 assert shared.group(1) in own & history_tags
                 assert link and reason_score(reason, item, ex, items) == REASON_TIED_CREDIT
             elif not reason.startswith("Follows "):
-                assert reason.startswith("Less obvious pick: shares nothing with the history")
+                assert reason.startswith("Less obvious pick: shares no tag with the history")
                 assert not own & history_tags and link is None
         # after the target, the evidence's order (candidates are listed best first)
         rest = [c for c in ex.candidates if c != rec.items[0]]

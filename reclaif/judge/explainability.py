@@ -177,7 +177,9 @@ def reason_link(reason: str, candidate: str, example: Example, items: dict[str, 
         own = item_field_words(item) | content_words(item.title if item else candidate)
         hits = words & content_words(example.context) & own
         return f"query: {', '.join(sorted(hits))}" if hits else None
-    for feature, holders in shared_features(candidate, example.context, items, example.domain):
+    shared = shared_features(candidate, example.context, items, example.domain)
+    # the most specific reading first: "thrash metal" before "metal" when the reason says both
+    for feature, holders in sorted(shared, key=lambda fh: -len(_value_words(fh[0]))):
         fw = _value_words(feature)
         if not fw or not fw <= words:
             continue

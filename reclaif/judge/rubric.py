@@ -35,7 +35,8 @@ RUBRIC_DESCRIPTION = (
     "have). An invalid answer loses to a valid one; between two invalid answers the one closer "
     "to the format (more distinct candidates named, a key feature stated) wins; otherwise the "
     "weighted total decides, and a gap below the minimum margin is a tie. It is deterministic "
-    "and reads no instructions, so it cannot be prompt-injected, but it rewards only what these formulas measure: it is not an LLM's judgement."
+    "and reads no instructions, so it cannot be prompt-injected, but it rewards only what "
+    "these formulas measure: it is not an LLM's judgement."
 )
 
 
