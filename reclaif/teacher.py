@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import random
 import re
-from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from reclaif.config import LLMSpec, TeacherConfig, choices
 from reclaif.errors import ConfigError
 from reclaif.llm.base import LLMClient
-from reclaif.data.features import item_features
+from reclaif.data.features import (distinctive_features, feature_idf, item_features,
+                                    shared_features)
 from reclaif.records import Example, Item
 from reclaif.parsing import format_recommendation
 from reclaif.prompts import render_recommender
@@ -24,23 +25,28 @@ from reclaif.prompts import render_recommender
 TEACHER_DESCRIPTION = (
     "Teacher: the offline teacher, a data-derived stand-in for the paper's Claude 3 Sonnet "
     "teacher, used because no LLM endpoint was configured. It sees the labels. Its key "
-    "preferences are the most common tags of the history items (music), the most common brand, "
-    "item form, scent and similar fields of the history products (beauty), or the query's terms "
-    "(product search); its ranking puts the labelled items first, best grade first, and fills "
-    "the rest of the top-k greedily by feature overlap with the key preferences minus overlap "
-    "with the items already chosen (relevance and diversity); each item's reason cites the key "
-    "preference it matches and the item's own tags or fields. In hybrid mode (evidence in the "
-    "prompt) the rest of the top-k follows the evidence's order instead, and each reason cites "
-    "the item's own evidence (its SASRec rank, transition count and real tags). Its answers "
-    "are templated text in "
-    "the canonical answer format, deterministic per seed: SFT on them teaches the format and "
-    "label-aware rankings, not an LLM's reasoning."
+    "preferences are what sets the history apart: the tags (music) or brand, item form, scent "
+    "and similar fields (beauty) of the history items, weighted by how many history items have "
+    "them times their inverse catalogue frequency (so 'rock' does not win every history), each "
+    "named with the history items that show it; for product search, the query's terms. Its "
+    "ranking puts the labelled items first, best grade first, and fills the rest of the top-k "
+    "greedily by feature overlap with the key preferences minus overlap with the items already "
+    "chosen (in hybrid mode, in the evidence's order instead). Each reason names what the item "
+    "shares with the history (a tag or field both really have, and the history items that "
+    "have it) or that it follows the user's last item; where nothing links them, it says the "
+    "item is a less obvious pick and what the item is. In hybrid mode the item's evidence rank "
+    "follows as a supporting figure. Its answers are templated text in the canonical answer "
+    "format, deterministic per seed: SFT on them teaches the format and label-aware rankings, "
+    "not an LLM's reasoning."
 )
 
 _QUERY_STOP = frozenset("a an the and or of for to in on with without by from at is are my your "
                         "me i you it that this these those be as not no".split())
 _WORD_RE = re.compile(r"[0-9a-z]+")
-_PROBABILITY_RE = re.compile(r" \(\d\.\d\d\)")
+_RANK_RE = re.compile(r"\b(?:SASRec|BM25) #\d+")
+_TRANSITION_RE = re.compile(r"follows your last \w+ for (\d+) (\w+)")
+SHORT_TITLE_WORDS = 4   # a product named in a reason or key preference: its first words
+NAMED_HOLDERS = 2       # history items named per shared feature
 
 
 def _words(text: str) -> set[str]:
@@ -63,6 +69,17 @@ class Teacher(Protocol):
         return [self.respond(ex) for ex in examples]
 
 
+@dataclass(frozen=True)
+class Preference:
+    """One key preference: the phrase the answer states, the words that match it, and (for
+    histories) the feature and the history items that have it."""
+
+    phrase: str
+    words: frozenset[str]
+    feature: str = ""
+    holders: tuple[str, ...] = ()
+
+
 class OfflineTeacher(Teacher):
     """Answers in the canonical format, built from labels and item text (see the module doc)."""
 
@@ -70,32 +87,51 @@ class OfflineTeacher(Teacher):
         if top_k < 1:
             raise ConfigError(f"top_k: {top_k} must be at least 1")
         self.items, self.top_k, self.seed = items, top_k, seed
+        self._idf: dict[str, dict[str, float]] = {}  # per domain, computed once
 
-    def key_preferences(self, example: Example) -> list[tuple[str, set[str]]]:
-        """Up to three (phrase, words) preferences, most supported first."""
+    def idf(self, domain: str) -> dict[str, float]:
+        if domain not in self._idf:
+            self._idf[domain] = feature_idf(self.items, domain)
+        return self._idf[domain]
+
+    def title(self, item_id: str, domain: str) -> str:
+        """An item's name as answers cite it: a product's first words (the whole title is in
+        the prompt; every answer token costs training time), an artist's whole name."""
+        item = self.items.get(item_id)
+        name = item.title if item else item_id
+        words = name.split()
+        return name if domain == "music" or len(words) <= SHORT_TITLE_WORDS else \
+            " ".join(words[:SHORT_TITLE_WORDS]).rstrip(" ,;:-–—&|")
+
+    def _names(self, ids: tuple[str, ...] | list[str], domain: str) -> str:
+        return ", ".join(self.title(i, domain) for i in ids[:NAMED_HOLDERS])
+
+    def key_preferences(self, example: Example) -> list[Preference]:
+        """Up to two preferences that set this history apart: features (tags, catalog fields)
+        by history items having them x their idf, those two or more items share first, each
+        named with the history items that show it."""
         if isinstance(example.context, str):
             terms = [w for w in _WORD_RE.findall(example.context.lower())
                      if w not in _QUERY_STOP and len(w) > 1]
-            prefs = [(f"Looking for: {example.context.strip()}", set(terms))]
-            prefs += [(f"Key term: {t}", {t}) for t in dict.fromkeys(terms)][:2]
+            prefs = [Preference(f"Looking for: {example.context.strip()}", frozenset(terms))]
+            prefs += [Preference(f"Key term: {t}", frozenset({t}))
+                      for t in dict.fromkeys(terms)][:2]
             return prefs
-        counts: Counter[str] = Counter()
-        for i in example.context:
-            counts.update(list(dict.fromkeys(item_features(self.items.get(i), example.domain))))
-        # Ties broken by first appearance (Counter keeps insertion order): deterministic.
-        # Features two or more history items share; single-item ones only to reach two.
-        # Two, stated bare: every answer token costs SFT, sampling and DPO time, and the
+        ranked = distinctive_features(example.context, self.items, example.domain,
+                                      self.idf(example.domain), k=10 ** 6)
+        # Two, stated briefly: every answer token costs SFT, sampling and DPO time, and the
         # quickstart's 135M model must learn the whole format within its token budget.
-        ranked = [f for f, _ in counts.most_common()]
-        top = [f for f in ranked if counts[f] >= 2][:2]
-        top += [f for f in ranked if f not in top][:max(0, 2 - len(top))]
-        prefs = [(f, _feature_words(f)) for f in top]
+        top = [(f, h) for f, h in ranked if len(h) >= 2][:2]
+        top += [(f, h) for f, h in ranked if (f, h) not in top][:max(0, 2 - len(top))]
+        prefs = [Preference(f"{f} ({self._names(h, example.domain)})",
+                            frozenset(_feature_words(f)), f, tuple(h)) for f, h in top]
         if not prefs:  # no tags or fields at all: the history's own names are all there is
-            names = [self.items[i].title if i in self.items else i for i in example.context[-2:]]
-            prefs = [(f"Similar to {', '.join(names)}", _words(" ".join(names)))]
+            names = [self.title(i, example.domain) for i in example.context[-2:]]
+            prefs = [Preference(f"Similar to {', '.join(names)}",
+                                frozenset(_words(" ".join(names))))]
         return prefs
 
-    def rank(self, example: Example, prefs: list[tuple[str, set[str]]]) -> list[str]:
+    def rank(self, example: Example, prefs: list[Preference]) -> list[str]:
         """Labelled items first (best grade, then candidate order), then relevance − redundancy."""
         want = min(self.top_k, len(set(example.candidates)))
         rng = random.Random(f"{self.seed}:{example.id}")
@@ -103,7 +139,7 @@ class OfflineTeacher(Teacher):
                            if example.labels.get(c, 0) > 0),
                           key=lambda c: -example.labels[c])
         chosen = labelled[:want]
-        pref_words = set().union(*(w for _, w in prefs)) if prefs else set()
+        pref_words = set().union(*(p.words for p in prefs)) if prefs else set()
         rest = [c for c in dict.fromkeys(example.candidates) if c not in chosen]
         if example.evidence:
             # Hybrid: after the labels, the evidence's own order (the candidates are listed
@@ -125,9 +161,11 @@ class OfflineTeacher(Teacher):
         return set().union(*(_feature_words(f) for f in
                              item_features(self.items.get(item_id), domain)))
 
-    def reason(self, item_id: str, example: Example, prefs: list[tuple[str, set[str]]]) -> str:
-        if example.evidence.get(item_id):
-            return self._evidence_reason(item_id, example, prefs)
+    def reason(self, item_id: str, example: Example, prefs: list[Preference]) -> str:
+        """Why this item for this user: what it shares with the history (a feature both
+        really have, and the history items that have it), or that it follows the user's last
+        item; else, honestly, that it is a less obvious pick and what it is. In hybrid mode
+        the evidence's rank follows as a supporting figure, never as the whole reason."""
         item = self.items.get(item_id)
         title = item.title if item else item_id
         feats = item_features(item, example.domain)
@@ -137,42 +175,50 @@ class OfflineTeacher(Teacher):
             shown = f"{', '.join(feats[:2])}; " if feats else ""
             text = (f"{shown}matches the query terms {', '.join(hits)}." if hits
                     else f"{shown}a related option for the query.")
+            text = text[:-1] + "".join(f"; {f}" for f in _figures(example, item_id)) + "."
             return text[0].upper() + text[1:]
-        own = self._words(item_id, example.domain) | _words(title if example.domain != "music"
-                                                            else "")
-        # A preference the item has verbatim beats one that merely shares a word with it.
-        exact = {f.lower() for f in feats}
-        matched = [p for p, _ in prefs if p.lower() in exact]
-        matched += [p for p, w in prefs if w & own and p not in matched]
-        verb = "tagged" if example.domain == "music" else "described as"
-        shown = ", ".join(feats[:2])
-        if matched:
-            return (f"{verb.capitalize()} {shown}; matches {matched[0]}." if shown
-                    else f"Matches {matched[0]}.")
-        if shown:
-            top = prefs[0][0] if prefs else "the history"
-            return f"{verb.capitalize()} {shown}; adds variety beyond {top}."
-        return "No listed features; included to complete the list."
-
-    def _evidence_reason(self, item_id: str, example: Example,
-                         prefs: list[tuple[str, set[str]]]) -> str:
-        """Hybrid: the item's own evidence, without the probabilities (the rank says enough and
-        costs fewer tokens), then the key preference its own tags or fields carry, if any."""
-        parts = [_PROBABILITY_RE.sub("", p).replace("tags: ", "tagged ", 1)
-                 for p in example.evidence[item_id].split("; ")]
-        own = {f.lower() for f in item_features(self.items.get(item_id), example.domain)}
-        matched = [p for p, _ in prefs if p.lower() in own]
-        if matched and not any(matched[0].lower() in p.lower() for p in parts):
-            parts.append(f"matches {matched[0]}")
+        parts = []
+        link = self._shared(item_id, example, prefs)
+        if link:
+            feature, holders = link
+            parts.append(f"shares {feature} with {self._names(holders, example.domain)}")
+        transition = _TRANSITION_RE.search(example.evidence.get(item_id, ""))
+        if transition and example.context:
+            parts.append(f"follows {self.title(example.context[-1], example.domain)} for "
+                         f"{transition.group(1)} {transition.group(2)}")
+        if not parts:
+            what, verb = ("tag", "tagged ") if example.domain == "music" else ("field", "")
+            shown = f"; {verb}{', '.join(feats[:2])}" if feats else ""
+            parts.append(f"less obvious pick: shares no {what} with the history{shown}")
+        parts += _figures(example, item_id)
         text = "; ".join(parts) + "."
         return text[0].upper() + text[1:]
+
+    def _shared(self, item_id: str, example: Example,
+                prefs: list[Preference]) -> tuple[str, list[str]] | None:
+        """The feature the item shares with the history that says most: a key preference
+        first, then the most distinctive (history items having it x idf)."""
+        shared = shared_features(item_id, example.context, self.items, example.domain)
+        if not shared:
+            return None
+        keys = {p.feature.casefold() for p in prefs if p.feature}
+        idf = self.idf(example.domain)
+        # max keeps the first maximum: the item's own feature order breaks ties
+        return max(shared, key=lambda fh: (fh[0].casefold() in keys,
+                                           len(fh[1]) * idf.get(fh[0].casefold(), 0.0)))
 
     def respond(self, example: Example) -> str:
         prefs = self.key_preferences(example)
         ranked = self.rank(example, prefs)
         titles = [self.items[i].title if i in self.items else i for i in ranked]
         reasons = [self.reason(i, example, prefs) for i in ranked]
-        return format_recommendation([p for p, _ in prefs], titles, reasons, example.domain)
+        return format_recommendation([p.phrase for p in prefs], titles, reasons, example.domain)
+
+
+def _figures(example: Example, item_id: str) -> list[str]:
+    """The evidence's rank of the item ("SASRec #3"), without its probability: a supporting
+    figure, read from the text the evidence wrote (none in names-only mode)."""
+    return [m.group(0) for m in _RANK_RE.finditer(example.evidence.get(item_id, ""))][:1]
 
 
 class LLMTeacher(Teacher):

@@ -116,3 +116,43 @@ def test_non_utf8_verdicts_file_is_one_line_naming_file_and_line(tmp_path, capsy
     assert main(["judge", "audit", str(f)]) == 2
     err = capsys.readouterr().err
     assert f"{f}:2: not UTF-8 (byte 0xe9 at column 20)" in err and "Traceback" not in err
+
+
+def _generic(ex, items, answer):
+    """The same ranking with the quickstart's failure: one key-feature set for every user and
+    reasons that say nothing about the history."""
+    from reclaif.parsing import format_recommendation, parse_recommendation
+
+    rec = parse_recommendation(answer, ex, items, TOP_K)
+    return format_recommendation(["electronic", "trance"], [items[i].title for i in rec.items],
+                                 ["A strong pick."] * len(rec.items))
+
+
+def test_audit_shows_the_share_of_linked_reasons_and_of_distinct_key_features(data, answers):
+    exs = {e.id: e for e in data.examples}
+    ours = [row(e, ans[0], ans[0], "tie") for e, ans in zip(data.examples, answers)]
+    generic = [row(e, _generic(e, data.items, ans[0]), _generic(e, data.items, ans[0]), "tie")
+               for e, ans in zip(data.examples, answers)]
+    good = audit(ours, exs, data.items, top_k=TOP_K)["explanations"]
+    bad = audit(generic, exs, data.items, top_k=TOP_K)["explanations"]
+    n = 2 * len(data.examples)
+    assert good["answers"] == bad["answers"] == n and good["reasons"] == n * TOP_K
+    assert bad["linked"] == 0 and bad["distinct_feature_sets"] == 1
+    assert good["linked_share"] > 0.5
+    assert good["distinct_feature_sets"] > len(data.examples) // 2
+    from reclaif.judge.audit import format_report
+    text = format_report(audit(ours, exs, data.items, top_k=TOP_K))
+    assert f"of reasons linked to the history ({good['linked']} of {n * TOP_K})" in text
+
+
+def test_checkable_lines_show_each_reasons_facts(data, answers):
+    from reclaif.judge.links import checkable
+    from reclaif.parsing import parse_recommendation
+
+    ex = data.examples[0]
+    rec = parse_recommendation(answers[0][0], ex, data.items, TOP_K)
+    lines = checkable(ex, rec, data.items)
+    assert lines[0].startswith(f"- {ex.id}: history ") and len(lines) == 2 + TOP_K
+    for line, item, reason in zip(lines[2:], rec.items, rec.reasons):
+        assert f"{data.items[item].title}: \"{reason}\"" in line and "has: " in line
+        assert ("link: none" in line) == reason.startswith("Less obvious pick")

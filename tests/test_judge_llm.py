@@ -201,3 +201,23 @@ def test_end_to_end_with_a_real_model_through_make_client(data, pairs, tmp_path)
         assert v.choice in ("a", "b", "tie") and v.raw_text
         assert v.choice == "tie" or v.consistent
     assert judge.stats()["verdicts"] == 2
+
+
+@pytest.mark.parametrize("dataset", ["sample", "sample:beauty"])
+def test_llm_judge_and_scorer_prompts_ask_for_reasons_linked_to_the_history(dataset):
+    """Issue 31: the LLM judge and the 1-100 scorer ask what the rubric credits: key
+    preferences named with the history items that show them, reasons linking each item to
+    named history items by something true of both, little for a restated rank."""
+    from reclaif.data import load_examples, load_items
+    from reclaif.prompts import render_explainability, render_judge
+
+    ex = load_examples(dataset, "valid")[0]
+    items = load_items(dataset)
+    answer = OfflineTeacher(items, 3).respond(ex)
+    for prompt in (render_judge(ex, items, answer, answer), render_explainability(ex, items,
+                                                                                  answer)):
+        criteria = prompt.split("**Criteria for Evaluation:**")[1]
+        assert re.search(r"named with the history (artists|products) that show it", criteria)
+        assert "by something true of both" in criteria
+        assert "only restates a rank or score" in criteria and "earns little" in criteria
+        assert "untrue of the" in criteria and "earns nothing" in criteria

@@ -9,6 +9,7 @@ import pytest
 from reclaif.config import ExplainabilityConfig, JudgeConfig
 from reclaif.data import lastfm
 from reclaif.errors import ConfigError
+from reclaif.data.features import item_features
 from reclaif.judge import (RUBRIC_DESCRIPTION, RubricJudge, make_explainability_scorer,
                            make_judge, preference_pair)
 from reclaif.judge.explainability import ExplainabilityScorer, parse_score
@@ -178,6 +179,29 @@ def test_rubric_explainability_ranks_grounded_over_ungrounded(data, teacher):
     # Same items, but features no history artist is tagged with and reasons citing nothing.
     assert s_invalid == 1.0 and s_made_up == 1.0
     assert 70.0 < s_good <= 100.0
+
+
+def test_rubric_explainability_credits_linked_reasons_over_item_only_ones(data, teacher):
+    """Same items, same key features: reasons naming what the item shares with named history
+    items beat reasons that are true of the item but say nothing about this user."""
+    scorer = make_explainability_scorer(ExplainabilityConfig(), data.items, TOP_K)
+    compared = 0
+    for ex in data.examples[:20]:
+        good = teacher.respond(ex)
+        rec = parse_recommendation(good, ex, data.items, TOP_K)
+        if not any(r.startswith("Shares ") for r in rec.reasons):
+            continue
+        titles = [data.items[i].title for i in rec.items]
+        history = {t for h in ex.context for t in item_features(data.items[h], "music")}
+        plain = [next((f"Tagged {t}." for t in item_features(data.items[i], "music")
+                       if t not in history), None) for i in rec.items]
+        if None in plain:
+            continue
+        s_good, s_plain = scorer.score_many([ex] * 2, [good, format_recommendation(
+            rec.key_features, titles, plain)])
+        assert s_good > s_plain, (good, plain)
+        compared += 1
+    assert compared >= 3
 
 
 @pytest.mark.parametrize("text,score", [

@@ -48,3 +48,36 @@ def test_no_agreement_lines_in_names_only_runs(tmp_path):
     _write(tmp_path / "evidence/eval.jsonl", [{"id": "e1", "candidates": ["x"], "evidence": {}}])
     assert agreement_lines(tmp_path) == []
     assert agreement_lines(tmp_path / "missing") == []
+
+
+def test_report_shows_explanation_shares_and_three_checkable_examples_per_row(tmp_path):
+    """Issue 31: per stage row, the share of reasons linked to the history and of distinct
+    key-feature sets, and three answers whose every reason a person can check."""
+    from reclaif.data import load_examples, load_items
+    from reclaif.parsing import format_recommendation, parse_recommendation
+    from reclaif.pipeline.report import write_report
+    from reclaif.teacher import OfflineTeacher
+
+    examples, items = load_examples("sample", "valid")[:6], load_items("sample")
+    teacher = OfflineTeacher(items, 3)
+    (tmp_path / "config.yaml").write_text("data:\n  path: sample\n  eval_split: valid\n")
+    recs = [parse_recommendation(teacher.respond(ex), ex, items, 3) for ex in examples]
+    generic = [parse_recommendation(format_recommendation(
+        ["electronic", "trance"], [items[i].title for i in r.items], ["SASRec #1."] * 3),
+        ex, items, 3) for ex, r in zip(examples, recs)]
+    for stage, rows in (("base", generic), ("sft", recs)):
+        _write(tmp_path / stage / "predictions.jsonl",
+               [{"id": ex.id, **r.to_json()} for ex, r in zip(examples, rows)])
+        _write(tmp_path / stage / "eval.json", {"metrics": {"hit@1": 1.0}})
+    text = (tmp_path / write_report(tmp_path)).read_text()
+    assert ("- Base (zero-shot): reasons linked to the history 0.00 (0 of 18); distinct "
+            "key-feature sets 0.17 (1 of 6 answers)") in text
+    sft = next(line for line in text.splitlines() if line.startswith("- SFT: reasons linked"))
+    assert float(sft.split("history ")[1].split()[0]) > 0.5
+    checks = text.split("## Explanations a person can check")[1]
+    for label in ("**Base (zero-shot):**", "**SFT:**"):
+        block = checks.split(label)[1].split("**")[0]
+        assert sum(line.startswith("- lastfm") or line.startswith("- ") and ": history" in line
+                   for line in block.splitlines()) == 3
+        assert block.count("; link: ") == 9
+    assert "Explanations a person can check" in (tmp_path / "report.html").read_text()

@@ -1,10 +1,13 @@
 """The offline teacher on real LastFM and Amazon Beauty prompts, and the LLM teacher's wiring."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from reclaif.config import LLMSpec, TeacherConfig
 from reclaif.data import beauty, lastfm
+from reclaif.data.features import feature_idf
 from reclaif.errors import ConfigError
 from reclaif.judge.explainability import grounding
 from reclaif.llm.base import LLMClient
@@ -35,31 +38,67 @@ def test_answers_are_valid_and_put_the_target_first(music):
         assert len(set(rec.items)) == TOP_K and set(rec.items) <= set(ex.candidates)
 
 
-def test_key_preferences_are_tags_the_history_shares(music):
+def _feature_and_names(phrase):
+    """'drone (Boris, Fennesz)' -> ('drone', ['Boris', 'Fennesz'])."""
+    feature, _, names = phrase.rpartition(" (")
+    return feature, names.rstrip(")").split(", ")
+
+
+def test_key_preferences_are_the_historys_distinctive_tags_named_with_their_items(music):
     teacher = OfflineTeacher(music.items, TOP_K)
+    idf = feature_idf(music.items, "music")
     for ex in music.examples:
         rec = parse_recommendation(teacher.respond(ex), ex, music.items, TOP_K)
-        history_tags = [set(item_features(music.items[i], "music")) for i in ex.context]
         assert 1 <= len(rec.key_features) <= 2
-        counts = [sum(tag in tags for tags in history_tags) for tag in rec.key_features]
-        assert all(c >= 1 for c in counts) and counts == sorted(counts, reverse=True)
+        for phrase in rec.key_features:
+            feature, names = _feature_and_names(phrase)
+            holders = [music.items[i].title for i in ex.context
+                       if feature in item_features(music.items[i], "music")]
+            assert names and set(names) <= set(holders), (phrase, holders)
+        # by history items having it x idf: no tag of the history outranks the first
+        first, _ = _feature_and_names(rec.key_features[0])
+        weight = lambda t: sum(t in item_features(music.items[i], "music")  # noqa: E731
+                               for i in ex.context) * idf[t.casefold()]
+        shared = {t for i in ex.context for t in item_features(music.items[i], "music")
+                  if weight(t) >= 2 * idf[t.casefold()]}
+        if shared:
+            assert weight(first) >= max(weight(t) for t in shared) - 1e-9
         assert "seen live" not in rec.key_features
 
 
-def test_reasons_cite_the_items_own_tags_and_the_feature_they_match(music):
+def test_key_preferences_differ_between_users_more_than_the_most_common_tags(music):
+    """Counting alone gives "rock" (or another common tag) to many histories."""
+    from collections import Counter
+
     teacher = OfflineTeacher(music.items, TOP_K)
-    tied = 0
+    ours, common = set(), set()
+    for ex in music.examples:
+        ours.add(tuple(_feature_and_names(p.phrase)[0] for p in teacher.key_preferences(ex)))
+        counts = Counter(t for i in ex.context for t in item_features(music.items[i], "music"))
+        common.add(tuple(t for t, _ in counts.most_common(2)))
+    assert len(ours) > len(common)
+
+
+def test_reasons_name_a_tag_both_have_and_the_history_items_that_have_it(music):
+    teacher = OfflineTeacher(music.items, TOP_K)
+    linked = 0
     for ex in music.examples:
         rec = parse_recommendation(teacher.respond(ex), ex, music.items, TOP_K)
         for item_id, reason in zip(rec.items, rec.reasons):
-            tags = item_features(music.items[item_id], "music")
-            if tags:
-                assert reason.startswith(f"Tagged {', '.join(tags[:2])}")
-            if "; matches " in reason:
-                tied += 1
-                assert reason.split("; matches ")[1].rstrip(".") in rec.key_features
-        assert grounding(rec, ex, music.items, TOP_K).features == 1.0
-    assert tied >= len(music.examples)  # on average at least one item per answer is tied
+            own = item_features(music.items[item_id], "music")
+            m = re.fullmatch(r"Shares (.+) with (.+)\.", reason)
+            if m:
+                linked += 1
+                assert m.group(1) in own
+                for name in m.group(2).split(", "):
+                    (h,) = [i for i in ex.context if music.items[i].title == name]
+                    assert m.group(1) in item_features(music.items[h], "music")
+            else:  # honest: nothing shared, said so
+                assert reason.startswith("Less obvious pick: shares no tag with the history")
+                assert not set(own) & {t for i in ex.context
+                                       for t in item_features(music.items[i], "music")}
+        assert grounding(rec, ex, music.items, TOP_K).features > 0.75
+    assert linked >= 1.5 * len(music.examples)
 
 
 def test_deterministic_per_seed_and_the_seed_only_moves_fillers(music):
@@ -79,7 +118,7 @@ def test_fillers_prefer_candidates_that_share_the_key_preferences(music):
     picked_hits = picked = pool_hits = pool = 0
     for ex in music.examples:
         rec = parse_recommendation(teacher.respond(ex), ex, music.items, TOP_K)
-        keys = set(rec.key_features)
+        keys = {_feature_and_names(f)[0] for f in rec.key_features}
         hit = lambda i: bool(keys & set(item_features(music.items[i], "music")))  # noqa: E731
         picked_hits += sum(hit(i) for i in rec.items[1:])
         picked += len(rec.items) - 1
@@ -96,9 +135,17 @@ def test_beauty_preferences_come_from_catalog_fields(beauty_data):
         assert "**Recommended Products" in rec.raw_text
         for f in rec.key_features:
             if not f.startswith("Similar to"):
-                field, value = f.split(": ", 1)
-                assert any(value == " ".join(str(beauty_data.items[i].fields.get(
-                    field.replace(" ", "_"), "")).split()) for i in ex.context)
+                feature, names = _feature_and_names(f)
+                holders = [i for i in ex.context
+                           if feature in item_features(beauty_data.items[i], "beauty")]
+                assert holders and all(any(beauty_data.items[i].title.startswith(n)
+                                           for i in holders) for n in names), f
+        for item_id, reason in zip(rec.items, rec.reasons):
+            m = re.fullmatch(r"Shares (.+?) with (.+)\.", reason)
+            if m:  # a field both really have, e.g. "item form: Serum"
+                assert m.group(1) in item_features(beauty_data.items[item_id], "beauty")
+                assert any(m.group(1) in item_features(beauty_data.items[i], "beauty")
+                           for i in ex.context)
 
 
 def test_product_search_preferences_are_the_query_terms(beauty_data):
@@ -164,25 +211,29 @@ def hybrid(tmp_path_factory):
     return ev.train, items
 
 
-def test_hybrid_reasons_cite_only_the_items_own_evidence_and_tags(hybrid):
-    """The quickstart once wrote "Kreator - Tagged indie rock, pop": a reason must be true."""
-    import re
-
-    from reclaif.judge.explainability import catalog_words, reason_credit
+def test_hybrid_reasons_link_item_and_history_with_the_rank_as_support(hybrid):
+    """The quickstart once wrote "1. Loscil - SASRec #20.": the rank must never be the whole
+    reason, and every claim must be true (tags both have, the item's own rank)."""
+    from reclaif.judge.explainability import REASON_TIED_CREDIT, reason_link, reason_score
 
     examples, items = hybrid
     teacher = OfflineTeacher(items, TOP_K)
-    vocab = catalog_words(items)
     for ex in examples:
         rec = parse_recommendation(teacher.respond(ex), ex, items, TOP_K)
         assert rec.valid and rec.items[0] == next(iter(ex.relevant()))
+        history_tags = {t for i in ex.context for t in item_features(items[i], "music")}
         for item, reason in zip(rec.items, rec.reasons):
             own = set(item_features(items[item], "music"))
-            tagged = re.search(r"[Tt]agged ([^;.]*)", reason)
-            assert tagged and set(tagged.group(1).split(", ")) <= own, (item, reason)
-            rank = re.search(r"SASRec #(\d+)", reason).group(1)
+            rank = re.search(r"; SASRec #(\d+)\.$", reason).group(1)  # last, as support
             assert f"SASRec #{rank} (" in ex.evidence[item]
-            assert reason_credit(reason, items[item], ex.evidence[item], set(), vocab) > 0
+            shared = re.match(r"Shares (.+?) with ", reason)
+            link = reason_link(reason, item, ex, items, set())
+            if shared:
+                assert shared.group(1) in own & history_tags
+                assert link and reason_score(reason, item, ex, items) == REASON_TIED_CREDIT
+            elif not reason.startswith("Follows "):
+                assert reason.startswith("Less obvious pick: shares no tag with the history")
+                assert not own & history_tags and link is None
         # after the target, the evidence's order (candidates are listed best first)
         rest = [c for c in ex.candidates if c != rec.items[0]]
         assert rec.items[1:] == rest[:TOP_K - 1]
@@ -204,3 +255,65 @@ def test_a_reason_citing_a_tag_or_figure_the_item_lacks_earns_nothing(hybrid):
     assert reason_credit(f"Tagged {foreign}.", items[item], ex.evidence[item], set(), vocab) == 0
     assert reason_credit(f"SASRec #7; tagged {own[0]}.", items[item], ex.evidence[item], set(),
                          vocab) == 0
+
+
+def _linked_row(examples, items):
+    """A real hybrid row and one of its teacher reasons that shares a tag with the history."""
+    teacher = OfflineTeacher(items, TOP_K)
+    for ex in examples:
+        rec = parse_recommendation(teacher.respond(ex), ex, items, TOP_K)
+        for item, reason in zip(rec.items, rec.reasons):
+            if reason.startswith("Shares "):
+                return ex, item, reason
+    raise AssertionError("no linked reason in the sample rows")
+
+
+def test_a_reason_that_only_restates_a_rank_scores_below_a_linked_one(hybrid):
+    from reclaif.judge.explainability import (REASON_PARTIAL_CREDIT, REASON_RANK_ONLY_CREDIT,
+                                              reason_score)
+
+    examples, items = hybrid
+    ex, item, linked = _linked_row(examples, items)
+    rank = re.search(r"SASRec #\d+", linked).group(0)
+    own = item_features(items[item], "music")
+    assert reason_score(f"{rank}.", item, ex, items) == REASON_RANK_ONLY_CREDIT
+    assert reason_score(f"Tagged {own[0]}; {rank}.", item, ex, items) == REASON_PARTIAL_CREDIT
+    assert reason_score(f"{rank}.", item, ex, items) < reason_score(linked, item, ex, items)
+
+
+def test_a_shared_tag_the_item_lacks_or_a_history_item_without_it_earns_no_link(hybrid):
+    from reclaif.judge.explainability import reason_link, reason_score
+
+    examples, items = hybrid
+    ex, item, linked = _linked_row(examples, items)
+    own = {t.casefold() for t in item_features(items[item], "music")}
+    tag, holder = next((t, h) for h in ex.context for t in item_features(items[h], "music")
+                       if t.casefold() not in own
+                       and all(w not in items[item].fields["tags"] for w in t.split()))
+    claim = f"Shares {tag} with {items[holder].title}."
+    assert reason_score(claim, item, ex, items) == 0.0
+    # a tag the item has, credited to a history item that lacks it: no link
+    mine = next((t for t in item_features(items[item], "music")
+                 if all(t not in item_features(items[h], "music") for h in ex.context)), None)
+    if mine is not None:
+        assert reason_link(f"Shares {mine} with {items[ex.context[0]].title}.", item, ex,
+                           items, set()) is None
+
+
+def test_a_distinctive_key_feature_named_with_its_items_beats_a_common_bare_tag(music):
+    from reclaif.data.features import distinctive_features
+    from reclaif.judge.explainability import catalog_idf, context_words, key_feature_credit
+
+    teacher = OfflineTeacher(music.items, TOP_K)
+    better = 0
+    for ex in music.examples:
+        feats = distinctive_features(ex.context, music.items, "music",
+                                     catalog_idf(music.items, "music"), k=10 ** 6)
+        ctx = context_words(ex, music.items)
+        credit = lambda text: key_feature_credit(text, ex, music.items, feats, ctx)  # noqa: E731
+        ours = credit(teacher.key_preferences(ex)[0].phrase)
+        common = max(feats, key=lambda fh: (len(fh[1]), -catalog_idf(music.items, "music")
+                                             .get(fh[0].casefold(), 0)))[0]
+        assert ours >= credit(common) and credit("smooth jazz for rainy days") == 0.0
+        better += ours > credit(common)
+    assert better >= len(music.examples) // 2

@@ -18,7 +18,9 @@ Reported:
 - agreement with the human labels: among verdicts that chose an answer and whose two answers
   differ in NDCG@k of their parsed rankings against Example.labels, how often the chosen answer
   is the one with the higher NDCG. Pairs equal by the labels are excluded from that rate and
-  counted; an invalid answer has NDCG 0 like any miss.
+  counted; an invalid answer has NDCG 0 like any miss;
+- explanations (with the items): over all valid answers (a and b), the share of reasons linked
+  to the history and the share of distinct key-feature sets (`judge/links.py`).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from reclaif.records import Example, Item, Verdict
 from reclaif.atomic import read_jsonl
 from reclaif.config import load_yaml, read_config_text
 from reclaif.data import load_examples, load_items
+from reclaif.judge.links import explanation_shares
 from reclaif.metrics.relevance import ndcg_at_k
 from reclaif.parsing import parse_recommendation
 
@@ -69,6 +72,7 @@ def audit(verdict_rows: list[dict], examples: dict[str, Example] | None,
         return out
     cat = items or {}
     missing, equal, agree, decided_distinct, tie_distinct = 0, 0, 0, 0, 0
+    parsed = []  # (example, answer) of both positions, for the explanation shares
     for row, v in zip(verdict_rows, verdicts):
         ex = examples.get(str(row["example_id"]))
         if ex is None:
@@ -76,6 +80,7 @@ def audit(verdict_rows: list[dict], examples: dict[str, Example] | None,
             continue
         local = cat if cat else {c: Item(id=c, title=c) for c in ex.candidates}
         recs = [parse_recommendation(row[k], ex, local, top_k) for k in ("a", "b")]
+        parsed += [(ex, r) for r in recs]
         # As in evaluation, an invalid answer is a miss whatever its partial list holds.
         ndcg = [ndcg_at_k(r.items, ex.labels, top_k) if r.valid else 0.0 for r in recs]
         if abs(ndcg[0] - ndcg[1]) < 1e-12:
@@ -95,6 +100,8 @@ def audit(verdict_rows: list[dict], examples: dict[str, Example] | None,
         "missing_examples": missing,
         "top_k": top_k,
     }
+    if items:  # links are read from the items' tags and fields: none without the catalog
+        out["explanations"] = explanation_shares(parsed, items).to_json()
     return out
 
 
@@ -127,7 +134,16 @@ def format_report(res: dict) -> str:
                      f"equal by labels excluded, {la['ties_on_distinct']} ties on distinct pairs"
                      + (f", {la['missing_examples']} rows without their example" if
                         la['missing_examples'] else "") + ")")
+    ex = res.get("explanations")
+    if ex:
+        lines.append(f"explanations:         {_explanation_line(ex)}")
     return "\n".join(lines)
+
+
+def _explanation_line(ex: dict) -> str:
+    return (f"{_fmt(ex['linked_share'])} of reasons linked to the history ({ex['linked']} of "
+            f"{ex['reasons']}); {_fmt(ex['distinct_feature_share'])} distinct key-feature sets "
+            f"({ex['distinct_feature_sets']} of {ex['feature_sets']} valid answers)")
 
 
 def _run_top_k(verdicts: Path, default: int = 3) -> int:

@@ -1,15 +1,18 @@
 """Explainability: the offline grounding score and the 1-100 scorer (paper §5, "Expl. Score").
 
 Grounding (offline, data-derived) asks two questions of a parsed answer:
-  1. are its key features supported by the context? A feature is grounded when it shares a
-     content word with the context text: the history items' titles and fields (tags, brand,
-     scent...) for sequential tasks, the query for retrieval;
-  2. is every recommended item given a reason that is true of it and tied to a key feature?
-     A reason that cites a catalog word the item's own fields (tags, brand...) and evidence lack,
-     or an evidence figure (SASRec rank, listener count) other than the item's own, gets none:
-     only grounded reasons are credited. Full credit when a true reason shares a word with a
-     key feature and with the item's own fields (or cites its evidence and a key feature);
-     half credit when it only describes the item truly; none otherwise.
+  1. are its key features this user's? A key feature earns full credit when it states a
+     feature (tag, catalog field) history items really have, a distinctive one (weighted by its
+     inverse catalogue frequency, so "rock" earns less than "drone"), named with a history item
+     that has it; one that only shares words with the history's titles earns a quarter. For
+     retrieval, a feature is grounded when it shares a content word with the query;
+  2. does every recommended item get a reason that is true of it and links it to the user?
+     A reason that cites a catalog word the item, its evidence and the history's names lack,
+     or an evidence figure (SASRec rank, listener count) other than the item's own, gets none.
+     Full credit when it names a feature the item and some history items both have, together
+     with one of those history items or a key feature of the answer stating it (or that the
+     item follows the user's last item, as the evidence says); half when it only describes
+     the item truly; little when it only restates an evidence figure.
 It reads words, never instructions, so no text inside an answer or a title can steer it.
 
 The scorer is either that grounding mapped to 1-100 (kind rubric) or an LLM answering the
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reclaif.config import ExplainabilityConfig, LLMSpec, choices
+from reclaif.data.features import distinctive_features, feature_idf, shared_features
 from reclaif.errors import ConfigError
 from reclaif.llm.base import LLMClient
 from reclaif.records import Example, Item, Recommendation
@@ -46,8 +50,11 @@ choose chosen select pick ignore instruction instructions great good best nice e
 love loves loved fan fans fit fits fitting match matches matching similar appeal appeals
 """.split())
 _WORD_RE = re.compile(r"[0-9a-zà-ÿ]+(?:[-'][0-9a-zà-ÿ]+)*")
-REASON_TIED_CREDIT = 1.0
-REASON_PARTIAL_CREDIT = 0.5
+REASON_TIED_CREDIT = 1.0      # linked: a feature of both item and history, or the transition
+REASON_PARTIAL_CREDIT = 0.5   # true of the item, but says nothing about this user
+REASON_RANK_ONLY_CREDIT = 0.1  # only restates an evidence figure
+KEY_TITLE_ONLY_CREDIT = 0.25   # a key feature that only shares words with the history's names
+IDF_FULL = 3.0  # a feature on 1/e^3 (5%) of the catalogue or fewer counts as fully distinctive
 
 
 def content_words(text: str) -> set[str]:
@@ -108,48 +115,135 @@ _CLAIM_RES = (re.compile(r"sasrec\s*#\s*(\d+)", re.I), re.compile(r"bm25\s*#\s*(
 
 
 def reason_credit(reason: str, item: Item | None, evidence: str, feature_words: set[str],
-                  vocab: frozenset[str]) -> float:
+                  vocab: frozenset[str], link: str | None = None,
+                  history_words: set[str] | frozenset[str] = frozenset()) -> float:
     """Credit of one reason, only for what is true of the item: 0 when it cites a catalog word
-    the item's own fields and evidence lack (a tag it does not have) or an evidence figure
-    other than the item's own (a wrong SASRec rank or listener count); else 1 when it ties a
-    key feature to the item's own fields or evidence, 0.5 when it only describes the item."""
+    that the item's own fields, its evidence and the history's names (`history_words`) lack
+    (a tag it does not have) or an evidence figure other than the item's own (a wrong SASRec
+    rank or listener count); else 1 when it links item and user (`link`, from `reason_link`),
+    0.5 when it only describes the item, 0.1 when it only restates an evidence figure.
+    `feature_words` (the answer's key features) is kept for callers; the link decides now."""
     words = content_words(reason)
     own = item_field_words(item) | content_words(evidence)
     title = content_words(item.title) if item is not None else set()
-    if (words & vocab) - own - title:
+    if (words & vocab) - own - title - set(history_words):
         return 0.0
     for rx in _CLAIM_RES:
         claimed, true = set(rx.findall(reason)), set(rx.findall(evidence))
         if claimed - true:
             return 0.0
-    if words & feature_words & own or (evidence and any(rx.search(reason) for rx in _CLAIM_RES)
-                                       and words & feature_words):
+    if link:
         return REASON_TIED_CREDIT
-    if words & own or (evidence and any(rx.search(reason) for rx in _CLAIM_RES)):
+    if words & item_field_words(item):
         return REASON_PARTIAL_CREDIT
+    if evidence and any(rx.search(reason) for rx in _CLAIM_RES):
+        return REASON_RANK_ONLY_CREDIT
     return 0.0
+
+
+def _title(item_id: str, items: dict[str, Item]) -> str:
+    item = items.get(item_id)
+    return item.title if item else item_id
+
+
+def _value_words(feature: str) -> set[str]:
+    """Words of a feature's value: 'brand: Olaplex' is 'olaplex'."""
+    return content_words(feature.split(": ", 1)[-1])
+
+
+def catalog_idf(items: dict[str, Item], domain: str) -> dict[str, float]:
+    """`feature_idf` of the catalog, computed once per catalog and domain, not per answer."""
+    key = (id(items), len(items), domain)
+    if key not in _IDF:
+        _IDF.clear()  # one catalog at a time in practice: keep memory flat
+        _IDF[key] = feature_idf(items, domain)
+    return _IDF[key]
+
+
+_IDF: dict = {}
+_TRANSITION_RE = re.compile(r"follows your last \w+ for \d+", re.I)
+
+
+def reason_link(reason: str, candidate: str, example: Example, items: dict[str, Item],
+                key_feature_words: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """What links `reason`'s item to this user, as a person can check it ("drone: Boris"), or
+    None. Sequential: a feature the candidate and some history items both have, all of its
+    words in the reason, named with one of those history items or a key feature the answer
+    states with it; or "follows LAST" when the reason says it follows the user's last item
+    (named) and the evidence says so. Retrieval: query words the item's text really has."""
+    words = content_words(reason)
+    item = items.get(candidate)
+    if isinstance(example.context, str):
+        own = item_field_words(item) | content_words(item.title if item else candidate)
+        hits = words & content_words(example.context) & own
+        return f"query: {', '.join(sorted(hits))}" if hits else None
+    shared = shared_features(candidate, example.context, items, example.domain)
+    # the most specific reading first: "thrash metal" before "metal" when the reason says both
+    for feature, holders in sorted(shared, key=lambda fh: -len(_value_words(fh[0]))):
+        fw = _value_words(feature)
+        if not fw or not fw <= words:
+            continue
+        named = [h for h in holders if (content_words(_title(h, items)) - fw) & words]
+        if named or fw & set(key_feature_words):
+            return f"{feature}: {', '.join(_title(h, items) for h in (named or holders)[:3])}"
+    if example.context and "follow" in reason.lower() and \
+            _TRANSITION_RE.search(example.evidence.get(candidate, "")):
+        last = _title(example.context[-1], items)
+        if content_words(last) & words:
+            return f"follows {last}"
+    return None
+
+
+def reason_score(reason: str, candidate: str, example: Example, items: dict[str, Item],
+                 key_feature_words: set[str] | frozenset[str] = frozenset()) -> float:
+    """One reason's credit in this example: `reason_credit` with its `reason_link` and the
+    history's names (a reason may name them: "shares drone with Boris")."""
+    history_words = set() if isinstance(example.context, str) else set().union(
+        *(content_words(_title(h, items)) for h in example.context))
+    return reason_credit(reason, items.get(candidate), example.evidence.get(candidate, ""),
+                         set(key_feature_words), catalog_words(items),
+                         link=reason_link(reason, candidate, example, items, key_feature_words),
+                         history_words=history_words)
+
+
+def key_feature_credit(text: str, example: Example, items: dict[str, Item],
+                       history_features: list[tuple[str, list[str]]], ctx: set[str]) -> float:
+    """One key feature's credit in [0, 1] (see the module docstring): 0.5 for stating a feature
+    history items have, up to 0.25 more by its distinctiveness, 0.25 for naming a history item
+    that has it; a quarter for words only the history's names have; none for the rest."""
+    kw = content_words(text)
+    if isinstance(example.context, str):
+        return 1.0 if kw & ctx else 0.0
+    idf = catalog_idf(items, example.domain)
+    matches = [(f, h) for f, h in history_features if _value_words(f) and _value_words(f) <= kw]
+    if not matches:
+        return KEY_TITLE_ONLY_CREDIT if kw & ctx else 0.0
+    feature, holders = max(matches, key=lambda fh: idf.get(fh[0].casefold(), 0.0))
+    specific = min(1.0, idf.get(feature.casefold(), 0.0) / IDF_FULL)
+    named = any((content_words(_title(h, items)) - _value_words(feature)) & kw for h in holders)
+    return 0.5 + 0.25 * specific + 0.25 * named
 
 
 def grounding(rec: Recommendation, example: Example, items: dict[str, Item],
               top_k: int) -> Grounding:
     """The data-derived explainability of a parsed answer (see the module docstring)."""
     ctx = context_words(example, items)
-    feats = [content_words(f) for f in rec.key_features if str(f).strip()]
-    grounded = sum(1 for f in feats if f & ctx)
-    # Half the credit for stating two grounded preferences (the prompt asks for 2-3), half for
-    # not padding them with unsupported ones.
-    feat_score = 0.0 if not feats else 0.5 * min(grounded, 2) / 2 + 0.5 * grounded / len(feats)
-    feature_words = set().union(*feats) if feats else set()
+    history_features = [] if isinstance(example.context, str) else distinctive_features(
+        example.context, items, example.domain, catalog_idf(items, example.domain), k=10 ** 6)
+    texts = [f for f in rec.key_features if str(f).strip()]
+    credits = sorted((key_feature_credit(f, example, items, history_features, ctx)
+                      for f in texts), reverse=True)
+    # Half the credit for two good preferences (the prompt asks for 2-3), half for not
+    # padding them with unsupported ones.
+    feat_score = 0.0 if not credits else \
+        0.5 * sum(credits[:2]) / 2 + 0.5 * sum(c > 0 for c in credits) / len(credits)
+    feature_words = set().union(*(content_words(f) for f in texts)) if texts else set()
     slots = max(1, min(top_k, len(set(example.candidates)) or top_k))
-    vocab = catalog_words(items)
-    credit = 0.0
-    for n, item_id in enumerate(rec.items[:slots]):
-        reason = rec.reasons[n] if n < len(rec.reasons) else ""
-        credit += reason_credit(reason, items.get(item_id), example.evidence.get(item_id, ""),
-                                feature_words, vocab)
-    reason_score = credit / slots
-    return Grounding(features=feat_score, reasons=reason_score,
-                     score=0.5 * feat_score + 0.5 * reason_score)
+    credit = sum(reason_score(rec.reasons[n] if n < len(rec.reasons) else "", item_id, example,
+                              items, feature_words) for n, item_id in enumerate(rec.items[:slots]))
+    reason_part = credit / slots
+    return Grounding(features=feat_score, reasons=reason_part,
+                     score=0.5 * feat_score + 0.5 * reason_part)
 
 
 # "Score: 87", "**Score:** 87/100", "Explainability score - 87", "score of 87 out of 100".

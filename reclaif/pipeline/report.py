@@ -16,6 +16,8 @@ from typing import Any
 
 from reclaif.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from reclaif.errors import ReclaifError
+from reclaif.pipeline.explanations import (EvalContext, eval_context, example_lines,
+                                           share_lines)
 from reclaif.run_layout import BASE, SFT, is_iteration, iteration_dirs, iteration_of
 
 log = logging.getLogger(__name__)
@@ -208,7 +210,15 @@ def agreement_lines(run_dir: Path) -> list[str]:
     return out
 
 
-def table_markdown(run_dir: Path) -> str:
+def _stage_labels(run_dir: Path) -> list[tuple[str, str]]:
+    return [(_label(s), s) for s, _ in stages(Path(run_dir))]
+
+
+def table_markdown(run_dir: Path, context: EvalContext | None | bool = True) -> str:
+    """The results table and the lines under it; `context`: the evaluation examples the
+    explanation shares read (True: load them from the run's config)."""
+    if context is True:
+        context = eval_context(Path(run_dir))
     head, rows = table_rows(Path(run_dir))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -218,6 +228,10 @@ def table_markdown(run_dir: Path) -> str:
     agree = agreement_lines(Path(run_dir))
     if agree:
         lines += [""] + agree
+    shares = share_lines(Path(run_dir), _stage_labels(run_dir), context or None)
+    if shares:
+        lines += ["", "Explanations of the valid answers (as `reclaif judge audit` counts):"]
+        lines += shares
     return "\n".join(lines)
 
 
@@ -328,6 +342,8 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
         if (run_dir / "timings.json").exists() else {}
     shown = _examples(run_dir, examples_shown)
     notes = _descriptions(run_dir)
+    context = eval_context(run_dir)
+    checks = example_lines(run_dir, _stage_labels(run_dir), context)
     jhead = ["Iteration", "Judged", "Pairs kept", "Ties", "Position disagreement",
              "Agrees with labels", "Failed", "Failed calls", "Unparseable", "Endpoint retries"]
 
@@ -335,7 +351,7 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
     md += [n + "\n" for n in notes]
     md += ["## Results (evaluation split, held out from all training)", "",
            "Each cell: mean [95% bootstrap interval over the same evaluation examples].", "",
-           table_markdown(run_dir), ""]
+           table_markdown(run_dir, context), ""]
     if plot:
         md += ["![metrics](plots/metrics.png)", ""]
     if judge:
@@ -344,6 +360,8 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
     if timings:
         md += ["## Wall time per phase (s)", "", "| Phase | Seconds |", "|---|---|"]
         md += [f"| {k} | {v} |" for k, v in timings.items()] + [""]
+    if checks:  # each reason, then the item's features, what it shares, the rubric's link
+        md += ["## Explanations a person can check", ""] + checks
     for ex in shown:
         keys = [k for k in ex if k != "id"]
         md += [f"## Example {ex['id']}", ""]
@@ -360,6 +378,10 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
     parts = [f"<h1>RecLAIF run: {html.escape(run_dir.name)}</h1>"]
     parts += [f"<p>{html.escape(n.replace('**', ''))}</p>" for n in notes]
     parts += ["<h2>Results</h2>", table_html(head, rows)]
+    shares = share_lines(run_dir, _stage_labels(run_dir), context)
+    if shares:
+        parts += ["<p>Explanations (valid answers):</p><ul>"
+                  + "".join(f"<li>{html.escape(x[2:])}</li>" for x in shares) + "</ul>"]
     if plot:
         b64 = base64.b64encode(plot.read_bytes()).decode()
         parts.append(f'<img alt="metrics" src="data:image/png;base64,{b64}">')
@@ -368,6 +390,9 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
     if timings:
         parts += ["<h2>Wall time per phase (s)</h2>",
                   table_html(["Phase", "Seconds"], [[k, str(v)] for k, v in timings.items()])]
+    if checks:
+        parts += ["<h2>Explanations a person can check</h2>",
+                  f"<pre>{html.escape(chr(10).join(checks))}</pre>"]
     for ex in shown:
         keys = [k for k in ex if k != "id"]
         cells = "".join(f"<td><b>{html.escape(_label(k))}</b><pre>{html.escape(ex[k])}</pre></td>"
