@@ -70,13 +70,18 @@ def test_key_preferences_differ_between_users_more_than_the_most_common_tags(mus
     """Counting alone gives "rock" (or another common tag) to many histories."""
     from collections import Counter
 
-    teacher = OfflineTeacher(music.items, TOP_K)
+    from reclaif.data import load_examples, load_items
+
+    # The bundled sample's catalogue and 150 of its held-out prompts: the clean tags of the
+    # 25-prompt raw fixture come from too few training users to tell the two rules apart.
+    items = load_items("sample")
+    teacher = OfflineTeacher(items, TOP_K)
     ours, common = set(), set()
-    for ex in music.examples:
+    for ex in load_examples("sample", split="valid")[:150]:
         ours.add(tuple(_feature_and_names(p.phrase)[0] for p in teacher.key_preferences(ex)))
-        counts = Counter(t for i in ex.context for t in item_features(music.items[i], "music"))
+        counts = Counter(t for i in ex.context for t in item_features(items[i], "music"))
         common.add(tuple(t for t, _ in counts.most_common(2)))
-    assert len(ours) > len(common)
+    assert len(ours) > 1.3 * len(common)  # measured: 200 against 106 on 300 prompts
 
 
 def test_reasons_name_a_tag_both_have_and_the_history_items_that_have_it(music):
