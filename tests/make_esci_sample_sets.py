@@ -1,4 +1,4 @@
-"""Retrieval candidate sets from the real joined ESCI rows, for the README's ESCI table (the
+"""Retrieval candidate sets from the real joined ESCI rows, for the ESCI table in docs/RESULTS.md (the
 paper's Table 2 layout) while the official release is not at hand.
 
     python tests/make_esci_sample_sets.py OUT_DIR [--source tests/data/esci/esci_sample200.csv.gz]

@@ -36,12 +36,12 @@ def beauty(real_data: Path) -> dict:
 @pytest.fixture(scope="module")
 def esci(real_data: Path) -> tuple[list[Example], dict[str, Item]]:
     """Retrieval examples from the real joined ESCI rows: each query's Exact product plus 9
-    products of other queries (the rows have one product per query), as in the README table."""
+    products of other queries (the rows have one product per query), as in the docs/RESULTS.md table."""
     from make_esci_sample_sets import sample_sets
 
     loaded = sample_sets(real_data / "esci" / "esci_sample200.csv.gz", candidates=10)
     # Title and brand only: embedding the full listing text of 200 products takes ~2 minutes
-    # on 2 cores (MiniLM reads 256 tokens each); the README table uses the full text.
+    # on 2 cores (MiniLM reads 256 tokens each); the docs/RESULTS.md table uses the full text.
     items = {i: Item(id=i, title=it.title, fields={"brand": it.fields.get("brand", "")})
              for i, it in loaded.items.items()}
     return loaded.examples, items

@@ -49,7 +49,7 @@ def test_values_and_counts_match_oracle_with_masked_rows():
     assert logps[2].item() == 0.0
 
 
-# The CUDA cases run where a GPU is (they ran on an H200: see the README's benchmarks); the
+# The CUDA cases run where a GPU is (they ran on an H200: see docs/BENCHMARKS.md); the
 # kernel is the same PyTorch code on both devices, cuBLAS and TF32-free fp32 matmuls there,
 # except that where triton is installed kernel="auto" takes the Triton inner loop on a GPU
 # (tests/test_triton_ce.py compares the two).

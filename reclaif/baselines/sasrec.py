@@ -42,7 +42,7 @@ class SASRecConfig:
     weight_decay: float = 0.0
     batch_size: int = 256
     # A budget in epochs, not seconds: a time cap fits a weaker model on a loaded machine, so
-    # the same command gave different baselines and evidence (README, "the held-out proof run").
+    # the same command gave different baselines and evidence (docs/RESULTS.md, the proof runs).
     max_epochs: int = 30
     patience: int = 5           # epochs without validation gain before stopping
     val_fraction: float = 0.1   # users held out of training for early stopping
