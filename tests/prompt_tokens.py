@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = Path(a.models)
     if (models_dir / "fit.json").is_file():
         m = EvidenceModels.load(models_dir, items)
-        m.sources = sources  # unlearned sources (tags, tag_overlap) need no fit
+        # the saved fit may name other sources: the unlearned ones (tags, tag_overlap) are
+        # built from the catalog, as load() does
+        m.sources = sources
+        m._fit_unlearned(items, 0)
     else:
         train = load_examples(a.data, "train")
         m = EvidenceModels.fit(fit_windows(a.data, "train", train), items, sources,

@@ -11,8 +11,8 @@ from reclaif.baselines.tags import TagRanker
 from reclaif.data import load_examples, load_items
 from reclaif.data.features import item_features
 from reclaif.data.interactions import fit_windows
-from reclaif.evidence.models import (EvidenceModels, evidence_first, resolve_sources,
-                                     sasrec_text)
+from reclaif.evidence.models import (MIN_TAG_MATCH, EvidenceModels, evidence_first,
+                                     resolve_sources, sasrec_text)
 
 # Every part annotate() writes, one pattern each: "; " splits a line back into them.
 PARTS = {"sasrec": re.compile(r"^SASRec #(\d+)(?: (\d+)%)?$"),
@@ -79,13 +79,14 @@ def test_tag_overlap_cites_shared_tags_a_history_artist_has_and_the_ranker_score
             own = {f.casefold() for f in item_features(items[c], "music")}
             m = re.search(r"(?:^|; )tags: (.+) with (.+) \((\d\.\d\d)\)$", ex.evidence.get(c, ""))
             if not m:
-                # no part only where nothing is shared
-                assert not own & hist_feats or scores[c] == 0
+                # no part only where nothing is shared or the match is weak
+                assert not own & hist_feats or scores[c] < MIN_TAG_MATCH
                 continue
+            assert scores[c] >= MIN_TAG_MATCH
             shown += 1
             tags = [t.casefold() for t in m.group(1).split(", ")]
             assert 1 <= len(tags) <= 2 and set(tags) <= own & hist_feats
             holder = titles[m.group(2)]  # a history artist, by its title
             assert set(tags) & {f.casefold() for f in item_features(items[holder], "music")}
             assert float(m.group(3)) == pytest.approx(scores[c], abs=0.005)
-    assert shown > 200  # of 60 x 20 candidate lines: the part is common, not a corner case
+    assert shown > 150  # of 60 x 20 candidate lines: the part is common, not a corner case
