@@ -131,7 +131,9 @@ class EvidenceConfig:
                             "carries what collaborative models fitted on the training split say of it "
                             "(reclaif/evidence).")
     sources: list[str] = _f([], "Evidence sources; [] = the task's default: sequential "
-                            "[sasrec, transition, tags], retrieval [bm25].")
+                            "[sasrec, transition, tag_overlap], retrieval [bm25]. tag_overlap "
+                            "(music): the clean tags a candidate shares with the history and "
+                            "with which history artist; tags (opt-in): its top two tags.")
     folds: int = _f(5, "Out-of-fold fits for the training prompts' evidence: K models, each "
                     "fitted without one K-th of the users, so SFT and DPO see evidence as "
                     "reliable as it is on unseen users. Evaluation uses one model fitted on all.")

@@ -106,7 +106,7 @@ def test_run_produces_every_phase_and_the_report(clean_run):
     assert rows["sasrec-bce"]["n_examples"] == rows["random"]["n_examples"] > 0
     # the evidence reached every prompt the model saw: teacher answers, samples, evaluation
     teacher = [json.loads(x) for x in (run_dir / "sft/teacher.jsonl").read_text().splitlines()]
-    assert teacher and all("follows your last artist" in t["prompt"] or "tags: " in t["prompt"]
+    assert teacher and all(" listeners next" in t["prompt"] or "tags: " in t["prompt"]
                            for t in teacher)
     hashed = json.loads((run_dir / "manifest.json").read_text())["phases"]["evidence"]["outputs"]
     assert {"evidence/train.jsonl", "evidence/eval.jsonl",

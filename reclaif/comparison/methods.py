@@ -10,6 +10,7 @@ from reclaif.baselines.base import Ranker
 from reclaif.errors import ReclaifError
 from reclaif.baselines.dense import DenseRanker
 from reclaif.baselines.floors import PopularityRanker, RandomRanker
+from reclaif.baselines.tags import TagRanker
 from reclaif.baselines.transition import TransitionRanker
 from reclaif.comparison.llm_ranker import LLMRanker
 
@@ -18,8 +19,8 @@ LEARNED = ("popularity", "sasrec", "transition")  # methods whose fit() reads tr
 
 def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = None,
                 max_new_tokens: int = 256, sasrec_epochs: int = 0) -> Ranker:
-    """random | popularity | transition | bm25 | dense[:MODEL] | sasrec[-ce|-bce] | llm:NAME |
-    model:PATH.
+    """random | popularity | transition | bm25 | tags | dense[:MODEL] | sasrec[-ce|-bce] |
+    llm:NAME | model:PATH.
 
     `diversity`: the table's DiversityScorer; the default dense ranker shares its model and
     item vectors (the same all-MiniLM-L6-v2 over the same `Item.text()`). `max_new_tokens`:
@@ -40,6 +41,8 @@ def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = Non
         return ranker
     if method == "transition":
         return TransitionRanker(seed=seed)
+    if method == "tags":
+        return TagRanker(seed=seed)
     if method in ("sasrec", "sasrec-ce", "sasrec-bce"):
         from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker
         loss = "bce" if method.endswith("bce") else "ce"
@@ -48,7 +51,7 @@ def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = Non
     if method.startswith(("llm:", "model:")):
         return LLMRanker(method, top_k=top_k, max_new_tokens=max_new_tokens)
     raise ReclaifError(f"methods: unknown method {method!r}; known: random, popularity, "
-                       "transition, bm25, "
+                       "transition, bm25, tags, "
                        "dense[:MODEL], sasrec, sasrec-ce, sasrec-bce, llm:NAME, model:PATH")
 
 

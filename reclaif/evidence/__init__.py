@@ -5,11 +5,12 @@ from a few hundred prompts, while SASRec fitted on the same training split ranks
 artist first most of the time. In hybrid mode (`evidence.mode: hybrid`) each candidate line
 carries that signal as text the model can read and cite, e.g.
 
-    - Tom Waits [SASRec #2 (0.31); follows your last artist for 14 listeners; tags: blues, folk]
+    - Tom Waits [SASRec #2 31%; 14 listeners next; tags: blues, folk with Nick Cave (0.38)]
 
 and the LLM reranks and explains. Sources: `sasrec` (full-softmax CE, rank and probability among
 the candidates), `transition` (distinct training users who went there straight from the last
-history item), `tags` (music: the item's top HetRec tags), `bm25` (retrieval). Fitting is out
+history item), `tag_overlap` (music: clean tags shared with the history, default), `tags` (the
+item's top tags), `bm25` (retrieval). Fitting is out
 of fold for training prompts (`folds.py`), on the training split only; the models live in the
 run directory (`evidence/fold-N/`, `evidence/full/`), are hashed into the manifest, and the
 evaluation model is reused for new examples by `reclaif eval --methods model:RUN/...` and

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,24 +19,38 @@ import numpy as np
 
 from reclaif.atomic import atomic_write_json
 from reclaif.baselines.base import order_by_scores
-from reclaif.data.features import item_features
+from reclaif.data.features import item_features, shared_features
 from reclaif.errors import ConfigError, DataError
+from reclaif.baselines.tags import TagRanker
 from reclaif.baselines.transition import TransitionRanker
 from reclaif.records import Example, Item
 
-SEQUENTIAL_SOURCES = ("sasrec", "transition", "tags")
+SEQUENTIAL_SOURCES = ("sasrec", "transition", "tag_overlap", "tags")
 RETRIEVAL_SOURCES = ("bm25",)
+# [] in the config: these. tag_overlap says more than `tags` in similar space (music only).
+DEFAULT_SOURCES = {"sequential": ("sasrec", "transition", "tag_overlap"), "retrieval": ("bm25",)}
 LEARNED_SOURCES = ("sasrec", "transition")  # fitted on interactions: out of fold for training
-# What the transition line calls the last item and the people behind a count, per domain.
-_NOUNS = {"music": ("artist", "listeners"), "beauty": ("product", "buyers"),
-          "product_search": ("product", "shoppers")}
+# Who a transition count counts, per domain ("3 listeners next": EVIDENCE_NOTE says the rest).
+_PEOPLE = {"music": "listeners", "beauty": "buyers", "product_search": "shoppers"}
 MAX_TAGS = 2  # each tag costs ~3 prompt tokens on each of 20 candidate lines
+# tag_overlap is shown from this tf-idf match up. On the proof config's 300 validation prompts
+# 88% of targets and 40% of other candidates reach 0.05 (93% and 61% share any tag): the weak
+# matches below it cost ~60 prompt tokens and say little (tests/prompt_tokens.py).
+MIN_TAG_MATCH = 0.05
+
+
+def sasrec_text(rank: int, probability: float) -> str:
+    """"SASRec #3 12%": rank and probability among the candidates, the percent left out under
+    0.5% (most of a list; EVIDENCE_NOTE says so): 2-5 prompt tokens fewer per line than
+    "SASRec #3 (0.12)"."""
+    pct = round(100 * probability)
+    return f"SASRec #{rank} {pct}%" if pct >= 1 else f"SASRec #{rank}"
 
 
 def resolve_sources(sources: Sequence[str], task: str) -> list[str]:
     """The configured sources, or the task's default; a source the task cannot use is an error."""
     allowed = SEQUENTIAL_SOURCES if task == "sequential" else RETRIEVAL_SOURCES
-    chosen = list(sources) or list(allowed)
+    chosen = list(sources) or list(DEFAULT_SOURCES[task])
     bad = [s for s in chosen if s not in allowed]
     if bad:
         raise ConfigError(f"evidence.sources: {bad} do not apply to {task} examples "
@@ -51,6 +66,7 @@ class EvidenceModels:
     sasrec: object | None = None
     transition: TransitionRanker | None = None
     bm25: object | None = None
+    tags: TagRanker | None = None
 
     # -- fitting --------------------------------------------------------------------------
     @classmethod
@@ -73,6 +89,9 @@ class EvidenceModels:
         return m
 
     def _fit_unlearned(self, items: dict[str, Item], seed: int) -> None:
+        if "tag_overlap" in self.sources:
+            self.tags = TagRanker(seed=seed)
+            self.tags.fit([], items)
         if "bm25" in self.sources:
             from reclaif.baselines.bm25 import BM25Ranker
 
@@ -136,22 +155,28 @@ class EvidenceModels:
             p = np.exp(s - s.max())
             p /= p.sum()
             for rank, i in enumerate(np.argsort(-s, kind="stable"), 1):
-                parts[cands[i]].append(f"SASRec #{rank} ({p[i]:.2f})")
+                parts[cands[i]].append(sasrec_text(rank, float(p[i])))
         if self.bm25 is not None:
             s = self.bm25.scores(example)
             for rank, i in enumerate(np.argsort(-s, kind="stable"), 1):
                 parts[cands[i]].append(f"BM25 #{rank} ({s[i]:.1f})")
         if self.transition is not None and example.context:
-            noun, people = _NOUNS.get(example.domain, _NOUNS["beauty"])
+            people = _PEOPLE.get(example.domain, "buyers")
             last = example.context[-1]
             for c in cands:
                 n = self.transition.count(last, c)
                 if n:
-                    parts[c].append(f"follows your last {noun} for {n} {people}")
+                    parts[c].append(f"{n} {people} next")
+        if self.tags is not None and example.domain == "music" and example.context:
+            idf = self.tags.domain_idf("music")
+            for c, score in zip(cands, self.tags.scores(example)):
+                text = overlap_text(c, example.context, items, idf, score)
+                if text:
+                    parts[c].append(text)
         if "tags" in self.sources and example.domain == "music":
             for c in cands:
                 tags = item_features(items.get(c), "music")[:MAX_TAGS]
-                if tags:
+                if tags and not any(x.startswith("tags: ") for x in parts[c]):
                     parts[c].append("tags: " + ", ".join(tags))
         if self.order == "score" and ranked is not None:
             cands = order_by_scores(example, ranked[1])
@@ -162,10 +187,30 @@ class EvidenceModels:
         """One sentence for reports: what the evidence is."""
         what = {"sasrec": "SASRec (full-softmax CE) rank and probability among the candidates",
                 "transition": "how many training users went to it straight from the last item",
-                "tags": "its top HetRec tags", "bm25": "BM25 rank and score for the query"}
+                "tags": "its top HetRec tags", "bm25": "BM25 rank and score for the query",
+                "tag_overlap": "the tf-idf match of its tags with the history's, the tags it "
+                               "shares and the history artist it shares them with"}
         return ("Evidence per candidate: " + "; ".join(what[s] for s in self.sources)
                 + (". Candidates listed best first by " + self.sources[0] if self.order == "score"
                    else ". Candidates in the data's order") + ".")
+
+
+def overlap_text(candidate: str, history: Sequence[str], items: dict[str, Item],
+                 idf: dict[str, float], score: float) -> str:
+    """The tag_overlap part, "tags: dark, synth-pop with Depeche Mode (0.42)": the candidate's
+    MAX_TAGS most distinctive tags that history artists also have, the latest history artist
+    having the most of them, and its tf-idf match with the history (TagRanker); "" when the
+    match is under MIN_TAG_MATCH (EVIDENCE_NOTE says so)."""
+    shared = shared_features(candidate, history, items, "music")
+    if not shared or score < MIN_TAG_MATCH:
+        return ""
+    # Most distinctive first: "synth-pop" on 40 artists says more than "rock" on 1,000.
+    shown = sorted(shared, key=lambda fh: -idf.get(fh[0].casefold(), 0.0))[:MAX_TAGS]
+    latest = {h: n for n, h in enumerate(history)}
+    holder = max({h for _, hs in shown for h in hs},
+                 key=lambda h: (sum(h in hs for _, hs in shown), latest[h]))
+    name = (items[holder].title if holder in items else holder).replace(";", ",")  # "; " splits
+    return f"tags: {', '.join(f for f, _ in shown)} with {name} ({score:.2f})"
 
 
 FIRST_SOURCES = ("SASRec", "BM25")  # the ranking sources annotate() writes "NAME #rank" for
@@ -173,10 +218,11 @@ FIRST_SOURCES = ("SASRec", "BM25")  # the ranking sources annotate() writes "NAM
 
 def evidence_first(evidence: dict[str, str]) -> str | None:
     """The candidate the evidence's first ranking source ranks #1, read back from the texts
-    `annotate` wrote (so a finished run's evidence/eval.jsonl answers it with no model);
-    None in names-only mode."""
+    `annotate` wrote, in either format ("SASRec #1 57%", "SASRec #1 (0.57)"), so a finished
+    run's evidence/eval.jsonl answers it with no model; None in names-only mode."""
     for source in FIRST_SOURCES:
+        first = re.compile(rf"(?:^|; ){source} #1(?![0-9])")
         for cand, text in evidence.items():
-            if text.startswith(f"{source} #1 (") or f"; {source} #1 (" in text:
+            if first.search(text):
                 return cand
     return None

@@ -160,14 +160,13 @@ def _item_lines(ids: list[str], items: dict[str, Item], domain: str,
 
 # The sentence hybrid prompts add after the data notice (names-only prompts are unchanged).
 EVIDENCE_NOTE = {
-    "music": "In square brackets after a candidate: evidence from models fitted on other "
-             "listeners (its SASRec rank and probability among these candidates, how many "
-             "listeners went to it straight from your last artist, its tags). Weigh it, and "
-             "cite it in your reasons.",
-    "beauty": "In square brackets after a candidate: evidence from models fitted on other "
-              "shoppers (its SASRec rank and probability among these candidates, how many "
-              "buyers went to it straight from your last product). Weigh it, and cite it in "
-              "your reasons.",
+    "music": "In brackets, from models fitted on other listeners: its SASRec rank and "
+             "probability (no % under 1%); \"N listeners next\": N played it right after your "
+             "last artist; tags it shares with history artist X, and its tag match (0-1, shown "
+             "from 0.05). Weigh it; cite it in your reasons.",
+    "beauty": "In brackets, from models fitted on other shoppers: its SASRec rank and "
+              "probability (no % under 1%); \"N buyers next\": N bought it right after your "
+              "last product. Weigh it; cite it in your reasons.",
     "product_search": "In square brackets after a candidate: its BM25 rank and score for the "
                       "query. Weigh it, and cite it in your reasons.",
 }
