@@ -18,7 +18,7 @@ from typing import Any, Literal
 from reclaif.atomic import atomic_write_bytes, read_jsonl
 from reclaif.errors import ReclaifError
 from reclaif.records import PreferencePair
-from reclaif.run_layout import RunLayout, iteration_dirs, iteration_of
+from reclaif.run_layout import ITERATION_GLOB, RunLayout, iteration_dirs, iteration_of
 
 Format = Literal["conversational", "standard"]
 FORMATS: tuple[str, ...] = ("conversational", "standard")
@@ -60,7 +60,8 @@ def load_run_pairs(run_dir: str | Path, iteration: int = 0) -> list[tuple[int, P
                  for d in iteration_dirs(run_dir)]
         found = [(i, f) for i, f in found if f.is_file()]
         if not found:
-            raise ReclaifError(f"{run_dir}: no iter-NNN/pairs.jsonl; run the judge phase first")
+            raise ReclaifError(f"{run_dir}: no judged iteration (no pairs.jsonl in any "
+                               f"{ITERATION_GLOB} directory); run the judge phase first")
     out = []
     for i, f in found:
         for n, row in enumerate(read_jsonl(f), 1):
