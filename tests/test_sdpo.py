@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import os
 import re
 import socket
@@ -343,3 +344,20 @@ def test_zero3_gradients_equal_single_process(tmp_path):
     for name, g in want["grads"].items():
         torch.testing.assert_close(got["grads"][name], g, rtol=0, atol=1e-5, msg=name)
     torch.testing.assert_close(got["lm_head_after"], want["lm_head_after"], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the bench (issue 32 item 3)
+
+@pytest.mark.slow
+def test_bench_sdpo_runs_both_variants_and_the_group_runs_fewer_tokens(capsys):
+    from reclaif.bench.sdpo import run
+
+    assert run(quick=True, as_json=True, groups=1) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{"):])  # after any library's log line on stdout
+    assert report["optimizer_steps"] == {"sdpo": 1, "pairwise": 3}
+    (p,), (lengths,) = report["prompt_tokens"], report["answer_tokens"]
+    assert report["tokens_run"] == {"sdpo": p + sum(lengths),
+                                    "pairwise": 3 * p + 3 * lengths[0] + sum(lengths[1:])}
+    for v in ("sdpo", "pairwise"):
+        assert report["seconds"][v] > 0 and report["peak_gib"][v] > 0
