@@ -28,10 +28,10 @@ from reclaif.prompts import render_recommender
 from reclaif.teacher import OfflineTeacher
 from reclaif.train import groups as groups_mod
 from reclaif.train.data import collate_pairs, pad_batch
-from reclaif.train.fused_dpo import fused_dpo_loss
+from reclaif.train.fused_dpo import fused_dpo_loss, fused_dpo_loss_from_hidden
 from reclaif.train.groups import (PADDING, collate_groups, encode_group, fused_sdpo_loss,
                                   group_logps, pack_groups)
-from reclaif.train.losses import check_dpo_args, dpo_losses, sdpo_losses
+from reclaif.train.losses import check_dpo_args, dpo_loss_grad, dpo_losses, sdpo_losses
 
 BETA, TOP_K, MAX_LEN, CHUNK = 0.5, 3, 200, 64
 SIZES = [4, 2, 3]  # answers per group: groups of different sizes, rows of different lengths
@@ -92,6 +92,12 @@ def test_pairwise_paths_refuse_sdpo_by_name():
         check_dpo_args(0.1, "sdpo", 0.0)
     with pytest.raises(ValueError, match="loss over answer groups"):
         dpo_losses(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), 0.1, "sdpo")
+    with pytest.raises(ValueError, match="loss over answer groups"):
+        dpo_loss_grad(torch.zeros(1), 0.1, "sdpo")
+    with pytest.raises(ValueError, match="loss over answer groups"):  # the fused pair kernel
+        fused_dpo_loss_from_hidden(torch.zeros(2, 3, 4), torch.zeros(5, 4),
+                                   torch.zeros(2, 3, dtype=torch.long), torch.zeros(1),
+                                   torch.zeros(1), 0.1, "sdpo")
 
 
 # ---------------------------------------------------------------- real groups, tiny model

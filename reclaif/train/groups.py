@@ -8,7 +8,9 @@ positions continue from the prompt's length, as in its own row, and the 4D addit
 (fused_dpo.shared_prompt_mask, whose rule is segment-agnostic) lets each answer see the prompt
 and itself only. The answers' predictor positions are then gathered and go through the chunked
 log-prob kernel (reclaif.train.logprobs.sequence_logps, no [tokens, vocab] logits), and the
-sequence log-probs into losses.sdpo_losses.
+sequence log-probs into losses.sdpo_losses. Unlike fused_dpo's kernel, the loss is not formed
+inside the chunk loop: sequence_logps's backward recomputes each chunk's logits (one lm_head
+matmul more per chunk than fused_dpo_loss spends), the price of reusing the kernel as it is.
 
 Layout of a group batch (collate_groups): `answers`, the padded batch of every answer of every
 group as its own row prompt+answer (pad_batch's input_ids, attention_mask, loss_mask), groups one
