@@ -34,7 +34,7 @@ Engine = Literal["torch", "deepspeed"]
 TrainDevice = Literal["auto", "cuda", "cpu"]
 LogprobKernel = Literal["auto", "torch", "triton"]
 WeightGrad = Literal["fp32", "param"]
-LossType = Literal["sigmoid", "ipo", "hinge"]
+LossType = Literal["sigmoid", "ipo", "hinge", "sdpo"]
 Reference = Literal["sft", "previous"]
 PromptForward = Literal["auto", "shared", "separate"]
 LaunchMode = Literal["inprocess", "command"]
@@ -220,7 +220,7 @@ class SFTConfig(TrainConfig):
 class DPOConfig(TrainConfig):
     iterations: int = _f(2, "DPO iterations (sample → judge → train), paper: up to 4.")
     beta: float = _f(0.1, "DPO beta (Eq. 2).")
-    loss_type: LossType = _f("sigmoid", "sigmoid (paper Eq. 2), ipo or hinge.")
+    loss_type: LossType = _f("sigmoid", "sigmoid (paper Eq. 2), ipo, hinge, or sdpo (S-DPO's softmax over several rejected answers; reclaif.train.groups, not yet run by the trainer).")
     label_smoothing: float = _f(0.0, "cDPO label smoothing (sigmoid loss only).")
     rpo_alpha: float = _f(0.0, "RPO (Pang et al. 2024; TRL's loss_type [sigmoid, sft]): adds "
                           "rpo_alpha x the chosen answers' mean per-token NLL to the DPO loss, "

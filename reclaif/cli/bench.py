@@ -7,7 +7,7 @@ from collections.abc import Callable
 from reclaif.cli.common import field_help, handler
 from reclaif.config import TrainConfig, choices
 
-BENCHES = ["logprobs", "sampling", "train", "e2e", "peer"]
+BENCHES = ["logprobs", "sampling", "train", "e2e", "peer", "sdpo"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,9 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quick", action="store_true", help="smaller shapes (smoke test)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="logprobs, train: where the variants run")
+                   help="logprobs, train, sdpo: where the variants run")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="logprobs, train: dtype of hidden states, weights and model")
+                   help="logprobs, train, sdpo: dtype of hidden states, weights and model")
     p.add_argument("--chunk", type=int, default=None,
                    help="logprobs: token chunk of the fused kernel (default 256)")
     p.add_argument("--kernel", choices=choices(TrainConfig, "logprob_kernel"), default="auto",
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _options(args: argparse.Namespace) -> dict:
     """The keyword arguments of the named benchmark's run(): the flags it reads."""
     common = {"quick": args.quick, "as_json": args.json}
-    if args.name in ("logprobs", "train", "peer"):
+    if args.name in ("logprobs", "train", "peer", "sdpo"):
         common.update(device=args.device, dtype=args.dtype)
     if args.name == "logprobs":
         common.update(kernel=args.kernel, weight_grad=args.weight_grad, chunk=args.chunk)
@@ -69,6 +69,8 @@ def _run_of(name: str) -> Callable[..., int]:
         from reclaif.bench.train import run
     elif name == "e2e":
         from reclaif.bench.e2e import run
+    elif name == "sdpo":
+        from reclaif.bench.sdpo import run
     else:
         from reclaif.bench.peer import run
     return run

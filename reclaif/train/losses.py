@@ -1,5 +1,5 @@
 """The training objectives of the paper: SFT (Eq. 1) and DPO (Eq. 2) with its IPO and hinge
-variants and cDPO label smoothing.
+variants and cDPO label smoothing; S-DPO's softmax loss over several rejected answers.
 
 The DPO functions take sequence log-probs that the caller computed (reclaif.train.logprobs);
 they know nothing of models. Formulas follow the DPO, IPO and cDPO papers as TRL's DPOTrainer
@@ -14,9 +14,18 @@ from torch import Tensor
 from reclaif.config import DPOConfig, choices
 
 LOSS_TYPES = choices(DPOConfig, "loss_type")
+# The group loss: one chosen answer against several rejected ones (sdpo_losses), not a pair.
+GROUP_LOSS_TYPES = ("sdpo",)
+PAIR_LOSS_TYPES = tuple(t for t in LOSS_TYPES if t not in GROUP_LOSS_TYPES)
 
 
 def check_dpo_args(beta: float, loss_type: str, label_smoothing: float) -> None:
+    """The pairwise losses' arguments. sdpo is refused here, by name, so that no pairwise path
+    (dpo_losses, the fused pair kernel, the trainer) silently computes another loss for it."""
+    if loss_type in GROUP_LOSS_TYPES:
+        raise ValueError(f"dpo loss_type '{loss_type}' is a loss over answer groups "
+                         "(reclaif.train.groups.fused_sdpo_loss); the pairwise DPO path takes "
+                         f"{list(PAIR_LOSS_TYPES)}")
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"dpo loss_type '{loss_type}' is not one of {list(LOSS_TYPES)}")
     if beta <= 0:
@@ -92,6 +101,59 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
     losses, r_c, r_r = dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                                   beta, loss_type, label_smoothing)
     return losses.mean(), dpo_metrics(losses, r_c, r_r)
+
+
+def sdpo_losses(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
+                ref_rejected: Tensor, beta: float, rejected_mask: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """S-DPO (Chen et al. 2024): per-group losses [G],
+    -log sigmoid(-log sum_j exp(r_j - r_w)) over the group's rejected answers j, with the
+    implicit rewards r = beta*(log pi - log pi_ref); and the rewards of chosen [G] and rejected
+    [G, N-1] (detached; 0 where rejected_mask is False). Inputs: chosen log-prob sums [G],
+    rejected [G, N-1], rejected_mask [G, N-1] bool (groups of different sizes: False on the
+    padding); every group needs one rejected answer at least. With one rejected answer per group
+    it is dpo_losses(..., "sigmoid")."""
+    if beta <= 0:
+        raise ValueError(f"sdpo beta must be > 0, got {beta}")
+    G = policy_chosen.shape[0]
+    if (policy_chosen.dim() != 1 or policy_rejected.shape != rejected_mask.shape
+            or policy_rejected.dim() != 2 or policy_rejected.shape[0] != G
+            or ref_chosen.shape != policy_chosen.shape or ref_rejected.shape != policy_rejected.shape):
+        raise ValueError(f"sdpo_losses: chosen [G] and rejected, its reference and rejected_mask "
+                         f"[G, N-1], got chosen {tuple(policy_chosen.shape)}, rejected "
+                         f"{tuple(policy_rejected.shape)}, ref_chosen {tuple(ref_chosen.shape)}, "
+                         f"ref_rejected {tuple(ref_rejected.shape)}, mask "
+                         f"{tuple(rejected_mask.shape)}")
+    mask = rejected_mask.to(policy_rejected.device, torch.bool)
+    if G and not bool(mask.any(1).all()):
+        empty = (~mask.any(1)).nonzero().squeeze(1).tolist()
+        raise ValueError(f"sdpo_losses: groups {empty} have no rejected answer")
+    acc = torch.promote_types(policy_chosen.dtype, torch.float32)
+    pc, pr = policy_chosen.to(acc), policy_rejected.to(acc)
+    rc, rr = (r.detach().to(pc.device, acc) for r in (ref_chosen, ref_rejected))
+    r_w, r_j = beta * (pc - rc), beta * (pr - rr)
+    # masked_fill, not a multiply: -inf drops an entry from logsumexp and gives it no gradient
+    # (0 * -inf would be NaN); -log sigmoid(-x) is softplus(x), stable at both ends.
+    lse = torch.logsumexp((r_j - r_w[:, None]).masked_fill(~mask, float("-inf")), dim=1)
+    losses = F.softplus(lse)
+    return losses, r_w.detach(), r_j.detach().masked_fill(~mask, 0.0)
+
+
+def sdpo_metrics(losses: Tensor, rewards_chosen: Tensor, rewards_rejected: Tensor,
+                 rejected_mask: Tensor) -> dict[str, Tensor]:
+    """dpo_metrics' names over the groups: rewards/rejected, margins and accuracies are means
+    over every (chosen, rejected_j) pair the mask keeps, so one rejected answer per group gives
+    dpo_metrics' values."""
+    mask = rejected_mask.to(rewards_rejected.device, torch.bool)
+    n = mask.sum().clamp(min=1)
+    margins = rewards_chosen[:, None] - rewards_rejected
+    return {
+        "loss": losses.detach().mean(),
+        "rewards/chosen": rewards_chosen.mean(),
+        "rewards/rejected": rewards_rejected[mask].sum() / n,
+        "rewards/margins": margins[mask].sum() / n,
+        "rewards/accuracies": (margins[mask] > 0).float().sum() / n,
+    }
 
 
 def sft_loss(logps_sum: Tensor, counts: Tensor) -> Tensor:
