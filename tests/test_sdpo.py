@@ -195,7 +195,8 @@ def assert_same_step(a, b) -> None:
     for n, g in g_b.items():
         scale = g.abs().max().item()
         assert scale > 0, n  # every parameter gets a gradient to compare
-        torch.testing.assert_close(g_a[n], g, rtol=1e-3, atol=1e-4 * scale, msg=n)
+        torch.testing.assert_close(g_a[n], g, rtol=1e-3, atol=1e-4 * scale,
+                                       msg=lambda m, n=n: f"{n}: {m}")
 
 
 def reference(model, batch) -> torch.Tensor:
