@@ -28,15 +28,16 @@ TEACHER_DESCRIPTION = (
     "preferences are what sets the history apart: the tags (music) or brand, item form, scent "
     "and similar fields (beauty) of the history items, weighted by how many history items have "
     "them times their inverse catalogue frequency (so 'rock' does not win every history), each "
-    "named with the history items that show it; for product search, the query's terms. Its "
+    "named with a history item that shows it; for product search, the query's terms. Its "
     "ranking puts the labelled items first, best grade first, and fills the rest of the top-k "
     "greedily by feature overlap with the key preferences minus overlap with the items already "
     "chosen (in hybrid mode, in the evidence's order instead). Each reason names what the item "
-    "shares with the history (a tag or field both really have, and the history items that "
-    "have it) or that it follows the user's last item; where nothing links them, it says the "
-    "item is a less obvious pick and what the item is. In hybrid mode the item's evidence rank "
-    "follows as a supporting figure. Its answers are templated text in the canonical answer "
-    "format, deterministic per seed: SFT on them teaches the format and label-aware rankings, "
+    "shares with the history (a tag or field both really have, and a history item that has "
+    "it, the shortest-named one to save tokens) or that it follows the user's last item; where "
+    "nothing links them, it says the item is a less obvious pick and what the item is. In "
+    "hybrid mode the item's evidence rank follows as a supporting figure. Its answers are "
+    "templated text in the canonical answer format, deterministic per seed: SFT on them "
+    "teaches the format and label-aware rankings, "
     "not an LLM's reasoning."
 )
 
@@ -44,9 +45,11 @@ _QUERY_STOP = frozenset("a an the and or of for to in on with without by from at
                         "me i you it that this these those be as not no".split())
 _WORD_RE = re.compile(r"[0-9a-z]+")
 _RANK_RE = re.compile(r"\b(?:SASRec|BM25) #\d+")
-_TRANSITION_RE = re.compile(r"follows your last \w+ for (\d+) (\w+)")
+_TRANSITION_RE = re.compile(r"follows your last \w+ for \d+")
 SHORT_TITLE_WORDS = 4   # a product named in a reason or key preference: its first words
-NAMED_HOLDERS = 2       # history items named per shared feature
+# History items named beside a key preference and beside a reason's shared feature: answers
+# must stay under the proof's 128 new tokens (measured on its 256 SFT prompts).
+NAMED_HOLDERS = {"key": 1, "reason": 1}
 
 
 def _words(text: str) -> set[str]:
@@ -103,8 +106,12 @@ class OfflineTeacher(Teacher):
         return name if domain == "music" or len(words) <= SHORT_TITLE_WORDS else \
             " ".join(words[:SHORT_TITLE_WORDS]).rstrip(" ,;:-–—&|")
 
-    def _names(self, ids: tuple[str, ...] | list[str], domain: str) -> str:
-        return ", ".join(self.title(i, domain) for i in ids[:NAMED_HOLDERS])
+    def _names(self, ids: tuple[str, ...] | list[str], domain: str, where: str) -> str:
+        """Any holder shows the feature: the shortest names (in UTF-8 bytes, which tracks
+        tokens better than characters for CJK names) cost the fewest tokens."""
+        names = sorted((self.title(i, domain) for i in ids),
+                       key=lambda t: len(t.encode()))  # stable: history order breaks ties
+        return ", ".join(names[:NAMED_HOLDERS[where]])
 
     def key_preferences(self, example: Example) -> list[Preference]:
         """Up to two preferences that set this history apart: features (tags, catalog fields)
@@ -123,7 +130,7 @@ class OfflineTeacher(Teacher):
         # quickstart's 135M model must learn the whole format within its token budget.
         top = [(f, h) for f, h in ranked if len(h) >= 2][:2]
         top += [(f, h) for f, h in ranked if (f, h) not in top][:max(0, 2 - len(top))]
-        prefs = [Preference(f"{f} ({self._names(h, example.domain)})",
+        prefs = [Preference(f"{f} ({self._names(h, example.domain, 'key')})",
                             frozenset(_feature_words(f)), f, tuple(h)) for f, h in top]
         if not prefs:  # no tags or fields at all: the history's own names are all there is
             names = [self.title(i, example.domain) for i in example.context[-2:]]
@@ -181,15 +188,14 @@ class OfflineTeacher(Teacher):
         link = self._shared(item_id, example, prefs)
         if link:
             feature, holders = link
-            parts.append(f"shares {feature} with {self._names(holders, example.domain)}")
+            parts.append(f"{feature}, like {self._names(holders, example.domain, 'reason')}")
         transition = _TRANSITION_RE.search(example.evidence.get(item_id, ""))
-        if transition and example.context:
-            parts.append(f"follows {self.title(example.context[-1], example.domain)} for "
-                         f"{transition.group(1)} {transition.group(2)}")
+        if transition and example.context and not parts:  # one link says enough (tokens)
+            parts.append(f"follows {self.title(example.context[-1], example.domain)}")
         if not parts:
-            what, verb = ("tag", "tagged ") if example.domain == "music" else ("field", "")
-            shown = f"; {verb}{', '.join(feats[:2])}" if feats else ""
-            parts.append(f"less obvious pick: shares no {what} with the history{shown}")
+            what = "tag" if example.domain == "music" else "field"
+            shown = f"; {feats[0]}" if feats else ""
+            parts.append(f"less obvious pick, no shared {what}{shown}")
         parts += _figures(example, item_id)
         text = "; ".join(parts) + "."
         return text[0].upper() + text[1:]

@@ -189,7 +189,7 @@ def test_rubric_explainability_credits_linked_reasons_over_item_only_ones(data, 
     for ex in data.examples[:20]:
         good = teacher.respond(ex)
         rec = parse_recommendation(good, ex, data.items, TOP_K)
-        if not any(r.startswith("Shares ") for r in rec.reasons):
+        if not any(", like " in r for r in rec.reasons):
             continue
         titles = [data.items[i].title for i in rec.items]
         history = {t for h in ex.context for t in item_features(data.items[h], "music")}

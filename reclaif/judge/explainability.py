@@ -151,6 +151,15 @@ def _value_words(feature: str) -> set[str]:
     return content_words(feature.split(": ", 1)[-1])
 
 
+def _names(text: str, title: str, skip: set[str] | frozenset[str] = frozenset()) -> bool:
+    """Whether `text` names the item titled `title`: a content word of the title (other than
+    `skip`, the feature's own words), or the whole title as words ("BT", "Mú")."""
+    if (content_words(title) - set(skip)) & content_words(text):
+        return True
+    t = " ".join(title.casefold().split())
+    return bool(t) and re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text.casefold()) is not None
+
+
 def catalog_idf(items: dict[str, Item], domain: str) -> dict[str, float]:
     """`feature_idf` of the catalog, computed once per catalog and domain, not per answer."""
     key = (id(items), len(items), domain)
@@ -183,13 +192,13 @@ def reason_link(reason: str, candidate: str, example: Example, items: dict[str, 
         fw = _value_words(feature)
         if not fw or not fw <= words:
             continue
-        named = [h for h in holders if (content_words(_title(h, items)) - fw) & words]
+        named = [h for h in holders if _names(reason, _title(h, items), fw)]
         if named or fw & set(key_feature_words):
             return f"{feature}: {', '.join(_title(h, items) for h in (named or holders)[:3])}"
     if example.context and "follow" in reason.lower() and \
             _TRANSITION_RE.search(example.evidence.get(candidate, "")):
         last = _title(example.context[-1], items)
-        if content_words(last) & words:
+        if _names(reason, last):
             return f"follows {last}"
     return None
 
@@ -220,7 +229,7 @@ def key_feature_credit(text: str, example: Example, items: dict[str, Item],
         return KEY_TITLE_ONLY_CREDIT if kw & ctx else 0.0
     feature, holders = max(matches, key=lambda fh: idf.get(fh[0].casefold(), 0.0))
     specific = min(1.0, idf.get(feature.casefold(), 0.0) / IDF_FULL)
-    named = any((content_words(_title(h, items)) - _value_words(feature)) & kw for h in holders)
+    named = any(_names(text, _title(h, items), _value_words(feature)) for h in holders)
     return 0.5 + 0.25 * specific + 0.25 * named
 
 
