@@ -65,8 +65,9 @@ class LLMSpec:
     backend: Backend = _f("hf", "Client: hf (local transformers), vllm, bedrock, openai_compat.")
     model: str = _f("default", "Model: 'default' (embedded SmolLM2-135M-Instruct), a local HF "
                     "directory, a hub name (where a hub is reachable), or a Bedrock/endpoint model id.")
-    dtype: LLMDtype = _f("auto", "Weights dtype for local models: auto (bf16 on GPU, fp32 on CPU), "
-                         "float32, bfloat16, float16.")
+    dtype: LLMDtype = _f("auto", "Weights dtype for local models: auto (bf16 where it is native: "
+                         "a CUDA GPU with bf16, or a CPU with avx512_bf16/AMX; fp32 elsewhere, "
+                         "where bf16 is slower), float32, bfloat16, float16.")
     device: str = _f("auto", "Device for local models: auto, cpu, cuda, cuda:N.")
     attn_implementation: Attention = _f("auto", "auto (flash_attention_2 where installed, else sdpa), "
                                         "sdpa, eager, flash_attention_2.")

@@ -28,7 +28,7 @@ from reclaif.train.data import BatchPlan, collate_pairs, count_tokens, encode_pa
 from reclaif.train.fused_dpo import fused_dpo_loss
 from reclaif.train.loop import StageFiles, finish, finished, total_steps, train_loop
 from reclaif.train.reference import (attach_reference_logps, compute_reference_logps,
-                                     write_reference_logps)
+                                     stale_reason, write_reference_logps)
 from reclaif.train.session import TrainLog, epoch_means, hf_model, load_policy, mean_over
 from reclaif.train.strategy import Strategy
 
@@ -110,11 +110,17 @@ def reference_logps(strategy: Strategy, t: DPOConfig, ref_file: Path, policy_pat
             strategy.world_size, strategy.device, kernel=t.logprob_kernel,
             shared_prompt=shared)
     if strategy.is_main:
-        write_reference_logps(ref_file, rows)
+        write_reference_logps(ref_file, rows, reference_dtype(t), ref_path)
         maybe_fail("dpo:reference")  # crash tests: SIGKILL after the reference is stored
     del forward
     gc.collect()
     strategy.barrier()
+
+
+def reference_dtype(t: DPOConfig) -> str:
+    """The dtype the reference pass computes in: the policy forward's (bf16 autocast or
+    DeepSpeed bf16 weights with dpo.bf16, else fp32)."""
+    return "bfloat16" if t.bf16 else "float32"
 
 
 def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
@@ -149,7 +155,10 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
 
     # 2. reference log-probs, once per iteration (before any policy update or resume)
     ref_file = layout.ref_logps(iteration)
-    if not ref_file.exists():
+    stale = ref_file.exists() and stale_reason(ref_file, reference_dtype(t), ref_path)
+    if stale:
+        log.warning("%s: recomputing the reference log-probs: %s", ref_file, stale)
+    if stale or not ref_file.exists():
         reference_logps(strategy, t, ref_file, policy_path, ref_path, encoded,
                         tokenizer.pad_token_id, attn, shared)
     attach_reference_logps(ref_file, encoded)
@@ -164,7 +173,8 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     last_epoch = [s for s in h if s["epoch"] == (h[-1]["epoch"] if h else 0)]
     metrics = {"phase": "dpo", "iteration": iteration, "steps": result.steps,
                "total_steps": total, "pairs": len(encoded), "policy_init": policy_path,
-               "reference": ref_path, "loss_type": t.loss_type, "beta": t.beta,
+               "reference": ref_path, "reference_dtype": reference_dtype(t),
+               "loss_type": t.loss_type, "beta": t.beta,
                "rpo_alpha": t.rpo_alpha,
                **{k: mean_over(last_epoch, k) for k in METRICS},
                "loss_first_step": h[0]["loss"] if h else None,

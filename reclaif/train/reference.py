@@ -1,9 +1,13 @@
 """Reference log-probs, computed once per iteration and stored beside the pairs
 (iter-NNN/ref_logps.jsonl), so no reference model sits in training memory.
 
-Rows: {"example_id", "chosen", "rejected", "chosen_tokens", "rejected_tokens"}: log-prob sums of
-each answer given its prompt, and how many answer tokens they cover (the trainer checks these
-against its own tokenisation, so a stale file is refused rather than silently used).
+Rows: {"example_id", "chosen", "rejected", "chosen_tokens", "rejected_tokens", "dtype", "model",
+"source"}: log-prob sums of each answer given its prompt, how many answer tokens they cover (the
+trainer checks these against its own tokenisation, so a stale file is refused rather than
+silently used), the dtype and model they were computed in, and how (source "forward": a
+reference pass). A resumed DPO whose reference dtype or model differs from the file's (or a
+file from before these fields) recomputes it: bf16 rounding moves the sums by more than the
+first step's margins.
 The pairs are split over the ranks (every rank runs the same number of forwards, as ZeRO-3's
 collectives need); rank 0 gathers and writes the file.
 """
@@ -72,8 +76,25 @@ def compute_reference_logps(forward: Callable[..., Any], encoded: list[dict], pa
     return [rows[i] for i in range(n)]
 
 
-def write_reference_logps(path: str | Path, rows: list[dict]) -> None:
-    atomic_write_jsonl(path, rows)
+def write_reference_logps(path: str | Path, rows: list[dict], dtype: str, model: str,
+                          source: str = "forward") -> None:
+    atomic_write_jsonl(path, [{**r, "dtype": dtype, "model": model, "source": source}
+                              for r in rows])
+
+
+def stale_reason(path: str | Path, dtype: str, model: str) -> str | None:
+    """Why the stored reference log-probs at `path` cannot be reused for a reference run in
+    `dtype` on `model` (None: they can)."""
+    rows = read_jsonl(path)
+    if not rows:
+        return "it is empty"
+    got = (rows[0].get("dtype"), rows[0].get("model"))
+    if got == (None, None):
+        return "it does not say which dtype and model computed it (written by an older version)"
+    if got != (dtype, model):
+        return (f"it was computed in {got[0]} on {got[1]}, this run's reference is {dtype} "
+                f"on {model}")
+    return None
 
 
 def attach_reference_logps(path: str | Path, encoded: list[dict]) -> None:
