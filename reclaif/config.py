@@ -177,7 +177,8 @@ class TrainConfig:
     epochs: int = _f(1, "Passes over the data.")
     batch_size: int = _f(4, "Micro-batch size per process (pairs for DPO, examples for SFT).")
     grad_accum: int = _f(1, "Gradient accumulation steps.")
-    max_length: int = _f(1024, "Prompt + answer token limit; longer prompts are cut from the left.")
+    max_length: int = _f(1024, "Prompt + answer token limit. Prompts are fitted when rendered "
+                         "(fewer candidates) and never cut; too little room is an error.")
     warmup_ratio: float = _f(0.1, "Fraction of steps of linear warm-up before the cosine decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
