@@ -169,6 +169,12 @@ class PreferencePair:
                    chosen_logp=obj.get("chosen_logp"), rejected_logp=obj.get("rejected_logp"),
                    sampled_by=obj.get("sampled_by") or {})
 
+    @property
+    def capped_over_finished(self) -> bool:
+        """A capped chosen answer over a finished rejected one: trained, DPO would push the
+        finished answer's stop down and running on to the cap up, so the pairs phase drops it."""
+        return self.chosen_truncated and not self.rejected_truncated
+
     def with_samples(self, row: dict[str, Any]) -> "PreferencePair":
         """This pair with what the sampler said of answers a and b (a verdict row's
         `truncated`, `token_ids`, `logps`, each [a's, b's], and `sampled_by`), moved to

@@ -1,6 +1,6 @@
 """Capped answers (stopped at max_new_tokens) are never trained as finished: the sampler flags
-them, the flag travels samples → verdicts → pairs, a capped chosen answer drops its pair and a
-capped rejected one is encoded without the end of turn it never emitted."""
+them, the flag travels samples → verdicts → pairs, a capped answer is encoded without the end of
+turn it never emitted, and a capped answer chosen over a finished one drops its pair."""
 from __future__ import annotations
 
 import json
@@ -92,6 +92,13 @@ def test_flags_follow_the_verdicts_choice_to_chosen_and_rejected():
     assert back == p
     old = {k: v for k, v in p.to_json().items() if not k.endswith("_truncated")}
     assert PreferencePair.from_json(old).rejected_truncated is False
+
+
+def test_only_a_capped_answer_over_a_finished_one_is_dropped():
+    assert _pair("a", [True, False]).capped_over_finished  # would teach running on
+    assert not _pair("b", [True, False]).capped_over_finished  # the capped one lost: kept
+    assert not _pair("a", [True, True]).capped_over_finished  # neither trains a stop
+    assert not _pair("a", None).capped_over_finished
 
 
 def test_a_capped_answer_is_encoded_without_an_end_of_turn(tok):

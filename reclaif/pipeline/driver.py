@@ -362,7 +362,7 @@ class Driver:
         rows = read_jsonl(out_dir / "verdicts.jsonl")
         by_id = {e.id: e for e in self.train}
         pairs: list[PreferencePair] = []
-        capped_chosen = 0
+        capped_over_finished = 0
         for row in rows:
             if row.get("failed"):
                 continue
@@ -370,10 +370,10 @@ class Driver:
                                    Verdict.from_json(row["verdict"]))
             if pair is not None:
                 pair = pair.with_samples(row)
-                # A capped answer is no finished answer to imitate (docs/ARCHITECTURE.md,
-                # "Capped answers"); as the rejected one it stays, without an end of turn.
-                if pair.chosen_truncated:
-                    capped_chosen += 1
+                # A capped answer never beats a finished one (docs/ARCHITECTURE.md, "Capped
+                # answers"): DPO would learn to run on past the stop it pushes down.
+                if pair.capped_over_finished:
+                    capped_over_finished += 1
                     continue
                 pairs.append(pair)
         out = self.store.pairs(i)
@@ -381,7 +381,7 @@ class Driver:
         stats = audit([r for r in rows if not r.get("failed")], by_id, self.items, self.top_k)
         # Endpoint trouble, summed from the per-record marks the judge workers write (so the
         # counts survive actor restarts and resumed runs); the report shows them.
-        stats.update(pairs_kept=len(pairs), dropped_capped_chosen=capped_chosen,
+        stats.update(pairs_kept=len(pairs), dropped_capped_over_finished=capped_over_finished,
                      capped_rejected=sum(p.rejected_truncated for p in pairs), failed=sum(1 for r in rows if r.get("failed")),
                      judged=len(rows),
                      unparseable=sum(1 for r in rows if r.get("unparseable")),
