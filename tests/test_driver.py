@@ -20,7 +20,7 @@ SECRETS = {"AWS_SECRET_ACCESS_KEY": "aws-secret-for-the-test-0451",
 REPO = Path(__file__).resolve().parents[1]
 # Small enough for CI: 4 training prompts, 2 evaluation prompts, one DPO iteration.
 OVERRIDES = ["data.max_train_examples=4", "data.max_eval_examples=2", "ray.shard_size=2",
-             "sampling.max_new_tokens=128", "sft.epochs=1",
+             "sampling.max_new_tokens=64", "sft.epochs=1",
              "sft.batch_size=2", "dpo.batch_size=2", "dpo.iterations=1",
              "dpo.save_every_steps=1", "judge.min_margin=0.0",
              # What the assertions rely on, pinned rather than taken from the quickstart: the
