@@ -66,8 +66,9 @@ class LLMSpec:
     backend: Backend = _f("hf", "Client: hf (local transformers), vllm, bedrock, openai_compat.")
     model: str = _f("default", "Model: 'default' (embedded SmolLM2-135M-Instruct), a local HF "
                     "directory, a hub name (where a hub is reachable), or a Bedrock/endpoint model id.")
-    dtype: LLMDtype = _f("auto", "Weights dtype for local models: auto (bf16 on GPU, fp32 on CPU), "
-                         "float32, bfloat16, float16.")
+    dtype: LLMDtype = _f("auto", "Weights dtype for local models: auto (bf16 where it is native: "
+                         "a CUDA GPU with bf16, or a CPU with avx512_bf16/AMX; fp32 elsewhere, "
+                         "where bf16 is slower), float32, bfloat16, float16.")
     device: str = _f("auto", "Device for local models: auto, cpu, cuda, cuda:N.")
     attn_implementation: Attention = _f("auto", "auto (flash_attention_2 where installed, else sdpa), "
                                         "sdpa, eager, flash_attention_2.")
@@ -184,7 +185,8 @@ class TrainConfig:
     epochs: int = _f(1, "Passes over the data.")
     batch_size: int = _f(4, "Micro-batch size per process (pairs for DPO, examples for SFT).")
     grad_accum: int = _f(1, "Gradient accumulation steps.")
-    max_length: int = _f(1024, "Prompt + answer token limit; longer prompts are cut from the left.")
+    max_length: int = _f(1024, "Prompt + answer token limit. Prompts are fitted when rendered "
+                         "(fewer candidates) and never cut; too little room is an error.")
     warmup_ratio: float = _f(0.1, "Fraction of steps of linear warm-up before the cosine decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")

@@ -5,10 +5,11 @@ only joins them to a client, so the same Recommender serves the hf, vLLM and rem
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from reclaif.config import LLMSpec, load_config
-from reclaif.errors import ReclaifError
+from reclaif.errors import DataError, ReclaifError
 from reclaif.llm.base import LLMClient
 from reclaif.records import Example, Item, Recommendation
 from reclaif.data import load_items
@@ -31,6 +32,20 @@ class Recommender:
 
         return [render_recommender(ex, self.items, self.top_k) for ex in examples]
 
+    def fit(self, examples: list[Example], max_new_tokens: int,
+            max_total_tokens: int = 0) -> list[Example]:
+        """The examples whose prompts leave room for max_new_tokens within the model's context
+        and, where given, max_total_tokens (the DPO trainer's max_length, so the pairs these
+        answers make are trained whole): see fit_candidates. A client that cannot count
+        tokens (a remote endpoint) gets the examples as they are."""
+        limits = [x - max_new_tokens for x in (self.client.context_length(), max_total_tokens)
+                  if x]
+        if not limits or self.client.prompt_tokens("") is None:
+            return examples
+        budget = min(limits)
+        return [fit_candidates(ex, self.items, self.top_k, self.client.prompt_tokens, budget)
+                for ex in examples]
+
     def parse(self, text: str, example: Example) -> Recommendation:
         return parse_recommendation(text, example, self.items, self.top_k)
 
@@ -46,6 +61,59 @@ class Recommender:
             raise ReclaifError(f"client returned {len(texts)} answer lists for "
                                f"{len(examples)} prompts")
         return [[self.parse(t, ex) for t in outs] for ex, outs in zip(examples, texts)]
+
+
+def fit_candidates(example: Example, items: dict[str, Item], top_k: int,
+                   count: Callable[[str], int], budget: int) -> Example:
+    """`example`, or a copy with candidates dropped from the end of its list until its
+    recommender prompt takes at most `budget` tokens (`count`: the prompt's tokens in the
+    chat template). A prompt is never cut mid-text: the model always sees the system turn, the
+    whole history and the task. Labelled candidates are never dropped, nor below top_k; a
+    prompt that still does not fit is a DataError naming the example, its tokens and the
+    budget."""
+    tokens = count(render_recommender(example, items, top_k))
+    if tokens <= budget:
+        return example
+    keep = list(example.candidates)
+    droppable = [i for i, c in enumerate(keep) if example.labels.get(c, 0) <= 0]
+    while droppable and len(keep) > top_k:
+        keep.pop(droppable.pop())  # from the end: later indices first, so earlier ones hold
+        fitted = replace(example, candidates=keep,
+                         evidence={c: e for c, e in example.evidence.items() if c in keep})
+        if count(render_recommender(fitted, items, top_k)) <= budget:
+            return fitted
+    raise DataError(f"example {example.id}: its recommender prompt takes {tokens} tokens, over "
+                    f"the {budget} left for it (the context or max_length less the answer), "
+                    f"and stays over with {len(keep)} candidates; shorten the evidence or raise "
+                    "the limit")
+
+
+def fit_answered(examples: list[Example], items: dict[str, Item], top_k: int,
+                 respond: Callable[[list[Example]], list[str]], count_prompt: Callable[[str], int],
+                 count_answer: Callable[[str], int], max_length: int
+                 ) -> tuple[list[Example], list[str]]:
+    """SFT's examples and teacher answers, every prompt + answer within max_length whole: a
+    pair over it has its prompt fitted (fit_candidates) to what its answer leaves and is
+    answered again, since the teacher chooses among the candidates the prompt shows; a second
+    pass catches an answer that grew. Still over: DataError naming the example."""
+    examples, answers = list(examples), respond(examples)
+    for _ in range(2):
+        over = [i for i, (ex, a) in enumerate(zip(examples, answers))
+                if count_prompt(render_recommender(ex, items, top_k)) + count_answer(a)
+                > max_length]
+        if not over:
+            return examples, answers
+        for i in over:
+            examples[i] = fit_candidates(examples[i], items, top_k, count_prompt,
+                                         max_length - count_answer(answers[i]))
+        for i, a in zip(over, respond([examples[i] for i in over])):
+            answers[i] = a
+    for ex, a in zip(examples, answers):
+        tokens = count_prompt(render_recommender(ex, items, top_k)) + count_answer(a)
+        if tokens > max_length:
+            raise DataError(f"example {ex.id}: prompt + teacher answer take {tokens} tokens, "
+                            f"over sft.max_length {max_length} even with fewer candidates")
+    return examples, answers
 
 
 def adhoc_example(candidates: list[str], context: list[str] | str, domain: str

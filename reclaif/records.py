@@ -5,7 +5,7 @@ JSON round-trips go through `to_json`/`from_json` so every file in a run directo
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 Task = Literal["retrieval", "sequential"]
@@ -135,13 +135,26 @@ class Verdict:
 
 @dataclass
 class PreferencePair:
-    """One DPO training record: the rendered prompt and the judge's chosen/rejected answers."""
+    """One DPO training record: the rendered prompt and the judge's chosen/rejected answers.
+
+    `*_truncated`: the answer stopped at max_new_tokens, so it is trained without an end of
+    turn (it never emitted one). `*_ids`, `*_logp`: the answer's token ids as sampled and their
+    summed log-probs under the sampling policy `sampled_by` ({"model", "dtype"}), which DPO
+    uses as reference log-probs where its reference is that policy. Pairs files written before
+    these fields read as not truncated, with nothing sampled."""
 
     example_id: str
     prompt: str
     chosen: str
     rejected: str
     verdict: dict[str, Any] = field(default_factory=dict)
+    chosen_truncated: bool = False
+    rejected_truncated: bool = False
+    chosen_ids: list[int] | None = None
+    rejected_ids: list[int] | None = None
+    chosen_logp: float | None = None
+    rejected_logp: float | None = None
+    sampled_by: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,4 +162,30 @@ class PreferencePair:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "PreferencePair":
         return cls(example_id=str(obj["example_id"]), prompt=obj["prompt"], chosen=obj["chosen"],
-                   rejected=obj["rejected"], verdict=obj.get("verdict", {}))
+                   rejected=obj["rejected"], verdict=obj.get("verdict", {}),
+                   chosen_truncated=bool(obj.get("chosen_truncated", False)),
+                   rejected_truncated=bool(obj.get("rejected_truncated", False)),
+                   chosen_ids=obj.get("chosen_ids"), rejected_ids=obj.get("rejected_ids"),
+                   chosen_logp=obj.get("chosen_logp"), rejected_logp=obj.get("rejected_logp"),
+                   sampled_by=obj.get("sampled_by") or {})
+
+    @property
+    def capped_over_finished(self) -> bool:
+        """A capped chosen answer over a finished rejected one: trained, DPO would push the
+        finished answer's stop down and running on to the cap up, so the pairs phase drops it."""
+        return self.chosen_truncated and not self.rejected_truncated
+
+    def with_samples(self, row: dict[str, Any]) -> "PreferencePair":
+        """This pair with what the sampler said of answers a and b (a verdict row's
+        `truncated`, `token_ids`, `logps`, each [a's, b's], and `sampled_by`), moved to
+        chosen/rejected by the verdict's choice; a missing or None value stays unknown."""
+        swap = self.verdict.get("choice") != "a"
+
+        def sides(key: str) -> tuple[Any, Any]:
+            a, b = (list(row.get(key) or []) + [None, None])[:2]
+            return (b, a) if swap else (a, b)
+
+        (ct, rt), (ci, ri), (cl, rl) = sides("truncated"), sides("token_ids"), sides("logps")
+        return replace(self, chosen_truncated=bool(ct), rejected_truncated=bool(rt),
+                       chosen_ids=ci, rejected_ids=ri, chosen_logp=cl, rejected_logp=rl,
+                       sampled_by=dict(row.get("sampled_by") or {}))

@@ -79,7 +79,10 @@ def clean_run(tmp_path_factory, config):
 
 
 def _pairs(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "iter-001/pairs.jsonl").read_text().splitlines()]
+    """The pairs, less `sampled_by`, which names the sampling checkpoint inside its own run
+    directory (so two run directories differ there and nowhere else)."""
+    rows = [json.loads(line) for line in (run_dir / "iter-001/pairs.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "sampled_by"} for r in rows]
 
 
 def _metrics(run_dir: Path, stage: str) -> dict:

@@ -119,6 +119,30 @@ def test_stops_at_eos_and_strips_prompt(tiny, client):
     assert "assistant" not in out and "Hi" not in out
 
 
+def test_sample_flags_an_answer_that_ran_into_max_new_tokens(tiny, client):
+    ids = client.tokenizer(client.render("Hi"), add_special_tokens=False,
+                           return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        free = client.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     do_sample=False, max_new_tokens=8,
+                                     eos_token_id=client.eos_ids,
+                                     pad_token_id=client.tokenizer.pad_token_id)[0, ids.shape[1]:]
+    stop_token = int(free[3])
+    first = free.tolist().index(stop_token)
+    model = client.model
+    model.generation_config.eos_token_id = [client.tokenizer.eos_token_id, stop_token]
+    try:
+        c = HFClient(LLMSpec(model=str(tiny), device="cpu"), model=model, tokenizer=client.tokenizer)
+        for decoder in ("auto", "generate"):
+            c.decoder = decoder
+            ended = c.sample(["Hi"], temperature=0.0, max_new_tokens=first + 1)[0][0]
+            capped = c.sample(["Hi"], temperature=0.0, max_new_tokens=first)[0][0]
+            assert (ended.truncated, capped.truncated) == (False, True), decoder
+            assert ended.text == capped.text  # the same tokens: only the stop differs
+    finally:
+        model.generation_config.eos_token_id = client.tokenizer.eos_token_id
+
+
 def test_reload_swaps_in_a_new_checkpoint(tmp_path, tiny):
     c = HFClient(LLMSpec(model=str(tiny), device="cpu"))
     before = c.generate(PROMPTS[:2], temperature=0.0, max_new_tokens=6)
@@ -272,3 +296,23 @@ def test_weight_first_output_layer_gives_the_same_logits_and_is_restored(client)
     assert "forward" not in vars(head)
     assert fast.shape == plain.shape
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+def _recomputed_logp(client: HFClient, prompt: str, answer: list[int]) -> float:
+    """A reference pass: one unpadded forward over prompt + answer, untempered softmax."""
+    ids = client.tokenizer(client.render(prompt), add_special_tokens=False)["input_ids"]
+    x = torch.tensor([ids + answer])
+    with torch.inference_mode():
+        logits = client.model(input_ids=x).logits[0, len(ids) - 1:-1].float()
+    return float(logits.log_softmax(-1).gather(1, torch.tensor(answer)[:, None]).sum())
+
+
+def test_sampled_logps_equal_a_reference_pass_on_the_same_tokens(client):
+    # batched, left-padded, a shared prefix, tempered and nucleus-filtered draws: the stored
+    # sums are still the policy's own softmax over exactly the emitted tokens
+    out = client.sample(PROMPTS, n=2, temperature=1.3, top_p=0.8, max_new_tokens=12, seed=3)
+    for prompt, answers in zip(PROMPTS, out):
+        for c in answers:
+            assert c.token_ids and c.logp is not None
+            assert c.truncated == (c.token_ids[-1] not in client.eos_ids)
+            assert abs(c.logp - _recomputed_logp(client, prompt, c.token_ids)) < 1e-4

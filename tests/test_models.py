@@ -86,9 +86,10 @@ def test_remote_code_is_never_run_by_default(tmp_path: Path):
     assert not marker.exists()
 
 
-def test_pick_helpers_on_cpu():
+def test_pick_helpers_on_cpu(monkeypatch):
     import torch
 
+    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2", "fma"})
     assert models.pick_device("auto") in ("cpu", "cuda")
     assert models.pick_dtype("auto", "cpu") is torch.float32
     assert models.pick_dtype("bfloat16", "cuda") is torch.bfloat16
@@ -129,3 +130,29 @@ def test_a_checkpoint_without_its_tokenizer_is_one_line(tiny_dir, tmp_path):
         (d / f).unlink(missing_ok=True)
     with pytest.raises(CheckpointError, match=f"{d}: no usable tokenizer"):
         models.load_tokenizer(str(d))
+
+
+@pytest.mark.parametrize("flags, want", [({"avx2", "fma"}, "float32"),
+                                         ({"avx512f", "avx512bw"}, "float32"),
+                                         ({"avx512f", "avx512_bf16"}, "bfloat16"),
+                                         ({"amx_tile", "amx_bf16"}, "bfloat16")])
+def test_auto_dtype_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, flags, want):
+    import torch
+
+    monkeypatch.setattr(models, "cpu_flags", lambda: flags)
+    assert models.pick_dtype("auto", "cpu") is getattr(torch, want)
+    assert models.pick_dtype("float32", "cpu") is torch.float32  # an explicit dtype stays
+
+
+@pytest.mark.parametrize("supported, want", [(True, "bfloat16"), (False, "float32")])
+def test_auto_dtype_on_cuda_follows_the_gpus_bf16_support(monkeypatch, supported, want):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    assert models.pick_dtype("auto", "cuda") is getattr(torch, want)
+
+
+def test_cpu_flags_reads_this_machines_cpuinfo():
+    flags = models.cpu_flags()
+    assert not flags or "fpu" in flags  # x86 and most CPUs list fpu; unreadable gives empty

@@ -1,13 +1,14 @@
-"""Training data: chat-templated encoding, loss on the response only, left truncation of long
-prompts, padding, and a batch order that a resumed run reproduces exactly."""
+"""Training data: chat-templated encoding, loss on the response only, prompts never cut (long
+answers lose their end; too little room is refused), padding, and a batch order that a resumed run reproduces exactly."""
 from __future__ import annotations
 
 import pytest
 
+from reclaif.errors import DataError
 from reclaif.llm.models import default_model_dir, load_tokenizer
 from reclaif.records import PreferencePair
-from reclaif.train.data import (BatchPlan, collate_pairs, encode, encode_pairs, pad_batch,
-                                render_prompt)
+from reclaif.train.data import (BatchPlan, collate_pairs, encode, encode_pairs, encode_sft,
+                                pad_batch, render_prompt)
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +27,22 @@ def test_loss_mask_covers_the_response_and_eos_only(tok):
     assert tok.decode(enc["input_ids"][n:]) == "1. Tricky" + tok.eos_token
 
 
-def test_long_prompt_loses_its_beginning_never_the_answer(tok):
+def test_a_prompt_is_never_cut_a_long_answer_loses_its_end(tok):
+    prompt = "history: " + "; ".join(f"artist {i}" for i in range(20))
+    answer = "1. Moby - " + " ".join(f"reason {i}" for i in range(200))
+    full = encode(tok, prompt, answer, max_length=10_000)
+    p_len = full["loss_mask"].index(1)
+    cut = encode(tok, prompt, answer, max_length=p_len + 40)
+    assert cut["input_ids"] == full["input_ids"][:p_len + 40]  # the prompt whole, then the answer
+    assert sum(cut["loss_mask"]) == 40 and tok.eos_token_id not in cut["input_ids"][p_len:]
+
+
+def test_a_prompt_that_leaves_too_little_room_is_refused_by_name(tok):
     long_prompt = "history: " + "; ".join(f"artist {i}" for i in range(300))
-    full = encode(tok, long_prompt, "1. Moby", max_length=10_000)
-    cut = encode(tok, long_prompt, "1. Moby", max_length=64)
-    assert len(cut["input_ids"]) == 64
-    assert cut["input_ids"] == full["input_ids"][-64:]
-    assert cut["loss_mask"] == full["loss_mask"][-64:]
+    p_len = len(tok(render_prompt(tok, long_prompt), add_special_tokens=False)["input_ids"])
+    with pytest.raises(DataError, match=rf"example u7: prompt {p_len} \+ answer \d+ tokens is "
+                                        r"over max_length 64"):
+        encode_sft(tok, [{"id": "u7", "prompt": long_prompt, "response": "1. Moby"}], 64)
 
 
 def _prompt_part(e: dict) -> list[int]:
@@ -52,14 +62,11 @@ def test_a_pair_longer_than_max_length_keeps_one_prompt_and_cuts_the_answers(tok
         short + tok.eos_token
 
 
-def test_a_pair_whose_prompt_alone_fills_max_length_cuts_both_prompts_alike(tok):
+def test_a_pair_whose_prompt_alone_fills_max_length_is_refused_not_cut(tok):
     prompt = "history: " + "; ".join(f"artist {i}" for i in range(300))
-    (e,) = encode_pairs(tok, [PreferencePair("x", prompt, "1. Moby " * 30, "1. Tricky")], 64)
-    c, r = e["chosen"], e["rejected"]
-    assert _prompt_part(c) == _prompt_part(r) and len(_prompt_part(c)) == 48
-    assert len(c["input_ids"]) <= 64 and len(r["input_ids"]) <= 64
-    full = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
-    assert _prompt_part(c) == full[-48:]  # cut from the left: the end of the history stays
+    pair = PreferencePair("x9", prompt, "1. Moby " * 30, "1. Tricky")
+    with pytest.raises(DataError, match="example x9: prompt .* over max_length 64"):
+        encode_pairs(tok, [pair], 64)
 
 
 def test_padding_masks_pads_out_of_attention_and_loss(tok):

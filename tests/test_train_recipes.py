@@ -297,3 +297,27 @@ def test_sft_loss_is_the_token_mean_over_the_accumulation_window(tmp_path, tiny,
     assert len(grads) == 2
     assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_reference_logps_from_another_dtype_are_recomputed_not_reused(tmp_path, tiny):
+    from reclaif.atomic import atomic_write_jsonl
+    from reclaif.train.reference import stale_reason
+
+    run = make_run_dir(tmp_path / "run", tiny, [*SFT, "sft.enabled=false", "dpo.epochs=1"])
+    cfg = load_config(run / "config.yaml")
+    ref_file = run / "iter-001" / "ref_logps.jsonl"
+    # what a bf16 run left behind: values DPO's first step would not start at log 2 from
+    atomic_write_jsonl(ref_file, [{"example_id": p["example_id"], "chosen": -1.0,
+                                   "rejected": -50.0, "dtype": "bfloat16", "model": str(tiny)}
+                                  for p in read_jsonl(run / "iter-001" / "pairs.jsonl")])
+    assert "computed in bfloat16" in stale_reason(ref_file, "float32", str(tiny))
+    metrics = run_dpo(cfg, run, 1)
+    rows = read_jsonl(ref_file)
+    assert {(r["dtype"], r["model"], r["source"]) for r in rows} == {
+        ("float32", str(tiny), "forward")}
+    assert metrics["loss_first_step"] == pytest.approx(math.log(2), abs=1e-4)
+    assert metrics["reference_dtype"] == "float32"
+    assert stale_reason(ref_file, "float32", str(tiny)) is None
+    old = tmp_path / "old.jsonl"  # a file from before the fields: not trusted either
+    atomic_write_jsonl(old, [{"example_id": "x", "chosen": -1.0, "rejected": -2.0}])
+    assert "older version" in stale_reason(old, "float32", str(tiny))

@@ -51,19 +51,38 @@ class SamplerWorker(PoolWorker):
 
     def sample(self, rows: list[dict], model_path: str, params: dict[str, Any],
                fault_point: str = "") -> list[dict]:
-        """rows: Example JSON. Returns {example_id, prompt, answers[n]} per example."""
+        """rows: Example JSON. Returns {example_id, prompt, answers[n], truncated[n]} per
+        example; truncated[j] says answer j stopped at max_new_tokens (None: the backend
+        cannot tell), so the pairs never train an end of turn it did not emit, and
+        candidates_dropped where the prompt was fitted (Recommender.fit). params: n,
+        temperature, top_p, max_new_tokens, seed, and max_total_tokens (0: the context only)."""
 
         self._ensure(model_path)
         examples = [Example.from_json(r) for r in rows]
         rec = Recommender(self.client, self.items, self.top_k)
-        prompts = rec.prompts(examples)
+        # Prompts fit the model's context and, for DPO's samples, the trainer's max_length
+        # less the answer: candidates dropped at render time, never a prompt cut later.
+        shown = rec.fit(examples, params["max_new_tokens"], params.get("max_total_tokens", 0))
+        prompts = rec.prompts(shown)
         if fault_point:
             maybe_fail(fault_point)
-        outs = self.client.generate(prompts, n=params["n"], temperature=params["temperature"],
-                                    top_p=params["top_p"], max_new_tokens=params["max_new_tokens"],
-                                    seed=params["seed"])
-        return [{"example_id": ex.id, "prompt": p, "answers": o}
+        outs = self.client.sample(prompts, n=params["n"], temperature=params["temperature"],
+                                  top_p=params["top_p"], max_new_tokens=params["max_new_tokens"],
+                                  seed=params["seed"])
+        rows = [{"example_id": ex.id, "prompt": p, "answers": [c.text for c in o],
+                 "truncated": [c.truncated for c in o]}
                 for ex, p, o in zip(examples, prompts, outs)]
+        # The answers' tokens and log-probs under this policy: DPO's reference log-probs where
+        # its reference is this model in this dtype (reclaif.train.reference)
+        sampled_by = {"model": model_path, "dtype": self.client.weights_dtype() or ""}
+        for row, o in zip(rows, outs):
+            if all(c.logp is not None and c.token_ids for c in o):
+                row.update(token_ids=[c.token_ids for c in o], logps=[c.logp for c in o],
+                           sampled_by=sampled_by)
+        for row, ex, fit in zip(rows, examples, shown):
+            if len(fit.candidates) < len(ex.candidates):
+                row["candidates_dropped"] = len(ex.candidates) - len(fit.candidates)
+        return rows
 
 
 class JudgeWorker(PoolWorker):
@@ -79,7 +98,8 @@ class JudgeWorker(PoolWorker):
     def judge_rows(self, rows: list[dict], fault_point: str = "") -> list[dict]:
         """rows: sample rows, each with its Example JSON under "example" (so a judge actor needs
         only the item catalog, not the whole dataset). Returns verdict rows
-        {example_id, prompt, a, b, verdict}; an LLM judge adds what each record cost
+        {example_id, prompt, a, b, verdict, truncated: [a's, b's] where the samples say};
+        an LLM judge adds what each record cost
         (retries, unparseable), and a record whose call failed for good becomes a failed row
         {example_id, failed, error, failed_calls, retries}, skipped and counted downstream."""
 
@@ -99,6 +119,10 @@ class JudgeWorker(PoolWorker):
                 continue
             row = {"example_id": r["example_id"], "prompt": r["prompt"], "a": r["answers"][0],
                    "b": r["answers"][1], "verdict": v.to_json()}
+            # sample files written before these fields have none of them
+            row.update({k: r[k][:2] for k in ("truncated", "token_ids", "logps") if k in r})
+            if "sampled_by" in r:
+                row["sampled_by"] = r["sampled_by"]
             if o is not None:
                 row.update(retries=o.retries, unparseable=o.unparseable)
             out.append(row)

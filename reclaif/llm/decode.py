@@ -171,20 +171,25 @@ def prefill_positions(prompts: list[list[int]]) -> int:
 
 
 def sample(model: Any, prompts: list[list[int]], n: int, temperature: float, top_p: float,
-           max_new_tokens: int, eos_ids: list[int], pad_id: int = 0) -> list[list[int]]:
+           max_new_tokens: int, eos_ids: list[int], pad_id: int = 0,
+           logps: list[float] | None = None) -> list[list[int]]:
     """New tokens of n answers per prompt (row r*n + j is prompt r's j-th), each cut after its
-    first EOS (kept) or at max_new_tokens. prompts: token ids, unpadded.
+    first EOS (kept) or at max_new_tokens. prompts: token ids, unpadded. `logps`, where given,
+    receives each answer's summed log-probs of its tokens under the model's own softmax
+    (untempered, unfiltered: the policy's, what a DPO reference pass computes).
 
     Prompts rendered from one template begin alike (the system turn and the task's head: 90 of
     the ~460 tokens of a LastFM recommender prompt), so the batch's shared prefix is prefilled
     once and copied to every row; each row's own part follows, left-padded behind it:
     [shared | pad | own]. Positions count only real tokens, so the pads change nothing."""
     with _lm_head_weight_first(model):
-        return _sample(model, prompts, n, temperature, top_p, max_new_tokens, eos_ids, pad_id)
+        return _sample(model, prompts, n, temperature, top_p, max_new_tokens, eos_ids, pad_id,
+                       logps)
 
 
 def _sample(model: Any, prompts: list[list[int]], n: int, temperature: float, top_p: float,
-            max_new_tokens: int, eos_ids: list[int], pad_id: int) -> list[list[int]]:
+            max_new_tokens: int, eos_ids: list[int], pad_id: int,
+            logps: list[float] | None) -> list[list[int]]:
     device = next(model.parameters()).device
     arg = _cache_arg(inspect.signature(model.forward).parameters)
     shared = _shared_prefix(prompts)
@@ -217,6 +222,7 @@ def _sample(model: Any, prompts: list[list[int]], n: int, temperature: float, to
     position = positions[:, -1:].repeat_interleave(n, dim=0)
     eos = torch.tensor(eos_ids, device=device)
     answers: list[list[int]] = [[] for _ in range(rows)]
+    sums = [0.0] * rows
     live = list(range(rows))  # answer index of each buffer row still decoding (-1: done)
     for step in range(max_new_tokens):
         tokens = _next_tokens(logits, temperature, top_p)
@@ -225,6 +231,11 @@ def _sample(model: Any, prompts: list[list[int]], n: int, temperature: float, to
         for row, token in zip(live, host_tokens):
             if row >= 0:
                 answers[row].append(token)
+        if logps is not None:
+            chosen = logits.float().log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
+            for row, value in zip(live, chosen.tolist()):
+                if row >= 0:
+                    sums[row] += value
         live = [-1 if (row < 0 or end) else row for row, end in zip(live, ended)]
         active = [i for i, row in enumerate(live) if row >= 0]
         if not active or step + 1 == max_new_tokens:
@@ -241,4 +252,6 @@ def _sample(model: Any, prompts: list[list[int]], n: int, temperature: float, to
                     position_ids=position, use_cache=True, **{arg: cache},
                     logits_to_keep=1)
         logits = out.logits[:, -1]
+    if logps is not None:
+        logps[:] = sums
     return answers

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from reclaif.config import LLMSpec
 from reclaif.errors import ReclaifError
 from reclaif.llm import models
-from reclaif.llm.base import LLMClient
+from reclaif.llm.base import Completion, LLMClient
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -107,9 +107,24 @@ class HFClient(LLMClient):
         """The prompt as a user turn of the chat template, ready for the assistant's answer."""
         return models.render_chat(self.tokenizer, prompt)
 
+    def prompt_tokens(self, prompt: str) -> int | None:
+        return len(self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"])
+
+    def context_length(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def weights_dtype(self) -> str | None:
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
     def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 256,
                  seed: int = 0) -> list[list[str]]:
+        return [[c.text for c in row] for row in self.sample(
+            prompts, n, temperature, top_p, max_new_tokens, seed)]
+
+    def sample(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
+               top_p: float = 1.0, max_new_tokens: int = 256,
+               seed: int = 0) -> list[list[Completion]]:
         import torch
 
         if n < 1:
@@ -124,7 +139,7 @@ class HFClient(LLMClient):
         ids = [self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"]
                for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-        out: list[list[str]] = [[] for _ in prompts]
+        out: list[list[Completion]] = [[] for _ in prompts]
         bs = max(1, self.spec.batch_size)
         # A bar only where there is more than one batch to wait for (an evaluation, a bench);
         # a sampler actor's shard is one batch.
@@ -132,10 +147,10 @@ class HFClient(LLMClient):
                    disable=len(prompts) <= bs)
         for start in range(0, len(order), bs):
             chunk = order[start:start + bs]
-            texts = self._generate_batch([ids[i] for i in chunk], n, temperature, top_p,
-                                         max_new_tokens, stats)
+            answers = self._generate_batch([ids[i] for i in chunk], n, temperature, top_p,
+                                           max_new_tokens, stats)
             for j, i in enumerate(chunk):
-                out[i] = texts[j]
+                out[i] = answers[j]
             bar.update(len(chunk))
         bar.close()
         stats.seconds = time.perf_counter() - t0
@@ -143,7 +158,7 @@ class HFClient(LLMClient):
 
     def _generate_batch(self, batch_ids: list[list[int]], n: int, temperature: float,
                         top_p: float, max_new_tokens: int,
-                        stats: GenerationStats) -> list[list[str]]:
+                        stats: GenerationStats) -> list[list[Completion]]:
         import torch
 
         from reclaif.llm import decode
@@ -156,17 +171,19 @@ class HFClient(LLMClient):
         greedy = temperature <= 0
         # Greedy decoding gives one answer per prompt; n copies of it are what n samples mean.
         rows = 1 if greedy else n
+        logps: list[float] | None = [] if own_loop else None
         with torch.inference_mode():
             if own_loop:  # lays out its own rows: no padded batch here
                 new = decode.sample(self.model, batch_ids, rows, temperature, top_p,
-                                    max_new_tokens, self.eos_ids, self.tokenizer.pad_token_id)
+                                    max_new_tokens, self.eos_ids, self.tokenizer.pad_token_id,
+                                    logps)
             else:
                 enc = self.tokenizer.pad({"input_ids": batch_ids}, padding=True,
                                          return_tensors="pt")
                 new = self._hf_generate(enc["input_ids"].to(self.device),
                                         enc["attention_mask"].to(self.device), rows,
                                         temperature, top_p, max_new_tokens)
-        texts: list[list[str]] = []
+        texts: list[list[Completion]] = []
         for b in range(len(batch_ids)):
             answers = []
             for r in range(rows):
@@ -174,7 +191,13 @@ class HFClient(LLMClient):
                 stop = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
                 kept = tokens if stop is None else tokens[:stop]
                 stats.generated_tokens += len(kept) + (0 if stop is None else 1)
-                answers.append(self.tokenizer.decode(kept, skip_special_tokens=True).strip())
+                # No end of turn among the new tokens: the answer ran into max_new_tokens
+                # (padding after an early EOS never reaches here: stop is found first).
+                answers.append(Completion(
+                    self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    truncated=stop is None,
+                    token_ids=list(tokens if stop is None else tokens[:stop + 1]),
+                    logp=None if logps is None else logps[b * rows + r]))
             texts.append(answers * n if greedy else answers)
         return texts
 

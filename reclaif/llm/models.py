@@ -174,11 +174,40 @@ def pick_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo: bf16 arithmetic in hardware
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo's first "flags" line); empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: str) -> bool:
+    """Whether bf16 runs natively on `device`: a CUDA GPU that supports it, or a CPU with
+    avx512_bf16 or AMX. Elsewhere bf16 is emulated and slower than fp32 (an AVX2 EPYC: a
+    30-layer forward 1.7x slower with bf16 weights), so "auto" means fp32 there."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        return any(f in cpu_flags() for f in CPU_BF16_FLAGS)
+    return False
+
+
 def pick_dtype(dtype: str, device: str) -> Any:
+    """The torch dtype of `dtype` on `device`; "auto": bf16 where it is native, else fp32."""
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 

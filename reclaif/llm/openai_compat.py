@@ -26,7 +26,7 @@ from typing import Any
 
 from reclaif.config import LLMSpec
 from reclaif.errors import ConfigError, LLMError
-from reclaif.llm.base import LLMClient, Settled
+from reclaif.llm.base import Completion, LLMClient, Settled
 from reclaif.llm.retry import Backoff, Retryable, parse_retry_after
 from reclaif.logs import secret_from_env
 
@@ -82,6 +82,18 @@ class OpenAICompatClient(LLMClient):
                 lambda ip: self._settle(ip[1], n, temperature, top_p, max_new_tokens,
                                         seed + ip[0]), enumerate(prompts)))
 
+    def sample(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
+               top_p: float = 1.0, max_new_tokens: int = 256,
+               seed: int = 0) -> list[list[Completion]]:
+        """`generate` with each choice's finish_reason ("length": truncated at max_tokens)."""
+        if not prompts:
+            return []
+        workers = max(1, min(self.spec.max_concurrency, len(prompts)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(
+                lambda ip: self.completions(ip[1], n, temperature, top_p, max_new_tokens,
+                                            seed + ip[0]), enumerate(prompts)))
+
     def _settle(self, prompt: str, n: int, temperature: float, top_p: float,
                 max_new_tokens: int, seed: int) -> Settled:
         retries = 0
@@ -105,10 +117,17 @@ class OpenAICompatClient(LLMClient):
     def complete(self, prompt: str, n: int, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int,
                  on_retry: Callable[[Retryable], None] | None = None) -> list[str]:
+        """n answers to one prompt (their texts; see `completions`)."""
+        return [c.text for c in self.completions(prompt, n, temperature, top_p,
+                                                 max_new_tokens, seed, on_retry)]
+
+    def completions(self, prompt: str, n: int, temperature: float, top_p: float,
+                    max_new_tokens: int, seed: int,
+                    on_retry: Callable[[Retryable], None] | None = None) -> list[Completion]:
         """n answers to one prompt. Greedy asks once and repeats; a server that returns fewer
         choices than asked (some ignore n) is asked again for the rest."""
         want = 1 if temperature <= 0 else n
-        answers: list[str] = []
+        answers: list[Completion] = []
         while len(answers) < want:
             body = self.body(prompt, want - len(answers), temperature, top_p, max_new_tokens,
                              seed + len(answers))
@@ -124,7 +143,7 @@ class OpenAICompatClient(LLMClient):
         return LLMError(f"{self.url} (model {self.spec.model}) failed after {attempts} "
                         f"attempts: {err}")
 
-    def _attempt(self, body: dict[str, Any]) -> list[str]:
+    def _attempt(self, body: dict[str, Any]) -> list[Completion]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = secret_from_env(self.spec.api_key_env)
         if key:
@@ -142,7 +161,11 @@ class OpenAICompatClient(LLMClient):
             raise LLMError(f"{where}: HTTP {status}: {raw[:300].decode('utf-8', 'replace')}")
         try:
             data = json.loads(raw)
-            return [c["message"]["content"] or "" for c in data["choices"]]
+            # finish_reason "length": the answer hit max_tokens; absent: the server does not say
+            return [Completion(c["message"]["content"] or "",
+                               truncated=(None if c.get("finish_reason") is None
+                                          else c["finish_reason"] == "length"))
+                    for c in data["choices"]]
         except (ValueError, KeyError, TypeError) as e:
             raise LLMError(f"{where}: malformed response ({type(e).__name__}: {e}): "
                            f"{raw[:200]!r}") from None

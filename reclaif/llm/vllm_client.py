@@ -10,7 +10,7 @@ from typing import Any
 from reclaif.config import LLMSpec
 from reclaif.errors import ReclaifError
 from reclaif.llm import models
-from reclaif.llm.base import LLMClient
+from reclaif.llm.base import Completion, LLMClient
 
 
 def _import_vllm() -> Any:
@@ -54,9 +54,21 @@ class VLLMClient(LLMClient):
     def render(self, prompt: str) -> str:
         return models.render_chat(self.tokenizer, prompt)
 
+    def prompt_tokens(self, prompt: str) -> int | None:
+        return len(self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"])
+
+    def context_length(self) -> int | None:
+        return self.llm.llm_engine.model_config.max_model_len
+
     def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 256,
                  seed: int = 0) -> list[list[str]]:
+        return [[c.text for c in row] for row in self.sample(
+            prompts, n, temperature, top_p, max_new_tokens, seed)]
+
+    def sample(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
+               top_p: float = 1.0, max_new_tokens: int = 256,
+               seed: int = 0) -> list[list[Completion]]:
         if not prompts:
             return []
         greedy = temperature <= 0
@@ -66,6 +78,8 @@ class VLLMClient(LLMClient):
         outputs = self.llm.generate([self.render(p) for p in prompts], params, use_tqdm=False)
         result = []
         for out in outputs:
-            texts = [c.text.strip() for c in out.outputs]
-            result.append(texts * n if greedy else texts)
+            # vLLM's finish_reason: "stop" (EOS or a stop string) or "length" (max_tokens)
+            answers = [Completion(c.text.strip(), truncated=c.finish_reason == "length")
+                       for c in out.outputs]
+            result.append(answers * n if greedy else answers)
         return result

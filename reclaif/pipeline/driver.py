@@ -34,13 +34,14 @@ from reclaif.distributed.workers import JudgeWorker, SamplerWorker
 from reclaif.evidence import apply_saved, build_evidence, evidence_cache, load_evaluation_models
 from reclaif.judge import make_explainability_scorer, preference_pair
 from reclaif.judge.audit import audit
-from reclaif.llm.models import resolve_model
+from reclaif.llm.models import load_tokenizer, resolve_model
 from reclaif.metrics.diversity import DiversityScorer
 from reclaif.metrics.evaluate import evaluate_rankings
 from reclaif.parsing import is_valid, parse_recommendation
 from reclaif.pipeline.launcher import render_launch, run_launch
 from reclaif.pipeline.report import write_report
 from reclaif.prompts import render_recommender
+from reclaif.recommender import fit_answered
 from reclaif.teacher import make_teacher
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ class Driver:
 
     def _generate(self, key: str, examples: list[Example], model: str, out_dir: Path,
                   n: int, temperature: float, top_p: float, max_new_tokens: int,
-                  seed_base: tuple) -> list[dict]:
+                  seed_base: tuple, max_total_tokens: int = 0) -> list[dict]:
         """Fans generation over the sampler pool, one atomically written file per shard."""
 
         r = self.cfg.ray
@@ -253,7 +254,8 @@ class Driver:
 
         def args(i: int) -> tuple:
             params = {"n": n, "temperature": temperature, "top_p": top_p,
-                      "max_new_tokens": max_new_tokens, "seed": _seed(*seed_base, i)}
+                      "max_new_tokens": max_new_tokens, "seed": _seed(*seed_base, i),
+                      "max_total_tokens": max_total_tokens}
             return (model, params, f"{key}:{i}")
 
         def write(i: int, rows: list[dict]) -> None:
@@ -278,8 +280,16 @@ class Driver:
         t0 = time.time()
         examples = self.train[:self.cfg.sft.max_examples or None]
         teacher = make_teacher(self.cfg.teacher, self.items, self.top_k)
+        # Each prompt fits sft.max_length with its answer (fewer candidates where needed), so
+        # SFT trains the prompts evaluation shows, never one cut from the left.
+        from reclaif.train.data import answer_tokens, prompt_tokens  # torch: only here
+
+        tok = load_tokenizer(self.cfg.recommender.model, self.cfg.recommender.cache_dir or None)
+        examples, responses = fit_answered(
+            examples, self.items, self.top_k, teacher.respond_many,
+            lambda p: len(prompt_tokens(tok, p)), lambda a: len(answer_tokens(tok, a)),
+            self.cfg.sft.max_length)
         prompts = [render_recommender(e, self.items, self.top_k) for e in examples]
-        responses = teacher.respond_many(examples)
         rows = [{"id": e.id, "prompt": p, "response": r}
                 for e, p, r in zip(examples, prompts, responses)]
         self.store.phase_dir(SFT)
@@ -297,7 +307,8 @@ class Driver:
         out_dir = self.store.iter_dir(i)
         rows = self._generate(key, self.sampling_prompts(i), self.policy_before(i), out_dir,
                               s.num_samples,
-                              s.temperature, s.top_p, s.max_new_tokens, (self.cfg.seed, "sample", i))
+                              s.temperature, s.top_p, s.max_new_tokens, (self.cfg.seed, "sample", i),
+                              max_total_tokens=self.cfg.dpo.max_length)
         maybe_fail("sample:end")
         self.store.mark_done(key, [out_dir / "samples.jsonl"], count=len(rows))
         self._timed(key, t0)
@@ -357,19 +368,27 @@ class Driver:
         rows = read_jsonl(out_dir / "verdicts.jsonl")
         by_id = {e.id: e for e in self.train}
         pairs: list[PreferencePair] = []
+        capped_over_finished = 0
         for row in rows:
             if row.get("failed"):
                 continue
             pair = preference_pair(by_id[row["example_id"]], row["prompt"], row["a"], row["b"],
                                    Verdict.from_json(row["verdict"]))
             if pair is not None:
+                pair = pair.with_samples(row)
+                # A capped answer never beats a finished one (docs/ARCHITECTURE.md, "Capped
+                # answers"): DPO would learn to run on past the stop it pushes down.
+                if pair.capped_over_finished:
+                    capped_over_finished += 1
+                    continue
                 pairs.append(pair)
         out = self.store.pairs(i)
         atomic_write_jsonl(out, [p.to_json() for p in pairs])
         stats = audit([r for r in rows if not r.get("failed")], by_id, self.items, self.top_k)
         # Endpoint trouble, summed from the per-record marks the judge workers write (so the
         # counts survive actor restarts and resumed runs); the report shows them.
-        stats.update(pairs_kept=len(pairs), failed=sum(1 for r in rows if r.get("failed")),
+        stats.update(pairs_kept=len(pairs), dropped_capped_over_finished=capped_over_finished,
+                     capped_rejected=sum(p.rejected_truncated for p in pairs), failed=sum(1 for r in rows if r.get("failed")),
                      judged=len(rows),
                      unparseable=sum(1 for r in rows if r.get("unparseable")),
                      failed_calls=sum(int(r.get("failed_calls", 0)) for r in rows),

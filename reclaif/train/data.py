@@ -3,8 +3,9 @@
 A prompt is the rendered user message; it goes through the tokenizer's chat template with the
 generation prompt (exactly as the samplers render it, reclaif.llm.hf), and the response follows
 with the end-of-turn token, so the model learns to stop. Only response tokens carry loss
-(paper Eq. 1). SFT: prompts longer than `max_length` lose their beginning, never the answer.
-DPO pairs keep one prompt for both answers and cut the answers first (encode_pair).
+(paper Eq. 1). A prompt is never cut: prompts are fitted when rendered (fewer candidates,
+reclaif.recommender), and an answer that still does not fit loses its end, or the example is
+refused (_check_room). DPO pairs keep one prompt for both answers (encode_pair).
 
 The batch order is a pure function of (seed, epoch, rank): a rerun that skips the batches a
 train_state checkpoint consumed sees exactly the batches the crashed run would have seen.
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reclaif.errors import DataError
 from reclaif.train.logprobs import shifted_labels
 from reclaif.llm.models import render_chat
 
@@ -32,39 +34,64 @@ def _end_ids(tokenizer: Any) -> list[int]:
     return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
 
-def encode(tokenizer: Any, prompt: str, response: str, max_length: int) -> dict[str, list[int]]:
-    """input_ids = chat(prompt) + response + eos; loss_mask is 1 on response (and eos) only.
-    Too long: the prompt is cut from the left; a response that alone exceeds max_length - 1
-    is cut from the right (one prompt token stays, so the first answer token has a context)."""
-    p = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"] + _end_ids(tokenizer)
+def prompt_tokens(tokenizer: Any, prompt: str) -> list[int]:
+    """The prompt's token ids as encode and encode_pair lay them out (the chat template)."""
+    return tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+
+def answer_tokens(tokenizer: Any, answer: str, ended: bool = True) -> list[int]:
+    """The answer's token ids, with the end-of-turn token only where the answer `ended`."""
+    return (tokenizer(answer, add_special_tokens=False)["input_ids"]
+            + (_end_ids(tokenizer) if ended else []))
+
+
+def _check_room(example_id: str, prompt: int, answer: int, max_length: int) -> int:
+    """How many answer tokens fit after the whole prompt. Prompts are never cut (they were
+    fitted when rendered: reclaif.recommender.fit_candidates); an answer is cut from the
+    right only while a quarter of max_length stays for it, else the example is refused."""
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")
-    r = r[: max_length - 1]
-    p = p[-(max_length - len(r)):] if len(p) + len(r) > max_length else p
+    room = max_length - prompt
+    if prompt + answer > max_length and room < max(1, min(answer, max_length // 4)):
+        raise DataError(f"example {example_id}: prompt {prompt} + answer {answer} tokens is "
+                        f"over max_length {max_length}, and the prompt leaves {room} for the "
+                        "answer; prompts are never cut: render it with fewer candidates "
+                        "(recommender.fit_candidates) or raise max_length")
+    return room
+
+
+def encode(tokenizer: Any, prompt: str, response: str, max_length: int,
+           example_id: str = "?") -> dict[str, list[int]]:
+    """input_ids = chat(prompt) + response + eos; loss_mask is 1 on response (and eos) only.
+    Too long: see _check_room (the prompt whole, the response cut from the right)."""
+    p, r = prompt_tokens(tokenizer, prompt), answer_tokens(tokenizer, response)
+    r = r[:_check_room(example_id, len(p), len(r), max_length)]
     return {"input_ids": p + r, "loss_mask": [0] * len(p) + [1] * len(r)}
 
 
 def encode_sft(tokenizer: Any, rows: list[dict], max_length: int) -> list[dict]:
     """teacher.jsonl rows {id, prompt, response} → encoded examples."""
-    return [{"id": str(r["id"]), **encode(tokenizer, r["prompt"], r["response"], max_length)}
+    return [{"id": str(r["id"]), **encode(tokenizer, r["prompt"], r["response"], max_length,
+                                          str(r["id"]))}
             for r in rows]
 
 
 def encode_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str,
-                max_length: int) -> dict[str, dict[str, list[int]]]:
+                max_length: int, chosen_truncated: bool = False,
+                rejected_truncated: bool = False, example_id: str = "?",
+                chosen_ids: list[int] | None = None,
+                rejected_ids: list[int] | None = None) -> dict[str, dict[str, list[int]]]:
     """A preference pair whose chosen and rejected sequences share the SAME prompt tokens, so
     DPO compares the two answers to one context. Too long: the answers are cut from the right
-    to what the prompt leaves; only when that would leave them under a quarter of max_length
-    is the prompt cut too, from the left, to the same tokens for both."""
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2, got {max_length}")
-    p = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    answers = [tokenizer(a, add_special_tokens=False)["input_ids"] + _end_ids(tokenizer)
-               for a in (chosen, rejected)]
-    longest = max(len(a) for a in answers)
-    room = max(max_length - len(p), min(longest, max_length // 4), 1)
-    p = p[-(max_length - room):] if len(p) > max_length - room else p
+    to what the whole prompt leaves (_check_room). A truncated answer (stopped at
+    max_new_tokens) gets no end-of-turn token: it never emitted one. `*_ids`: the answer's
+    tokens as sampled (end of turn included where emitted), used as they are instead of
+    re-tokenising its text, so DPO trains the tokens the policy generated."""
+    p = prompt_tokens(tokenizer, prompt)
+    answers = [list(ids) if ids else answer_tokens(tokenizer, a, not capped)
+               for a, capped, ids in ((chosen, chosen_truncated, chosen_ids),
+                                      (rejected, rejected_truncated, rejected_ids))]
+    room = _check_room(example_id, len(p), max(len(a) for a in answers), max_length)
     out = {}
     for side, a in zip(("chosen", "rejected"), answers):
         a = a[:room]
@@ -73,10 +100,23 @@ def encode_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str,
 
 
 def encode_pairs(tokenizer: Any, pairs: list, max_length: int) -> list[dict]:
-    """PreferencePairs → {example_id, chosen: encoded, rejected: encoded} (see encode_pair)."""
-    return [{"example_id": p.example_id,
-             **encode_pair(tokenizer, p.prompt, p.chosen, p.rejected, max_length)}
-            for p in pairs]
+    """PreferencePairs → {example_id, chosen: encoded, rejected: encoded} (see encode_pair),
+    plus sampled_ref [chosen, rejected] where the pair carries its sampled tokens and their
+    log-probs and both answers are encoded whole: the sampling pass's reference log-probs of
+    exactly these tokens (reclaif.train.reference.sampled_reference)."""
+    out = []
+    for p in pairs:
+        e = {"example_id": p.example_id,
+             **encode_pair(tokenizer, p.prompt, p.chosen, p.rejected, max_length,
+                           p.chosen_truncated, p.rejected_truncated, p.example_id,
+                           p.chosen_ids, p.rejected_ids)}
+        whole = all(ids and sum(e[side]["loss_mask"]) == len(ids)
+                    for side, ids in (("chosen", p.chosen_ids), ("rejected", p.rejected_ids)))
+        if whole and p.chosen_logp is not None and p.rejected_logp is not None:
+            e["sampled_ref"] = [float(p.chosen_logp), float(p.rejected_logp)]
+            e["sampled_by"] = dict(p.sampled_by)
+        out.append(e)
+    return out
 
 
 def pad_batch(seqs: list[dict[str, list[int]]], pad_id: int) -> dict[str, Tensor]:

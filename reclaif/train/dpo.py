@@ -28,7 +28,7 @@ from reclaif.train.data import BatchPlan, collate_pairs, count_tokens, encode_pa
 from reclaif.train.fused_dpo import fused_dpo_loss
 from reclaif.train.loop import StageFiles, finish, finished, total_steps, train_loop
 from reclaif.train.reference import (attach_reference_logps, compute_reference_logps,
-                                     write_reference_logps)
+                                     sampled_reference, stale_reason, write_reference_logps)
 from reclaif.train.session import TrainLog, epoch_means, hf_model, load_policy, mean_over
 from reclaif.train.strategy import Strategy
 
@@ -92,29 +92,48 @@ class DPOMethod:
 
 def reference_logps(strategy: Strategy, t: DPOConfig, ref_file: Path, policy_path: str,
                     ref_path: str, encoded: list[dict], pad_id: int, attn: str,
-                    shared: bool) -> None:
+                    shared: bool) -> int:
     """Writes the reference log-probs of every pair, once per iteration, before any policy
-    update (the prepared policy is the reference when both start from the same model)."""
-    if ref_path == policy_path:
-        strategy.train(False)
-        forward = strategy.forward
-    else:
-        forward = strategy.eval_forward(load_policy(ref_path, t.__class__(
-            **{**t.__dict__, "lora_r": 0, "gradient_checkpointing": False}), strategy, attn))
-    # Under the policy forward's own autocast: in bf16 the first step then has loss log 2
-    # and zero margins, as in fp32 (an fp32 reference would be off by the bf16 rounding).
-    with strategy.autocast():
-        rows = compute_reference_logps(
-            lambda fn, *a: forward(lambda m, *b: fn(hf_model(m), *b), *a), encoded,
-            pad_id, t.batch_size, t.logprob_chunk, strategy.rank,
-            strategy.world_size, strategy.device, kernel=t.logprob_kernel,
-            shared_prompt=shared)
+    update (the prepared policy is the reference when both start from the same model). Pairs
+    whose answers the reference model sampled, in this dtype, take the sampling pass's sums
+    (sampled_reference); only the rest run a reference forward. Returns how many came from
+    sampling."""
+    dtype = reference_dtype(t)
+    sampled = sampled_reference(encoded, ref_path, dtype)
+    rest = [i for i in range(len(encoded)) if i not in sampled]
+    log.info("reference log-probs: %d of %d pairs from the sampling pass (%s, %s), %d by a "
+             "reference forward", len(sampled), len(encoded), ref_path, dtype, len(rest))
+    computed: list[dict] | None = []
+    if rest:
+        if ref_path == policy_path:
+            strategy.train(False)
+            forward = strategy.forward
+        else:
+            forward = strategy.eval_forward(load_policy(ref_path, t.__class__(
+                **{**t.__dict__, "lora_r": 0, "gradient_checkpointing": False}), strategy, attn))
+        # Under the policy forward's own autocast: in bf16 the first step then has loss log 2
+        # and zero margins, as in fp32 (an fp32 reference would be off by the bf16 rounding).
+        with strategy.autocast():
+            computed = compute_reference_logps(
+                lambda fn, *a: forward(lambda m, *b: fn(hf_model(m), *b), *a),
+                [encoded[i] for i in rest], pad_id, t.batch_size, t.logprob_chunk,
+                strategy.rank, strategy.world_size, strategy.device, kernel=t.logprob_kernel,
+                shared_prompt=shared)
+        del forward
+        gc.collect()
     if strategy.is_main:
-        write_reference_logps(ref_file, rows)
+        rows = dict(sampled)
+        rows.update(zip(rest, computed or []))
+        write_reference_logps(ref_file, [rows[i] for i in range(len(encoded))], dtype, ref_path)
         maybe_fail("dpo:reference")  # crash tests: SIGKILL after the reference is stored
-    del forward
-    gc.collect()
     strategy.barrier()
+    return len(sampled)
+
+
+def reference_dtype(t: DPOConfig) -> str:
+    """The dtype the reference pass computes in: the policy forward's (bf16 autocast or
+    DeepSpeed bf16 weights with dpo.bf16, else fp32)."""
+    return "bfloat16" if t.bf16 else "float32"
 
 
 def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
@@ -149,10 +168,13 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
 
     # 2. reference log-probs, once per iteration (before any policy update or resume)
     ref_file = layout.ref_logps(iteration)
-    if not ref_file.exists():
+    stale = ref_file.exists() and stale_reason(ref_file, reference_dtype(t), ref_path)
+    if stale:
+        log.warning("%s: recomputing the reference log-probs: %s", ref_file, stale)
+    if stale or not ref_file.exists():
         reference_logps(strategy, t, ref_file, policy_path, ref_path, encoded,
                         tokenizer.pad_token_id, attn, shared)
-    attach_reference_logps(ref_file, encoded)
+    from_sampling = attach_reference_logps(ref_file, encoded)
 
     # 3. the shared loop (resumes a run that was cut)
     tlog = TrainLog(run_dir, stage, strategy.is_main, cfg.report.trackers, cfg.name)
@@ -164,7 +186,9 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     last_epoch = [s for s in h if s["epoch"] == (h[-1]["epoch"] if h else 0)]
     metrics = {"phase": "dpo", "iteration": iteration, "steps": result.steps,
                "total_steps": total, "pairs": len(encoded), "policy_init": policy_path,
-               "reference": ref_path, "loss_type": t.loss_type, "beta": t.beta,
+               "reference": ref_path, "reference_dtype": reference_dtype(t),
+               "reference_from_sampling": from_sampling,
+               "loss_type": t.loss_type, "beta": t.beta,
                "rpo_alpha": t.rpo_alpha,
                **{k: mean_over(last_epoch, k) for k in METRICS},
                "loss_first_step": h[0]["loss"] if h else None,

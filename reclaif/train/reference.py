@@ -1,9 +1,13 @@
 """Reference log-probs, computed once per iteration and stored beside the pairs
 (iter-NNN/ref_logps.jsonl), so no reference model sits in training memory.
 
-Rows: {"example_id", "chosen", "rejected", "chosen_tokens", "rejected_tokens"}: log-prob sums of
-each answer given its prompt, and how many answer tokens they cover (the trainer checks these
-against its own tokenisation, so a stale file is refused rather than silently used).
+Rows: {"example_id", "chosen", "rejected", "chosen_tokens", "rejected_tokens", "dtype", "model",
+"source"}: log-prob sums of each answer given its prompt, how many answer tokens they cover (the
+trainer checks these against its own tokenisation, so a stale file is refused rather than
+silently used), the dtype and model they were computed in, and how (source "forward": a
+reference pass; "sampling": the sums the sampler returned, sampled_reference). A resumed DPO whose reference dtype or model differs from the file's (or a
+file from before these fields) recomputes it: bf16 rounding moves the sums by more than the
+first step's margins.
 The pairs are split over the ranks (every rank runs the same number of forwards, as ZeRO-3's
 collectives need); rank 0 gathers and writes the file.
 """
@@ -72,12 +76,58 @@ def compute_reference_logps(forward: Callable[..., Any], encoded: list[dict], pa
     return [rows[i] for i in range(n)]
 
 
-def write_reference_logps(path: str | Path, rows: list[dict]) -> None:
-    atomic_write_jsonl(path, rows)
+def sampled_reference(encoded: list[dict], model: str, dtype: str) -> dict[int, dict]:
+    """Reference rows (by pair index) taken from the sampling pass: in iteration i the
+    reference is the policy that sampled the answers, and the sampler summed each answer's
+    log-probs under its untempered, unfiltered softmax, which is what a reference forward
+    computes. Only for pairs encoded from exactly the sampled tokens (encode_pairs'
+    sampled_ref) by `model` in `dtype`; every other pair needs the forward. fp32 only: in
+    bf16 the sampler's cached decode and the trainer's forward (autocast over fp32 weights,
+    or DeepSpeed's bf16 ones) round differently, by more than DPO's first-step margins."""
+    if dtype != "float32":
+        return {}
+    out = {}
+    for i, e in enumerate(encoded):
+        by = e.get("sampled_by") or {}
+        if "sampled_ref" not in e or by.get("dtype") != dtype or not _same_path(
+                by.get("model", ""), model):
+            continue
+        c, r = e["sampled_ref"]
+        out[i] = {"example_id": e["example_id"], "chosen": c, "rejected": r,
+                  "chosen_tokens": sum(e["chosen"]["loss_mask"]),
+                  "rejected_tokens": sum(e["rejected"]["loss_mask"]), "source": "sampling"}
+    return out
 
 
-def attach_reference_logps(path: str | Path, encoded: list[dict]) -> None:
-    """Adds ref_chosen/ref_rejected to each encoded pair, in order, checking ids and lengths."""
+def _same_path(a: str, b: str) -> bool:
+    return bool(a) and (a == b or Path(a).resolve() == Path(b).resolve())
+
+
+def write_reference_logps(path: str | Path, rows: list[dict], dtype: str, model: str) -> None:
+    """The rows with the dtype and model they were computed in, and their source: "sampling"
+    where sampled_reference gave them, else "forward"."""
+    atomic_write_jsonl(path, [{**r, "dtype": dtype, "model": model,
+                               "source": r.get("source", "forward")} for r in rows])
+
+
+def stale_reason(path: str | Path, dtype: str, model: str) -> str | None:
+    """Why the stored reference log-probs at `path` cannot be reused for a reference run in
+    `dtype` on `model` (None: they can)."""
+    rows = read_jsonl(path)
+    if not rows:
+        return "it is empty"
+    got = (rows[0].get("dtype"), rows[0].get("model"))
+    if got == (None, None):
+        return "it does not say which dtype and model computed it (written by an older version)"
+    if got != (dtype, model):
+        return (f"it was computed in {got[0]} on {got[1]}, this run's reference is {dtype} "
+                f"on {model}")
+    return None
+
+
+def attach_reference_logps(path: str | Path, encoded: list[dict]) -> int:
+    """Adds ref_chosen/ref_rejected to each encoded pair, in order, checking ids and lengths;
+    returns how many rows came from the sampling pass."""
     rows = read_jsonl(path)
     if len(rows) != len(encoded):
         raise DataError(f"{path}: {len(rows)} rows for {len(encoded)} pairs; delete it to recompute")
@@ -92,3 +142,4 @@ def attach_reference_logps(path: str | Path, encoded: list[dict]) -> None:
                 raise DataError(f"{path}:{n}: {side} covers {got} tokens, this tokenisation "
                                 f"{want} (max_length or tokenizer changed); delete it to recompute")
         pair["ref_chosen"], pair["ref_rejected"] = float(row["chosen"]), float(row["rejected"])
+    return sum(1 for row in rows if row.get("source") == "sampling")
