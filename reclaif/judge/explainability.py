@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from reclaif.config import ExplainabilityConfig, LLMSpec, choices
 from reclaif.data.features import distinctive_features, feature_idf, shared_features
 from reclaif.errors import ConfigError
+from reclaif.evidence.models import read_evidence
 from reclaif.llm.base import LLMClient
 from reclaif.records import Example, Item, Recommendation
 from reclaif.parsing import parse_recommendation
@@ -110,8 +111,6 @@ def catalog_words(items: dict[str, Item]) -> frozenset[str]:
 
 
 _VOCAB: dict = {}
-_CLAIM_RES = (re.compile(r"sasrec\s*#\s*(\d+)", re.I), re.compile(r"bm25\s*#\s*(\d+)", re.I),
-              re.compile(r"(\d+)\s+(?:listeners|buyers|shoppers)", re.I))
 
 
 def reason_credit(reason: str, item: Item | None, evidence: str, feature_words: set[str],
@@ -128,15 +127,14 @@ def reason_credit(reason: str, item: Item | None, evidence: str, feature_words: 
     title = content_words(item.title) if item is not None else set()
     if (words & vocab) - own - title - set(history_words):
         return 0.0
-    for rx in _CLAIM_RES:
-        claimed, true = set(rx.findall(reason)), set(rx.findall(evidence))
-        if claimed - true:
-            return 0.0
+    claimed = read_evidence(reason).claims
+    if claimed - read_evidence(evidence).claims:
+        return 0.0
     if link:
         return REASON_TIED_CREDIT
     if words & item_field_words(item):
         return REASON_PARTIAL_CREDIT
-    if evidence and any(rx.search(reason) for rx in _CLAIM_RES):
+    if evidence and claimed:
         return REASON_RANK_ONLY_CREDIT
     return 0.0
 
@@ -170,7 +168,6 @@ def catalog_idf(items: dict[str, Item], domain: str) -> dict[str, float]:
 
 
 _IDF: dict = {}
-_TRANSITION_RE = re.compile(r"follows your last \w+ for \d+", re.I)
 
 
 def reason_link(reason: str, candidate: str, example: Example, items: dict[str, Item],
@@ -196,7 +193,7 @@ def reason_link(reason: str, candidate: str, example: Example, items: dict[str, 
         if named or fw & set(key_feature_words):
             return f"{feature}: {', '.join(_title(h, items) for h in (named or holders)[:3])}"
     if example.context and "follow" in reason.lower() and \
-            _TRANSITION_RE.search(example.evidence.get(candidate, "")):
+            read_evidence(example.evidence.get(candidate, "")).next_counts:
         last = _title(example.context[-1], items)
         if _names(reason, last):
             return f"follows {last}"
