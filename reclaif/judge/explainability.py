@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reclaif.config import ExplainabilityConfig, LLMSpec, choices
-from reclaif.data.features import distinctive_features, feature_idf, shared_features
+from reclaif.data.features import (distinctive_features, feature_idf, item_features,
+                                   shared_features)
 from reclaif.errors import ConfigError
 from reclaif.evidence.models import read_evidence
 from reclaif.llm.base import LLMClient
@@ -152,9 +153,12 @@ def _value_words(feature: str) -> set[str]:
 def _names(text: str, title: str, skip: set[str] | frozenset[str] = frozenset()) -> bool:
     """Whether `text` names the item titled `title`: a content word of the title (other than
     `skip`, the feature's own words), or the whole title as words ("BT", "Mú")."""
-    if (content_words(title) - set(skip)) & content_words(text):
-        return True
-    t = " ".join(title.casefold().split())
+    return bool((content_words(title) - set(skip)) & content_words(text)) or _says(text, title)
+
+
+def _says(text: str, phrase: str) -> bool:
+    """Whether `text` has `phrase` as whole words, case and spacing aside."""
+    t = " ".join(phrase.casefold().split())
     return bool(t) and re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text.casefold()) is not None
 
 
@@ -184,10 +188,17 @@ def reason_link(reason: str, candidate: str, example: Example, items: dict[str, 
         hits = words & content_words(example.context) & own
         return f"query: {', '.join(sorted(hits))}" if hits else None
     shared = shared_features(candidate, example.context, items, example.domain)
+    own_features = item_features(item, example.domain)
     # the most specific reading first: "thrash metal" before "metal" when the reason says both
     for feature, holders in sorted(shared, key=lambda fh: -len(_value_words(fh[0]))):
         fw = _value_words(feature)
         if not fw or not fw <= words:
+            continue
+        # "Tagged swedish metal." cites the item's own "swedish metal", not the "metal" it
+        # shares with the history: a longer feature of the item that the reason says whole
+        # is what its words mean.
+        if any(fw < _value_words(f) and _says(reason, f.split(": ", 1)[-1])
+               for f in own_features):
             continue
         named = [h for h in holders if _names(reason, _title(h, items), fw)]
         if named or fw & set(key_feature_words):
