@@ -15,6 +15,7 @@ from typing import Protocol
 
 from reclaif.config import LLMSpec, TeacherConfig, choices
 from reclaif.errors import ConfigError
+from reclaif.evidence.models import read_evidence
 from reclaif.llm.base import LLMClient
 from reclaif.data.features import (distinctive_features, feature_idf, item_features,
                                     shared_features)
@@ -44,8 +45,6 @@ TEACHER_DESCRIPTION = (
 _QUERY_STOP = frozenset("a an the and or of for to in on with without by from at is are my your "
                         "me i you it that this these those be as not no".split())
 _WORD_RE = re.compile(r"[0-9a-z]+")
-_RANK_RE = re.compile(r"\b(?:SASRec|BM25) #\d+")
-_TRANSITION_RE = re.compile(r"follows your last \w+ for \d+")
 SHORT_TITLE_WORDS = 4   # a product named in a reason or key preference: its first words
 # History items named beside a key preference and beside a reason's shared feature: answers
 # must stay under the proof's 128 new tokens (measured on its 256 SFT prompts).
@@ -189,7 +188,7 @@ class OfflineTeacher(Teacher):
         if link:
             feature, holders = link
             parts.append(f"{feature}, like {self._names(holders, example.domain, 'reason')}")
-        transition = _TRANSITION_RE.search(example.evidence.get(item_id, ""))
+        transition = read_evidence(example.evidence.get(item_id, "")).next_counts
         if transition and example.context and not parts:  # one link says enough (tokens)
             parts.append(f"follows {self.title(example.context[-1], example.domain)}")
         if not parts:
@@ -224,7 +223,8 @@ class OfflineTeacher(Teacher):
 def _figures(example: Example, item_id: str) -> list[str]:
     """The evidence's rank of the item ("SASRec #3"), without its probability: a supporting
     figure, read from the text the evidence wrote (none in names-only mode)."""
-    return [m.group(0) for m in _RANK_RE.finditer(example.evidence.get(item_id, ""))][:1]
+    rank = read_evidence(example.evidence.get(item_id, "")).rank_text()
+    return [rank] if rank else []
 
 
 class LLMTeacher(Teacher):

@@ -12,7 +12,7 @@ from reclaif.data import load_examples, load_items
 from reclaif.data.features import item_features
 from reclaif.data.interactions import fit_windows
 from reclaif.evidence.models import (MIN_TAG_MATCH, EvidenceModels, evidence_first,
-                                     resolve_sources, sasrec_text)
+                                     read_evidence, resolve_sources, sasrec_text)
 
 # Every part annotate() writes, one pattern each: "; " splits a line back into them.
 PARTS = {"sasrec": re.compile(r"^SASRec #(\d+)(?: (\d+)%)?$"),
@@ -47,6 +47,22 @@ def test_evidence_first_reads_the_compact_and_the_old_format():
     assert evidence_first({"a": "SASRec #10", "b": "SASRec #11"}) is None
     assert evidence_first({"a": "SASRec #2 (0.30)", "b": "SASRec #1 (0.61)"}) == "b"
     assert evidence_first({"a": "3 listeners next; SASRec #1"}) == "a"
+
+
+def test_read_evidence_reads_the_compact_and_the_old_format_alike():
+    new = read_evidence("SASRec #3 12%; 5 listeners next; tags: dark, synth-pop with Depeche "
+                        "Mode (0.42)")
+    old = read_evidence("SASRec #3 (0.12); follows your last artist for 5 listeners; "
+                        "tags: dark, synth-pop")
+    assert new == old
+    assert new.ranks == (("SASRec", 3),) and new.next_counts == (5,)
+    assert new.tags == ("dark", "synth-pop") and new.rank_text() == "SASRec #3"
+    assert new.claims == {("SASRec", 3), ("next", 5)}
+    # a reason citing figures reads the same way: what the judge checks against the evidence
+    assert read_evidence("sasrec #31, and 7 buyers went there next").claims == {
+        ("SASRec", 31), ("next", 7)}
+    assert read_evidence("BM25 #1 (4.2)").rank_text() == "BM25 #1"
+    assert read_evidence("") == read_evidence("tagged rock") and not read_evidence("").claims
 
 
 def test_tag_overlap_is_on_by_default_for_sequential_tasks():

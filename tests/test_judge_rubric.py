@@ -38,6 +38,17 @@ def teacher(data):
     return OfflineTeacher(data.items, TOP_K)
 
 
+@pytest.fixture(scope="module")
+def tagged():
+    """The bundled sample's first 20 validation prompts and their teacher: clean tags from the
+    full training split, where most artists of the raw fixture above are untagged (its training
+    file has 61 users), so grounding has something to ground on."""
+    from reclaif.data import load_examples, load_items
+
+    items = load_items("sample")
+    return load_examples("sample", split="valid")[:20], items, OfflineTeacher(items, TOP_K)
+
+
 def _target(ex):
     return next(iter(ex.relevant()))
 
@@ -167,12 +178,13 @@ def test_rubric_description_names_it_data_derived():
 
 # Explainability ------------------------------------------------------------------------------
 
-def test_rubric_explainability_ranks_grounded_over_ungrounded(data, teacher):
-    scorer = make_explainability_scorer(ExplainabilityConfig(), data.items, TOP_K)
-    ex = data.examples[8]
+def test_rubric_explainability_ranks_grounded_over_ungrounded(tagged):
+    examples, items, teacher = tagged
+    scorer = make_explainability_scorer(ExplainabilityConfig(), items, TOP_K)
+    ex = examples[8]
     good = teacher.respond(ex)
-    rec = parse_recommendation(good, ex, data.items, TOP_K)
-    titles = [data.items[i].title for i in rec.items]
+    rec = parse_recommendation(good, ex, items, TOP_K)
+    titles = [items[i].title for i in rec.items]
     made_up = format_recommendation(["polka and yodeling", "bagpipe marches"], titles,
                                     ["A great pick.", "You will love it.", "Trust me."])
     s_good, s_made_up, s_invalid = scorer.score_many([ex] * 3, [good, made_up, "nothing"])
@@ -181,19 +193,20 @@ def test_rubric_explainability_ranks_grounded_over_ungrounded(data, teacher):
     assert 70.0 < s_good <= 100.0
 
 
-def test_rubric_explainability_credits_linked_reasons_over_item_only_ones(data, teacher):
+def test_rubric_explainability_credits_linked_reasons_over_item_only_ones(tagged):
     """Same items, same key features: reasons naming what the item shares with named history
     items beat reasons that are true of the item but say nothing about this user."""
-    scorer = make_explainability_scorer(ExplainabilityConfig(), data.items, TOP_K)
+    examples, items, teacher = tagged
+    scorer = make_explainability_scorer(ExplainabilityConfig(), items, TOP_K)
     compared = 0
-    for ex in data.examples[:20]:
+    for ex in examples:
         good = teacher.respond(ex)
-        rec = parse_recommendation(good, ex, data.items, TOP_K)
+        rec = parse_recommendation(good, ex, items, TOP_K)
         if not any(", like " in r for r in rec.reasons):
             continue
-        titles = [data.items[i].title for i in rec.items]
-        history = {t for h in ex.context for t in item_features(data.items[h], "music")}
-        plain = [next((f"Tagged {t}." for t in item_features(data.items[i], "music")
+        titles = [items[i].title for i in rec.items]
+        history = {t for h in ex.context for t in item_features(items[h], "music")}
+        plain = [next((f"Tagged {t}." for t in item_features(items[i], "music")
                        if t not in history), None) for i in rec.items]
         if None in plain:
             continue
@@ -202,6 +215,28 @@ def test_rubric_explainability_credits_linked_reasons_over_item_only_ones(data, 
         assert s_good > s_plain, (good, plain)
         compared += 1
     assert compared >= 3
+
+
+def test_a_longer_tag_of_the_item_is_not_read_as_the_shorter_tag_it_shares(tagged):
+    """"Tagged swedish metal." cites the item's own tag, which no history artist has: not the
+    "metal" it also shares with the history (found on the sample: it scored as linked)."""
+    from reclaif.data.features import shared_features
+    from reclaif.judge.explainability import reason_link
+
+    examples, items, _ = tagged
+    checked = 0
+    for ex in examples:
+        history = {t for h in ex.context for t in item_features(items[h], "music")}
+        for c in ex.candidates:
+            for feature, holders in shared_features(c, ex.context, items, "music"):
+                longer = next((t for t in item_features(items[c], "music") if t not in history
+                               and set(feature.split()) < set(t.split())), None)
+                if longer is None:
+                    continue
+                assert reason_link(f"Tagged {longer}.", c, ex, items, {*feature.split()}) is None
+                assert reason_link(f"{feature}, like {items[holders[0]].title}.", c, ex, items)
+                checked += 1
+    assert checked >= 5, checked
 
 
 @pytest.mark.parametrize("text,score", [

@@ -214,15 +214,54 @@ def overlap_text(candidate: str, history: Sequence[str], items: dict[str, Item],
 
 
 FIRST_SOURCES = ("SASRec", "BM25")  # the ranking sources annotate() writes "NAME #rank" for
+# The evidence figures, in the compact format and the old one (old run directories keep their
+# evidence files): "SASRec #3 12%" / "SASRec #3 (0.12)", "BM25 #1 (4.2)"; "5 listeners next" /
+# "follows your last artist for 5 listeners" (buyers, shoppers); "tags: a, b with X (0.42)" /
+# "tags: a, b". Case-insensitive, so a model's "sasrec #3" in a reason reads the same.
+_RANK_RE = re.compile(r"(?<!\w)(SASRec|BM25)\s*#\s*(\d+)(?![0-9])", re.I)
+_NEXT_RE = re.compile(rf"(?<!\w)(\d+)\s+(?:{'|'.join(_PEOPLE.values())})(?!\w)", re.I)
+_TAGS_RE = re.compile(r"^tags:\s*(.*?)(?:\s+with\s+.*\(\d+(?:\.\d+)?\))?$", re.I)
+
+
+@dataclass(frozen=True)
+class EvidenceFigures:
+    """What an evidence text (or a reason citing it) states: ranks as ("SASRec", 3) in the
+    order written, transition counts ("5 listeners next"), the tags it shows."""
+
+    ranks: tuple[tuple[str, int], ...] = ()
+    next_counts: tuple[int, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    @property
+    def claims(self) -> set[tuple[str, int]]:
+        """Every figure as a comparable pair: ("SASRec", 3), ("next", 5)."""
+        return set(self.ranks) | {("next", n) for n in self.next_counts}
+
+    def rank_text(self) -> str | None:
+        """The first rank as written in reasons ("SASRec #3"), or None."""
+        return f"{self.ranks[0][0]} #{self.ranks[0][1]}" if self.ranks else None
+
+
+def read_evidence(text: str) -> EvidenceFigures:
+    """The figures of one candidate's evidence text, as `annotate` writes it now or wrote it
+    before (see _RANK_RE); the one reader of evidence text, for teacher, judge and report."""
+    canon = {s.casefold(): s for s in FIRST_SOURCES}
+    tags = [t.strip() for part in text.split("; ") if (m := _TAGS_RE.match(part.strip()))
+            for t in m.group(1).split(",") if t.strip()]
+    return EvidenceFigures(
+        ranks=tuple((canon[m.group(1).casefold()], int(m.group(2)))
+                    for m in _RANK_RE.finditer(text)),
+        next_counts=tuple(int(m.group(1)) for m in _NEXT_RE.finditer(text)),
+        tags=tuple(tags))
 
 
 def evidence_first(evidence: dict[str, str]) -> str | None:
     """The candidate the evidence's first ranking source ranks #1, read back from the texts
     `annotate` wrote, in either format ("SASRec #1 57%", "SASRec #1 (0.57)"), so a finished
     run's evidence/eval.jsonl answers it with no model; None in names-only mode."""
+    read = {cand: read_evidence(text).ranks for cand, text in evidence.items()}
     for source in FIRST_SOURCES:
-        first = re.compile(rf"(?:^|; ){source} #1(?![0-9])")
-        for cand, text in evidence.items():
-            if first.search(text):
+        for cand, ranks in read.items():
+            if (source, 1) in ranks:
                 return cand
     return None

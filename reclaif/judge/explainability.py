@@ -25,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reclaif.config import ExplainabilityConfig, LLMSpec, choices
-from reclaif.data.features import distinctive_features, feature_idf, shared_features
+from reclaif.data.features import (distinctive_features, feature_idf, item_features,
+                                   shared_features)
 from reclaif.errors import ConfigError
+from reclaif.evidence.models import read_evidence
 from reclaif.llm.base import LLMClient
 from reclaif.records import Example, Item, Recommendation
 from reclaif.parsing import parse_recommendation
@@ -110,8 +112,6 @@ def catalog_words(items: dict[str, Item]) -> frozenset[str]:
 
 
 _VOCAB: dict = {}
-_CLAIM_RES = (re.compile(r"sasrec\s*#\s*(\d+)", re.I), re.compile(r"bm25\s*#\s*(\d+)", re.I),
-              re.compile(r"(\d+)\s+(?:listeners|buyers|shoppers)", re.I))
 
 
 def reason_credit(reason: str, item: Item | None, evidence: str, feature_words: set[str],
@@ -128,15 +128,14 @@ def reason_credit(reason: str, item: Item | None, evidence: str, feature_words: 
     title = content_words(item.title) if item is not None else set()
     if (words & vocab) - own - title - set(history_words):
         return 0.0
-    for rx in _CLAIM_RES:
-        claimed, true = set(rx.findall(reason)), set(rx.findall(evidence))
-        if claimed - true:
-            return 0.0
+    claimed = read_evidence(reason).claims
+    if claimed - read_evidence(evidence).claims:
+        return 0.0
     if link:
         return REASON_TIED_CREDIT
     if words & item_field_words(item):
         return REASON_PARTIAL_CREDIT
-    if evidence and any(rx.search(reason) for rx in _CLAIM_RES):
+    if evidence and claimed:
         return REASON_RANK_ONLY_CREDIT
     return 0.0
 
@@ -154,9 +153,12 @@ def _value_words(feature: str) -> set[str]:
 def _names(text: str, title: str, skip: set[str] | frozenset[str] = frozenset()) -> bool:
     """Whether `text` names the item titled `title`: a content word of the title (other than
     `skip`, the feature's own words), or the whole title as words ("BT", "Mú")."""
-    if (content_words(title) - set(skip)) & content_words(text):
-        return True
-    t = " ".join(title.casefold().split())
+    return bool((content_words(title) - set(skip)) & content_words(text)) or _says(text, title)
+
+
+def _says(text: str, phrase: str) -> bool:
+    """Whether `text` has `phrase` as whole words, case and spacing aside."""
+    t = " ".join(phrase.casefold().split())
     return bool(t) and re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text.casefold()) is not None
 
 
@@ -170,7 +172,6 @@ def catalog_idf(items: dict[str, Item], domain: str) -> dict[str, float]:
 
 
 _IDF: dict = {}
-_TRANSITION_RE = re.compile(r"follows your last \w+ for \d+", re.I)
 
 
 def reason_link(reason: str, candidate: str, example: Example, items: dict[str, Item],
@@ -187,16 +188,23 @@ def reason_link(reason: str, candidate: str, example: Example, items: dict[str, 
         hits = words & content_words(example.context) & own
         return f"query: {', '.join(sorted(hits))}" if hits else None
     shared = shared_features(candidate, example.context, items, example.domain)
+    own_features = item_features(item, example.domain)
     # the most specific reading first: "thrash metal" before "metal" when the reason says both
     for feature, holders in sorted(shared, key=lambda fh: -len(_value_words(fh[0]))):
         fw = _value_words(feature)
         if not fw or not fw <= words:
             continue
+        # "Tagged swedish metal." cites the item's own "swedish metal", not the "metal" it
+        # shares with the history: a longer feature of the item that the reason says whole
+        # is what its words mean.
+        if any(fw < _value_words(f) and _says(reason, f.split(": ", 1)[-1])
+               for f in own_features):
+            continue
         named = [h for h in holders if _names(reason, _title(h, items), fw)]
         if named or fw & set(key_feature_words):
             return f"{feature}: {', '.join(_title(h, items) for h in (named or holders)[:3])}"
     if example.context and "follow" in reason.lower() and \
-            _TRANSITION_RE.search(example.evidence.get(candidate, "")):
+            read_evidence(example.evidence.get(candidate, "")).next_counts:
         last = _title(example.context[-1], items)
         if _names(reason, last):
             return f"follows {last}"
