@@ -1,7 +1,7 @@
 """Item-to-item transitions: how many training users went from one item straight to another.
 
 The simplest collaborative signal of a next-item task, and one an LLM can read off a prompt line
-("follows your last artist for 14 listeners"). Scores back off over the last three history items
+("14 listeners next"). Scores back off over the last three history items
 (weights 1, 1/2, 1/4), each transition count divided by how often its source item was left at
 all, so a hub item's many successors do not drown a rarer item's few.
 """
