@@ -33,7 +33,12 @@ from reclaif.train.groups import (PADDING, collate_groups, encode_group, fused_s
                                   group_logps, pack_groups)
 from reclaif.train.losses import check_dpo_args, dpo_loss_grad, dpo_losses, sdpo_losses
 
-BETA, TOP_K, MAX_LEN, CHUNK = 0.5, 3, 200, 64
+# MAX_LEN: encode_group leaves a long prompt's answers max_length // 4 tokens, and the offline
+# teacher's answers take up to 128 (reclaif/teacher.py), so 4 x 128 keeps every answer whole.
+# Cut shorter, the answers end inside their ~50-token "Key Preferences" preamble, before the
+# ranking that tells them apart: a group of identical answers has an exactly zero S-DPO gradient
+# (the loss depends only on reward differences) and the gradient checks compare fp32 noise.
+BETA, TOP_K, MAX_LEN, CHUNK = 0.5, 3, 512, 64
 SIZES = [4, 2, 3]  # answers per group: groups of different sizes, rows of different lengths
 
 
@@ -124,7 +129,8 @@ def tokenizer(tiny_dir):
 
 def lastfm_groups(tokenizer, sizes: list[int]) -> list[list[dict]]:
     """Encoded groups from the bundled LastFM sample: chosen = the offline teacher's answer,
-    rejected = other orders of its ranking (reversed first)."""
+    rejected = other orders of its ranking (reversed first). Every answer is whole (see MAX_LEN),
+    so the answers of a group differ in the tokens the loss counts."""
     examples, items = load_examples("sample"), load_items("sample")
     teacher = OfflineTeacher(items, TOP_K)
     orders = [o for o in itertools.permutations(range(TOP_K))][::-1][:-1]  # no identity
@@ -133,7 +139,10 @@ def lastfm_groups(tokenizer, sizes: list[int]) -> list[list[dict]]:
         good = teacher.respond(e)
         answers = [good] + [_permuted(good, orders[j]) for j in range(n - 1)]
         assert len(set(answers)) == n
-        out.append(encode_group(tokenizer, render_recommender(e, items, TOP_K), answers, MAX_LEN))
+        rows = encode_group(tokenizer, render_recommender(e, items, TOP_K), answers, MAX_LEN)
+        whole = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers]
+        assert [sum(r["loss_mask"]) for r in rows] == whole, (e.id, whole, MAX_LEN)
+        out.append(rows)
     return out
 
 
@@ -183,20 +192,26 @@ def run_step(model, fn) -> tuple[float, dict, dict]:
     return loss.item(), {k: float(v) for k, v in metrics.items()}, grads
 
 
-def assert_same_step(a, b) -> None:
-    # Absolute tolerances: a reward is beta * (a sum of ~60 log-probs near -11 each, ~-650,
-    # less the reference), and fp32 holds such a sum to ~4e-5 whatever the order of its terms;
-    # the loss's derivative (a softmax of those rewards) scales every gradient, so they agree to
-    # ~2e-5 of their largest entry (measured), not to fp32's 1e-7. A leaked mask is off by far more.
+def assert_same_step(a, b, ref: torch.Tensor) -> None:
+    # Tolerances from fp32's spacing at the size of the sums both paths form: a reward is
+    # beta * (a sum of ~100 log-probs near -11 each, up to ~-1300, less the reference), summed
+    # in another order and with each token's log-softmax computed another way (chunked kernel vs
+    # log_softmax), so the two agree to about one fp32 spacing at that size (measured: 1.2e-4 on
+    # a log-prob sum near -1100; in float64 the two paths agree to 4e-14). Every gradient is
+    # scaled by the loss's derivative, a softmax of those rewards, so it carries the same
+    # relative error (measured: up to 1.4e-4 of a parameter's largest entry). 8 spacings leave
+    # room for both; a leaked mask is off by far more (test_an_answer_seeing_...).
+    # `ref`: the reference log-probs, the policy's own +- noise, so of the sums' size.
+    tol = 8 * BETA * torch.finfo(torch.float32).eps * ref.abs().max().item()
     (loss_a, m_a, g_a), (loss_b, m_b, g_b) = a, b
-    assert loss_a == pytest.approx(loss_b, abs=1e-4)
+    assert loss_a == pytest.approx(loss_b, abs=tol)
     for k in m_b:
-        assert m_a[k] == pytest.approx(m_b[k], rel=1e-6, abs=1e-4), k
+        assert m_a[k] == pytest.approx(m_b[k], rel=1e-6, abs=tol), k
     for n, g in g_b.items():
         scale = g.abs().max().item()
         assert scale > 0, n  # every parameter gets a gradient to compare
-        torch.testing.assert_close(g_a[n], g, rtol=1e-3, atol=1e-4 * scale,
-                                       msg=lambda m, n=n: f"{n}: {m}")
+        torch.testing.assert_close(g_a[n], g, rtol=1e-3, atol=tol * scale,
+                                   msg=lambda m, n=n: f"{n}: {m}")
 
 
 def reference(model, batch) -> torch.Tensor:
@@ -237,7 +252,8 @@ def test_packed_row_layout(batch):
     got = rows["labels"][2][rows["labels"][2] != -100]
     assert got.tolist() == a["input_ids"][2, P:P + lengths[2]].tolist()
     assert flat[rows["gather"][2, 1:len(got)]].tolist() == got[:-1].tolist()
-    assert (rows["gather"][5] // L == 1).all()  # row 5 is group 1's second answer
+    counted = rows["labels"][5] != -100  # answers of other lengths pad the rest
+    assert (rows["gather"][5][counted] // L == 1).all()  # row 5 is group 1's second answer
 
 
 def test_answers_with_different_prompts_are_refused(batch):
@@ -255,14 +271,15 @@ def test_sdpo_step_equals_plain_pytorch(tiny_dir, batch, attn):
     ref = reference(model, batch)
     got, want = run_step(model, fused(batch, ref)), run_step(model, plain(batch, ref))
     assert abs(want[1]["rewards/margins"]) > 1e-2  # a real loss, away from log N
-    assert_same_step(got, want)
+    assert_same_step(got, want, ref)
 
 
 def test_sdpo_with_gradient_checkpointing_equals_plain_pytorch(tiny_dir, batch):
     model = load_model(tiny_dir)
     ref = reference(model, batch)
     want = run_step(model, plain(batch, ref))
-    assert_same_step(run_step(load_model(tiny_dir, checkpointing=True), fused(batch, ref)), want)
+    assert_same_step(run_step(load_model(tiny_dir, checkpointing=True), fused(batch, ref)), want,
+                     ref)
 
 
 def test_reference_pass_is_the_plain_log_probs(tiny_dir, batch):
@@ -290,7 +307,7 @@ def test_an_answer_seeing_another_answer_breaks_the_equality(tiny_dir, batch, mo
     monkeypatch.setattr(groups_mod, "shared_prompt_mask", leaky)
     leaked = run_step(model, fused(batch, ref))
     with pytest.raises(AssertionError):
-        assert_same_step(leaked, want)
+        assert_same_step(leaked, want, ref)
     assert leaked[1]["rewards/rejected"] != pytest.approx(want[1]["rewards/rejected"], rel=1e-3)
     assert leaked[1]["rewards/chosen"] == pytest.approx(want[1]["rewards/chosen"], abs=1e-4)
 
@@ -308,7 +325,7 @@ def test_two_answers_per_group_is_the_pairwise_sigmoid_dpo_step(tiny_dir, tokeni
         m, pairs["chosen"], pairs["rejected"], ref[0::2], ref[1::2], BETA, "sigmoid",
         chunk_size=CHUNK, kernel="torch", shared_prompt=shared))
     assert abs(want[1]["rewards/margins"]) > 1e-2
-    assert_same_step(got, want)
+    assert_same_step(got, want, ref)
 
 
 def test_encode_group_gives_every_answer_the_same_prompt(tokenizer, batch):
