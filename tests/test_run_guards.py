@@ -138,3 +138,49 @@ def test_a_huge_title_is_cut_in_the_prompt():
     items = {"x": Item(id="x", title="La " * 40_000, fields={})}
     shown = display_item("x", items, "music")
     assert len(shown) == MAX_TITLE_CHARS and shown.endswith("…")
+
+
+def test_model_output_cannot_close_its_fence_or_reach_the_report_raw(tmp_path):
+    from reclaif.pipeline.report import write_report
+
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    nasty = "```\n# Injected heading\n<script>alert(1)</script>\x1b]0;title\x07\x1b[2Jdone ````"
+    for stage in ("sft", "iter-001"):
+        _eval_json(tmp_path / stage, 0.5)
+        (tmp_path / stage / "predictions.jsonl").write_text(json.dumps(
+            {"id": "a", "items": [], "valid": False, "raw_text": nasty}) + "\n")
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "\x1b" not in md and "\x07" not in md
+    block = md.split("**SFT:**\n\n", 1)[1]
+    fence = block.split("\n", 1)[0]
+    assert set(fence) == {"`"} and len(fence) == 5  # longer than the answer's ```` run
+    body = block.split("\n", 1)[1].split("\n" + fence + "\n", 1)[0]
+    assert "# Injected heading" in body  # inside the fence, as text
+    html = (tmp_path / "report.html").read_text()
+    assert "<script>alert" not in html and "\x1b" not in html
+
+
+def test_audit_refuses_a_choice_that_is_not_a_b_or_tie(tmp_path):
+    from reclaif.errors import DataError
+    from reclaif.judge.audit import read_rows
+
+    f = tmp_path / "verdicts.jsonl"
+    f.write_text(json.dumps({"example_id": "x", "verdict": {"choice": "zzz"}}) + "\n")
+    with pytest.raises(DataError, match=r"row 1: verdict choice 'zzz'"):
+        read_rows(f)
+
+
+def test_a_first_start_on_bad_input_freezes_nothing(tmp_path):
+    from reclaif.pipeline.driver import Driver
+
+    run = tmp_path / "run"
+    junk = tmp_path / "passwd"  # a file that exists but is no dataset (the probe: /etc/passwd)
+    junk.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    bad = load_config(ROOT / "configs/quickstart.yaml", [f"data.path={junk}"])
+    with pytest.raises(ReclaifError):
+        Driver(bad, run)
+    assert not (run / "config.yaml").exists() and not (run / "manifest.json").exists()
+    good = load_config(ROOT / "configs/quickstart.yaml")
+    Driver(good, run)  # the corrected rerun starts (it would be "another config" otherwise)
+    assert (run / "config.yaml").exists()

@@ -11,7 +11,6 @@ import importlib.util
 import itertools
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from reclaif.bench.peer import reordered
 from reclaif.config import load_config
 from reclaif.data import load_examples, load_items
 from reclaif.llm.models import build_tiny_model, load_tokenizer
@@ -107,16 +107,6 @@ def test_pairwise_paths_refuse_sdpo_by_name():
 
 # ---------------------------------------------------------------- real groups, tiny model
 
-def _permuted(answer: str, order: tuple[int, ...]) -> str:
-    """The answer with its numbered items in `order`, renumbered: same words, another ranking."""
-    lines = answer.split("\n")
-    at = [i for i, line in enumerate(lines) if re.match(r"\d+\. ", line)]
-    items = [re.sub(r"^\d+\. ", "", lines[i]) for i in at]
-    for k, (i, j) in enumerate(zip(at, order), 1):
-        lines[i] = f"{k}. {items[j]}"
-    return "\n".join(lines)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("sdpo") / "tiny", tie=False)
@@ -137,7 +127,7 @@ def lastfm_groups(tokenizer, sizes: list[int]) -> list[list[dict]]:
     out = []
     for e, n in zip(examples, sizes):
         good = teacher.respond(e)
-        answers = [good] + [_permuted(good, orders[j]) for j in range(n - 1)]
+        answers = [good] + [reordered(good, orders[j]) for j in range(n - 1)]
         assert len(set(answers)) == n
         rows = encode_group(tokenizer, render_recommender(e, items, TOP_K), answers, MAX_LEN)
         whole = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers]

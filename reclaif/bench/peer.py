@@ -34,8 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
 from reclaif.config import DPOConfig, shares_prompt
 from reclaif.data import load_examples, load_items
 from reclaif.errors import ConfigError
@@ -48,15 +50,21 @@ from reclaif.teacher import OfflineTeacher
 SIDES = ("reclaif", "trl")
 
 
-def _reversed_ranking(answer: str) -> str:
-    """The answer with its numbered items in reverse order, renumbered: the same words and
-    length, the ranking the teacher would rate worst."""
+def reordered(answer: str, order: Sequence[int]) -> str:
+    """The answer with its numbered items in `order` (indices into its list), renumbered: the
+    same words and length, another ranking. The benches' and tests' rejected answers."""
     lines = answer.split("\n")
     at = [i for i, line in enumerate(lines) if re.match(r"\d+\. ", line)]
-    items = [re.sub(r"^\d+\. ", "", lines[i]) for i in at][::-1]
-    for k, (i, text) in enumerate(zip(at, items), 1):
-        lines[i] = f"{k}. {text}"
+    items = [re.sub(r"^\d+\. ", "", lines[i]) for i in at]
+    for k, (i, j) in enumerate(zip(at, order), 1):
+        lines[i] = f"{k}. {items[j]}"
     return "\n".join(lines)
+
+
+def _reversed_ranking(answer: str) -> str:
+    """The ranking the teacher would rate worst: its items in reverse order."""
+    n = sum(1 for line in answer.split("\n") if re.match(r"\d+\. ", line))
+    return reordered(answer, range(n - 1, -1, -1))
 
 
 def lastfm_pairs(count: int, top_k: int = 5) -> list:

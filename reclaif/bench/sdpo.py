@@ -22,13 +22,13 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import re
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from reclaif.bench.peer import reordered
 from reclaif.data import load_examples, load_items
 from reclaif.errors import ConfigError
 from reclaif.llm.models import build_tiny_model, default_model_dir, load_tokenizer
@@ -41,16 +41,6 @@ from reclaif.train.groups import collate_groups, encode_group, fused_sdpo_loss, 
 ANSWERS, TOP_K, BETA = 4, 5, 0.1
 
 
-def _reordered(answer: str, order: tuple[int, ...]) -> str:
-    """The answer with its numbered items in `order`, renumbered: same words, another ranking."""
-    lines = answer.split("\n")
-    at = [i for i, line in enumerate(lines) if re.match(r"\d+\. ", line)]
-    items = [re.sub(r"^\d+\. ", "", lines[i]) for i in at]
-    for k, (i, j) in enumerate(zip(at, order), 1):
-        lines[i] = f"{k}. {items[j]}"
-    return "\n".join(lines)
-
-
 def lastfm_groups(tokenizer, count: int, max_length: int) -> list[list[dict]]:
     """`count` encoded groups of ANSWERS answers from the bundled LastFM sample (chosen first)."""
     examples, items = load_examples("sample"), load_items("sample")
@@ -59,7 +49,7 @@ def lastfm_groups(tokenizer, count: int, max_length: int) -> list[list[dict]]:
     out = []
     for e in examples[:count]:
         good = teacher.respond(e)
-        answers = [good] + [_reordered(good, o) for o in orders]
+        answers = [good] + [reordered(good, o) for o in orders]
         out.append(encode_group(tokenizer, render_recommender(e, items, TOP_K), answers,
                                 max_length))
     return out

@@ -112,6 +112,11 @@ def read_rows(path: str | Path) -> list[dict]:
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise DataError(f"{path}: row {n}: expected an object, got {type(row).__name__}")
+        verdict = row.get("verdict")
+        if isinstance(verdict, dict) and verdict.get("choice") not in ("a", "b", "tie"):
+            # counted as neither a, b nor tie, it would vanish from every rate unseen
+            raise DataError(f"{path}: row {n}: verdict choice {verdict.get('choice')!r} is not "
+                            "'a', 'b' or 'tie'")
     return rows
 
 

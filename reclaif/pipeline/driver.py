@@ -95,10 +95,13 @@ def run_splits(cfg: RunConfig) -> RunSplits:
 class Driver:
     def __init__(self, cfg: RunConfig, run_dir: str | Path) -> None:
         self.store = RunStore(run_dir)
-        self.cfg = self.store.freeze_config(cfg)
-        self.data_path = resolve_data_dir(self.cfg.data.path)
+        # The inputs are read before the config is frozen: a first start that fails on bad
+        # input (a wrong data.path) leaves nothing behind, so its corrected rerun is not
+        # refused as "another config".
+        self.data_path = resolve_data_dir(cfg.data.path)
         self.items = load_items(self.data_path)
-        splits = run_splits(self.cfg)
+        splits = run_splits(cfg)
+        self.cfg = self.store.freeze_config(cfg)
         self.train, self.eval, self.held_out = splits.train, splits.evaluation, splits.held
         self.windows = splits.windows
         self.top_k = self.cfg.data.top_k

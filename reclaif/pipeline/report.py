@@ -11,11 +11,13 @@ import base64
 import html
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 from reclaif.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from reclaif.errors import ReclaifError
+from reclaif.logs import terminal_safe
 from reclaif.pipeline.explanations import (EvalContext, eval_context, example_lines,
                                            share_lines)
 from reclaif.run_layout import BASE, SFT, is_iteration, iteration_dirs, iteration_of
@@ -303,8 +305,10 @@ def _examples(run_dir: Path, n: int) -> list[dict[str, str]]:
     a = {r.get("id"): r for r in read_jsonl(fa) if isinstance(r, dict)}
     b = {r.get("id"): r for r in read_jsonl(fb) if isinstance(r, dict)}
     ids = [i for i in a if i is not None and i in b][:n]
-    return [{"id": i, first: str(a[i].get("raw_text", "")), last: str(b[i].get("raw_text", ""))}
-            for i in ids]
+    # model output and ids are outside data: no terminal escapes or controls reach the report
+    return [{"id": " ".join(terminal_safe(str(i)).split()),
+             first: terminal_safe(str(a[i].get("raw_text", ""))),
+             last: terminal_safe(str(b[i].get("raw_text", "")))} for i in ids]
 
 
 def _descriptions(run_dir: Path) -> list[str]:
@@ -366,7 +370,10 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
         keys = [k for k in ex if k != "id"]
         md += [f"## Example {ex['id']}", ""]
         for k in keys:
-            md += [f"**{_label(k)}:**", "", "```", ex[k].strip(), "```", ""]
+            text = ex[k].strip()
+            # a fence longer than any backtick run inside: model output cannot close it
+            fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
+            md += [f"**{_label(k)}:**", "", fence, text, fence, ""]
     atomic_write_text(run_dir / "report.md", "\n".join(md))
 
     def table_html(h: list[str], rs: list[list[str]]) -> str:
