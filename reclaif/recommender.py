@@ -46,6 +46,23 @@ class Recommender:
         return [fit_candidates(ex, self.items, self.top_k, self.client.prompt_tokens, budget)
                 for ex in examples]
 
+    def check_context(self, examples: list[Example], prompts: list[str],
+                      max_new_tokens: int) -> None:
+        """Refuses a prompt that, with its answer, overflows the model's context, before any
+        generation (10,000 candidates once made a 79k-token prompt for an 8k model that ran on
+        for minutes), naming the example and what to cut. Sampling fits its prompts first
+        (`fit`); evaluation and `reclaif recommend` must not lose candidates silently."""
+        limit = self.client.context_length()
+        if not limit or self.client.prompt_tokens("") is None:
+            return  # a remote endpoint: it counts and refuses itself
+        for ex, prompt in zip(examples, prompts):
+            n = self.client.prompt_tokens(prompt)
+            if n + max_new_tokens > limit:
+                raise ReclaifError(
+                    f"example {ex.id}: its prompt is {n:,} tokens and its answer may take "
+                    f"{max_new_tokens}, over the model's {limit:,}-token context; give fewer "
+                    f"candidates ({len(ex.candidates):,} now) or a shorter history or query")
+
     def parse(self, text: str, example: Example) -> Recommendation:
         return parse_recommendation(text, example, self.items, self.top_k)
 
@@ -55,7 +72,9 @@ class Recommender:
         """`n` parsed recommendations per example, in the examples' order."""
         if not examples:
             return []
-        texts = self.client.generate(self.prompts(examples), n=n, temperature=temperature,
+        prompts = self.prompts(examples)
+        self.check_context(examples, prompts, max_new_tokens)
+        texts = self.client.generate(prompts, n=n, temperature=temperature,
                                      top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         if len(texts) != len(examples):
             raise ReclaifError(f"client returned {len(texts)} answer lists for "

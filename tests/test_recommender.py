@@ -140,3 +140,17 @@ def test_recommend_reaches_an_openai_compatible_endpoint_and_prints_no_escapes(c
             assert not set(out) & {"\x1b", "\x07", "\x9b"}, repr(out)
             assert "x" in out and "pwned" not in out or extra
         assert server.requests[0][0] == "/v1/chat/completions"
+
+
+def test_a_prompt_over_the_models_context_is_refused_before_generating(tmp_path: Path, capsys):
+    import time
+
+    ckpt = build_tiny_model(tmp_path / "ckpt", tie=False)  # 2,048 positions
+    capsys.readouterr()
+    many = "; ".join(f"Artist number {i}" for i in range(2_000))
+    t0 = time.monotonic()
+    rc = main(["recommend", "--model", str(ckpt), "--history", "Depeche Mode; No Doubt",
+               "--candidates", many, "--max-new-tokens", "8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "over the model's 2,048-token context" in err
+    assert "give fewer candidates (2,000 now)" in err and time.monotonic() - t0 < 60
