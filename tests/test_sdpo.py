@@ -187,7 +187,7 @@ def assert_same_step(a, b, ref: torch.Tensor) -> None:
     # beta * (a sum of ~100 log-probs near -11 each, up to ~-1300, less the reference), summed
     # in another order and with each token's log-softmax computed another way (chunked kernel vs
     # log_softmax), so the two agree to about one fp32 spacing at that size (measured: 1.2e-4 on
-    # a log-prob sum near -1100; in float64 the two paths agree to 4e-14). Every gradient is
+    # a log-prob sum near -1100; in float64 the two paths agree to 4e-13). Every gradient is
     # scaled by the loss's derivative, a softmax of those rewards, so it carries the same
     # relative error (measured: up to 1.4e-4 of a parameter's largest entry). 8 spacings leave
     # room for both; a leaked mask is off by far more (test_an_answer_seeing_...).
