@@ -49,7 +49,7 @@ def peer(tmp_path_factory):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in ref.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
     return {"tok": tok, "pairs": pairs, "policy": policy, "ref": ref,
             "encoded": encode_pairs(tok, pairs, MAX_LENGTH), "tmp": tmp_path_factory.mktemp("trl")}
 

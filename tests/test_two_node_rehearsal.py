@@ -212,7 +212,7 @@ def test_two_node_rehearsal_ray_cluster_and_torchrun_zero3(tmp_path):
             "ray.shard_size=2", "sampling.max_new_tokens=16", "eval.max_new_tokens=16",
             "sft.enabled=false", "dpo.iterations=1", "dpo.epochs=1", "dpo.engine=deepspeed",
             "dpo.deepspeed_config=configs/deepspeed/zero3_cpu.json", "dpo.batch_size=1",
-            "dpo.max_length=512", "dpo.save_every_steps=0", "launch.mode=command",
+            "dpo.max_length=640", "dpo.save_every_steps=0", "launch.mode=command",
             # fp32, not the quickstart's bf16
             "recommender.dtype=float32", "sft.bf16=false", "dpo.bf16=false",
             f"launch.template={template}"]
