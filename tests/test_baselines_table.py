@@ -187,7 +187,7 @@ def test_limit_takes_the_first_examples_that_pass_the_held_out_check(lastfm_dirs
 def run_checkpoint(repo_root: Path, tmp_path_factory) -> Path:
     """A tiny random model laid out as a run's checkpoint (runs/NAME/iter-002/checkpoint), the
     run trained on the bundled sample's 'train' split as the quickstart config says."""
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.llm.models import build_tiny_model
     from reclaif.pipeline.store import RunStore
 

@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 from reclaif.atomic import atomic_write_json, read_jsonl
-from reclaif.config import RunConfig, load_config
+from reclaif.config import RunConfig
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError, DataError
 from reclaif.pipeline.store import RunStore
 
@@ -194,7 +195,7 @@ def test_num_samples_other_than_two_is_refused(n):
 
 def test_a_frozen_config_with_the_retired_data_seed_still_loads(tmp_path):
     from reclaif.atomic import atomic_write_text
-    from reclaif.config import dump_config
+    from reclaif.config_load import dump_config
 
     text = dump_config(load_config(None, [])).replace("data:\n", "data:\n  seed: 7\n")
     assert "seed: 7" in text

@@ -12,7 +12,7 @@ import pytest
 LAYERS: list[set[str]] = [
     {"errors", "records", "faults", "run_layout"},
     {"atomic", "config", "logs"},
-    {"data"},
+    {"config_load", "data"},
     {"prompts", "parsing"},
     {"llm"},
     {"metrics"},

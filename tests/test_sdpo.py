@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from reclaif.bench.peer import reordered
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.data import load_examples, load_items
 from reclaif.llm.models import build_tiny_model, load_tokenizer
 from reclaif.prompts import render_recommender

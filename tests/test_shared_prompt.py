@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reclaif.config import load_config, shares_prompt
+from reclaif.config import shares_prompt
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError
 from reclaif.train import fused_dpo
 from reclaif.train.data import CHOSEN, PADDING, PROMPT, REJECTED, collate_pairs, share_prompt

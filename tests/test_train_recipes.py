@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_run import make_run_dir  # noqa: E402
 
 from reclaif.atomic import read_jsonl
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.llm.models import build_tiny_model, load_tokenizer
 from reclaif.train import loop, session
 from reclaif.train.data import BatchPlan, encode_sft, pad_batch

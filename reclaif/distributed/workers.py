@@ -11,7 +11,8 @@ from typing import Any
 
 from reclaif.distributed.pool import PoolWorker
 from reclaif.faults import maybe_fail
-from reclaif.config import JudgeConfig, LLMSpec, from_dict
+from reclaif.config import JudgeConfig, LLMSpec
+from reclaif.config_load import from_dict
 from reclaif.data import load_items
 from reclaif.judge import make_judge
 from reclaif.llm import make_client

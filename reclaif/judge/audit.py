@@ -30,7 +30,7 @@ from pathlib import Path
 from reclaif.errors import ConfigError, DataError
 from reclaif.records import Example, Item, Verdict
 from reclaif.atomic import read_jsonl
-from reclaif.config import load_yaml, read_config_text
+from reclaif.config_load import load_yaml, read_config_text
 from reclaif.data import load_examples, load_items
 from reclaif.judge.links import explanation_shares
 from reclaif.metrics.relevance import ndcg_at_k

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from reclaif.atomic import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
-from reclaif.config import RunConfig, load_config, to_dict
+from reclaif.config import RunConfig
+from reclaif.config_load import load_config, to_dict
 from reclaif.data import load_examples, load_items, resolve_data_dir
 from reclaif.data.heldout import HeldOut, check_held_out
 from reclaif.data.interactions import fit_windows

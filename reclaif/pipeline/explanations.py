@@ -35,7 +35,7 @@ def eval_context(run_dir: Path) -> EvalContext | None:
     cfg_file = Path(run_dir) / "config.yaml"
     if not cfg_file.is_file():
         return None
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.data import load_examples, load_items, resolve_data_dir
 
     try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from reclaif.config import RunConfig, load_config
+from reclaif.config import RunConfig
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError
 from reclaif.pipeline.store import RunStore
 
