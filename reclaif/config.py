@@ -397,8 +397,6 @@ def help_of(section: type, name: str) -> str:
     raise KeyError(f"{section.__name__} has no field {name!r}")
 
 
-
-
 def validate(cfg: RunConfig) -> None:
     """The rules across fields, once every field has passed its own checks (config_load)."""
     if cfg.sampling.num_samples != 2:

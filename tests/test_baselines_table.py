@@ -123,7 +123,7 @@ def test_run_directory_rows_join_the_table(beauty_dirs, tmp_path, capsys):
 def test_llm_method_ranks_through_the_recommender(real_data, tmp_path, capsys, monkeypatch):
     """llm:NAME goes through Recommender + parse_recommendation; a stand-in client answers
     with the target first for every other prompt and with nonsense otherwise."""
-    import reclaif.llm
+    from reclaif.comparison import llm_ranker
     from reclaif.data import load_examples, load_items
     from reclaif.llm.base import LLMClient
 
@@ -146,7 +146,7 @@ def test_llm_method_ranks_through_the_recommender(real_data, tmp_path, capsys, m
                     if good else "I cannot help with that."] * n)
             return out
 
-    monkeypatch.setattr(reclaif.llm, "make_client", lambda spec: Client())
+    monkeypatch.setattr(llm_ranker, "make_client", lambda spec: Client())
     out = tmp_path / "t.json"
     rc, text, _ = run_eval(capsys, "--examples", str(d), "--methods", "llm:stand-in",
                            "--no-diversity", "--out", str(out))

@@ -60,7 +60,9 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _run_of(name: str) -> Callable[..., int]:
-    # imported here: each benchmark imports torch at its top (peer also TRL, when it runs)
+    # imported here, the one benchmark asked for: each imports torch at its top (peer also TRL,
+    # when it runs), and the benchmarks are the layer above the CLI that only this handler loads
+    # (docs/ARCHITECTURE.md, "Import layering")
     if name == "logprobs":
         from reclaif.bench.logprobs import run
     elif name == "sampling":

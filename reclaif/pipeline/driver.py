@@ -416,11 +416,11 @@ class Driver:
         maybe_fail(f"{phase}:start")
         if self.cfg.launch.mode == "inprocess":
             if phase == "sft":
-                from reclaif.train.sft import run_sft
+                from reclaif.train.sft import run_sft  # torch: only in the process that trains
 
                 metrics = run_sft(self.cfg, self.store.root)
             else:
-                from reclaif.train.dpo import run_dpo
+                from reclaif.train.dpo import run_dpo  # torch: only in the process that trains
 
                 metrics = run_dpo(self.cfg, self.store.root, i)
         else:
@@ -433,7 +433,7 @@ class Driver:
         self._timed(key, t0)
 
     def _launch(self, phase: str, i: int) -> dict:
-        from reclaif.train.checkpoint import latest_train_state
+        from reclaif.train.checkpoint import latest_train_state  # torch: only when launching
 
         log_path = self.store.train_log(phase, i)  # run_launch makes logs/
         argv = render_launch(self.cfg.launch.template, phase=phase, run_dir=str(self.store.root),

@@ -17,10 +17,15 @@ from typing import Any
 
 from reclaif.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from reclaif.errors import ReclaifError
+from reclaif.evidence.models import evidence_first
+from reclaif.judge import RUBRIC_DESCRIPTION
 from reclaif.logs import terminal_safe
+from reclaif.metrics.evaluate import bootstrap_ci, paired_bootstrap_ci
 from reclaif.pipeline.explanations import (EvalContext, eval_context, example_lines,
                                            share_lines)
+from reclaif.pipeline.store import RunStore
 from reclaif.run_layout import BASE, SFT, is_iteration, iteration_dirs, iteration_of
+from reclaif.teacher import TEACHER_DESCRIPTION
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +102,6 @@ def _values(result: dict, key: str) -> list[float] | None:
 
 
 def _ci(result: dict, key: str) -> tuple[float, float] | None:
-    from reclaif.metrics.evaluate import bootstrap_ci
-
     values = _values(result, key)
     return bootstrap_ci(values, BOOTSTRAP) if values else None
 
@@ -146,8 +149,6 @@ def table_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
 def paired_lines(run_dir: Path) -> list[str]:
     """The last iteration against SFT (and against base without SFT) on the same examples:
     mean difference and its paired 95% bootstrap interval, per ranking metric."""
-    from reclaif.metrics.evaluate import paired_bootstrap_ci
-
     st = dict(stages(Path(run_dir)))
     iters = sorted(k for k in st if is_iteration(k))
     ref = "sft" if "sft" in st else "base"
@@ -180,8 +181,6 @@ def agreement_lines(run_dir: Path) -> list[str]:
     """How often each LLM stage's first pick is the evidence's #1 (hybrid runs): a reranker
     that only copies its first stage can match it, never beat it. Where the two differ, how
     often each was right (hit@1 of the stage and of the evidence's own row)."""
-    from reclaif.evidence.models import evidence_first
-
     run_dir = Path(run_dir)
     f = run_dir / "evidence" / "eval.jsonl"
     if not f.is_file():
@@ -314,19 +313,12 @@ def _examples(run_dir: Path, n: int) -> list[dict[str, str]]:
 def _descriptions(run_dir: Path) -> list[str]:
     cfg = _config_text(run_dir)
     notes = []
-    try:
-        from reclaif.judge import RUBRIC_DESCRIPTION
-        from reclaif.teacher import TEACHER_DESCRIPTION
-    except ImportError:
-        return notes
     if "kind: offline" in cfg:
         notes.append("**Teacher (data-derived):** " + TEACHER_DESCRIPTION)
     if "kind: rubric" in cfg:
         notes.append("**Judge (data-derived rubric):** " + RUBRIC_DESCRIPTION)
     manifest = run_dir / "manifest.json"
     if manifest.is_file():
-        from reclaif.pipeline.store import RunStore
-
         entry = RunStore(run_dir).manifest()["phases"].get("evidence")  # damaged: one line
         if entry:
             notes.append(f"**Hybrid mode (evidence in the prompt):** {entry.get('description')} "
