@@ -92,11 +92,15 @@ class LLMSpec:
 
 @dataclass
 class SamplingConfig:
-    temperature: float = _f(1.0, "Sampling temperature T for the two answers per prompt (paper: high T).")
+    temperature: float = _f(1.0, "Sampling temperature T of the answers per prompt (paper: high T).")
     top_p: float = _f(0.95, "Nucleus threshold p.")
     max_new_tokens: int = _f(256, "Longest answer, in tokens.")
-    num_samples: int = _f(2, "Answers sampled per prompt: 2, the pair the judge compares (as the "
-                          "paper samples); read by the plan and the sampling bench.")
+    num_samples: int = _f(2, "Answers sampled per prompt, 2 to 8, in one prefill. 2: the pair the "
+                          "judge compares (as the paper samples; pairs.jsonl). More: the judge "
+                          "ranks the group (rubric: by its scores; llm and panel: pairwise in "
+                          "both orders, all pairs up to 4 answers, a knockout tournament above) "
+                          "and iter-NNN/groups.jsonl holds its top answer and every answer it "
+                          "beat; pairs.jsonl then holds the top against each of them.")
     max_prompts: int = _f(0, "Training prompts sampled per iteration (0 = all); iteration i "
                           "takes the next slice, wrapping around, so iterations see new prompts.")
 
@@ -222,7 +226,13 @@ class SFTConfig(TrainConfig):
 class DPOConfig(TrainConfig):
     iterations: int = _f(2, "DPO iterations (sample → judge → train), paper: up to 4.")
     beta: float = _f(0.1, "DPO beta (Eq. 2).")
-    loss_type: LossType = _f("sigmoid", "sigmoid (paper Eq. 2), ipo, hinge, or sdpo (S-DPO's softmax over several rejected answers; reclaif.train.groups, not yet run by the trainer).")
+    loss_type: LossType = _f("sigmoid", "sigmoid (paper Eq. 2), ipo, hinge, or sdpo (S-DPO, Chen et "
+                             "al. 2024: a softmax over a group's rejected answers, trained on "
+                             "groups.jsonl, each group one row [prompt | chosen | rejected...]; "
+                             "at sampling.num_samples 2 it reads pairs.jsonl and equals sigmoid). "
+                             "With num_samples > 2 the pairwise losses train the top answer "
+                             "against each answer it beat, as pairs: the same judged answers as "
+                             "sdpo, so the two losses compare on the same data.")
     label_smoothing: float = _f(0.0, "cDPO label smoothing (sigmoid loss only).")
     rpo_alpha: float = _f(0.0, "RPO (Pang et al. 2024; TRL's loss_type [sigmoid, sft]): adds "
                           "rpo_alpha x the chosen answers' mean per-token NLL to the DPO loss, "
@@ -538,6 +548,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_ITERATIONS = 999  # stage names hold three digits (run_layout.stage_name)
+MAX_SAMPLES = 8  # answers per prompt (sampling.num_samples)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -568,10 +579,14 @@ def validate(cfg: RunConfig) -> None:
                           f"{MAX_ITERATIONS}; the paper runs up to 4")
     if not 0 < cfg.sampling.top_p <= 1:
         raise ConfigError(f"sampling.top_p: {cfg.sampling.top_p} must be in (0, 1]")
-    if cfg.sampling.num_samples != 2:
-        # The judge compares one pair per prompt: a third answer would be sampled and dropped.
-        raise ConfigError(f"sampling.num_samples: {cfg.sampling.num_samples}, but the judge "
-                          f"compares exactly 2 answers per prompt; set it to 2")
+    if not 2 <= cfg.sampling.num_samples <= MAX_SAMPLES:
+        # One answer leaves the judge nothing to compare; past 8 the all-pairs judging and the
+        # packed group row grow faster than what S-DPO reports gaining from more negatives.
+        raise ConfigError(f"sampling.num_samples: {cfg.sampling.num_samples} must be in "
+                          f"[2, {MAX_SAMPLES}]: the judge compares or ranks 2 to "
+                          f"{MAX_SAMPLES} answers per prompt")
+    if cfg.dpo.loss_type == "sdpo":
+        _validate_sdpo(cfg)
     for key, spec in (("recommender", cfg.recommender), ("teacher.llm", cfg.teacher.llm),
                       ("judge.llm", cfg.judge.llm), ("explainability.llm", cfg.explainability.llm)):
         if not 0 < spec.gpu_memory_utilization <= 1:
@@ -647,6 +662,22 @@ def validate(cfg: RunConfig) -> None:
     if cfg.dpo.label_smoothing >= 0.5:
         raise ConfigError(f"dpo.label_smoothing: {cfg.dpo.label_smoothing} must be below 0.5")
     _validate_evidence(cfg.evidence)
+
+
+def _validate_sdpo(cfg: RunConfig) -> None:
+    """S-DPO packs a group as one row under a 4D mask (reclaif.train.groups): no separate rows,
+    no flash-attention 2; cDPO's label smoothing is a pairwise sigmoid's."""
+    d = cfg.dpo
+    if d.prompt_forward == "separate":
+        raise ConfigError("dpo.prompt_forward: 'separate' with dpo.loss_type sdpo; a group runs "
+                          "as one row [prompt | chosen | rejected...], use auto or shared")
+    if cfg.recommender.attn_implementation == "flash_attention_2":
+        raise ConfigError("recommender.attn_implementation: flash_attention_2 takes no 4D "
+                          "attention mask, which dpo.loss_type sdpo packs each group under; use "
+                          "sdpa or eager")
+    if d.label_smoothing:
+        raise ConfigError(f"dpo.label_smoothing: {d.label_smoothing} with dpo.loss_type sdpo; "
+                          "cDPO applies to the sigmoid loss only")
 
 
 def _validate_evidence(ev: EvidenceConfig) -> None:
