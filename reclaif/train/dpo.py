@@ -1,11 +1,12 @@
 """DPO recipe (paper Eq. 2; IPO, hinge and cDPO by config; S-DPO) for one iteration of RecLAIF.
 
-Reads RUN/iter-NNN/pairs.jsonl (PreferencePair rows; with dpo.loss_type sdpo, the answer groups
-of reclaif.train.sdpo.load_groups) and ref_logps.jsonl, computing the latter
-first when it is absent (the reference is the SFT model or the previous iteration's, by
-`dpo.reference`); the policy starts from the previous checkpoint. The DPO loss is fused into the
-log-prob kernel (S-DPO's: one packed row per group, reclaif.train.groups). Writes iter-NNN/checkpoint/, iter-NNN/train_metrics.json (loss, reward accuracy
-and margins, tokens/s, steps), curves under RUN/tb/iter-NNN, and train_state/step-N.
+Reads RUN/iter-NNN/pairs.jsonl (PreferencePair rows; with dpo.loss_type sdpo, the answer
+groups of reclaif.train.sdpo.load_groups) and ref_logps.jsonl, computing the latter first when it
+is absent (the reference is the SFT model or the previous iteration's, by `dpo.reference`); the
+policy starts from the previous checkpoint. The DPO loss is fused into the log-prob kernel
+(S-DPO's runs each group as one packed row, reclaif.train.groups). Writes iter-NNN/checkpoint/,
+iter-NNN/train_metrics.json (loss, reward accuracy and margins, tokens/s, steps), curves under
+RUN/tb/iter-NNN, and train_state/step-N.
 """
 from __future__ import annotations
 
