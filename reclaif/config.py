@@ -140,12 +140,19 @@ class LLMSpec:
 
 @dataclass
 class SamplingConfig:
-    temperature: float = _f(1.0, "Sampling temperature T for the two answers per prompt (paper: "
-                            "high T).", ge=0)
+    temperature: float = _f(1.0, "Sampling temperature T of the answers per prompt (paper: high T).",
+                            ge=0)
     top_p: float = _f(0.95, "Nucleus threshold p.", gt=0, le=1)
     max_new_tokens: int = _f(256, "Longest answer, in tokens.", ge=1)
-    num_samples: int = _f(2, "Answers sampled per prompt: 2, the pair the judge compares (as the "
-                          "paper samples); read by the plan and the sampling bench.")
+    num_samples: int = _f(2, "Answers sampled per prompt, 2 to 8, in one prefill. 2: the pair the "
+                          "judge compares (as the paper samples; pairs.jsonl). More: the judge "
+                          "ranks the group (rubric: by its scores; llm and panel: pairwise in "
+                          "both orders, all pairs up to 4 answers, a knockout tournament above) "
+                          "and iter-NNN/groups.jsonl holds its top answer and every answer it "
+                          "beat; pairs.jsonl then holds the top against each of them.",
+                          ge=2, le=8, why="one answer leaves the judge nothing to compare; "
+                          "past 8 all-pairs judging and the packed group row grow faster than "
+                          "what S-DPO reports gaining from more negatives")
     max_prompts: int = _f(0, "Training prompts sampled per iteration (0 = all); iteration i "
                           "takes the next slice, wrapping around, so iterations see new prompts.",
                           ge=0)
@@ -276,7 +283,13 @@ class DPOConfig(TrainConfig):
     iterations: int = _f(2, "DPO iterations (sample → judge → train), paper: up to 4.",
                          ge=0, le=MAX_ITERATIONS, why=_ITERATIONS_WHY)
     beta: float = _f(0.1, "DPO beta (Eq. 2).", gt=0)
-    loss_type: LossType = _f("sigmoid", "sigmoid (paper Eq. 2), ipo, hinge, or sdpo (S-DPO's softmax over several rejected answers; reclaif.train.groups, not yet run by the trainer).")
+    loss_type: LossType = _f("sigmoid", "sigmoid (paper Eq. 2), ipo, hinge, or sdpo (S-DPO, Chen et "
+                             "al. 2024: a softmax over a group's rejected answers, trained on "
+                             "groups.jsonl, each group one row [prompt | chosen | rejected...]; "
+                             "at sampling.num_samples 2 it reads pairs.jsonl and equals sigmoid). "
+                             "With num_samples > 2 the pairwise losses train the top answer "
+                             "against each answer it beat, as pairs: the same judged answers as "
+                             "sdpo, so the two losses compare on the same data.")
     label_smoothing: float = _f(0.0, "cDPO label smoothing (sigmoid loss only).", ge=0, lt=0.5)
     rpo_alpha: float = _f(0.0, "RPO (Pang et al. 2024; TRL's loss_type [sigmoid, sft]): adds "
                           "rpo_alpha x the chosen answers' mean per-token NLL to the DPO loss, "
@@ -399,10 +412,8 @@ def help_of(section: type, name: str) -> str:
 
 def validate(cfg: RunConfig) -> None:
     """The rules across fields, once every field has passed its own checks (config_load)."""
-    if cfg.sampling.num_samples != 2:
-        # The judge compares one pair per prompt: a third answer would be sampled and dropped.
-        raise ConfigError(f"sampling.num_samples: {cfg.sampling.num_samples}, but the judge "
-                          f"compares exactly 2 answers per prompt; set it to 2")
+    if cfg.dpo.loss_type == "sdpo":
+        _validate_sdpo(cfg)
     for name, t in (("sft", cfg.sft), ("dpo", cfg.dpo)):
         if t.lora_r > 0 and t.lora_alpha < 1:  # alpha / r scales the adapter: 0 trains nothing
             raise ConfigError(f"{name}.lora_alpha: {t.lora_alpha} must be at least 1")
@@ -416,3 +427,19 @@ def validate(cfg: RunConfig) -> None:
                                   f"Ray's ray.num_cpus={cfg.ray.num_cpus}; raise ray.num_cpus "
                                   f"or lower {key}")
     shares_prompt(cfg.dpo.prompt_forward, cfg.recommender.attn_implementation)
+
+
+def _validate_sdpo(cfg: RunConfig) -> None:
+    """S-DPO packs a group as one row under a 4D mask (reclaif.train.groups): no separate rows,
+    no flash-attention 2; cDPO's label smoothing is a pairwise sigmoid's."""
+    d = cfg.dpo
+    if d.prompt_forward == "separate":
+        raise ConfigError("dpo.prompt_forward: 'separate' with dpo.loss_type sdpo; a group runs "
+                          "as one row [prompt | chosen | rejected...], use auto or shared")
+    if cfg.recommender.attn_implementation == "flash_attention_2":
+        raise ConfigError("recommender.attn_implementation: flash_attention_2 takes no 4D "
+                          "attention mask, which dpo.loss_type sdpo packs each group under; use "
+                          "sdpa or eager")
+    if d.label_smoothing:
+        raise ConfigError(f"dpo.label_smoothing: {d.label_smoothing} with dpo.loss_type sdpo; "
+                          "cDPO applies to the sigmoid loss only")

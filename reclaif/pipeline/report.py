@@ -23,6 +23,7 @@ from reclaif.logs import terminal_safe
 from reclaif.metrics.evaluate import bootstrap_ci, paired_bootstrap_ci
 from reclaif.pipeline.explanations import (EvalContext, eval_context, example_lines,
                                            share_lines)
+from reclaif.pipeline.judge_table import judge_tables
 from reclaif.pipeline.store import RunStore
 from reclaif.run_layout import BASE, SFT, is_iteration, iteration_dirs, iteration_of
 from reclaif.teacher import TEACHER_DESCRIPTION
@@ -272,27 +273,6 @@ def _plot(run_dir: Path) -> Path | None:
     return out
 
 
-def _judge_rows(run_dir: Path) -> list[list[str]]:
-    rows = []
-    for d in iteration_dirs(run_dir):
-        f = d / "judge_stats.json"
-        if not f.exists():
-            continue
-        s = _read_json(f)
-        agree = (s.get("label_agreement") or {}).get("rate")
-        consistency = s.get("position_consistency")
-        rows.append([d.name, str(s.get("judged", "-")), str(s.get("pairs_kept", "-")),
-                     _pct(s.get("tie_rate")),
-                     _pct(None if consistency is None else 1 - consistency),
-                     _pct(agree), str(s.get("failed", 0)), str(s.get("failed_calls", 0)),
-                     str(s.get("unparseable", 0)), str(s.get("endpoint_retries", 0))])
-    return rows
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
 def _examples(run_dir: Path, n: int) -> list[dict[str, str]]:
     st = [s for s, _ in stages(run_dir)]
     if len(st) < 2:
@@ -333,15 +313,13 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
     run_dir = Path(run_dir)
     plot = _plot(run_dir)
     head, rows = table_rows(run_dir)
-    judge = _judge_rows(run_dir)
+    judge = judge_tables(run_dir, _read_json)
     timings = _read_json(run_dir / "timings.json", optional=True) \
         if (run_dir / "timings.json").exists() else {}
     shown = _examples(run_dir, examples_shown)
     notes = _descriptions(run_dir)
     context = eval_context(run_dir)
     checks = example_lines(run_dir, _stage_labels(run_dir), context)
-    jhead = ["Iteration", "Judged", "Pairs kept", "Ties", "Position disagreement",
-             "Agrees with labels", "Failed", "Failed calls", "Unparseable", "Endpoint retries"]
 
     md = [f"# RecLAIF run: {run_dir.name}", ""]
     md += [n + "\n" for n in notes]
@@ -350,9 +328,9 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
            table_markdown(run_dir, context), ""]
     if plot:
         md += ["![metrics](plots/metrics.png)", ""]
-    if judge:
-        md += ["## Judge", "", "| " + " | ".join(jhead) + " |", "|" + "---|" * len(jhead)]
-        md += ["| " + " | ".join(r) + " |" for r in judge] + [""]
+    for title, jhead, jrows in judge:
+        md += [f"## {title}", "", "| " + " | ".join(jhead) + " |", "|" + "---|" * len(jhead)]
+        md += ["| " + " | ".join(r) + " |" for r in jrows] + [""]
     if timings:
         md += ["## Wall time per phase (s)", "", "| Phase | Seconds |", "|---|---|"]
         md += [f"| {k} | {v} |" for k, v in timings.items()] + [""]
@@ -384,8 +362,8 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
     if plot:
         b64 = base64.b64encode(plot.read_bytes()).decode()
         parts.append(f'<img alt="metrics" src="data:image/png;base64,{b64}">')
-    if judge:
-        parts += ["<h2>Judge</h2>", table_html(jhead, judge)]
+    for title, jhead, jrows in judge:
+        parts += [f"<h2>{html.escape(title)}</h2>", table_html(jhead, jrows)]
     if timings:
         parts += ["<h2>Wall time per phase (s)</h2>",
                   table_html(["Phase", "Seconds"], [[k, str(v)] for k, v in timings.items()])]
