@@ -11,7 +11,8 @@ import re
 import pytest
 
 from reclaif.bench.peer import reordered
-from reclaif.config import JudgeConfig, to_dict
+from reclaif.config import JudgeConfig
+from reclaif.config_load import to_dict
 from reclaif.data import load_examples, load_items
 from reclaif.distributed.workers import JudgeWorker
 from reclaif.judge import LLMJudge, RubricJudge

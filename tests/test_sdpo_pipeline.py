@@ -23,7 +23,7 @@ from llm_server import chat_body, serve  # noqa: E402
 from train_run import make_run_dir  # noqa: E402
 
 from reclaif.atomic import read_jsonl
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.llm.models import build_tiny_model
 from reclaif.train import session
 from reclaif.train.dpo import run_dpo
