@@ -70,8 +70,12 @@ def test_sdpo_on_pairs_trains_as_sigmoid_dpo_and_resumes_through_the_same_loop(
         assert g["answers"] == pytest.approx([p["chosen"], p["rejected"]], abs=1e-4)
     ref = load_file(str(sigmoid / "iter-001" / "checkpoint" / "model.safetensors"))
     new = load_file(str(run / "iter-001" / "checkpoint" / "model.safetensors"))
-    for k in ref:  # RPO's term included: the same gradients, steps and optimizer moments
-        torch.testing.assert_close(new[k], ref[k], rtol=1e-4, atol=1e-5)
+    # RPO's term included: the same gradients, steps and optimizer moments. The two losses sum
+    # in different orders, and Adam divides by sqrt(v): where v is tiny a rounding difference
+    # grows (measured: 1 of 3,145,728 weights off by 1.4e-5 after 2 epochs at lr 1e-3); a wrong
+    # gradient moves whole rows, far past 5e-5.
+    for k in ref:
+        torch.testing.assert_close(new[k], ref[k], rtol=1e-4, atol=5e-5)
 
 
 # ---------------------------------------------------------------- the driver, four answers
