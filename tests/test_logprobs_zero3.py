@@ -1,7 +1,8 @@
 """ZeRO-3 proof for the fused kernel (TRL issue 4544): two CPU ranks (torchrun, gloo) train a
 tiny Llama under DeepSpeed ZeRO-3, fp32, gradient accumulation 2, with losses built on the
-kernel; the gathered gradients of every parameter (lm_head included, tied and untied), the
-losses, and the lm_head after the optimizer step must equal a single-process run without ZeRO."""
+kernel (SFT's shared head too: two body forwards before one backward); the gathered gradients
+of every parameter (lm_head included, tied and untied), the losses, and the lm_head after the
+optimizer step must equal a single-process run without ZeRO."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 WORKER = Path(__file__).with_name("zero3_logprobs_worker.py")
-CASES = ["sft-tied", "sft-untied", "dpo-tied", "shared-tied"]
+CASES = ["sft-tied", "sft-untied", "dpo-tied", "shared-tied", "sfthead-tied"]
 
 
 def _worker_module():
