@@ -241,8 +241,11 @@ class DPOConfig(TrainConfig):
     lr: float = _f(5e-6, "Peak learning rate (AdamW).")
     prompt_forward: PromptForward = _f("auto", "How a pair's prompt runs through the model: shared (once "
                                        "for both answers, one row [prompt | chosen | rejected] under a 4D "
-                                       "attention mask; eager or sdpa attention), separate (prompt+chosen "
-                                       "and prompt+rejected as two rows) or auto (shared unless the "
+                                       "attention mask; eager or sdpa attention; and the tokens all the "
+                                       "micro-batch's prompts begin with once for all its pairs, as "
+                                       "sft.prompt_forward does, unless under gradient "
+                                       "checkpointing), separate (prompt+chosen and "
+                                       "prompt+rejected as two rows) or auto (shared unless the "
                                        "attention is flash_attention_2, which takes no 4D mask).")
 
 

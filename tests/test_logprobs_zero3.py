@@ -38,15 +38,15 @@ def zero3_results(tmp_path_factory) -> dict:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER),
-           "--out", str(out), "--cases", ",".join(CASES), "--deadline", "230"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240,
+           "--out", str(out), "--cases", ",".join(CASES), "--deadline", "420"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=440,
                           cwd=WORKER.parents[1])
     assert proc.returncode == 0, f"ZeRO-3 worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return torch.load(out)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(500)  # five cases took 357 s at nice 19 beside a proof run
 @pytest.mark.parametrize("case", CASES)
 def test_zero3_gradients_equal_single_process(zero3_results, case):
     kind, tying = case.split("-")

@@ -4,13 +4,13 @@ Each rank trains the same tiny Llama (tied or untied lm_head) under DeepSpeed Ze
 gradient accumulation 2, on its share of fixed micro-batches, with a loss built on the fused
 kernel (`sft`: model_sequence_logps + sft_loss; `sfthead`: the same with the rows' common head
 run once, two body forwards before one backward; `dpo`: fused_dpo_loss; `shared`: the same with
-each pair's prompt run once, a 4D mask through the ZeRO-3 model). Rank 0 saves the loss
-of every micro-batch and the full (gathered) gradients at the accumulation boundary, and the
-lm_head weight after one SGD step (not Adam: Adam's first step is lr*sign(grad), which flips
-on rounding noise where a gradient is near zero). `reference()` computes the same without ZeRO
-in one process. The losses are given the ENGINE, as the trainer must: DeepSpeed counts
-micro-steps in engine.forward, and without that count ZeRO-3 overwrites the first
-micro-batch's gradients instead of accumulating them.
+each pair's prompt run once, a 4D mask through the ZeRO-3 model, and the pairs' common head
+once for both pairs). Rank 0 saves the loss of every micro-batch and the full (gathered)
+gradients at the accumulation boundary, and the lm_head weight after one SGD step (not Adam:
+Adam's first step is lr*sign(grad), which flips on rounding noise where a gradient is near
+zero). `reference()` computes the same without ZeRO in one process. The losses are given the
+ENGINE, as the trainer must: DeepSpeed counts micro-steps in engine.forward, and without that
+count ZeRO-3 overwrites the first micro-batch's gradients instead of accumulating them.
 """
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def micro_batches(kind: str) -> list[dict]:
             out.append(b)
         elif kind == "shared":  # pairs whose answers follow one 5-token prompt (encode_pair's)
             c, r = seqs(MICRO, 12), seqs(MICRO, 10)
+            c["input_ids"][1:, :3] = c["input_ids"][0, :3]  # prompts that share a 3-token head
             r["input_ids"][:, :5] = c["input_ids"][:, :5]
             for x in (c, r):
                 x["loss_mask"] = x["attention_mask"].clone()

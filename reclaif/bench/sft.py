@@ -120,6 +120,7 @@ def run(*, quick: bool = False, as_json: bool = False, teacher: str | None = Non
         - sum(prompt) / len(prompt),
         "head_tokens": heads,
         "step_s": {v: total[v] / len(micro) for v in variants},
+        "step_times": times,
         "tokens_per_s": {v: tokens / total[v] for v in variants},
         "speedup_shared_vs_separate": total["separate"] / total["shared"],
         "max_loss_rel_diff": max(abs(a - b) / abs(b) for a, b in

@@ -59,6 +59,13 @@ def common_head(seqs: Sequence[dict[str, list[int]]]) -> int:
     return n if n >= MIN_HEAD else 0
 
 
+def batch_head(batch: dict[str, Tensor]) -> int:
+    """common_head of a right-padded batch's rows (input_ids, attention_mask, loss_mask)."""
+    n = batch["attention_mask"].sum(1).tolist()
+    return common_head([{k: batch[k][b, :m].tolist() for k in ("input_ids", "loss_mask")}
+                        for b, m in enumerate(n)])
+
+
 def head_support(model: torch.nn.Module) -> str | None:
     """Why this loaded model cannot run the shared head (None: it can)."""
     return _body_support(body_and_weight(model)[0])
@@ -92,24 +99,21 @@ def _expand(cache: Any, rows: int) -> None:
         layer.values = layer.values.expand(rows, -1, -1, -1)
 
 
-def head_hidden(body: torch.nn.Module, head_ids: Tensor, input_ids: Tensor,
-                attention_mask: Tensor) -> Tensor:
-    """Final hidden states of the remainders [B, R, H]: head_ids [1, P] run once with the
-    cache on, then input_ids [B, R] (right-padded, attention_mask [B, R]) over the head's keys
-    and values, at positions P..P+R-1."""
+def run_over_head(body: torch.nn.Module, head_ids: Tensor, input_ids: Tensor,
+                  attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+    """Final hidden states [B, R, H] of input_ids [B, R] run over the keys and values of
+    head_ids [1, P], which run once, with the cache on, for all B rows. attention_mask covers
+    the head and the rows: [B, P + R], or an additive [B, 1, R, P + R] taken as it is;
+    position_ids [B, R] continue from P."""
     why = _body_support(body)
     if why is not None:
         raise ValueError(f"shared prompt head: {why}")
     arg = cache_arg(body.forward)
     cache = full_attention_cache(body.config)
     body(input_ids=head_ids, use_cache=True, **{arg: cache})
-    B, R = input_ids.shape
-    P = head_ids.shape[1]
-    _expand(cache, B)
-    mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
-    positions = torch.arange(P, P + R, device=input_ids.device).expand(B, R)
-    return _hidden(body(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                        use_cache=True, **{arg: cache}))
+    _expand(cache, input_ids.shape[0])
+    return _hidden(body(input_ids=input_ids, attention_mask=attention_mask,
+                        position_ids=position_ids, use_cache=True, **{arg: cache}))
 
 
 def head_sequence_logps(model: torch.nn.Module, head_ids: Tensor, input_ids: Tensor,
@@ -120,7 +124,10 @@ def head_sequence_logps(model: torch.nn.Module, head_ids: Tensor, input_ids: Ten
     (log-prob sums [B] fp32, token counts [B]). input_ids, attention_mask, loss_mask: the
     remainders as data.split_head pads them. `model`: the HF model or the DeepSpeed engine."""
     body, weight = body_and_weight(model)
-    hidden = head_hidden(body, head_ids, input_ids, attention_mask)
+    (B, R), P = input_ids.shape, head_ids.shape[1]
+    mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
+    positions = torch.arange(P, P + R, device=input_ids.device).expand(B, R)
+    hidden = run_over_head(body, head_ids, input_ids, mask, positions)
     labels = shifted_labels(input_ids, attention_mask, loss_mask)
     return sequence_logps(hidden, weight, labels, chunk_size, kernel=kernel,
                           weight_grad_acc=weight_grad_acc)
