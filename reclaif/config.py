@@ -221,17 +221,18 @@ PROMPT_FORWARDS: tuple[str, ...] = typing.get_args(PromptForward)
 SHARED_PROMPT_ATTENTION = ("eager", "sdpa")  # attention that takes a 4D mask as it is
 
 
-def shares_prompt(prompt_forward: str, attn_implementation: str) -> bool:
-    """Whether DPO runs each pair's prompt once (dpo.prompt_forward) with this attention;
-    "auto" attention is checked again once the model is loaded (reclaif.train.dpo)."""
+def shares_prompt(prompt_forward: str, attn_implementation: str,
+                  key: str = "dpo.prompt_forward") -> bool:
+    """Whether DPO runs each pair's prompt once (dpo.prompt_forward; `key` names SFT's own)
+    with this attention; "auto" attention is checked again once the model is loaded
+    (reclaif.train.dpo, reclaif.train.sft)."""
     if prompt_forward == "separate":
         return False
     if attn_implementation in SHARED_PROMPT_ATTENTION:
         return True
     if prompt_forward == "shared" and attn_implementation != "auto":
-        raise ConfigError(f"dpo.prompt_forward: 'shared' needs eager or sdpa attention (a 4D "
-                          f"attention mask), the model runs {attn_implementation}; use auto or "
-                          "separate")
+        raise ConfigError(f"{key}: 'shared' needs eager or sdpa attention, the model runs "
+                          f"{attn_implementation}; use auto or separate")
     return False
 
 
@@ -276,6 +277,14 @@ class SFTConfig(TrainConfig):
     lr: float = _f(3e-5, "Peak learning rate (AdamW).", gt=0)
     epochs: int = _f(2, "Passes over the teacher data.", ge=1)
     max_examples: int = _f(0, "Cap on SFT prompts (0 = all training prompts).", ge=0)
+    prompt_forward: PromptForward = _f("auto", "How a micro-batch's prompts run through the model: "
+                                       "shared (the tokens every row begins with, the prompts' "
+                                       "instruction head, run once with the KV cache on, then each "
+                                       "row's remainder over its keys and values: the same loss and "
+                                       "gradients; eager or sdpa attention, no gradient "
+                                       "checkpointing, a plain full-attention cache; tested under "
+                                       "ZeRO-3), separate (every row whole) or auto (shared where "
+                                       "it can run, else separate, the reason logged).")
 
 
 @dataclass
@@ -299,8 +308,11 @@ class DPOConfig(TrainConfig):
     lr: float = _f(5e-6, "Peak learning rate (AdamW).", gt=0)
     prompt_forward: PromptForward = _f("auto", "How a pair's prompt runs through the model: shared (once "
                                        "for both answers, one row [prompt | chosen | rejected] under a 4D "
-                                       "attention mask; eager or sdpa attention), separate (prompt+chosen "
-                                       "and prompt+rejected as two rows) or auto (shared unless the "
+                                       "attention mask; eager or sdpa attention; and the tokens all the "
+                                       "micro-batch's prompts begin with once for all its pairs, as "
+                                       "sft.prompt_forward does, unless under gradient "
+                                       "checkpointing), separate (prompt+chosen and "
+                                       "prompt+rejected as two rows) or auto (shared unless the "
                                        "attention is flash_attention_2, which takes no 4D mask).")
 
 
@@ -427,6 +439,12 @@ def validate(cfg: RunConfig) -> None:
                                   f"Ray's ray.num_cpus={cfg.ray.num_cpus}; raise ray.num_cpus "
                                   f"or lower {key}")
     shares_prompt(cfg.dpo.prompt_forward, cfg.recommender.attn_implementation)
+    shares_prompt(cfg.sft.prompt_forward, cfg.recommender.attn_implementation,
+                  "sft.prompt_forward")
+    if cfg.sft.prompt_forward == "shared" and cfg.sft.gradient_checkpointing:
+        raise ConfigError("sft.prompt_forward: 'shared' cannot run with "
+                          "sft.gradient_checkpointing (transformers' layers drop the KV cache "
+                          "the rows read the shared head from); use auto or separate")
 
 
 def _validate_sdpo(cfg: RunConfig) -> None:

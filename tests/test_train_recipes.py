@@ -63,6 +63,9 @@ def test_sft_loss_is_on_response_tokens_only_and_falls(sft_run, tiny):
     from transformers import AutoModelForCausalLM
 
     run, metrics = sft_run
+    # auto: each micro-batch's common prompt head ran once (tests/test_sft_shared_head.py),
+    # and the first step's loss below is still the whole rows'
+    assert metrics["prompt_forward"] == "shared" and metrics["head_tokens_saved"] > 0
     cfg = load_config(run / "config.yaml")
     tok = load_tokenizer(str(tiny))
     examples = encode_sft(tok, read_jsonl(run / "sft" / "teacher.jsonl"), cfg.sft.max_length)

@@ -133,6 +133,19 @@ def pad_batch(seqs: list[dict[str, list[int]]], pad_id: int) -> dict[str, Tensor
     return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
 
 
+def split_head(seqs: list[dict[str, list[int]]], head: int, pad_id: int) -> dict[str, Tensor]:
+    """Encoded rows that begin with the same `head` tokens (shared_head.common_head) as the head
+    once, head_ids [1, head], and each row's remainder right-padded (pad_batch): input_ids,
+    attention_mask, loss_mask [B, R], for shared_head.head_sequence_logps."""
+    first = seqs[0]["input_ids"][:head]
+    if any(s["input_ids"][:head] != first or len(s["input_ids"]) <= head for s in seqs):
+        raise ValueError(f"split_head: the rows do not all begin with the same {head} tokens "
+                         "and go on after them")
+    rest = pad_batch([{k: s[k][head:] for k in ("input_ids", "loss_mask")} for s in seqs],
+                     pad_id)
+    return {"head_ids": torch.tensor([first]), **rest}
+
+
 def collate_pairs(items: list[dict], pad_id: int) -> dict[str, Any]:
     """Pairs → chosen and rejected batches, plus reference log-prob sums when present."""
     out: dict[str, Any] = {
