@@ -28,7 +28,13 @@ import torch
 
 from reclaif.atomic import read_jsonl
 from reclaif.config import SFTConfig
+from reclaif.data import load_examples, load_items
+from reclaif.data.interactions import fit_windows
+from reclaif.evidence.models import EvidenceModels
 from reclaif.llm.models import build_tiny_model, default_model_dir, load_tokenizer
+from reclaif.prompts import render_recommender
+from reclaif.recommender import fit_answered
+from reclaif.teacher import OfflineTeacher
 from reclaif.train.data import answer_tokens, encode_sft, prompt_tokens
 from reclaif.train.sft import SFTMethod
 from reclaif.train.shared_head import common_head
@@ -40,13 +46,6 @@ MAX_LENGTH, TOP_K = 1152, 3  # the proof config's sft.max_length and data.top_k
 def proof_rows(n: int, tokenizer, evidence_dir: str | None = None) -> tuple[list[dict], str]:
     """The first n training prompts of the bundled LastFM sample rendered hybrid with the
     offline teacher's answers, as teacher.jsonl rows; and what their evidence is."""
-    from reclaif.data import load_examples, load_items
-    from reclaif.data.interactions import fit_windows
-    from reclaif.evidence.models import EvidenceModels
-    from reclaif.prompts import render_recommender
-    from reclaif.recommender import fit_answered
-    from reclaif.teacher import OfflineTeacher
-
     items, train = load_items("sample"), load_examples("sample", "train")
     if evidence_dir:
         models = EvidenceModels.load(Path(evidence_dir), items)
