@@ -5,9 +5,9 @@ accumulation 2. Rank 0 saves every micro-batch's loss, the gathered gradients at
 accumulation boundary and the lm_head after one SGD step; `reference()` is the same without
 ZeRO in one process. Before training, both ranks compute the groups' reference log-probs
 (reclaif.train.reference.compute_group_reference_logps, the DPO recipe's reference pass: the
-groups split over the ranks, padded to one count, gathered to rank 0); rank 0 saves the rows
-and what each rank returned, `reference_rows()` is the one-rank result. The model, the engine config and the reasons for each choice are those of
-zero3_logprobs_worker.py, whose tiny_llama this imports."""
+groups split over the ranks, padded to one count, gathered to rank 0); rank 0 saves what each
+rank returned, `reference_rows()` is the one-rank result. The model, the engine config and the
+reasons for each choice are those of zero3_logprobs_worker.py, whose tiny_llama this imports."""
 from __future__ import annotations
 
 import argparse
