@@ -115,16 +115,16 @@ def test_full_disk_leaves_the_old_file_and_a_clear_cli_error(tmp_path, real_data
 
 
 def test_sampling_prompts_take_the_next_slice_each_iteration(tmp_path):
-    from reclaif.pipeline.driver import Driver
+    from reclaif.pipeline.phases import open_run, sampling_prompts
 
     cfg = load_config(None, ["data.max_train_examples=5", "sampling.max_prompts=2"])
-    driver = Driver(cfg, tmp_path / "run")
-    ids = [e.id for e in driver.train]
+    run = open_run(cfg, tmp_path / "run")
+    ids = [e.id for e in run.train]
     assert len(ids) == 5
-    assert [[e.id for e in driver.sampling_prompts(i)] for i in (1, 2, 3)] == [
+    assert [[e.id for e in sampling_prompts(run, i)] for i in (1, 2, 3)] == [
         ids[0:2], ids[2:4], [ids[4], ids[0]]]
-    every = Driver(load_config(None, ["data.max_train_examples=5"]), tmp_path / "all")
-    assert [e.id for e in every.sampling_prompts(2)] == ids
+    every = open_run(load_config(None, ["data.max_train_examples=5"]), tmp_path / "all")
+    assert [e.id for e in sampling_prompts(every, 2)] == ids
     with pytest.raises(ConfigError, match="sampling.max_prompts"):
         load_config(None, ["sampling.max_prompts=-1"])
 

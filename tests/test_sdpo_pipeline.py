@@ -104,14 +104,14 @@ def test_four_answers_flow_from_sampling_through_the_llm_judge_to_sdpo(tiny, tmp
 
     from reclaif.cli import main
     from reclaif.data import resolve_data_dir
-    from reclaif.pipeline.driver import Driver
+    from reclaif.pipeline.driver import open_run, recipe
 
     run = tmp_path / "run"
     with serve(prefer_longer) as server:
         cfg = load_config("configs/quickstart.yaml", OVERRIDES + [
             f"recommender.model={tiny}", f"judge.llm.base_url={server.url}"])
         try:
-            Driver(cfg, run).run()
+            recipe(open_run(cfg, run))
         finally:
             ray.shutdown()
     it = run / "iter-001"
