@@ -23,17 +23,27 @@ from reclaif.errors import ConfigError
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Loads a YAML run config (or the defaults), applies overrides, checks every field
     against its declaration, then the rules across fields (`config.validate`)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            data = load_yaml(read_config_text(p), str(p)) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
+    return build_config(read_config_file(path) if path is not None else {}, overrides, path)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping, as written (no override, no check yet)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = load_yaml(read_config_text(p), str(p)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return data
+
+
+def build_config(data: dict[str, Any], overrides: list[str] | None = None,
+                 path: str | Path | None = None) -> RunConfig:
+    """A config mapping with `overrides` applied, every field and then the rules across fields
+    checked; errors name `path` where there is one."""
     data = apply_overrides(data, overrides or [])
     try:
         cfg = from_dict(RunConfig, data)
@@ -42,8 +52,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
     return cfg
-
-
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -9,15 +9,15 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from reclaif.config import LLMSpec
-from reclaif.config_load import load_config
 from reclaif.errors import DataError, ReclaifError
 from reclaif.llm.base import LLMClient
 from reclaif.records import Example, Item, Recommendation
 from reclaif.data import load_items
-from reclaif.evidence import evidence_of_checkpoint, run_of_checkpoint
+from reclaif.evidence import evidence_of_run, run_of_checkpoint
 from reclaif.llm import make_client
 from reclaif.parsing import parse_recommendation
 from reclaif.prompts import render_recommender
+from reclaif.run_config import load_run_config
 
 
 class Recommender:
@@ -157,9 +157,10 @@ def with_run_evidence(example: Example, items: dict[str, Item], model: str
     so the model reads the prompt it was trained on. Other models: unchanged."""
 
     root = run_of_checkpoint(model)
-    if root is None or load_config(root / "config.yaml").evidence.mode != "hybrid":
+    cfg = load_run_config(root) if root is not None else None
+    if cfg is None or cfg.evidence.mode != "hybrid":
         return example, items
-    catalog = load_items(load_config(root / "config.yaml").data.path)
+    catalog = load_items(cfg.data.path)
     by_title = {}
     for item in catalog.values():
         by_title.setdefault(item.title, item.id)
@@ -169,7 +170,7 @@ def with_run_evidence(example: Example, items: dict[str, Item], model: str
         return by_title.get(name) or by_title.get(name.casefold()) or name
 
     merged = {**items, **catalog}
-    models = evidence_of_checkpoint(model, merged)
+    models = evidence_of_run(root, cfg, merged)
     context = example.context if isinstance(example.context, str) else \
         [to_id(n) for n in example.context]
     mapped = replace(example, context=context, candidates=[to_id(n) for n in example.candidates])

@@ -8,7 +8,7 @@ import pytest
 
 from reclaif.config_load import load_config
 from reclaif.errors import ConfigError
-from reclaif.pipeline.driver import Driver
+from reclaif.pipeline.phases import Run, base_examples, evaluate, open_run
 from reclaif.pipeline.report import paired_lines, table_rows
 from reclaif.run_layout import BASE, stage_name
 from reclaif.teacher import make_teacher
@@ -16,18 +16,17 @@ from reclaif.teacher import make_teacher
 SMALL = ["data.max_train_examples=4", "data.max_eval_examples=4", "eval.k=[1,3]"]
 
 
-def _driver(tmp_path, base_examples: int) -> Driver:
-    return Driver(load_config(None, SMALL + [f"eval.base_examples={base_examples}"]),
-                  tmp_path / "run")
+def _run(tmp_path, n: int) -> Run:
+    return open_run(load_config(None, SMALL + [f"eval.base_examples={n}"]), tmp_path / "run")
 
 
 def test_base_is_scored_on_the_first_n_evaluation_examples(tmp_path):
-    driver = _driver(tmp_path, 2)
-    ids = [e.id for e in driver.eval]
+    run = _run(tmp_path, 2)
+    ids = [e.id for e in run.evaluation]
     assert len(ids) == 4
     for n, want in ((2, ids[:2]), (0, []), (-1, ids), (9, ids)):
-        driver.cfg.eval.base_examples = n  # the driver reads it from its frozen config
-        assert [e.id for e in driver.base_examples()] == want, n
+        run.cfg.eval.base_examples = n  # the driver reads it from its frozen config
+        assert [e.id for e in base_examples(run)] == want, n
 
 
 def test_base_examples_below_minus_one_is_refused():
@@ -38,33 +37,35 @@ def test_base_examples_below_minus_one_is_refused():
 def test_the_base_row_says_its_n_and_pairs_only_common_examples(tmp_path, monkeypatch):
     """Generation answered by the offline teacher (real, valid answers from the labels), so
     the driver's evaluation, its files and the report run as they do on a model's answers."""
-    driver = _driver(tmp_path, 2)
-    teacher = make_teacher(driver.cfg.teacher, driver.items, driver.top_k)
+    import reclaif.pipeline.phases.generation as generation
+
+    run = _run(tmp_path, 2)
+    teacher = make_teacher(run.cfg.teacher, run.items, run.top_k)
     asked: dict[str, list[str]] = {}
 
-    def generate(key, examples, model, out_dir, *args, **kwargs):
+    def generate(run, key, examples, model, out_dir, *args, **kwargs):
         asked[key] = [e.id for e in examples]
         return [{"example_id": e.id, "answers": [a]}
                 for e, a in zip(examples, teacher.respond_many(examples))]
 
-    monkeypatch.setattr(driver, "_generate", generate)
-    driver.evaluate(BASE, "base-model", driver.base_examples())
-    driver.evaluate(stage_name(1), "iter-model")  # every evaluation example
+    monkeypatch.setattr(generation, "generate", generate)
+    evaluate(run, BASE, "base-model", base_examples(run))
+    evaluate(run, stage_name(1), "iter-model")  # every evaluation example
 
-    assert asked == {"base/eval": [e.id for e in driver.eval[:2]],
-                     "iter-001/eval": [e.id for e in driver.eval]}
-    base = json.loads((driver.store.root / "base/eval.json").read_text())
+    assert asked == {"base/eval": [e.id for e in run.evaluation[:2]],
+                     "iter-001/eval": [e.id for e in run.evaluation]}
+    base = json.loads((run.store.root / "base/eval.json").read_text())
     assert base["n_examples"] == 2 and base["metrics"]["valid_ratio"]["mean"] == 1.0
-    _, rows = table_rows(driver.store.root)
+    _, rows = table_rows(run.store.root)
     labels = [r[0] for r in rows if not r[0].startswith(("Random", "Popularity"))]
     assert labels == ["Base (zero-shot) (n=2)", "DPO-Iter1"]
-    paired = paired_lines(driver.store.root)
+    paired = paired_lines(run.store.root)
     assert paired and all("same 2 examples" in line for line in paired)
-    assert "Base (zero-shot) (n=2)" in (driver.store.root / "report.md").read_text()
+    assert "Base (zero-shot) (n=2)" in (run.store.root / "report.md").read_text()
     # `reclaif eval --run` rows: the base row's note says it covered fewer examples
     from reclaif.comparison.table import run_rows, to_markdown
 
-    rows = run_rows(driver.store.root, resamples=10)
+    rows = run_rows(run.store.root, resamples=10)
     table = {"task": "sequential", "rows": rows, "held_out": "-", "bootstrap": 10, "seed": 0,
              "eval": {"examples": "sample", "split": "valid", "n": 4, "candidates": 20,
                       "subset": ""},

@@ -115,16 +115,16 @@ def test_full_disk_leaves_the_old_file_and_a_clear_cli_error(tmp_path, real_data
 
 
 def test_sampling_prompts_take_the_next_slice_each_iteration(tmp_path):
-    from reclaif.pipeline.driver import Driver
+    from reclaif.pipeline.phases import open_run, sampling_prompts
 
     cfg = load_config(None, ["data.max_train_examples=5", "sampling.max_prompts=2"])
-    driver = Driver(cfg, tmp_path / "run")
-    ids = [e.id for e in driver.train]
+    run = open_run(cfg, tmp_path / "run")
+    ids = [e.id for e in run.train]
     assert len(ids) == 5
-    assert [[e.id for e in driver.sampling_prompts(i)] for i in (1, 2, 3)] == [
+    assert [[e.id for e in sampling_prompts(run, i)] for i in (1, 2, 3)] == [
         ids[0:2], ids[2:4], [ids[4], ids[0]]]
-    every = Driver(load_config(None, ["data.max_train_examples=5"]), tmp_path / "all")
-    assert [e.id for e in every.sampling_prompts(2)] == ids
+    every = open_run(load_config(None, ["data.max_train_examples=5"]), tmp_path / "all")
+    assert [e.id for e in sampling_prompts(every, 2)] == ids
     with pytest.raises(ConfigError, match="sampling.max_prompts"):
         load_config(None, ["sampling.max_prompts=-1"])
 
@@ -134,24 +134,25 @@ def test_runs_from_another_runs_sft_checkpoint_sample_its_fresh_prompts_alike(tm
     # docs/RESULTS.md's S-DPO comparison: one SFT run, then two arms (pairwise N = 2, S-DPO
     # N = 4) with sft.enabled=false starting from its checkpoint. Both must sample the prompts
     # the SFT run's own iterations would (the proof run's), none its SFT trained on.
-    from reclaif.pipeline.driver import Driver
+    from reclaif.pipeline.phases import open_run, sampling_prompts, teacher_data
 
     common = ["data.max_train_examples=7", "sampling.max_prompts=2", "sft.max_examples=3",
               "evidence.mode=none", "data.max_eval_examples=2"]
-    sft = Driver(load_config(None, common), tmp_path / "sft")
-    sft.teacher_data()
+    sft = open_run(load_config(None, common), tmp_path / "sft")
+    teacher_data(sft)
     taught = {r["id"] for r in read_jsonl(sft.store.teacher())}
     assert taught == {e.id for e in sft.train[:3]}
     start = [*common, "sft.enabled=false", f"recommender.model={tmp_path / 'sft/sft/checkpoint'}"]
-    arms = [Driver(load_config(None, start), tmp_path / "pairwise"),
-            Driver(load_config(None, [*start, "sampling.num_samples=4", "dpo.loss_type=sdpo"]),
-                   tmp_path / "sdpo")]
+    arms = [open_run(load_config(None, start), tmp_path / "pairwise"),
+            open_run(load_config(None, [*start, "sampling.num_samples=4", "dpo.loss_type=sdpo"]),
+                     tmp_path / "sdpo")]
     for i in (1, 2):
-        want = [e.id for e in sft.sampling_prompts(i)]
+        want = [e.id for e in sampling_prompts(sft, i)]
         assert len(want) == 2 and not taught & set(want), i
-        assert [[e.id for e in arm.sampling_prompts(i)] for arm in arms] == [want, want], i
-    assert [e.id for e in arms[0].sampling_prompts(3)] == [sft.train[i].id for i in (0, 1)]
-    assert [e.id for e in arms[0].eval] == [e.id for e in arms[1].eval] == [e.id for e in sft.eval]
+        assert [[e.id for e in sampling_prompts(arm, i)] for arm in arms] == [want, want], i
+    assert [e.id for e in sampling_prompts(arms[0], 3)] == [sft.train[i].id for i in (0, 1)]
+    assert ([e.id for e in arms[0].evaluation] == [e.id for e in arms[1].evaluation]
+            == [e.id for e in sft.evaluation])
 
 # ------------------------------------------------------------- hostile and careless configs
 def test_a_billion_laughs_config_is_refused_fast_and_small(tmp_path):

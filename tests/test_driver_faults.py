@@ -9,7 +9,7 @@ a long cluster run meets:
 2. a training process started as a separate command (launch.mode=command) that dies with SIGKILL
    mid-training: the driver's error names the training log, and the rerun of the same command
    resumes from the saved training state instead of restarting the phase. This one drives the
-   SFT phase through `reclaif sft`, which runs the driver's own `train_phase`/`_launch` (the code
+   SFT phase through `reclaif sft`, which runs the driver's own `phases.train`/`launch` (the code
    `reclaif run` uses for SFT and DPO alike) without Ray, sampling or evaluation around it.
 
 Sampling quality does not matter here (the tiny model writes noise); only the judge and training
@@ -220,8 +220,8 @@ def _phase(command: str, run_dir: Path, overrides: list[str], env_extra: dict
 
 
 def test_killed_training_command_names_its_log_and_the_rerun_resumes(tiny_model, tmp_path):
-    # `reclaif sft` runs Driver.teacher_data and Driver.train_phase, whose launch.mode=command
-    # branch (_launch) is the one `reclaif run` takes for every training phase; the whole driver
+    # `reclaif sft` runs the phases teacher_data and train, whose launch.mode=command
+    # branch (launch) is the one `reclaif run` takes for every training phase; the whole driver
     # around it (Ray, sampling, judging, evaluation, twice) proves nothing more here.
     run_dir = tmp_path / "run"
     log = run_dir / "logs" / "train-sft-000.log"

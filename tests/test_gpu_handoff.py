@@ -57,10 +57,10 @@ def _lifecycle(run_dir: Path) -> list[dict]:
 
 def test_no_sampler_is_alive_while_a_trainer_runs_fresh_and_resumed(ray_cluster, tiny, tmp_path,
                                                                    monkeypatch):
-    import reclaif.pipeline.driver
+    import reclaif.pipeline.phases.judging
     import reclaif.train.dpo
     import reclaif.train.sft
-    from reclaif.pipeline.driver import Driver
+    from reclaif.pipeline.driver import open_run, recipe
     from reclaif.records import PreferencePair
 
     run_dir = tmp_path / "run"
@@ -84,14 +84,14 @@ def test_no_sampler_is_alive_while_a_trainer_runs_fresh_and_resumed(ray_cluster,
     monkeypatch.setattr(reclaif.train.sft, "run_sft", trainer("sft"))
     monkeypatch.setattr(reclaif.train.dpo, "run_dpo", trainer("iter-001"))
     # The tiny model's answers are noise the rubric judge ties: keep every pair as (a, b).
-    monkeypatch.setattr(reclaif.pipeline.driver, "preference_pair",
+    monkeypatch.setattr(reclaif.pipeline.phases.judging, "preference_pair",
                         lambda ex, prompt, a, b, v: PreferencePair(ex.id, prompt, a, b))
     cfg = load_config("configs/quickstart.yaml",
                       OVERRIDES + [f"recommender.model={tiny}", f"ray.address={ray_cluster}"])
 
     with pytest.raises(RuntimeError, match="the test's crash"):
-        Driver(cfg, run_dir).run()
-    Driver(cfg, run_dir).run()  # resumed: sample, judge and pairs done; DPO again, then eval
+        recipe(open_run(cfg, run_dir))
+    recipe(open_run(cfg, run_dir))  # resumed: sample, judge and pairs done; DPO again, then eval
 
     assert [s["stage"] for s in seen] == ["sft", "iter-001", "iter-001"]
     for s in seen:

@@ -116,7 +116,7 @@ def test_the_driver_checks_with_the_same_helper(tmp_path: Path, repo_root: Path)
     """A run whose evaluation split repeats one of its training rows stops before any phase."""
     from reclaif.config_load import load_config
     from reclaif.data import SAMPLE_DIR, load_examples
-    from reclaif.pipeline.driver import run_splits
+    from reclaif.data.splits import run_splits
 
     rows = load_examples("sample")
     train = [ex for ex in rows if ex.split == "train"]
@@ -131,9 +131,9 @@ def test_the_driver_checks_with_the_same_helper(tmp_path: Path, repo_root: Path)
     quickstart = repo_root / "configs" / "quickstart.yaml"
     cfg = load_config(quickstart, [f"data.path={data}"])
     with pytest.raises(DataError, match="'planted'"):
-        run_splits(cfg)
+        run_splits(cfg.data)
     ok = load_config(quickstart)
-    splits = run_splits(ok)
+    splits = run_splits(ok.data)
     assert len(splits.train) == ok.data.max_train_examples
     assert len(splits.evaluation) == ok.data.max_eval_examples
     # the check covers the interaction windows the evidence and baselines are fitted on: one
@@ -148,7 +148,7 @@ def test_an_evaluation_users_sequence_in_the_interactions_stops_the_run(tmp_path
     """Interactions are training input too: an evaluation user's own sequence there is a leak."""
     from reclaif.config_load import load_config
     from reclaif.data import SAMPLE_DIR, load_examples
-    from reclaif.pipeline.driver import run_splits
+    from reclaif.data.splits import run_splits
 
     rows = load_examples("sample")
     train = [ex for ex in rows if ex.split == "train"][:20]
@@ -164,4 +164,4 @@ def test_an_evaluation_users_sequence_in_the_interactions_stops_the_run(tmp_path
     (data / "interactions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seqs))
     cfg = load_config(repo_root / "configs" / "quickstart.yaml", [f"data.path={data}"])
     with pytest.raises(DataError, match="val-u3"):
-        run_splits(cfg)
+        run_splits(cfg.data)

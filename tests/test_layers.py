@@ -15,6 +15,7 @@ LAYERS: list[set[str]] = [
     {"errors", "records", "faults", "run_layout"},
     {"atomic", "config", "logs"},
     {"config_load", "data"},
+    {"run_config"},
     {"prompts", "parsing"},
     {"llm"},
     {"metrics"},

@@ -172,15 +172,15 @@ def test_audit_refuses_a_choice_that_is_not_a_b_or_tie(tmp_path):
 
 
 def test_a_first_start_on_bad_input_freezes_nothing(tmp_path):
-    from reclaif.pipeline.driver import Driver
+    from reclaif.pipeline.driver import open_run
 
     run = tmp_path / "run"
     junk = tmp_path / "passwd"  # a file that exists but is no dataset (the probe: /etc/passwd)
     junk.write_text("root:x:0:0:root:/root:/bin/bash\n")
     bad = load_config(ROOT / "configs/quickstart.yaml", [f"data.path={junk}"])
     with pytest.raises(ReclaifError):
-        Driver(bad, run)
+        open_run(bad, run)
     assert not (run / "config.yaml").exists() and not (run / "manifest.json").exists()
     good = load_config(ROOT / "configs/quickstart.yaml")
-    Driver(good, run)  # the corrected rerun starts (it would be "another config" otherwise)
+    open_run(good, run)  # the corrected rerun starts (it would be "another config" otherwise)
     assert (run / "config.yaml").exists()

@@ -121,13 +121,13 @@ def four_answer_run(tiny, judge_server, tmp_path_factory) -> tuple[Path, int]:
     """The uninterrupted run (the driver in this process) and how many judge requests it made."""
     import ray
 
-    from reclaif.pipeline.driver import Driver
+    from reclaif.pipeline.driver import open_run, recipe
 
     run = tmp_path_factory.mktemp("four") / "run"
     before = len(judge_server.requests)
     cfg = load_config(REPO / "configs/quickstart.yaml", four_answer_overrides(tiny, judge_server))
     try:
-        Driver(cfg, run).run()
+        recipe(open_run(cfg, run))
     finally:
         ray.shutdown()
     return run, len(judge_server.requests) - before

@@ -297,14 +297,69 @@ def test_a_cut_frozen_config_is_named_damaged_by_every_command_that_reads_it(tmp
 def test_the_driver_records_a_phase_time_over_a_damaged_timings_file(tmp_path):
     import time
 
-    from reclaif.pipeline.driver import Driver
+    from reclaif.pipeline.driver import open_run
 
-    driver = Driver(load_config(None), tmp_path / "run")
-    (tmp_path / "run").mkdir(exist_ok=True)
+    run = open_run(load_config(None), tmp_path / "run")
     (tmp_path / "run/timings.json").write_text('{"base/eval": 4')
-    driver._timed("sft/train", time.time() - 2)
+    with run.store.phase("sft/train"):
+        time.sleep(0.01)
     assert set(json.loads((tmp_path / "run/timings.json").read_text())) == {"sft/train"}
     assert (tmp_path / "run/timings.json.damaged").exists()
+
+
+# ------------------------------------------------------------------- the phase skeleton
+def _store(tmp_path: Path) -> RunStore:
+    (tmp_path / "run").mkdir()  # as freezing the config leaves it
+    return RunStore(tmp_path / "run")
+
+
+def _entries(root: Path, name: str) -> list[dict]:
+    f = root / name
+    if name.endswith(".jsonl"):
+        return [json.loads(x) for x in f.read_text().splitlines()] if f.exists() else []
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def test_a_phase_that_ends_is_marked_done_with_its_outputs_and_timed(tmp_path):
+    store = _store(tmp_path)
+    with store.phase("iter-001/train", lifecycle="train") as phase:
+        assert not phase.done
+        out = tmp_path / "run/iter-001/out.jsonl"
+        out.parent.mkdir()
+        out.write_text('{"a": 1}\n')
+        phase.finish([out], count=1)
+    entry = store.manifest()["phases"]["iter-001/train"]
+    assert entry["count"] == 1 and entry["outputs"]["iter-001/out.jsonl"]["rows"] == 1
+    assert set(_entries(store.root, "timings.json")) == {"iter-001/train"}
+    assert [e["event"] for e in _entries(store.root, "lifecycle.jsonl")] == [
+        "train:start", "train:end"]
+
+
+def test_a_done_phase_is_skipped_and_rewrites_nothing(tmp_path):
+    store = _store(tmp_path)
+    store.mark_done("sft/teacher", count=3)
+    manifest = (store.root / "manifest.json").read_bytes()
+    ran = []
+    with store.phase("sft/teacher", lifecycle="train") as phase:
+        if not phase.done:
+            ran.append(1)
+    assert ran == [] and (store.root / "manifest.json").read_bytes() == manifest
+    assert not (store.root / "timings.json").exists()
+    assert not (store.root / "lifecycle.jsonl").exists()
+
+
+def test_a_phase_that_raises_is_not_marked_done_nor_timed(tmp_path):
+    store = _store(tmp_path)
+    with pytest.raises(RuntimeError, match="killed"):
+        with store.phase("sft/train", lifecycle="train") as phase:
+            phase.finish([], count=1)
+            raise RuntimeError("killed")
+    assert not store.is_done("sft/train")
+    assert not (store.root / "timings.json").exists()
+    assert [e["event"] for e in _entries(store.root, "lifecycle.jsonl")] == ["train:start"]
+    with store.phase("sft/train") as phase:  # the rerun redoes it
+        assert not phase.done
+    assert store.is_done("sft/train")
 
 
 # ------------------------------------------------------------------- durable renames

@@ -22,7 +22,8 @@ from reclaif.config_load import load_config
 from reclaif.llm.models import build_tiny_model, load_tokenizer
 from reclaif.train import loop, session
 from reclaif.train.data import BatchPlan, encode_sft, pad_batch
-from reclaif.train.dpo import policy_and_reference, run_dpo
+from reclaif.train.dpo import run_dpo
+from reclaif.train.policy import policy_and_reference
 from reclaif.train.logprobs import model_sequence_logps
 from reclaif.train.sft import run_sft, sft_step
 

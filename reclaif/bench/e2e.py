@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 from reclaif.config_load import load_config
-from reclaif.pipeline.driver import Driver
+from reclaif.pipeline.driver import open_run, recipe
 
 
 def run(*, quick: bool = False, as_json: bool = False) -> int:
@@ -19,7 +19,7 @@ def run(*, quick: bool = False, as_json: bool = False) -> int:
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml", overrides)
     with tempfile.TemporaryDirectory(prefix="reclaif-bench-e2e-") as tmp:
         t0 = time.time()
-        Driver(cfg, Path(tmp) / "run").run()
+        recipe(open_run(cfg, Path(tmp) / "run"))
         total = time.time() - t0
         timings = json.loads((Path(tmp) / "run" / "timings.json").read_text())
     shares = {k: round(v / total, 3) for k, v in timings.items()}

@@ -7,6 +7,7 @@ from reclaif.cli.common import handler
 from reclaif.llm.models import load_tokenizer
 from reclaif.pipeline.export import FORMATS, export_pairs
 from reclaif.pipeline.store import RunStore
+from reclaif.run_config import load_run_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def pairs(args: argparse.Namespace) -> int:
     store.require_run()
     tok = None
     if args.format == "standard":
-        cfg = store.load_config()
+        cfg = load_run_config(args.run_dir)
         tok = load_tokenizer(cfg.recommender.model, cfg.recommender.cache_dir or None)
     out = export_pairs(args.run_dir, args.out, args.iteration, args.format, tok)
     print(f"{out}: load it with datasets.load_dataset({str(out.parent)!r})")

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from reclaif.cli.common import config_args, handler
 from reclaif.errors import ConfigError, ReclaifError
-from reclaif.pipeline.driver import Driver, run_config, run_phase
+from reclaif.config import RunConfig
+from reclaif.pipeline.driver import open_run, recipe, run_phase
 from reclaif.pipeline.store import RunStore
 from reclaif.pipeline.report import table_markdown, write_report
-from reclaif.pipeline.train_command import phase_config, train_phase
+from reclaif.pipeline.train_command import train_phase
+from reclaif.run_config import load_run_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,18 +45,25 @@ def register_train(sub: argparse._SubParsersAction) -> None:
         handler(p, fn)
 
 
+def _config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """--config, or else the run directory's frozen config, or else the defaults; the directory
+    defaults to runs/NAME."""
+    cfg = load_run_config(args.run_dir, args.config, args.overrides, or_defaults=True)
+    return cfg, Path(args.run_dir or Path("runs") / cfg.name)
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg, run_dir = run_config(args.config, args.run_dir, args.overrides)
+    cfg, run_dir = _config(args)
     t0 = time.time()
     with RunStore(run_dir).exclusive():
-        path = Driver(cfg, run_dir).run()
+        path = recipe(open_run(cfg, run_dir))
     print(f"\nRun finished in {time.time() - t0:.0f} s. Report: {path} (and report.html)\n")
     print(table_markdown(run_dir))
     return 0
 
 
 def _phase(args: argparse.Namespace, phase: str) -> int:
-    cfg, run_dir = run_config(args.config, args.run_dir, args.overrides)
+    cfg, run_dir = _config(args)
     with RunStore(run_dir).exclusive():
         print(run_phase(cfg, run_dir, phase, args.iteration))
     return 0
@@ -81,7 +90,7 @@ def report(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, phase: str) -> int:
-    cfg = phase_config(args.run_dir, args.config, args.overrides)
+    cfg = load_run_config(args.run_dir, args.config, args.overrides)
     train_phase(phase, cfg, args.run_dir, args.iteration)
     return 0
 

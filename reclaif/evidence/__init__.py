@@ -18,12 +18,12 @@ evaluation model is reused for new examples by `reclaif eval --methods model:RUN
 keyed by a hash of their inputs (`cache.py`), so a rerun on the same inputs fits nothing.
 """
 from reclaif.evidence.folds import (EvidenceSet, apply_saved, build_evidence, check_no_leak,
-                                    evidence_of_checkpoint, fold_of, load_evaluation_models,
-                                    run_of_checkpoint)
+                                    evidence_of_checkpoint, evidence_of_run, fold_of,
+                                    load_evaluation_models, run_of_checkpoint)
 from reclaif.evidence.cache import cache_dir as evidence_cache
 from reclaif.evidence.models import EvidenceModels, resolve_sources
 from reclaif.baselines.transition import TransitionRanker
 
 __all__ = ["EvidenceModels", "EvidenceSet", "TransitionRanker", "apply_saved", "build_evidence",
-           "check_no_leak", "evidence_cache", "evidence_of_checkpoint", "fold_of",
-           "load_evaluation_models", "resolve_sources", "run_of_checkpoint"]
+           "check_no_leak", "evidence_cache", "evidence_of_checkpoint", "evidence_of_run",
+           "fold_of", "load_evaluation_models", "resolve_sources", "run_of_checkpoint"]

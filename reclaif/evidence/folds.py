@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reclaif.atomic import atomic_write_jsonl, read_jsonl
-from reclaif.config import EvidenceConfig
-from reclaif.config_load import load_config
+from reclaif.config import EvidenceConfig, RunConfig
 from reclaif.data.heldout import LEAVE_LAST_OUT_DOMAINS
 from reclaif.errors import DataError
 from reclaif.evidence import cache
 from reclaif.evidence.cache import fit_key, items_digest
 from reclaif.evidence.models import LEARNED_SOURCES, EvidenceModels, resolve_sources
 from reclaif.records import Example, Item
+from reclaif.run_config import load_run_config
 
 log = logging.getLogger(__name__)
 FULL = "full"
@@ -177,11 +177,17 @@ def run_of_checkpoint(path: str | Path) -> Path | None:
 
 
 def evidence_of_checkpoint(path: str | Path, items: dict[str, Item]) -> EvidenceModels | None:
-    """The evaluation evidence model a checkpoint was trained to read: that of its run, read
-    from the run's frozen config; None for names-only runs and models outside a run."""
-
+    """The evaluation evidence model a checkpoint was trained to read: that of its run (read
+    with the run's frozen config); None for names-only runs and models outside a run."""
     root = run_of_checkpoint(path)
-    if root is None or load_config(root / "config.yaml").evidence.mode != "hybrid":
+    return None if root is None else evidence_of_run(root, load_run_config(root), items)
+
+
+def evidence_of_run(root: Path, cfg: RunConfig, items: dict[str, Item]
+                    ) -> EvidenceModels | None:
+    """The evaluation evidence model of the run at `root` whose config is `cfg`; None for a
+    names-only run."""
+    if cfg.evidence.mode != "hybrid":
         return None
     if not (root / "evidence" / FULL / "fit.json").is_file():
         raise DataError(f"{root}: a hybrid run without its evidence models "

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reclaif.atomic import read_jsonl
-from reclaif.config_load import load_config
 from reclaif.data import load_examples, load_items, resolve_data_dir
 from reclaif.errors import ReclaifError
 from reclaif.judge.links import checkable, explanation_shares
 from reclaif.records import Example, Item, Recommendation
+from reclaif.run_config import load_run_config
 
 log = logging.getLogger(__name__)
 EXAMPLES_PER_ROW = 3
@@ -38,7 +38,7 @@ def eval_context(run_dir: Path) -> EvalContext | None:
     if not cfg_file.is_file():
         return None
     try:
-        cfg = load_config(cfg_file)
+        cfg = load_run_config(run_dir)
         path = resolve_data_dir(cfg.data.path)
         examples = {e.id: e for e in load_examples(path, split=cfg.data.eval_split)}
         items = load_items(path)

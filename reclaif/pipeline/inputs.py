@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from reclaif.comparison.table import TrainingInput
+from reclaif.data.splits import run_splits
 from reclaif.evidence import run_of_checkpoint
-from reclaif.pipeline.driver import run_splits
-from reclaif.pipeline.store import RunStore
+from reclaif.run_config import load_run_config
 
 
 def checkpoint_inputs(methods: Sequence[str]) -> dict[str, TrainingInput | None]:
@@ -22,8 +22,8 @@ def checkpoint_inputs(methods: Sequence[str]) -> dict[str, TrainingInput | None]
         if root is None:
             out[m] = None
             continue
-        cfg = RunStore(root).load_config()
-        splits = run_splits(cfg)
+        cfg = load_run_config(root)
+        splits = run_splits(cfg.data)
         out[m] = TrainingInput(splits.train + splits.windows,
                                f"run {root} '{cfg.data.train_split}' split of {cfg.data.path} "
                                f"({len(splits.train):,}, SFT/sampling/DPO)")

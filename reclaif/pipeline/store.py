@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -27,16 +26,15 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from reclaif.atomic import (atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json,
-                            read_jsonl)
+from reclaif.atomic import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from reclaif.config import RunConfig
-from reclaif.config_load import dump_config, from_dict, load_yaml, read_config_text, to_dict
+from reclaif.config_load import dump_config, to_dict
 from reclaif.errors import ConfigError, ReclaifError
+from reclaif.run_config import load_run_config, read_manifest, sha256_of
 from reclaif.run_layout import RunLayout, stage_name
 from reclaif.data import resolve_data_dir
 
@@ -45,11 +43,8 @@ VERIFY_HASH_BYTES = 64 << 20
 
 
 def file_hash(path: str | os.PathLike, full: bool = False) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest() if full else h.hexdigest()[:16]
+    h = sha256_of(path)
+    return h if full else h[:16]
 
 
 def file_record(path: Path) -> dict[str, Any]:
@@ -114,6 +109,21 @@ def _open_own(path: Path, flags: int) -> int:
                            "its own directory (remove the link)") from None
 
 
+@dataclass
+class Phase:
+    """A phase as `RunStore.phase` hands it to the phase's body: whether it is already done,
+    and what its manifest entry will record (`finish`)."""
+
+    key: str
+    done: bool
+    outputs: list[Path] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def finish(self, outputs: list[Path] | None = None, **info: Any) -> None:
+        """The files the manifest records (and checks on resume) and the entry's other fields."""
+        self.outputs, self.info = list(outputs or []), info
+
+
 class RunStore(RunLayout):
     """One run directory. All paths a phase reads or writes come from here: the names from
     `RunLayout` (reclaif/run_layout.py, which the trainers share), the rest below."""
@@ -132,7 +142,7 @@ class RunStore(RunLayout):
         data_path = resolve_data_dir(cfg.data.path)
         fingerprint = dataset_fingerprint(data_path)
         if path.exists():
-            frozen = self.load_config()
+            frozen = load_run_config(self.root)
             changed = _diff(to_dict(frozen), to_dict(cfg))
             if changed:
                 raise ConfigError(f"{path}: this run was started with another config; "
@@ -156,34 +166,6 @@ class RunStore(RunLayout):
                        "dataset": fingerprint}
         atomic_write_json(self.manifest_path, m)
         return cfg
-
-    def check_config_file(self) -> str:
-        """Refuses a config.yaml that is not the one this run was frozen with (cut short by a
-        full disk, or edited): every reader of the frozen config calls this first, so a
-        damaged file is one line saying so, never a half config's field error. Returns the
-        message a later load error is prefixed with."""
-        path = self.root / "config.yaml"
-        if not path.exists():
-            raise ReclaifError(f"{self.root}: not a run directory (no config.yaml)")
-        recorded = self.manifest().get("frozen", {}).get("config_sha256")
-        damaged = (f"{path}: does not match the config this run was frozen with (damaged or "
-                   "edited); restore it, or start a new --run-dir")
-        if recorded is not None and file_hash(path, full=True) != recorded:
-            raise ConfigError(damaged)
-        return damaged
-
-    def load_config(self) -> RunConfig:
-        path = self.root / "config.yaml"
-        damaged = self.check_config_file()
-        try:
-            data = load_yaml(read_config_text(path), str(path))
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path}: top level must be a mapping")
-            return from_dict(RunConfig, data)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{damaged} (not valid YAML: {str(e).splitlines()[0]})") from None
-        except ConfigError as e:
-            raise ConfigError(f"{damaged} ({e})") from None
 
     # who may write ----------------------------------------------------------------------
     @contextmanager
@@ -228,13 +210,7 @@ class RunStore(RunLayout):
 
     # manifest ---------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
-        if not self.manifest_path.exists():
-            return {"phases": {}}
-        m = read_json(self.manifest_path)
-        if not isinstance(m, dict) or not isinstance(m.get("phases"), dict):
-            raise ReclaifError(f"{self.manifest_path}: damaged (no 'phases' mapping); restore "
-                               "it from a backup, or delete it to redo every phase")
-        return m
+        return read_manifest(self.root)
 
     def is_done(self, phase: str) -> bool:
         """Recorded as done, and every output it recorded still matches its record."""
@@ -282,6 +258,27 @@ class RunStore(RunLayout):
         path = self.root / "timings.json"
         old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         atomic_write_json(path, {**old, key: round(seconds, 1)})
+
+    @contextmanager
+    def phase(self, key: str, *, lifecycle: str = "", timed: bool = True) -> Iterator[Phase]:
+        """The skeleton every phase runs in. Done (`is_done`): the body sees `phase.done` and
+        returns at once. Else the body runs; when it ends without an exception the phase is
+        marked done with what it gave `phase.finish`, then `lifecycle`'s end line and its
+        wall time (timings.json) are written. An exception marks nothing: the rerun redoes it.
+        `lifecycle` ("train"): RUN/lifecycle.jsonl gets `train:start` and `train:end` lines."""
+        p = Phase(key, self.is_done(key))
+        if p.done:
+            yield p
+            return
+        t0 = time.time()
+        if lifecycle:
+            self.append_event(f"{lifecycle}:start", phase=key)
+        yield p
+        self.mark_done(key, p.outputs, **p.info)
+        if lifecycle:
+            self.append_event(f"{lifecycle}:end", phase=key)
+        if timed:
+            self.record_timing(key, time.time() - t0)
 
     # paths ------------------------------------------------------------------------------
     def phase_dir(self, name: str) -> Path:

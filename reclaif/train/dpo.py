@@ -23,14 +23,15 @@ from reclaif.atomic import read_jsonl
 from reclaif.config import DPOConfig, RunConfig, shares_prompt
 from reclaif.errors import ConfigError, DataError
 from reclaif.faults import maybe_fail
-from reclaif.llm.models import load_tokenizer, resolve_model
+from reclaif.llm.models import load_tokenizer
 from reclaif.records import PreferencePair
-from reclaif.run_layout import SFT, RunLayout, stage_name
+from reclaif.run_layout import RunLayout, stage_name
 from reclaif.train.data import BatchPlan, collate_pairs, count_tokens, encode_pairs
 from reclaif.train.fused_dpo import fused_dpo_loss
 from reclaif.train.groups import encode_groups
 from reclaif.train.loop import StageFiles, finish, finished, total_steps, train_loop
 from reclaif.train.losses import METRICS
+from reclaif.train.policy import policy_and_reference
 from reclaif.train.reference import (attach_group_reference_logps, attach_reference_logps,
                                      compute_group_reference_logps, compute_reference_logps,
                                      sampled_group_reference, sampled_reference, stale_reason,
@@ -40,16 +41,6 @@ from reclaif.train.session import TrainLog, epoch_means, hf_model, load_policy, 
 from reclaif.train.strategy import Strategy
 
 log = logging.getLogger(__name__)
-
-
-def policy_and_reference(cfg: RunConfig, run_dir: Path, iteration: int) -> tuple[str, str]:
-    """Where the policy starts and which model is the reference for this iteration."""
-    layout = RunLayout(run_dir)
-    first = (str(layout.checkpoint(SFT)) if cfg.sft.enabled else
-             resolve_model(cfg.recommender.model, cfg.recommender.cache_dir or None))
-    previous = str(layout.checkpoint(stage_name(iteration - 1))) if iteration > 1 else first
-    reference = first if cfg.dpo.reference == "sft" else previous
-    return previous, reference
 
 
 def attention_of(model: torch.nn.Module) -> str:
