@@ -44,9 +44,11 @@ def item_features(item: Item | None, domain: str) -> list[str]:
 # artists, where its rarity would make it the most "distinctive" feature of any history that
 # has two of them. On the bundled sample's 4,598 tagged artists the rule asks for 10 artists:
 # it drops 17 of the proof teacher's 512 key preferences (those two, "artists", "cybercore",
-# "mike patton"...) and keeps "sludge" or "delta blues" out only where a broader genre the same
-# history items carry takes their place. Catalog fields (beauty, product search) are not free
-# text: every brand or scent counts. Relative, so a small test catalogue keeps its tags.
+# "mike patton"...). The price: rare real genres under it ("sludge", "delta blues": 8 artists
+# each) are not cited either; the same artists' broader tags are. A prolific tagger's label
+# on many artists ("4m4zinq") passes: no frequency rule tells it from a genre. Catalog fields
+# (beauty, product search) are not free text: every brand or scent counts. Relative, so a
+# small test catalogue keeps its tags.
 MIN_TAG_SHARE = 0.002
 
 
