@@ -18,38 +18,42 @@ from reclaif.errors import ConfigError
 from reclaif.evidence.models import read_evidence
 from reclaif.llm import make_client
 from reclaif.llm.base import LLMClient
-from reclaif.data.features import (distinctive_features, feature_idf, item_features,
-                                    shared_features)
+from reclaif.data.features import (candidate_link, descriptive_idf, distinctive_features,
+                                    item_features)
 from reclaif.records import Example, Item
 from reclaif.parsing import format_recommendation
-from reclaif.prompts import render_recommender
+from reclaif.prompts import display_item, render_recommender
 
 TEACHER_DESCRIPTION = (
     "Teacher: the offline teacher, a data-derived stand-in for the paper's Claude 3 Sonnet "
     "teacher, used because no LLM endpoint was configured. It sees the labels. Its key "
-    "preferences are what sets the history apart: the tags (music) or brand, item form, scent "
-    "and similar fields (beauty) of the history items, weighted by how many history items have "
-    "them times their inverse catalogue frequency (so 'rock' does not win every history), each "
-    "named with a history item that shows it; for product search, the query's terms. Its "
+    "preferences are what sets the history apart: the tags (music; only tags enough artists "
+    "carry, so no tagger's private label) or brand, item form, scent and similar fields "
+    "(beauty) of the history items, weighted by how many history items have them times their "
+    "inverse catalogue frequency (so 'rock' does not win every history), each named with a "
+    "history item that shows it; for product search, the query's terms. Its "
     "ranking puts the labelled items first, best grade first, and fills the rest of the top-k "
     "greedily by feature overlap with the key preferences minus overlap with the items already "
     "chosen (in hybrid mode, in the evidence's order instead). Each reason names what the item "
     "shares with the history (a tag or field both really have, and a history item that has "
-    "it, the shortest-named one to save tokens) or that it follows the user's last item; where "
-    "nothing links them, it says the item is a less obvious pick and what the item is. In "
-    "hybrid mode the item's evidence rank follows as a supporting figure. Its answers are "
+    "it) or that it follows the user's last item, and only a link the item's own prompt line "
+    "shows (in hybrid mode the evidence's shared tags and history artist; beauty's displayed "
+    "fields), so the model it teaches can read every link it learns to cite; where nothing "
+    "shown links them, it says the item is a less obvious pick and why, from shown facts only. "
+    "In hybrid mode the item's evidence rank follows as a supporting figure. Its answers are "
     "templated text in the canonical answer format, deterministic per seed: SFT on them "
-    "teaches the format and label-aware rankings, "
-    "not an LLM's reasoning."
+    "teaches the format and label-aware rankings, not an LLM's reasoning."
 )
 
 _QUERY_STOP = frozenset("a an the and or of for to in on with without by from at is are my your "
                         "me i you it that this these those be as not no".split())
 _WORD_RE = re.compile(r"[0-9a-z]+")
 SHORT_TITLE_WORDS = 4   # a product named in a reason or key preference: its first words
-# History items named beside a key preference and beside a reason's shared feature: answers
-# must stay under the proof's 128 new tokens (measured on its 256 SFT prompts).
-NAMED_HOLDERS = {"key": 1, "reason": 1}
+# History items named beside a key preference: answers must stay under the proof's 128 new
+# tokens. On its 256 SFT prompts (tests/teacher_links.py) one name gives answers of 111 tokens
+# on average, 1 over 128; two give 120, 18 over 128. A reason names the one history item its
+# candidate line names (candidate_link).
+NAMED_HOLDERS = 1
 
 
 def _words(text: str) -> set[str]:
@@ -93,8 +97,9 @@ class OfflineTeacher(Teacher):
         self._idf: dict[str, dict[str, float]] = {}  # per domain, computed once
 
     def idf(self, domain: str) -> dict[str, float]:
+        """`descriptive_idf`: junk tags never become a key preference or a link."""
         if domain not in self._idf:
-            self._idf[domain] = feature_idf(self.items, domain)
+            self._idf[domain] = descriptive_idf(self.items, domain)
         return self._idf[domain]
 
     def title(self, item_id: str, domain: str) -> str:
@@ -106,12 +111,12 @@ class OfflineTeacher(Teacher):
         return name if domain == "music" or len(words) <= SHORT_TITLE_WORDS else \
             " ".join(words[:SHORT_TITLE_WORDS]).rstrip(" ,;:-–—&|")
 
-    def _names(self, ids: tuple[str, ...] | list[str], domain: str, where: str) -> str:
+    def _names(self, ids: tuple[str, ...] | list[str], domain: str) -> str:
         """Any holder shows the feature: the shortest names (in UTF-8 bytes, which tracks
         tokens better than characters for CJK names) cost the fewest tokens."""
         names = sorted((self.title(i, domain) for i in ids),
                        key=lambda t: len(t.encode()))  # stable: history order breaks ties
-        return ", ".join(names[:NAMED_HOLDERS[where]])
+        return ", ".join(names[:NAMED_HOLDERS])
 
     def key_preferences(self, example: Example) -> list[Preference]:
         """Up to two preferences that set this history apart: features (tags, catalog fields)
@@ -130,7 +135,7 @@ class OfflineTeacher(Teacher):
         # quickstart's 135M model must learn the whole format within its token budget.
         top = [(f, h) for f, h in ranked if len(h) >= 2][:2]
         top += [(f, h) for f, h in ranked if (f, h) not in top][:max(0, 2 - len(top))]
-        prefs = [Preference(f"{f} ({self._names(h, example.domain, 'key')})",
+        prefs = [Preference(f"{f} ({self._names(h, example.domain)})",
                             frozenset(_feature_words(f)), f, tuple(h)) for f, h in top]
         if not prefs:  # no tags or fields at all: the history's own names are all there is
             names = [self.title(i, example.domain) for i in example.context[-2:]]
@@ -185,33 +190,53 @@ class OfflineTeacher(Teacher):
             text = text[:-1] + "".join(f"; {f}" for f in _figures(example, item_id)) + "."
             return text[0].upper() + text[1:]
         parts = []
-        link = self._shared(item_id, example, prefs)
+        link = self._link(item_id, example, prefs)
         if link:
-            feature, holders = link
-            parts.append(f"{feature}, like {self._names(holders, example.domain, 'reason')}")
+            feature, holder = link
+            parts.append(f"{feature}, like {self.title(holder, example.domain)}")
         transition = read_evidence(example.evidence.get(item_id, "")).next_counts
         if transition and example.context and not parts:  # one link says enough (tokens)
             parts.append(f"follows {self.title(example.context[-1], example.domain)}")
         if not parts:
             what = "tag" if example.domain == "music" else "field"
-            shown = f"; {feats[0]}" if feats else ""
+            own = [f for f in feats if self._shows(item_id, example, f)]
+            shown = f"; {own[0]}" if own else ""
             parts.append(f"less obvious pick, no shared {what}{shown}")
         parts += _figures(example, item_id)
         text = "; ".join(parts) + "."
         return text[0].upper() + text[1:]
 
-    def _shared(self, item_id: str, example: Example,
-                prefs: list[Preference]) -> tuple[str, list[str]] | None:
-        """The feature the item shares with the history that says most: a key preference
-        first, then the most distinctive (history items having it x idf)."""
-        shared = shared_features(item_id, example.context, self.items, example.domain)
-        if not shared:
+    def _link(self, item_id: str, example: Example,
+              prefs: list[Preference]) -> tuple[str, str] | None:
+        """(feature, history id) a reason cites: of `candidate_link`'s features (the decision
+        the evidence line shows too), those the item's prompt line shows, a key preference
+        first; None when the line shows no link."""
+        link = candidate_link(item_id, example.context, self.items, example.domain,
+                              self.idf(example.domain))
+        if link is None:
             return None
+        shown = [f for f in link.features if self._shows(item_id, example, f, link.holder)]
         keys = {p.feature.casefold() for p in prefs if p.feature}
-        idf = self.idf(example.domain)
-        # max keeps the first maximum: the item's own feature order breaks ties
-        return max(shared, key=lambda fh: (fh[0].casefold() in keys,
-                                           len(fh[1]) * idf.get(fh[0].casefold(), 0.0)))
+        return (next((f for f in shown if f.casefold() in keys), shown[0]), link.holder) \
+            if shown else None
+
+    def _shows(self, item_id: str, example: Example, feature: str, holder: str = "") -> bool:
+        """Whether the item's prompt line shows `feature` (with `holder`, for a link): a
+        displayed catalog field (beauty, product search: brand, item form, scent...), or in
+        hybrid music the evidence's tags ("tags: a, b with HOLDER (0.42)", or the `tags`
+        source's own tags when no holder is asked for). Names-only music shows no tags: there
+        the teacher writes what an LLM teacher would know of the artists, as the paper's does."""
+        if example.domain != "music":
+            return feature in display_item(item_id, self.items, example.domain)
+        if not example.evidence:
+            return True
+        line = example.evidence.get(item_id, "")
+        if feature.casefold() not in {t.casefold() for t in read_evidence(line).tags}:
+            return False
+        if not holder:
+            return True
+        name = self.title(holder, example.domain).replace(";", ",")  # as overlap_text writes it
+        return f" with {name} (" in line
 
     def respond(self, example: Example) -> str:
         prefs = self.key_preferences(example)

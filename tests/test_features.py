@@ -3,7 +3,9 @@ the judge cite (idf against catalogue frequency, shared and distinctive features
 import math
 
 from reclaif.data import load_items, resolve_data_dir
-from reclaif.data.features import distinctive_features, feature_idf, shared_features
+from reclaif.data.features import (MAX_LINK_FEATURES, Link, candidate_link, descriptive_idf,
+                                   distinctive_features, feature_idf, item_features,
+                                   shared_features)
 from reclaif.records import Item
 
 
@@ -45,3 +47,38 @@ def test_on_the_real_sample_catalogue():
     tagged = [i for i, it in items.items() if it.fields.get("tags")][:10]
     top = distinctive_features(tagged, items, "music", idf, k=3)
     assert top and all(ids and set(ids) <= set(tagged) for _, ids in top)
+
+
+def test_candidate_link_names_one_history_item_that_has_every_tag_it_shows():
+    items = _items(x="dark, synth-pop, ambient, rock", a="synth-pop, rock", b="dark, ambient",
+                   c="ambient", d="rock", e="rock", f="jazz")
+    idf = feature_idf(items, "music")
+    # b shares two tags (dark, ambient), a two as well (synth-pop, rare; rock, common): the
+    # rarer pair wins; the tags shown are the holder's own, most distinctive first
+    link = candidate_link("x", ["a", "b", "c"], items, "music", idf)
+    assert link == Link(("dark", "ambient"), "b")
+    assert len(link.features) <= MAX_LINK_FEATURES
+    assert candidate_link("f", ["a", "b"], items, "music", idf) is None  # nothing shared
+    # a tag missing from the idf it is given (descriptive_idf drops junk) links nothing
+    assert candidate_link("x", ["a"], items, "music",
+                          {k: v for k, v in idf.items() if k != "synth-pop"}) == \
+        Link(("rock",), "a")
+
+
+def test_junk_tags_of_the_real_catalogue_are_not_descriptive():
+    """"specials to 3mmey" (one tagger's label, on 4 of 4,598 tagged artists) once became a key
+    preference of the proof run's teacher; genres stay."""
+    items = load_items(resolve_data_dir("sample"))
+    idf, full = descriptive_idf(items, "music"), feature_idf(items, "music")
+    assert "specials to 3mmey" in full and "specials to 3mmey" not in idf
+    assert {"heavy metal", "country", "synthpop", "trip-hop", "drone"} <= set(idf)
+    assert 0.9 * len(full) > len(idf)
+    # the holders of that junk tag, as a history: it would win on idf, and is never picked
+    holders = [i for i, it in items.items()
+               if "specials to 3mmey" in {t.casefold() for t in item_features(it, "music")}]
+    assert distinctive_features(holders, items, "music", full, k=1)[0][0] == "specials to 3mmey"
+    assert all(f.casefold() in idf for f, _ in
+               distinctive_features(holders, items, "music", idf, k=10 ** 6))
+    # catalog fields are not free text: every one counts
+    beauty = {k: Item(id=k, title=k, fields={"brand": k}) for k in "abc"}
+    assert descriptive_idf(beauty, "beauty") == feature_idf(beauty, "beauty")

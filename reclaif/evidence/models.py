@@ -19,7 +19,8 @@ import numpy as np
 
 from reclaif.atomic import atomic_write_json
 from reclaif.baselines.base import order_by_scores
-from reclaif.data.features import item_features, shared_features
+from reclaif.data.features import (MAX_LINK_FEATURES, candidate_link, descriptive_idf,
+                                    item_features)
 from reclaif.errors import ConfigError, DataError
 from reclaif.baselines.tags import TagRanker
 from reclaif.baselines.transition import TransitionRanker
@@ -32,11 +33,7 @@ DEFAULT_SOURCES = {"sequential": ("sasrec", "transition", "tag_overlap"), "retri
 LEARNED_SOURCES = ("sasrec", "transition")  # fitted on interactions: out of fold for training
 # Who a transition count counts, per domain ("3 listeners next": EVIDENCE_NOTE says the rest).
 _PEOPLE = {"music": "listeners", "beauty": "buyers", "product_search": "shoppers"}
-MAX_TAGS = 2  # each tag costs ~3 prompt tokens on each of 20 candidate lines
-# tag_overlap is shown from this tf-idf match up. On the proof config's 300 validation prompts
-# 88% of targets and 40% of other candidates reach 0.05 (93% and 61% share any tag): the weak
-# matches below it cost ~60 prompt tokens and say little (tests/prompt_tokens.py).
-MIN_TAG_MATCH = 0.05
+MAX_TAGS = MAX_LINK_FEATURES  # tags the `tags` source shows (tag_overlap: candidate_link's)
 
 
 def sasrec_text(rank: int, probability: float) -> str:
@@ -67,6 +64,8 @@ class EvidenceModels:
     transition: TransitionRanker | None = None
     bm25: object | None = None
     tags: TagRanker | None = None
+    _idf_of: object = field(default=None, repr=False)  # the catalogue _idf was computed on
+    _idf: dict[str, float] = field(default_factory=dict, repr=False)
 
     # -- fitting --------------------------------------------------------------------------
     @classmethod
@@ -168,7 +167,7 @@ class EvidenceModels:
                 if n:
                     parts[c].append(f"{n} {people} next")
         if self.tags is not None and example.domain == "music" and example.context:
-            idf = self.tags.domain_idf("music")
+            idf = self._link_idf(items)
             for c, score in zip(cands, self.tags.scores(example)):
                 text = overlap_text(c, example.context, items, idf, score)
                 if text:
@@ -182,6 +181,12 @@ class EvidenceModels:
             cands = order_by_scores(example, ranked[1])
         return dataclasses.replace(example, candidates=cands,
                                    evidence={c: "; ".join(parts[c]) for c in cands if parts[c]})
+
+    def _link_idf(self, items: dict[str, Item]) -> dict[str, float]:
+        """`descriptive_idf` of the music catalogue, computed once per catalogue."""
+        if self._idf_of is not items:
+            self._idf_of, self._idf = items, descriptive_idf(items, "music")
+        return self._idf
 
     def describe(self) -> str:
         """One sentence for reports: what the evidence is."""
@@ -197,20 +202,18 @@ class EvidenceModels:
 
 def overlap_text(candidate: str, history: Sequence[str], items: dict[str, Item],
                  idf: dict[str, float], score: float) -> str:
-    """The tag_overlap part, "tags: dark, synth-pop with Depeche Mode (0.42)": the candidate's
-    MAX_TAGS most distinctive tags that history artists also have, the latest history artist
-    having the most of them, and its tf-idf match with the history (TagRanker); "" when the
-    match is under MIN_TAG_MATCH (EVIDENCE_NOTE says so)."""
-    shared = shared_features(candidate, history, items, "music")
-    if not shared or score < MIN_TAG_MATCH:
+    """The tag_overlap part, "tags: dark, synth-pop with Depeche Mode (0.42)": `candidate_link`
+    (the tags it shares with one history artist that has them all, the one decision the
+    offline teacher cites too) and the candidate's tf-idf match with the history (TagRanker);
+    "" when nothing descriptive is shared (`idf`: `descriptive_idf`). Shown for every candidate
+    that has a link, however weak the match: a link the line hides is one the student cannot
+    learn to cite (issue 31)."""
+    link = candidate_link(candidate, history, items, "music", idf)
+    if link is None:
         return ""
-    # Most distinctive first: "synth-pop" on 40 artists says more than "rock" on 1,000.
-    shown = sorted(shared, key=lambda fh: -idf.get(fh[0].casefold(), 0.0))[:MAX_TAGS]
-    latest = {h: n for n, h in enumerate(history)}
-    holder = max({h for _, hs in shown for h in hs},
-                 key=lambda h: (sum(h in hs for _, hs in shown), latest[h]))
-    name = (items[holder].title if holder in items else holder).replace(";", ",")  # "; " splits
-    return f"tags: {', '.join(f for f, _ in shown)} with {name} ({score:.2f})"
+    h = link.holder
+    name = (items[h].title if h in items else h).replace(";", ",")  # "; " splits the parts
+    return f"tags: {', '.join(link.features)} with {name} ({score:.2f})"
 
 
 FIRST_SOURCES = ("SASRec", "BM25")  # the ranking sources annotate() writes "NAME #rank" for

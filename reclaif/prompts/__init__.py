@@ -162,8 +162,8 @@ def _item_lines(ids: list[str], items: dict[str, Item], domain: str,
 EVIDENCE_NOTE = {
     "music": "In brackets, from models fitted on other listeners: its SASRec rank and "
              "probability (no % under 1%); \"N listeners next\": N played it right after your "
-             "last artist; tags it shares with history artist X, and its tag match (0-1, shown "
-             "from 0.05). Weigh it; cite it in your reasons.",
+             "last artist; tags it shares with history artist X, and its tag match (0-1). "
+             "Weigh it; cite it in your reasons.",
     "beauty": "In brackets, from models fitted on other shoppers: its SASRec rank and "
               "probability (no % under 1%); \"N buyers next\": N bought it right after your "
               "last product. Weigh it; cite it in your reasons.",

@@ -1,0 +1,186 @@
+"""Can the student learn the teacher's reasons from its prompt? (issue 31) Measured on a
+finished run's SFT prompts, before (its sft/teacher.jsonl as written) and after (the same
+examples, their tag evidence rewritten by this checkout, answered by this checkout's teacher):
+
+    python tests/teacher_links.py --run RUN [--data sample] [--tokens]
+
+- shown: the share of reasons whose every cited tag and history artist appears on that
+  candidate's prompt line (a tag the line's evidence shows, the artist it names "with", or the
+  last artist where the line shows "N listeners next");
+- linked: the judge's share of reasons linked to the history (reclaif/judge/links.py), and its
+  share of distinct key-feature sets;
+- junk keys: key preferences whose tag fails `descriptive_idf` (too few artists carry it);
+- with --tokens: prompt tokens (mean, max; chat template, the run's tokenizer) and the longest
+  answer, as the driver counts them.
+
+The after prompts show all 20 candidates (the driver's fit_answered may drop some where a
+prompt and its answer exceed sft.max_length; the --tokens line says how close they come).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from reclaif.data import load_examples, load_items
+from reclaif.data.features import descriptive_idf, item_features
+from reclaif.evidence.models import EvidenceModels, read_evidence
+from reclaif.judge.links import explanation_shares
+from reclaif.parsing import parse_recommendation
+from reclaif.prompts import display_item, render_recommender
+from reclaif.records import Example, Item
+from reclaif.teacher import OfflineTeacher
+
+TOP_K = 3
+# The teacher's own template words, never a citation ("like" and "pick" are HetRec tags too).
+_TEMPLATE_RE = re.compile(r"less obvious pick|no shared (?:tag|field)|follows|\blike\b|"
+                          r"sasrec\s*#\s*\d+|\d+ listeners next", re.I)
+_WORD_RE = re.compile(r"[^\s,;.()]+")
+
+
+def _norm(text: str) -> list[str]:
+    return _WORD_RE.findall(text.casefold())
+
+
+def cited(reason: str, ex: Example, items: dict[str, Item], tags: frozenset[str]
+          ) -> tuple[set[str], set[str]]:
+    """(tags, history ids) a reason cites: history artists named whole, then the longest
+    catalogue tags its remaining words spell (no tag inside a longer cited one)."""
+    text = _TEMPLATE_RE.sub(" ", reason)
+    names = set()
+    for h in dict.fromkeys(ex.context):
+        title = items[h].title if h in items else h
+        pattern = rf"(?<!\w){re.escape(title.casefold())}(?!\w)"
+        if re.search(pattern, text.casefold()):
+            names.add(h)
+            text = re.sub(pattern, " ", text.casefold())
+    words = _norm(text)
+    found: list[tuple[int, int]] = []
+    for n in range(6, 0, -1):
+        for i in range(len(words) - n + 1):
+            if " ".join(words[i:i + n]) in tags and not any(a <= i and i + n <= b
+                                                            for a, b in found):
+                found.append((i, i + n))
+    return {" ".join(words[a:b]) for a, b in found}, names
+
+
+def line_shows(line: str, tag: str | None, holder_title: str | None, last: bool) -> bool:
+    """Whether a candidate's prompt line ("Title (fields) [evidence]") shows a cited tag (in
+    its evidence's tags, or its displayed fields) or history artist (the one its evidence names
+    "with", or the last one where it shows "N listeners next")."""
+    head, _, evidence = line.partition(" [")
+    evidence = evidence.removesuffix("]")
+    ev = read_evidence(evidence)
+    if tag is not None:
+        return tag in {t.casefold() for t in ev.tags} or bool(
+            re.search(rf"(?<!\w){re.escape(tag)}(?!\w)", head.casefold()))
+    return f" with {holder_title.replace(';', ',')} (".casefold() in evidence.casefold() or (
+        last and bool(ev.next_counts))
+
+
+def candidate_lines(prompt: str) -> list[str]:
+    block = prompt.split("<<<DATA candidates", 1)[1].split("DATA>>>", 1)[0]
+    return [ln[2:] for ln in block.strip().splitlines() if ln.startswith("- ")]
+
+
+def measure(rows: list[tuple[Example, str, str]], items: dict[str, Item]) -> dict:
+    tags = frozenset(f.casefold() for it in items.values() for f in item_features(it, "music"))
+    idf = descriptive_idf(items, "music")
+    reasons = citing = shown = keys = junk = 0
+    answers = []
+    for ex, prompt, response in rows:
+        rec = parse_recommendation(response, ex, items, TOP_K)
+        answers.append((ex, rec))
+        lines = {}
+        for ln in candidate_lines(prompt):
+            lines[ln] = ln
+        for item, reason in zip(rec.items, rec.reasons):
+            head = display_item(item, items, ex.domain)
+            line = next((ln for ln in lines if ln == head or ln.startswith(head + " [")), "")
+            t, h = cited(reason, ex, items, tags)
+            reasons += 1
+            citing += bool(t or h)
+            ok = all(line_shows(line, x, None, False) for x in t) and all(
+                line_shows(line, None, items[x].title, x == ex.context[-1]) for x in h)
+            shown += ok
+        for phrase in rec.key_features:
+            keys += 1
+            feature = phrase.rpartition(" (")[0] or phrase
+            junk += feature.casefold() not in idf
+    shares = explanation_shares(answers, items)
+    return {"reasons": reasons, "citing": citing, "shown": shown,
+            "shown_share": round(shown / max(1, reasons), 3),
+            "linked_share": round(shares.linked_share or 0, 3),
+            "distinct_key_feature_share": round(shares.distinct_share or 0, 3),
+            "key_features": keys, "junk_key_features": junk}
+
+
+def retagged(examples: list[Example], items: dict[str, Item]) -> list[Example]:
+    """The examples with their tag_overlap parts written by this checkout (the SASRec and
+    transition parts kept as the run wrote them: those models are not refitted)."""
+    m = EvidenceModels(sources=["tag_overlap"], order="data")
+    m._fit_unlearned(items, 0)
+    out = []
+    for ex in examples:
+        fresh = m.annotate(dataclasses.replace(ex, evidence={}), items).evidence
+        evidence = {}
+        for c in ex.candidates:
+            parts = [p for p in ex.evidence.get(c, "").split("; ")
+                     if p and not p.startswith("tags: ")]
+            parts += [fresh[c]] if c in fresh else []
+            if parts:
+                evidence[c] = "; ".join(parts)
+        out.append(dataclasses.replace(ex, evidence=evidence))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", default="sample")
+    p.add_argument("--tokens", action="store_true")
+    p.add_argument("--show", type=int, default=0, help="after answers to print")
+    a = p.parse_args(argv)
+    run = Path(a.run)
+    items = load_items(a.data)
+    by_id = {ex.id: ex for ex in load_examples(a.data, "train")}
+    teacher_rows = [json.loads(x) for x in (run / "sft" / "teacher.jsonl").open()]
+    ev = {r["id"]: r for r in map(json.loads, (run / "evidence" / "train.jsonl").open())}
+    before = [dataclasses.replace(by_id[r["id"]], candidates=ev[r["id"]]["candidates"],
+                                  evidence=ev[r["id"]]["evidence"]) for r in teacher_rows]
+    after = retagged(before, items)
+    teacher = OfflineTeacher(items, TOP_K)
+    answers = teacher.respond_many(after)
+    prompts = [render_recommender(ex, items, TOP_K) for ex in after]
+    result = {"before": measure([(ex, r["prompt"], r["response"])
+                                 for ex, r in zip(before, teacher_rows)], items),
+              "after": measure(list(zip(after, prompts, answers)), items)}
+    if a.tokens:
+        from reclaif.llm.models import load_tokenizer
+        from reclaif.train.data import answer_tokens, prompt_tokens
+
+        tok = load_tokenizer("default")
+        for name, ps, rs in (("before", [r["prompt"] for r in teacher_rows],
+                              [r["response"] for r in teacher_rows]),
+                             ("after", prompts, answers)):
+            pt = [len(prompt_tokens(tok, x)) for x in ps]
+            at = [len(answer_tokens(tok, x)) for x in rs]
+            result[name].update(prompt_tokens_mean=round(statistics.mean(pt), 1),
+                                prompt_tokens_max=max(pt),
+                                answer_tokens_mean=round(statistics.mean(at), 1),
+                                answer_tokens_max=max(at),
+                                answers_over_128=sum(x > 128 for x in at),
+                                prompt_and_answer_max=max(x + y for x, y in zip(pt, at)))
+    for ex, text in list(zip(after, answers))[:a.show]:
+        print(ex.id, "\n", text)
+    json.dump(result, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
