@@ -29,7 +29,7 @@ from reclaif.pipeline.store import RunStore
 from reclaif.records import Example, PreferencePair, Verdict
 from reclaif.run_layout import BASE, SFT, stage_name, training_stage
 from reclaif.comparison.methods import is_learned, make_ranker
-from reclaif.distributed.pool import ActorPool, PoolReport, init_ray
+from reclaif.distributed.pool import PoolReport, init_ray, make_pool
 from reclaif.distributed.workers import JudgeWorker, SamplerWorker
 from reclaif.evidence import apply_saved, build_evidence, evidence_cache, load_evaluation_models
 from reclaif.judge import make_explainability_scorer, preference_pair
@@ -156,10 +156,10 @@ class Driver:
             self.release_samplers()
         if self._samplers is None:
             r = self.cfg.ray
-            init_ray(r.address, r.num_cpus)
             cpus = max(1, r.num_cpus // max(1, r.num_samplers)) if not r.address else 1
             spec = to_dict(self.cfg.recommender)
-            self._samplers = ActorPool(SamplerWorker, (spec, str(self.data_path), self.top_k, cpus),
+            self._samplers = make_pool(r, SamplerWorker,
+                                       (spec, str(self.data_path), self.top_k, cpus),
                                        num_actors=r.num_samplers, num_cpus=cpus if not r.address else 1,
                                        num_gpus=r.gpus_per_sampler,
                                        gpu_keys="ray.num_samplers x ray.gpus_per_sampler")
@@ -228,7 +228,8 @@ class Driver:
             if method not in rankers:
                 # SASRec rows get the evidence model's epoch budget: CE and BCE alike
                 rankers[method] = make_ranker(method, self.cfg.seed,
-                                              sasrec_epochs=self.cfg.evidence.sasrec_epochs)
+                                              sasrec_epochs=self.cfg.evidence.sasrec_epochs,
+                                              sasrec_device=self.cfg.evidence.device)
                 if is_learned(method):
                     rankers[method].fit(self.windows or self.train, self.items)
         rows = {}
@@ -241,8 +242,11 @@ class Driver:
         return rows
 
     def _timed(self, key: str, t0: float) -> None:
-        """Wall time per phase, kept across restarts (timings.json), shown in the report."""
-        self.store.record_timing(key, time.time() - t0)  # a damaged file is moved aside
+        """Wall time per phase, kept across restarts (timings.json), shown in the report and
+        logged as the phase ends (the progress a long run prints)."""
+        seconds = time.time() - t0
+        self.store.record_timing(key, seconds)  # a damaged file is moved aside
+        log.info("phase %s done in %.1f s", key, seconds)
 
     def _generate(self, key: str, examples: list[Example], model: str, out_dir: Path,
                   n: int, temperature: float, top_p: float, max_new_tokens: int,
@@ -345,8 +349,7 @@ class Driver:
         # Give the judge the CPUs/GPUs the samplers held (on a small cluster the judge
         # actors could otherwise wait forever); samplers are recreated next iteration.
         self.release_samplers()
-        init_ray(r.address, r.num_cpus)
-        pool = ActorPool(JudgeWorker, (to_dict(self.cfg.judge), str(self.data_path), self.top_k),
+        pool = make_pool(r, JudgeWorker, (to_dict(self.cfg.judge), str(self.data_path), self.top_k),
                          num_actors=r.num_judges, num_cpus=1)
         try:
             def write(j: int, rows: list[dict]) -> None:
@@ -472,6 +475,7 @@ class Driver:
         expl = {i: scorer.score(by_id[i], r.raw_text) for i, r in recs.items() if r.valid}
         result = evaluate_rankings(examples, {i: r.items for i, r in recs.items()},
                                    {i: r.valid for i, r in recs.items()}, self.items, e.k,
+                                   None if e.diversity_model == "none" else
                                    DiversityScorer(self.items, e.diversity_model), expl)
         result.update(stage=stage, model=model, split=self.cfg.data.eval_split,
                       held_out=self.held_out.note(),
@@ -515,7 +519,7 @@ def run_phase(cfg: RunConfig, run_dir: Path, phase: str, iteration: int = 0) -> 
     driver = Driver(cfg, run_dir)
     driver.evidence()
 
-    if phase in ("sample", "judge"):
+    if phase in ("sample", "judge") and cfg.ray.enabled:
         init_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
         if phase == "sft":
