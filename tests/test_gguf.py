@@ -1,7 +1,7 @@
 """reclaif.llm.gguf: a GGUF's Llama read without the `gguf` package (what the lent GPU machine
 lacks). Small files written here check each tensor type, the q/k unpermutation and the errors;
-the embedded model's own file is compared with the `gguf` package's dequantisation and with
-transformers' GGUF tokenizer where those are installed."""
+the embedded model's own file is compared with what transformers' GGUF conversion (through the
+`gguf` package) made of it."""
 from __future__ import annotations
 
 import struct
@@ -153,41 +153,46 @@ def embedded() -> reader.GGUF:
     return reader.read_gguf(shared if shared.is_file() else models.default_gguf_path())
 
 
-def test_embedded_weights_equal_the_gguf_package_dequantisation(embedded):
-    """Every tensor name maps; one tensor of each type the file holds, and layer 0's q and k,
-    equal transformers' own conversion (gguf's dequantise, then its q/k processor)."""
-    gguf = pytest.importorskip("gguf")
-    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+# transformers' own conversion of this file (gguf 0.19's dequantise, then transformers 5.25's
+# q/k processor; AutoTokenizer.from_pretrained(gguf_file=...)), recorded once: the first 16 hex
+# digits of the SHA-256 of each float32 tensor's bytes, and the token ids of two strings. (The
+# whole file compared equal tensor by tensor, 272 of 272, when this reader was written.)
+REFERENCE_DIGESTS = {
+    "token_embd.weight": ((49152, 576), "3fd491c8066dd9dc"),      # Q8_0
+    "blk.0.attn_q.weight": ((576, 576), "54b377bbfa2deab9"),      # Q4_1, unpermuted
+    "blk.0.attn_k.weight": ((192, 576), "814d239237d0643a"),      # Q4_1, unpermuted (3 heads)
+    "blk.0.ffn_down.weight": ((576, 1536), "0b78b2226f740ed5"),   # Q4_1
+    "blk.29.attn_v.weight": ((192, 576), "ccd13910de7a7987"),     # Q4_1
+    "output_norm.weight": ((576,), "3b87f8e27335e67f"),           # F32
+}
+REFERENCE_IDS = {
+    "Recommend 3 artists. “Ünïcödé” 🎵\n\n  spaced":
+        [48617, 216, 35, 4936, 30, 619, 142, 246, 94, 25972, 83, 7466, 84, 2756, 573, 15107, 232,
+         130, 8866, 23861],
+    "<|im_start|>user\nSASRec #3 12%; 5 listeners next<|im_end|>":
+        [1, 4093, 198, 67, 2211, 10845, 907, 35, 216, 33, 34, 38370, 216, 37, 19657, 1867, 2],
+}
 
-    theirs = {t.name: t for t in gguf.GGUFReader(embedded.path).tensors}
-    assert len(theirs) == len(embedded.tensors) == 272
-    names = {reader.hf_name(t.name) for t in embedded.tensors}
-    assert len(names) == 272 and "model.layers.29.mlp.down_proj.weight" in names
-    processor = LlamaTensorProcessor(config=reader.llama_config(embedded))
-    picked = {t.kind: t for t in embedded.tensors}  # one of each type (Q4_1, F32, Q8_0)
-    picked.update({t.name: t for t in embedded.tensors if t.name.startswith("blk.0.attn_")})
-    heads = {"attn_q": embedded.metadata["llama.attention.head_count"],
-             "attn_k": embedded.metadata["llama.attention.head_count_kv"]}
-    for info in picked.values():
-        t = theirs[info.name]
-        want = processor.process(weights=gguf.dequantize(t.data, t.tensor_type),
-                                 name=info.name).weights
-        ours = embedded.array(info)
-        kind = info.name.split(".")[2] if info.name.startswith("blk.") else ""
-        if kind in heads:
-            ours = reader._unpermute(ours, heads[kind])
-        np.testing.assert_array_equal(ours, want, err_msg=info.name)
+
+def test_embedded_weights_equal_transformers_conversion(embedded):
+    import hashlib
+
+    sd = reader.llama_state_dict(embedded)
+    assert len(sd) == 272 and "lm_head.weight" not in sd  # tied to the embeddings
+    for name, (shape, digest) in REFERENCE_DIGESTS.items():
+        w = sd[reader.hf_name(name)].numpy()
+        assert w.shape == shape and w.dtype == np.float32, name
+        assert hashlib.sha256(w.tobytes()).hexdigest()[:16] == digest, name
 
 
 def test_embedded_tokenizer_equals_transformers_gguf_tokenizer(embedded):
-    pytest.importorskip("gguf")
-    from transformers import AutoTokenizer
-
-    ours = reader.tokenizer(embedded)
-    theirs = AutoTokenizer.from_pretrained(embedded.path.parent, gguf_file=embedded.path.name)
-    assert ours.backend_tokenizer.to_str() == theirs.backend_tokenizer.to_str()
-    for role in ("bos", "eos", "unk", "pad"):
-        assert getattr(ours, f"{role}_token") == getattr(theirs, f"{role}_token"), role
-    chat = [{"role": "user", "content": "Recommend 3 artists. “Ünïcödé” 🎵\n\n  spaced"}]
-    assert ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
-        theirs.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    tok = reader.tokenizer(embedded)
+    assert len(tok) == 49152
+    assert (tok.bos_token, tok.eos_token, tok.unk_token, tok.pad_token) == (
+        "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_end|>")
+    for text, ids in REFERENCE_IDS.items():
+        assert tok(text, add_special_tokens=False)["input_ids"] == ids, text
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                   add_generation_prompt=True) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+        "Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
