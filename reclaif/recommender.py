@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from reclaif.config import LLMSpec, load_config
+from reclaif.config import LLMSpec
+from reclaif.config_load import load_config
 from reclaif.errors import DataError, ReclaifError
 from reclaif.llm.base import LLMClient
 from reclaif.records import Example, Item, Recommendation

@@ -189,3 +189,70 @@ class PreferencePair:
         return replace(self, chosen_truncated=bool(ct), rejected_truncated=bool(rt),
                        chosen_ids=ci, rejected_ids=ri, chosen_logp=cl, rejected_logp=rl,
                        sampled_by=dict(row.get("sampled_by") or {}))
+
+
+@dataclass
+class AnswerGroup:
+    """One S-DPO training record (sampling.num_samples > 2): the rendered prompt, the judge's
+    top answer and every answer it beat. Per rejected answer, in `rejected`'s order, what a
+    PreferencePair holds of its one: `verdicts` (the judge's comparison of the two, positions as
+    the judge saw them), `rejected_truncated`, `rejected_ids`, `rejected_logps` (None: not
+    known). `pairs()` reads the group as the pairwise losses train it."""
+
+    example_id: str
+    prompt: str
+    chosen: str
+    rejected: list[str]
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    chosen_truncated: bool = False
+    rejected_truncated: list[bool] = field(default_factory=list)
+    chosen_ids: list[int] | None = None
+    rejected_ids: list[list[int] | None] = field(default_factory=list)
+    chosen_logp: float | None = None
+    rejected_logps: list[float | None] = field(default_factory=list)
+    sampled_by: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Lists the writer left out (or short) read as "not known" for every rejected answer.
+        n = len(self.rejected)
+        for name, missing in (("verdicts", {}), ("rejected_truncated", False),
+                              ("rejected_ids", None), ("rejected_logps", None)):
+            values = list(getattr(self, name) or [])
+            setattr(self, name, (values + [missing] * n)[:n])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "AnswerGroup":
+        return cls(example_id=str(obj["example_id"]), prompt=obj["prompt"], chosen=obj["chosen"],
+                   rejected=list(obj["rejected"]), verdicts=obj.get("verdicts") or [],
+                   chosen_truncated=bool(obj.get("chosen_truncated", False)),
+                   rejected_truncated=[bool(t) for t in obj.get("rejected_truncated") or []],
+                   chosen_ids=obj.get("chosen_ids"), rejected_ids=obj.get("rejected_ids") or [],
+                   chosen_logp=obj.get("chosen_logp"),
+                   rejected_logps=obj.get("rejected_logps") or [],
+                   sampled_by=obj.get("sampled_by") or {})
+
+    @classmethod
+    def from_pair(cls, p: PreferencePair) -> "AnswerGroup":
+        """A pair as a group of two (S-DPO at sampling.num_samples 2 trains pairs.jsonl)."""
+        return cls(example_id=p.example_id, prompt=p.prompt, chosen=p.chosen,
+                   rejected=[p.rejected], verdicts=[p.verdict],
+                   chosen_truncated=p.chosen_truncated, rejected_truncated=[p.rejected_truncated],
+                   chosen_ids=p.chosen_ids, rejected_ids=[p.rejected_ids],
+                   chosen_logp=p.chosen_logp, rejected_logps=[p.rejected_logp],
+                   sampled_by=dict(p.sampled_by))
+
+    def pairs(self) -> list[PreferencePair]:
+        """The top answer against each rejected one: how the pairwise losses (sigmoid, ipo,
+        hinge) train a group, and what pairs.jsonl holds when the judge ranked groups."""
+        return [PreferencePair(example_id=self.example_id, prompt=self.prompt,
+                               chosen=self.chosen, rejected=r, verdict=v,
+                               chosen_truncated=self.chosen_truncated, rejected_truncated=t,
+                               chosen_ids=self.chosen_ids, rejected_ids=ids,
+                               chosen_logp=self.chosen_logp, rejected_logp=lp,
+                               sampled_by=dict(self.sampled_by))
+                for r, v, t, ids, lp in zip(self.rejected, self.verdicts,
+                                            self.rejected_truncated, self.rejected_ids,
+                                            self.rejected_logps)]

@@ -92,6 +92,10 @@ class RunLayout:
         """Iteration i's preference pairs, DPO's input."""
         return self.iteration(iteration) / "pairs.jsonl"
 
+    def groups(self, iteration: int) -> Path:
+        """Iteration i's answer groups (sampling.num_samples > 2), S-DPO's input."""
+        return self.iteration(iteration) / "groups.jsonl"
+
     def ref_logps(self, iteration: int) -> Path:
         """Iteration i's reference log-probs, computed once before its first DPO update."""
         return self.iteration(iteration) / "ref_logps.jsonl"

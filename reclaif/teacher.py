@@ -16,6 +16,7 @@ from typing import Protocol
 from reclaif.config import LLMSpec, TeacherConfig, choices
 from reclaif.errors import ConfigError
 from reclaif.evidence.models import read_evidence
+from reclaif.llm import make_client
 from reclaif.llm.base import LLMClient
 from reclaif.data.features import (distinctive_features, feature_idf, item_features,
                                     shared_features)
@@ -253,9 +254,7 @@ def make_teacher(cfg: TeacherConfig, items: dict[str, Item], top_k: int,
     if cfg.kind == "offline":
         return OfflineTeacher(items, top_k, seed=seed)
     if cfg.kind == "llm":
-        if client_factory is None:
-            from reclaif.llm import make_client as client_factory
-        return LLMTeacher(client_factory(cfg.llm), items, top_k, temperature=cfg.temperature,
-                          seed=seed)
+        client = (client_factory or make_client)(cfg.llm)
+        return LLMTeacher(client, items, top_k, temperature=cfg.temperature, seed=seed)
     raise ConfigError(f"teacher.kind: '{cfg.kind}' is not one of "
                       f"{list(choices(TeacherConfig, 'kind'))}")

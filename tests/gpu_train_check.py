@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from train_run import make_run_dir  # noqa: E402
 
-from reclaif.config import LLMSpec, load_config  # noqa: E402
+from reclaif.config import LLMSpec  # noqa: E402
+from reclaif.config_load import load_config  # noqa: E402
 from reclaif.llm.hf import HFClient  # noqa: E402
 from reclaif.train.dpo import run_dpo  # noqa: E402
 from reclaif.train.sft import run_sft  # noqa: E402

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError
 from reclaif.pipeline.driver import Driver
 from reclaif.pipeline.report import paired_lines, table_rows

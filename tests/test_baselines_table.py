@@ -123,7 +123,7 @@ def test_run_directory_rows_join_the_table(beauty_dirs, tmp_path, capsys):
 def test_llm_method_ranks_through_the_recommender(real_data, tmp_path, capsys, monkeypatch):
     """llm:NAME goes through Recommender + parse_recommendation; a stand-in client answers
     with the target first for every other prompt and with nonsense otherwise."""
-    import reclaif.llm
+    from reclaif.comparison import llm_ranker
     from reclaif.data import load_examples, load_items
     from reclaif.llm.base import LLMClient
 
@@ -146,7 +146,7 @@ def test_llm_method_ranks_through_the_recommender(real_data, tmp_path, capsys, m
                     if good else "I cannot help with that."] * n)
             return out
 
-    monkeypatch.setattr(reclaif.llm, "make_client", lambda spec: Client())
+    monkeypatch.setattr(llm_ranker, "make_client", lambda spec: Client())
     out = tmp_path / "t.json"
     rc, text, _ = run_eval(capsys, "--examples", str(d), "--methods", "llm:stand-in",
                            "--no-diversity", "--out", str(out))
@@ -187,7 +187,7 @@ def test_limit_takes_the_first_examples_that_pass_the_held_out_check(lastfm_dirs
 def run_checkpoint(repo_root: Path, tmp_path_factory) -> Path:
     """A tiny random model laid out as a run's checkpoint (runs/NAME/iter-002/checkpoint), the
     run trained on the bundled sample's 'train' split as the quickstart config says."""
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.llm.models import build_tiny_model
     from reclaif.pipeline.store import RunStore
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from reclaif.config import JudgeConfig, LLMSpec, to_dict
+from reclaif.config import JudgeConfig, LLMSpec
+from reclaif.config_load import to_dict
 from reclaif.data import load_examples
 from reclaif.distributed.workers import JudgeWorker, SamplerWorker
 from reclaif.judge.base import preference_pair

@@ -77,7 +77,8 @@ def _entry(text: str, key: str) -> list[str]:
 
 
 def test_config_show_prints_every_key_with_value_default_and_help(capsys):
-    from reclaif.config import RunConfig, describe
+    from reclaif.config import RunConfig
+    from reclaif.config_load import describe
 
     rc, out, _ = _show(capsys)
     assert rc == 0

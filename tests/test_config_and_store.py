@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 from reclaif.atomic import atomic_write_json, read_jsonl
-from reclaif.config import RunConfig, load_config
+from reclaif.config import RunConfig
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError, DataError
 from reclaif.pipeline.store import RunStore
 
@@ -183,18 +184,29 @@ def test_out_of_range_values_are_named(override):
         load_config(None, [override])
 
 
-@pytest.mark.parametrize("n", [1, 3, 4])
-def test_num_samples_other_than_two_is_refused(n):
-    # The judge compares one pair per prompt: a third answer would be sampled and thrown away.
-    with pytest.raises(ConfigError, match=rf"sampling\.num_samples: {n}, but the judge compares "
-                                          r"exactly 2"):
+@pytest.mark.parametrize("n", [0, 1, 9])
+def test_num_samples_outside_two_to_eight_is_refused(n):
+    # One answer leaves the judge nothing to compare; 2 is a pair, 3 to 8 a ranked group.
+    with pytest.raises(ConfigError, match=rf"sampling\.num_samples: {n} must be in \[2, 8\]"):
         load_config(None, [f"sampling.num_samples={n}"])
-    assert load_config(None, ["sampling.num_samples=2"]).sampling.num_samples == 2
+    for n in (2, 3, 8):
+        assert load_config(None, [f"sampling.num_samples={n}"]).sampling.num_samples == n
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dpo.prompt_forward=separate", r"dpo\.prompt_forward: 'separate' with dpo\.loss_type sdpo"),
+    ("recommender.attn_implementation=flash_attention_2", "takes no 4D attention mask"),
+    ("dpo.label_smoothing=0.1", "cDPO applies to the sigmoid loss only")])
+def test_sdpo_refuses_what_cannot_pack_a_group_or_is_pairwise_only(override, message):
+    # S-DPO runs each group as one row under a 4D mask; label smoothing is cDPO's, pairwise.
+    load_config(None, [override])  # each is fine with the pairwise sigmoid loss
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["dpo.loss_type=sdpo", override])
 
 
 def test_a_frozen_config_with_the_retired_data_seed_still_loads(tmp_path):
     from reclaif.atomic import atomic_write_text
-    from reclaif.config import dump_config
+    from reclaif.config_load import dump_config
 
     text = dump_config(load_config(None, [])).replace("data:\n", "data:\n  seed: 7\n")
     assert "seed: 7" in text

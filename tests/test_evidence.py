@@ -155,7 +155,7 @@ def test_resumed_folds_are_loaded_not_refitted(built, sample, monkeypatch):
 def test_a_hybrid_runs_checkpoint_reads_its_evidence_at_eval(built, sample, tmp_path,
                                                              repo_root):
     from reclaif.comparison.llm_ranker import LLMRanker
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.llm.models import build_tiny_model
     from reclaif.pipeline.store import RunStore
 
@@ -193,7 +193,7 @@ def test_recommend_on_a_hybrid_runs_checkpoint_maps_names_and_adds_evidence(buil
                                                                            tmp_path, repo_root):
     import shutil
 
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.pipeline.store import RunStore
     from reclaif.recommender import with_run_evidence
 

@@ -8,7 +8,7 @@ import pytest
 
 from reclaif.bench.peer import lastfm_pairs
 from reclaif.cli import main
-from reclaif.config import dump_config, load_config
+from reclaif.config_load import dump_config, load_config
 from reclaif.errors import ReclaifError
 from reclaif.pipeline.export import export_pairs
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 
 pytestmark = pytest.mark.slow
 

@@ -114,7 +114,7 @@ def test_retrieval_split_is_by_query(real_data: Path):
 
 def test_the_driver_checks_with_the_same_helper(tmp_path: Path, repo_root: Path):
     """A run whose evaluation split repeats one of its training rows stops before any phase."""
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.data import SAMPLE_DIR, load_examples
     from reclaif.pipeline.driver import run_splits
 
@@ -146,7 +146,7 @@ def test_the_driver_checks_with_the_same_helper(tmp_path: Path, repo_root: Path)
 def test_an_evaluation_users_sequence_in_the_interactions_stops_the_run(tmp_path: Path,
                                                                           repo_root: Path):
     """Interactions are training input too: an evaluation user's own sequence there is a leak."""
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.data import SAMPLE_DIR, load_examples
     from reclaif.pipeline.driver import run_splits
 

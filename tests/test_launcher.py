@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reclaif.config import LaunchConfig, load_config
+from reclaif.config import LaunchConfig
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError, PhaseError
 from reclaif.cli.launcher import main
 from reclaif.pipeline.launcher import (TEMPLATES, fill_template, render_launch,

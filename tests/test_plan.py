@@ -6,7 +6,7 @@ import json
 import pytest
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError
 from reclaif.plan import (GIB, Assumptions, activation_bytes, format_plan, model_shape, plan)
 

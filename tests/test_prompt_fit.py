@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from reclaif.config import LLMSpec, TeacherConfig, to_dict
+from reclaif.config import LLMSpec, TeacherConfig
+from reclaif.config_load import to_dict
 from reclaif.data import load_examples, load_items
 from reclaif.distributed.workers import SamplerWorker
 from reclaif.errors import DataError

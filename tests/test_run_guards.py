@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from reclaif.cli import main
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError, ReclaifError
 from reclaif.pipeline.report import stages, table_markdown
 from reclaif.pipeline.store import RunStore

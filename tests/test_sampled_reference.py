@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_run import HISTORIES, make_run_dir, prompt  # noqa: E402
 
 from reclaif.atomic import atomic_write_jsonl, read_jsonl
-from reclaif.config import LLMSpec, load_config
+from reclaif.config import LLMSpec
+from reclaif.config_load import load_config
 from reclaif.llm.hf import HFClient
 from reclaif.llm.models import build_tiny_model, load_tokenizer
 from reclaif.records import PreferencePair

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from reclaif.bench.peer import reordered
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.data import load_examples, load_items
 from reclaif.llm.models import build_tiny_model, load_tokenizer
 from reclaif.prompts import render_recommender
@@ -33,12 +33,12 @@ from reclaif.train.groups import (PADDING, collate_groups, encode_group, fused_s
                                   group_logps, pack_groups)
 from reclaif.train.losses import check_dpo_args, dpo_loss_grad, dpo_losses, sdpo_losses
 
-# MAX_LEN: encode_group leaves a long prompt's answers max_length // 4 tokens, and the offline
-# teacher's answers take up to 128 (reclaif/teacher.py), so 4 x 128 keeps every answer whole.
+# MAX_LEN: encode_group never cuts a prompt (the sample's are up to ~475 tokens here) and the
+# offline teacher's answers take up to 128 (reclaif/teacher.py), so 640 keeps every answer whole.
 # Cut shorter, the answers end inside their ~50-token "Key Preferences" preamble, before the
 # ranking that tells them apart: a group of identical answers has an exactly zero S-DPO gradient
 # (the loss depends only on reward differences) and the gradient checks compare fp32 noise.
-BETA, TOP_K, MAX_LEN, CHUNK = 0.5, 3, 512, 64
+BETA, TOP_K, MAX_LEN, CHUNK = 0.5, 3, 640, 64
 SIZES = [4, 2, 3]  # answers per group: groups of different sizes, rows of different lengths
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from reclaif.config import LLMSpec, dump_config, load_config
+from reclaif.config import LLMSpec
+from reclaif.config_load import dump_config, load_config
 
 SOURCE = Path(__file__).resolve().parents[1] / "reclaif"
 

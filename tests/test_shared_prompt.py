@@ -1,13 +1,15 @@
 """The shared-prompt DPO forward (dpo.prompt_forward: shared, the default with eager/sdpa
 attention) computes what the separate forward does: each pair as one row [prompt | chosen |
-rejected] under a 4D mask gives the same DPO loss, metrics, parameter gradients and reference
-log-probs as prompt+chosen and prompt+rejected run as two rows, within fp32 rounding."""
+rejected] under a 4D mask (and the head all the pairs' prompts begin with run once for them)
+gives the same DPO loss, metrics, parameter gradients and reference log-probs as prompt+chosen
+and prompt+rejected run as two rows, within fp32 rounding."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from reclaif.config import load_config, shares_prompt
+from reclaif.config import shares_prompt
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError
 from reclaif.train import fused_dpo
 from reclaif.train.data import CHOSEN, PADDING, PROMPT, REJECTED, collate_pairs, share_prompt
@@ -32,13 +34,16 @@ def tiny_llama(attn: str, checkpointing: bool = False) -> torch.nn.Module:
     return model.train()
 
 
-def pairs(shapes=SHAPES, seed: int = 0) -> list[dict]:
-    """Encoded pairs as encode_pair makes them: one prompt, loss on each answer only."""
+def pairs(shapes=SHAPES, seed: int = 0, head: int = 0) -> list[dict]:
+    """Encoded pairs as encode_pair makes them: one prompt, loss on each answer only; with
+    `head`, every prompt begins with the same `head` tokens (the template's instructions)."""
     g = torch.Generator().manual_seed(seed)
+    common = torch.randint(1, V, (head,), generator=g).tolist()
     out = []
     for i, (p, a, b) in enumerate(shapes):
         prompt, chosen, rejected = (torch.randint(1, V, (n,), generator=g).tolist()
                                     for n in (p, a, b))
+        p, prompt = p + head, common + prompt
         out.append({"example_id": str(i),
                     "chosen": {"input_ids": prompt + chosen, "loss_mask": [0] * p + [1] * a},
                     "rejected": {"input_ids": prompt + rejected, "loss_mask": [0] * p + [1] * b},
@@ -76,10 +81,34 @@ def test_shared_prompt_step_equals_the_separate_one(attn, loss_type):
     assert_same_step(shared, separate)
 
 
+def embedded(model) -> list[tuple]:
+    """The input shapes the model's embedding sees from now on: which forwards ran."""
+    shapes: list[tuple] = []
+    model.get_input_embeddings().register_forward_hook(
+        lambda mod, args, out: shapes.append(tuple(args[0].shape)))
+    return shapes
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_the_pairs_common_head_runs_once_for_the_same_step(attn):
+    # every prompt begins with the same 6 tokens: they run once for the 3 pairs, the packed
+    # rows over their keys and values (reclaif.train.shared_head), for the same step
+    model, batch = tiny_llama(attn), collate_pairs(pairs(head=6), PAD)
+    separate = step(model, batch, False, "sigmoid")
+    shapes = embedded(model)
+    shared = step(model, batch, True, "sigmoid")
+    assert shapes == [(1, 6), (3, 9 + 4 + 6)]  # the head, then the pairs' rows after it
+    assert_same_step(shared, separate)
+
+
 def test_shared_prompt_with_gradient_checkpointing_equals_the_plain_separate_step():
-    batch = collate_pairs(pairs(seed=3), PAD)
+    # under checkpointing the pairs' common head is not run apart (the layers drop the cache)
+    batch = collate_pairs(pairs(seed=3, head=6), PAD)
     plain = step(tiny_llama("sdpa"), batch, False, "sigmoid")
-    assert_same_step(step(tiny_llama("sdpa", checkpointing=True), batch, True, "sigmoid"), plain)
+    model = tiny_llama("sdpa", checkpointing=True)
+    shapes = embedded(model)
+    assert_same_step(step(model, batch, True, "sigmoid"), plain)
+    assert len(shapes) == 1  # one forward of the packed rows, head included
 
 
 def test_rejected_answer_seeing_the_chosen_one_breaks_the_equality(monkeypatch):
@@ -99,8 +128,9 @@ def test_rejected_answer_seeing_the_chosen_one_breaks_the_equality(monkeypatch):
     assert leaked[1]["logps/chosen"] == pytest.approx(separate[1]["logps/chosen"], rel=1e-5)
 
 
-def test_shared_reference_logps_equal_the_separate_ones():
-    model, encoded = tiny_llama("sdpa").eval(), pairs(seed=5)
+@pytest.mark.parametrize("head", [0, 6])
+def test_shared_reference_logps_equal_the_separate_ones(head):
+    model, encoded = tiny_llama("sdpa").eval(), pairs(seed=5, head=head)
     rows = {shared: compute_reference_logps(lambda fn, *a: fn(model, *a), encoded, PAD, 2, 8,
                                             shared_prompt=shared) for shared in (True, False)}
     for a, b in zip(rows[True], rows[False]):

@@ -158,7 +158,7 @@ elif tool == "accelerate":
     if os.environ.get("FAKE_TRAIN") == "wait":
         time.sleep(120)
 elif tool == "reclaif":  # the driver: one training phase through launch.template, as driver.py
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.pipeline.launcher import render_launch, run_launch
     log({"tool": tool, "args": args})
     cfg = load_config(None, [a for a in args if "=" in a and not a.startswith("--")])

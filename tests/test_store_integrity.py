@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError, ReclaifError
 from reclaif.pipeline.store import RunStore
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError
 from reclaif.train.session import TrainLog
 
@@ -110,7 +110,7 @@ def test_a_tracker_that_is_not_one_is_a_config_error_naming_the_field():
 
 def test_a_frozen_config_with_the_retired_examples_shown_still_loads(tmp_path):
     from reclaif.atomic import atomic_write_text
-    from reclaif.config import dump_config
+    from reclaif.config_load import dump_config
 
     text = dump_config(load_config(None, [])).replace(
         "report:\n", "report:\n  examples_shown: 3\n")

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_run import make_run_dir  # noqa: E402
 
 from reclaif.atomic import read_jsonl
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.llm.models import build_tiny_model, load_tokenizer
 from reclaif.train import loop, session
 from reclaif.train.data import BatchPlan, encode_sft, pad_batch
@@ -63,6 +63,9 @@ def test_sft_loss_is_on_response_tokens_only_and_falls(sft_run, tiny):
     from transformers import AutoModelForCausalLM
 
     run, metrics = sft_run
+    # auto: each micro-batch's common prompt head ran once (tests/test_sft_shared_head.py),
+    # and the first step's loss below is still the whole rows'
+    assert metrics["prompt_forward"] == "shared" and metrics["head_tokens_saved"] > 0
     cfg = load_config(run / "config.yaml")
     tok = load_tokenizer(str(tiny))
     examples = encode_sft(tok, read_jsonl(run / "sft" / "teacher.jsonl"), cfg.sft.max_length)

@@ -87,7 +87,7 @@ def test_sft_then_dpo_in_one_process_under_deepspeed(tmp_path, monkeypatch):
     """The in-process driver runs SFT and then DPO in one process: the second DeepSpeed engine
     must not inherit the first phase's destroyed process group (it did, before Strategy.close
     reset DeepSpeed's cached world group)."""
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.train.dpo import run_dpo
     from reclaif.train.sft import run_sft
 

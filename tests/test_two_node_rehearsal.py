@@ -131,7 +131,7 @@ def _ray_tails(tmp_path: Path) -> str:
 def _teacher_pairs(run_dir: Path) -> int:
     """Offline-teacher answer vs the first sampled answer, judged by the run's rubric judge."""
     from reclaif.atomic import atomic_write_jsonl, read_jsonl
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.data import load_examples, load_items, resolve_data_dir
     from reclaif.judge import make_judge, preference_pair
     from reclaif.teacher import OfflineTeacher

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reclaif.atomic import atomic_write_jsonl, atomic_write_text
-from reclaif.config import dump_config, load_config
+from reclaif.config_load import dump_config, load_config
 from reclaif.records import PreferencePair
 
 HISTORIES = [

@@ -2,14 +2,15 @@
 
 Each rank trains the same tiny Llama (tied or untied lm_head) under DeepSpeed ZeRO-3, fp32,
 gradient accumulation 2, on its share of fixed micro-batches, with a loss built on the fused
-kernel (`sft`: model_sequence_logps + sft_loss; `dpo`: fused_dpo_loss; `shared`: the same with
-each pair's prompt run once, a 4D mask through the ZeRO-3 model). Rank 0 saves the loss
-of every micro-batch and the full (gathered) gradients at the accumulation boundary, and the
-lm_head weight after one SGD step (not Adam: Adam's first step is lr*sign(grad), which flips
-on rounding noise where a gradient is near zero). `reference()` computes the same without ZeRO
-in one process. The losses are given the ENGINE, as the trainer must: DeepSpeed counts
-micro-steps in engine.forward, and without that count ZeRO-3 overwrites the first
-micro-batch's gradients instead of accumulating them.
+kernel (`sft`: model_sequence_logps + sft_loss; `sfthead`: the same with the rows' common head
+run once, two body forwards before one backward; `dpo`: fused_dpo_loss; `shared`: the same with
+each pair's prompt run once, a 4D mask through the ZeRO-3 model, and the pairs' common head
+once for both pairs). Rank 0 saves the loss of every micro-batch and the full (gathered)
+gradients at the accumulation boundary, and the lm_head weight after one SGD step (not Adam:
+Adam's first step is lr*sign(grad), which flips on rounding noise where a gradient is near
+zero). `reference()` computes the same without ZeRO in one process. The losses are given the
+ENGINE, as the trainer must: DeepSpeed counts micro-steps in engine.forward, and without that
+count ZeRO-3 overwrites the first micro-batch's gradients instead of accumulating them.
 """
 from __future__ import annotations
 
@@ -52,8 +53,13 @@ def micro_batches(kind: str) -> list[dict]:
             return {"input_ids": ids, "attention_mask": att, "loss_mask": loss * att}
         if kind in ("sft", "hf"):
             out.append(seqs(MICRO, 12))
+        elif kind == "sfthead":  # rows that begin with one 5-token head (the prompts' shared one)
+            b = seqs(MICRO, 12)
+            b["input_ids"][1:, :5] = b["input_ids"][0, :5]
+            out.append(b)
         elif kind == "shared":  # pairs whose answers follow one 5-token prompt (encode_pair's)
             c, r = seqs(MICRO, 12), seqs(MICRO, 10)
+            c["input_ids"][1:, :3] = c["input_ids"][0, :3]  # prompts that share a 3-token head
             r["input_ids"][:, :5] = c["input_ids"][:, :5]
             for x in (c, r):
                 x["loss_mask"] = x["attention_mask"].clone()
@@ -72,6 +78,7 @@ def micro_loss(model: torch.nn.Module, kind: str, batch: dict) -> torch.Tensor:
     from reclaif.train.fused_dpo import fused_dpo_loss
     from reclaif.train.logprobs import model_sequence_logps
     from reclaif.train.losses import sft_loss
+    from reclaif.train.shared_head import head_sequence_logps
 
     if kind == "hf":  # control: the model's own forward and loss, no fused kernel
         labels = batch["input_ids"].masked_fill(batch["loss_mask"] == 0, -100)
@@ -80,6 +87,17 @@ def micro_loss(model: torch.nn.Module, kind: str, batch: dict) -> torch.Tensor:
     if kind == "sft":
         logps, counts = model_sequence_logps(model, batch["input_ids"], batch["attention_mask"],
                                              batch["loss_mask"], chunk_size=5)
+        return sft_loss(logps, counts)
+    if kind == "sfthead":  # the head once, then both remainders over its keys and values
+        from reclaif.train.data import split_head
+
+        n = batch["attention_mask"].sum(1).tolist()
+        rows = [{k: batch[k][i, :n[i]].tolist() for k in ("input_ids", "loss_mask")}
+                for i in range(MICRO)]
+        split = split_head(rows, 5, 0)
+        logps, counts = head_sequence_logps(model, split["head_ids"], split["input_ids"],
+                                            split["attention_mask"], split["loss_mask"],
+                                            chunk_size=5)
         return sft_loss(logps, counts)
     loss, _ = fused_dpo_loss(model, batch["chosen"], batch["rejected"], batch["ref_chosen"],
                              batch["ref_rejected"], beta=0.5, chunk_size=7,

@@ -6,7 +6,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.pipeline.driver import Driver
 
 

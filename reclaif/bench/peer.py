@@ -104,6 +104,8 @@ def _model_path(spec: dict, tmp: str) -> str:
 def _reclaif_side(spec: dict, tmp: str) -> dict:
     import torch
 
+    # the project's trainer: imported in the reclaif child only, so the trl child's peak memory
+    # (imports included) holds none of it
     from reclaif.train.data import (PADDING, collate_pairs, count_tokens, encode_pairs,
                                     share_prompt)
     from reclaif.train.dpo import attention_of

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from reclaif.cli.common import field_help, handler
 from reclaif.config import TrainConfig, choices
 
-BENCHES = ["logprobs", "sampling", "train", "e2e", "peer", "sdpo"]
+BENCHES = ["logprobs", "sampling", "train", "sft", "e2e", "peer", "sdpo"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sampling: also time the batches with transformers' generate")
     p.add_argument("--steps", type=int, default=None,
                    help="peer: timed DPO steps per run of each side (default 3, --quick 1; "
-                        "with more than 1, one more untimed warm-up step runs first)")
+                        "with more than 1, one more untimed warm-up step runs first); sft: "
+                        "micro-batches, each stepped by both variants (default 2)")
+    p.add_argument("--teacher", default=None,
+                   help="sft: a run's sft/teacher.jsonl to take the rows from (default: the "
+                        "bundled sample's prompts rendered as the proof config does)")
+    p.add_argument("--evidence", default=None,
+                   help="sft: a fitted evidence directory (a run's evidence/full) for those "
+                        "prompts (default: transition and tag_overlap fitted on the spot)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="peer: the project's side trains with dpo.gradient_checkpointing "
                         "(TRL's side without, its fastest setting)")
@@ -54,19 +61,25 @@ def _options(args: argparse.Namespace) -> dict:
     elif args.name == "sampling":
         common.update(max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
                       with_generate=args.with_generate)
+    elif args.name == "sft":
+        common.update(teacher=args.teacher, evidence_dir=args.evidence, rounds=args.steps)
     elif args.name == "peer":
         common.update(steps=args.steps, gradient_checkpointing=args.gradient_checkpointing)
     return common
 
 
 def _run_of(name: str) -> Callable[..., int]:
-    # imported here: each benchmark imports torch at its top (peer also TRL, when it runs)
+    # imported here, the one benchmark asked for: each imports torch at its top (peer also TRL,
+    # when it runs), and the benchmarks are the layer above the CLI that only this handler loads
+    # (docs/ARCHITECTURE.md, "Import layering")
     if name == "logprobs":
         from reclaif.bench.logprobs import run
     elif name == "sampling":
         from reclaif.bench.sampling import run
     elif name == "train":
         from reclaif.bench.train import run
+    elif name == "sft":
+        from reclaif.bench.sft import run
     elif name == "e2e":
         from reclaif.bench.e2e import run
     elif name == "sdpo":

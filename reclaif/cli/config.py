@@ -5,7 +5,7 @@ import argparse
 import json
 
 from reclaif.cli.common import handler
-from reclaif.config import describe, load_config
+from reclaif.config_load import describe, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:

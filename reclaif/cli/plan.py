@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 from reclaif.cli.common import handler
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.plan import Assumptions, format_plan, plan as make_plan
 
 

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_args(p)
     handler(p, run)
     for phase, text, fn in [("sft", "teacher data + SFT", sft),
-                            ("sample", "sample two answers per prompt", sample),
+                            ("sample", "sample sampling.num_samples answers per prompt", sample),
                             ("report", "rewrite report.md/html of a run directory", report)]:
         p = sub.add_parser(phase, help=f"one phase on a run directory: {text}")
         config_args(p, run_dir_required=True)

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reclaif.baselines.base import Ranker
+from reclaif.config import LLMSpec
 from reclaif.errors import ReclaifError
+from reclaif.evidence import evidence_of_checkpoint
+from reclaif.llm import make_client
+from reclaif.recommender import Recommender
 from reclaif.records import Example, Item, Recommendation
 
 
@@ -48,16 +52,6 @@ class LLMRanker(Ranker):
 
     def fit(self, train: Sequence[Example], items: dict[str, Item]) -> None:
         """Builds the client and recommender; zero-shot and trained models learn nothing here."""
-        try:
-            from reclaif.llm import make_client
-            from reclaif.recommender import Recommender
-        except ImportError as e:
-            raise ReclaifError(f"llm methods need reclaif.recommender and reclaif.llm.make_client "
-                               f"({e}); use the non-LLM methods meanwhile") from None
-        from reclaif.config import LLMSpec
-
-        from reclaif.evidence import evidence_of_checkpoint
-
         client = make_client(LLMSpec(backend=self.backend, model=self._model))
         self._recommender = Recommender(client, items, self.top_k)
         self._items = items

@@ -33,7 +33,7 @@ def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = Non
     if method == "popularity":
         return PopularityRanker(seed=seed)
     if method == "bm25":
-        from reclaif.baselines.bm25 import BM25Ranker
+        from reclaif.baselines.bm25 import BM25Ranker  # bm25s and scipy: only when asked for
         return BM25Ranker(seed=seed)
     if method == "dense" or method.startswith("dense:"):
         model = method.partition(":")[2] or "default"
@@ -46,7 +46,7 @@ def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = Non
     if method == "tags":
         return TagRanker(seed=seed)
     if method in ("sasrec", "sasrec-ce", "sasrec-bce"):
-        from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker
+        from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker  # torch: only here
         loss = "bce" if method.endswith("bce") else "ce"
         budget = {"max_epochs": sasrec_epochs} if sasrec_epochs else {}
         return SASRecRanker(SASRecConfig(loss=loss, seed=seed, device=sasrec_device, **budget),

@@ -29,7 +29,7 @@ from typing import Any
 
 from reclaif.atomic import atomic_write_json, fsync_dir
 from reclaif.config import DataConfig, choices
-from reclaif.data import Loaded
+from reclaif.data import Loaded, beauty, lastfm
 from reclaif.errors import DataError
 from reclaif.records import Example, Item
 
@@ -49,15 +49,11 @@ def load(dataset: str, source: str | Path, items: str | Path | None = None,
          limit: int = 0) -> Loaded:
     """Runs the dataset's loader (an `if` per dataset: three, known, each with its own args)."""
     if dataset == "lastfm":
-        from reclaif.data import lastfm
-
         return lastfm.load(source, items, id2name, split, seed, limit)
     if dataset == "beauty":
-        from reclaif.data import beauty
-
         return beauty.load(source, items, split, seed, limit)
     if dataset == "esci":
-        from reclaif.data import esci
+        from reclaif.data import esci  # pyarrow: only to prepare ESCI
 
         return esci.load(source, items, split, seed, limit, stream_items=True)
     raise DataError(f"dataset {dataset!r}: expected one of {', '.join(DATASETS)}")

@@ -11,7 +11,8 @@ from typing import Any
 
 from reclaif.distributed.pool import PoolWorker
 from reclaif.faults import maybe_fail
-from reclaif.config import JudgeConfig, LLMSpec, from_dict
+from reclaif.config import JudgeConfig, LLMSpec
+from reclaif.config_load import from_dict
 from reclaif.data import load_items
 from reclaif.judge import make_judge
 from reclaif.llm import make_client
@@ -86,7 +87,8 @@ class SamplerWorker(PoolWorker):
 
 
 class JudgeWorker(PoolWorker):
-    """Compares the two answers of each sample row (sampling.num_samples is 2) with the judge."""
+    """Compares the two answers of each sample row with the judge, or ranks a row's answers
+    where it has more (sampling.num_samples > 2)."""
 
     def __init__(self, judge_cfg: dict[str, Any], data_path: str, top_k: int,
                  threads: int = 0) -> None:
@@ -107,6 +109,8 @@ class JudgeWorker(PoolWorker):
         examples = [Example.from_json(r["example"]) for r in live]
         if fault_point:
             maybe_fail(fault_point)
+        if any(len(r["answers"]) > 2 for r in live):
+            return self._rank_rows(rows, live, examples)
         verdicts = self.judge.compare_many(examples, [(r["answers"][0], r["answers"][1])
                                                       for r in live])
         # Only the LLM judge reports per-record outcomes; other judges leave rows as they were.
@@ -123,6 +127,29 @@ class JudgeWorker(PoolWorker):
             row.update({k: r[k][:2] for k in ("truncated", "token_ids", "logps") if k in r})
             if "sampled_by" in r:
                 row["sampled_by"] = r["sampled_by"]
+            if o is not None:
+                row.update(retries=o.retries, unparseable=o.unparseable)
+            out.append(row)
+        out += [{k: v for k, v in r.items() if k != "example"} for r in rows if r.get("failed")]
+        return out
+
+    def _rank_rows(self, rows: list[dict], live: list[dict],
+                   examples: list[Example]) -> list[dict]:
+        """Group rows {example_id, prompt, answers, ranking (reclaif.judge.ranking.Ranking),
+        and the sample row's truncated, token_ids, logps, sampled_by for every answer}; failed
+        rows as judge_rows writes them, a group failing where any of its comparisons did."""
+        rankings = self.judge.rank_many(examples, [r["answers"] for r in live])
+        outcomes = self.judge.last_outcomes or [None] * len(live)
+        out = []
+        for r, ranking, o in zip(live, rankings, outcomes):
+            if o is not None and o.failed:
+                out.append({"example_id": r["example_id"], "failed": True, "error": o.error[:500],
+                            "failed_calls": o.failed_calls, "retries": o.retries})
+                continue
+            row = {"example_id": r["example_id"], "prompt": r["prompt"], "answers": r["answers"],
+                   "ranking": ranking.to_json()}
+            row.update({k: r[k] for k in ("truncated", "token_ids", "logps", "sampled_by")
+                        if k in r})
             if o is not None:
                 row.update(retries=o.retries, unparseable=o.unparseable)
             out.append(row)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reclaif.atomic import atomic_write_jsonl, read_jsonl
-from reclaif.config import EvidenceConfig, load_config
+from reclaif.config import EvidenceConfig
+from reclaif.config_load import load_config
 from reclaif.data.heldout import LEAVE_LAST_OUT_DOMAINS
 from reclaif.errors import DataError
 from reclaif.evidence import cache

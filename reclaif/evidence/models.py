@@ -76,7 +76,7 @@ class EvidenceModels:
         m = cls(sources=list(sources), order=order,
                 users=sorted({w.user or w.id for w in windows}))
         if "sasrec" in sources:
-            from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker
+            from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker  # torch: only here
 
             m.sasrec = SASRecRanker(SASRecConfig(loss="ce", max_epochs=sasrec_epochs,
                                                  max_seconds=sasrec_seconds, seed=seed,
@@ -94,7 +94,7 @@ class EvidenceModels:
             self.tags = TagRanker(seed=seed)
             self.tags.fit([], items)
         if "bm25" in self.sources:
-            from reclaif.baselines.bm25 import BM25Ranker
+            from reclaif.baselines.bm25 import BM25Ranker  # bm25s and scipy: retrieval only
 
             self.bm25 = BM25Ranker(seed=seed)
             self.bm25.fit([], items)
@@ -123,7 +123,7 @@ class EvidenceModels:
             raise DataError(f"{directory / 'fit.json'}: no complete evidence model here ({e})"
                             ) from None
         if "sasrec" in m.sources:
-            from reclaif.baselines.sasrec import SASRecRanker
+            from reclaif.baselines.sasrec import SASRecRanker  # torch: only here
 
             m.sasrec = SASRecRanker.load(directory)
         if "transition" in m.sources:

@@ -18,6 +18,7 @@ from reclaif.judge.explainability import (ExplainabilityScorer, grounding,
 from reclaif.judge.llm_judge import LLMJudge, parse_judgment
 from reclaif.judge.panel import PanelJudge, cohen_kappa
 from reclaif.judge.rubric import RUBRIC_DESCRIPTION, RubricJudge
+from reclaif.llm import make_client
 from reclaif.llm.base import LLMClient
 from reclaif.records import Item
 
@@ -36,9 +37,8 @@ def make_judge(cfg: JudgeConfig, items: dict[str, Item], top_k: int,
     if cfg.kind == "rubric":
         return RubricJudge(items, top_k, weights=cfg.weights, min_margin=cfg.min_margin)
     if cfg.kind == "llm":
-        if client_factory is None:
-            from reclaif.llm import make_client as client_factory
-        return LLMJudge(client_factory(cfg.llm), items, top_k, position_swap=cfg.position_swap,
+        client = (client_factory or make_client)(cfg.llm)
+        return LLMJudge(client, items, top_k, position_swap=cfg.position_swap,
                         weights=cfg.weights)
     if cfg.kind == "panel":
         if len(cfg.panel) < 2:

@@ -8,7 +8,9 @@ Verdict row format (one JSON object per line; the driver writes RUN/iter-NNN/ver
      "verdict": {...}}                       # Verdict.to_json(): scores_a, scores_b, choice,
                                              #   raw_text, consistent
     Other keys (the driver adds "prompt") are ignored. A row with "failed": true (a shard the
-    judge could not finish after its retries) has no verdict; it is skipped and counted.
+    judge could not finish after its retries) has no verdict; it is skipped and counted. A
+    group row (sampling.num_samples > 2: "answers", "ranking") counts each comparison it
+    holds as a verdict row, and adds the group numbers (judge/group_audit.py).
 
 Reported:
 - position consistency: the share of verdicts whose position-swapped judgement agreed
@@ -30,8 +32,9 @@ from pathlib import Path
 from reclaif.errors import ConfigError, DataError
 from reclaif.records import Example, Item, Verdict
 from reclaif.atomic import read_jsonl
-from reclaif.config import load_yaml, read_config_text
+from reclaif.config_load import load_yaml, read_config_text
 from reclaif.data import load_examples, load_items
+from reclaif.judge.group_audit import format_groups, group_audit, is_group, pairwise_rows
 from reclaif.judge.links import explanation_shares
 from reclaif.metrics.relevance import ndcg_at_k
 from reclaif.parsing import parse_recommendation
@@ -55,7 +58,8 @@ def audit(verdict_rows: list[dict], examples: dict[str, Example] | None,
     `examples`, the label agreement is left out; without `items`, titles are the item ids."""
 
     failed = sum(1 for r in verdict_rows if r.get("failed"))
-    verdict_rows = [r for r in verdict_rows if not r.get("failed")]
+    groups = [r for r in verdict_rows if not r.get("failed") and is_group(r)]
+    verdict_rows = pairwise_rows([r for r in verdict_rows if not r.get("failed")])
     verdicts = [_verdict(r, n) for n, r in enumerate(verdict_rows, 1)]
     n = len(verdicts)
     choices = Counter(v.choice for v in verdicts)
@@ -68,6 +72,8 @@ def audit(verdict_rows: list[dict], examples: dict[str, Example] | None,
         "tie_rate": choices["tie"] / n if n else None,
         "choices": {k: choices[k] for k in ("a", "b", "tie")},
     }
+    if groups:
+        out["groups"] = group_audit(groups, examples, items, top_k)
     if examples is None:
         return out
     cat = items or {}
@@ -112,11 +118,12 @@ def read_rows(path: str | Path) -> list[dict]:
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise DataError(f"{path}: row {n}: expected an object, got {type(row).__name__}")
-        verdict = row.get("verdict")
-        if isinstance(verdict, dict) and verdict.get("choice") not in ("a", "b", "tie"):
-            # counted as neither a, b nor tie, it would vanish from every rate unseen
-            raise DataError(f"{path}: row {n}: verdict choice {verdict.get('choice')!r} is not "
-                            "'a', 'b' or 'tie'")
+        comparisons = (row.get("ranking") or {}).get("comparisons", [])  # a group row's
+        for verdict in [row.get("verdict")] + [c.get("verdict") for c in comparisons]:
+            if isinstance(verdict, dict) and verdict.get("choice") not in ("a", "b", "tie"):
+                # counted as neither a, b nor tie, it would vanish from every rate unseen
+                raise DataError(f"{path}: row {n}: verdict choice {verdict.get('choice')!r} is "
+                                "not 'a', 'b' or 'tie'")
     return rows
 
 
@@ -142,6 +149,8 @@ def format_report(res: dict) -> str:
     ex = res.get("explanations")
     if ex:
         lines.append(f"explanations:         {_explanation_line(ex)}")
+    if res.get("groups"):
+        lines += format_groups(res["groups"])
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from reclaif.judge.ranking import Ranking, rank_pairwise
 from reclaif.records import Example, PreferencePair, Scores, Verdict
 
 SCORE_MAX = 5.0
@@ -32,6 +33,13 @@ class CallOutcome:
     def failed(self) -> bool:
         return self.failed_calls > 0
 
+    def add(self, other: "CallOutcome") -> None:
+        """Counts another call of the same record (a group's comparisons) into this one."""
+        self.retries += other.retries
+        self.failed_calls += other.failed_calls
+        self.error = self.error or other.error
+        self.unparseable = self.unparseable or other.unparseable
+
 
 @runtime_checkable
 class Judge(Protocol):
@@ -47,6 +55,22 @@ class Judge(Protocol):
                      pairs: list[tuple[str, str]]) -> list[Verdict]:
         """One verdict per (example, (a, b)), in order; LLM judges batch their calls."""
         ...
+
+    def rank_many(self, examples: list[Example], answers: list[list[str]]) -> list[Ranking]:
+        """One ranking of each example's answers (sampling.num_samples > 2); by default from
+        pairwise verdicts (reclaif.judge.ranking). last_outcomes then holds one outcome per
+        example, the sum of its comparisons' (empty where compare_many leaves it empty)."""
+        totals = [CallOutcome() for _ in examples]
+        seen = []
+
+        def collect(owners: list[int]) -> None:
+            for k, outcome in zip(owners, self.last_outcomes):
+                totals[k].add(outcome)
+                seen.append(k)
+
+        rankings = rank_pairwise(self.compare_many, examples, answers, collect)
+        self.last_outcomes = totals if seen else []
+        return rankings
 
     def stats(self) -> dict:
         """Counts over every verdict so far (judge_stats.json); none by default."""

@@ -29,6 +29,7 @@ from reclaif.data.features import (distinctive_features, feature_idf, item_featu
                                    shared_features)
 from reclaif.errors import ConfigError
 from reclaif.evidence.models import read_evidence
+from reclaif.llm import make_client
 from reclaif.llm.base import LLMClient
 from reclaif.records import Example, Item, Recommendation
 from reclaif.parsing import parse_recommendation
@@ -339,7 +340,5 @@ def make_explainability_scorer(cfg: ExplainabilityConfig, items: dict[str, Item]
     """The scorer `cfg` asks for; `client_factory(spec)` builds the LLM (default make_client)."""
     client = None
     if cfg.kind == "llm":
-        if client_factory is None:
-            from reclaif.llm import make_client as client_factory
-        client = client_factory(cfg.llm)
+        client = (client_factory or make_client)(cfg.llm)
     return ExplainabilityScorer(cfg.kind, items, top_k, client=client)

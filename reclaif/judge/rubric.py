@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from reclaif.judge.base import Judge, check_pairs, to_scale
 from reclaif.judge.explainability import Grounding, grounding
+from reclaif.judge.ranking import Comparison, Ranking, ranking_of
 from reclaif.records import Example, Item, Recommendation, Scores, Verdict
 from reclaif.metrics.diversity import DiversityScorer
 from reclaif.metrics.relevance import ndcg_at_k
@@ -95,6 +96,33 @@ class RubricJudge(Judge):
         self.n_verdicts += len(out)
         self.n_ties += sum(v.choice == "tie" for v in out)
         return out
+
+    def rank_many(self, examples: list[Example], answers: list[list[str]]) -> list[Ranking]:
+        """Rankings by the scores, each answer scored once: the top is the answer no other
+        beats under _verdict's rule (valid first; between invalid ones, closer to the format;
+        then the weighted total). Its verdict against every other answer is recorded, and an
+        answer within min_margin of it is a tie, kept out of the group as a tie."""
+        if len(examples) != len(answers):
+            raise ValueError(f"rank_many: {len(examples)} examples but {len(answers)} "
+                             "answer lists")
+        out = []
+        for ex, texts in zip(examples, answers):
+            scored = [self.score(ex, t) for t in texts]
+            order = sorted(range(len(texts)), key=lambda i: self._rank_key(scored[i]),
+                           reverse=True)  # best first; stable: the lower index among equals
+            top = order[0]
+            comps = [Comparison(top, j, self._verdict(scored[top], scored[j])) for j in order[1:]]
+            self.n_verdicts += len(comps)
+            self.n_ties += sum(c.verdict.choice == "tie" for c in comps)
+            out.append(ranking_of(len(texts), top, comps))
+        return out
+
+    def _rank_key(self, s: RubricScore) -> tuple[int, float]:
+        """What _verdict compares first: validity, then the total (valid) or the progress
+        towards the format (invalid). The largest key loses to no answer."""
+        if s.rec.valid:
+            return 1, s.scores.total(self.weights)
+        return 0, float(self._progress(s.rec))
 
     def _verdict(self, sa: RubricScore, sb: RubricScore) -> Verdict:
         ta, tb = sa.scores.total(self.weights), sb.scores.total(self.weights)

@@ -80,11 +80,20 @@ class _BufferLayer(DynamicLayer):
             self._views()
 
 
-def _cache(model: Any, capacity: int) -> DynamicCache | None:
-    cache = DynamicCache(config=model.config)
+def full_attention_cache(config: Any) -> DynamicCache | None:
+    """transformers' dynamic cache for a model of `config` where every layer's is plain full
+    attention (DynamicLayer: no sliding window, no linear attention), else None. Also SFT's
+    shared prompt head (reclaif.train.shared_head)."""
+    cache = DynamicCache(config=config)
     if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None
-    cache.layers = [_BufferLayer(capacity) for _ in cache.layers]
+    return cache
+
+
+def _cache(model: Any, capacity: int) -> DynamicCache | None:
+    cache = full_attention_cache(model.config)
+    if cache is not None:
+        cache.layers = [_BufferLayer(capacity) for _ in cache.layers]
     return cache
 
 
@@ -94,12 +103,13 @@ def supports(model: Any) -> bool:
     remote code may not): the loop below handles those; other models use `generate`."""
     params = inspect.signature(model.forward).parameters
     takes = all(k in params for k in ("position_ids", "logits_to_keep"))
-    return takes and _cache_arg(params) is not None and _cache(model, 1) is not None
+    return takes and cache_arg(model.forward) is not None and _cache(model, 1) is not None
 
 
-def _cache_arg(params: Any) -> str | None:
-    """The forward's name for the KV cache, from its signature's parameters: `cache` from
-    transformers 5.24 (which deprecates `past_key_values`, the name before it)."""
+def cache_arg(forward: Any) -> str | None:
+    """The forward's name for the KV cache, from its signature: `cache` from transformers 5.24
+    (which deprecates `past_key_values`, the name before it); None where it takes neither."""
+    params = inspect.signature(forward).parameters
     return next((k for k in ("cache", "past_key_values") if k in params), None)
 
 
@@ -191,7 +201,7 @@ def _sample(model: Any, prompts: list[list[int]], n: int, temperature: float, to
             max_new_tokens: int, eos_ids: list[int], pad_id: int,
             logps: list[float] | None) -> list[list[int]]:
     device = next(model.parameters()).device
-    arg = _cache_arg(inspect.signature(model.forward).parameters)
+    arg = cache_arg(model.forward)
     shared = _shared_prefix(prompts)
     own = [ids[shared:] for ids in prompts]
     width = max(len(ids) for ids in own)

@@ -161,7 +161,7 @@ class HFClient(LLMClient):
                         stats: GenerationStats) -> list[list[Completion]]:
         import torch
 
-        from reclaif.llm import decode
+        from reclaif.llm import decode  # transformers: as in _prepare
 
         own_loop = self.own_decode_loop and self.decoder == "auto"
         stats.prompt_tokens += sum(len(x) for x in batch_ids)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from reclaif.atomic import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
-from reclaif.config import RunConfig, load_config, to_dict
+from reclaif.config import RunConfig
+from reclaif.config_load import load_config, to_dict
 from reclaif.data import load_examples, load_items, resolve_data_dir
 from reclaif.data.heldout import HeldOut, check_held_out
 from reclaif.data.interactions import fit_windows
@@ -38,6 +39,7 @@ from reclaif.llm.models import load_tokenizer, resolve_model
 from reclaif.metrics.diversity import DiversityScorer
 from reclaif.metrics.evaluate import evaluate_rankings
 from reclaif.parsing import is_valid, parse_recommendation
+from reclaif.pipeline.answer_groups import endpoint_counts, write_groups
 from reclaif.pipeline.launcher import render_launch, run_launch
 from reclaif.pipeline.report import write_report
 from reclaif.prompts import render_recommender
@@ -373,6 +375,18 @@ class Driver:
         out_dir = self.store.iter_dir(i)
         rows = read_jsonl(out_dir / "verdicts.jsonl")
         by_id = {e.id: e for e in self.train}
+        if self.cfg.sampling.num_samples > 2:  # ranked groups: groups.jsonl and their pairs
+            groups, stats = write_groups(rows, by_id, self.items, self.top_k,
+                                         self.store.groups(i), self.store.pairs(i),
+                                         out_dir / "judge_stats.json")
+            self.store.mark_done(key, [self.store.groups(i), self.store.pairs(i)],
+                                 count=len(groups))
+            if not groups:
+                raise ReclaifError(f"{self.store.groups(i)}: the judge kept no answer group in "
+                                   f"iteration {i} ({stats['failed']} of {len(rows)} records "
+                                   f"failed, {stats['unparseable']} unparseable; see "
+                                   f"{out_dir / 'judge_stats.json'}); DPO has nothing to train on")
+            return
         pairs: list[PreferencePair] = []
         capped_over_finished = 0
         for row in rows:
@@ -391,14 +405,9 @@ class Driver:
         out = self.store.pairs(i)
         atomic_write_jsonl(out, [p.to_json() for p in pairs])
         stats = audit([r for r in rows if not r.get("failed")], by_id, self.items, self.top_k)
-        # Endpoint trouble, summed from the per-record marks the judge workers write (so the
-        # counts survive actor restarts and resumed runs); the report shows them.
         stats.update(pairs_kept=len(pairs), dropped_capped_over_finished=capped_over_finished,
-                     capped_rejected=sum(p.rejected_truncated for p in pairs), failed=sum(1 for r in rows if r.get("failed")),
-                     judged=len(rows),
-                     unparseable=sum(1 for r in rows if r.get("unparseable")),
-                     failed_calls=sum(int(r.get("failed_calls", 0)) for r in rows),
-                     endpoint_retries=sum(int(r.get("retries", 0)) for r in rows))
+                     capped_rejected=sum(p.rejected_truncated for p in pairs),
+                     **endpoint_counts(rows))
         atomic_write_json(out_dir / "judge_stats.json", stats)
         self.store.mark_done(key, [out], count=len(pairs))
         if not pairs:
@@ -418,11 +427,11 @@ class Driver:
         maybe_fail(f"{phase}:start")
         if self.cfg.launch.mode == "inprocess":
             if phase == "sft":
-                from reclaif.train.sft import run_sft
+                from reclaif.train.sft import run_sft  # torch: only in the process that trains
 
                 metrics = run_sft(self.cfg, self.store.root)
             else:
-                from reclaif.train.dpo import run_dpo
+                from reclaif.train.dpo import run_dpo  # torch: only in the process that trains
 
                 metrics = run_dpo(self.cfg, self.store.root, i)
         else:
@@ -435,7 +444,7 @@ class Driver:
         self._timed(key, t0)
 
     def _launch(self, phase: str, i: int) -> dict:
-        from reclaif.train.checkpoint import latest_train_state
+        from reclaif.train.checkpoint import latest_train_state  # torch: only when launching
 
         log_path = self.store.train_log(phase, i)  # run_launch makes logs/
         argv = render_launch(self.cfg.launch.template, phase=phase, run_dir=str(self.store.root),

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reclaif.atomic import read_jsonl
+from reclaif.config_load import load_config
+from reclaif.data import load_examples, load_items, resolve_data_dir
 from reclaif.errors import ReclaifError
 from reclaif.judge.links import checkable, explanation_shares
 from reclaif.records import Example, Item, Recommendation
@@ -35,9 +37,6 @@ def eval_context(run_dir: Path) -> EvalContext | None:
     cfg_file = Path(run_dir) / "config.yaml"
     if not cfg_file.is_file():
         return None
-    from reclaif.config import load_config
-    from reclaif.data import load_examples, load_items, resolve_data_dir
-
     try:
         cfg = load_config(cfg_file)
         path = resolve_data_dir(cfg.data.path)

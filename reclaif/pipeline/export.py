@@ -28,7 +28,7 @@ def standard_rows(tokenizer: Any, pairs: list[PreferencePair]) -> list[dict[str,
     """TRL's plain-text preference rows: the prompt rendered by the chat template exactly as
     RecLAIF trains on it (train.data.render_prompt); TRL appends EOS to each answer, as
     RecLAIF's encode does."""
-    from reclaif.train.data import render_prompt
+    from reclaif.train.data import render_prompt  # torch: the standard format only
 
     return [{"prompt": render_prompt(tokenizer, p.prompt), "chosen": p.chosen,
              "rejected": p.rejected} for p in pairs]

@@ -17,10 +17,16 @@ from typing import Any
 
 from reclaif.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from reclaif.errors import ReclaifError
+from reclaif.evidence.models import evidence_first
+from reclaif.judge import RUBRIC_DESCRIPTION
 from reclaif.logs import terminal_safe
+from reclaif.metrics.evaluate import bootstrap_ci, paired_bootstrap_ci
 from reclaif.pipeline.explanations import (EvalContext, eval_context, example_lines,
                                            share_lines)
+from reclaif.pipeline.judge_table import judge_tables
+from reclaif.pipeline.store import RunStore
 from reclaif.run_layout import BASE, SFT, is_iteration, iteration_dirs, iteration_of
+from reclaif.teacher import TEACHER_DESCRIPTION
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +103,6 @@ def _values(result: dict, key: str) -> list[float] | None:
 
 
 def _ci(result: dict, key: str) -> tuple[float, float] | None:
-    from reclaif.metrics.evaluate import bootstrap_ci
-
     values = _values(result, key)
     return bootstrap_ci(values, BOOTSTRAP) if values else None
 
@@ -146,8 +150,6 @@ def table_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
 def paired_lines(run_dir: Path) -> list[str]:
     """The last iteration against SFT (and against base without SFT) on the same examples:
     mean difference and its paired 95% bootstrap interval, per ranking metric."""
-    from reclaif.metrics.evaluate import paired_bootstrap_ci
-
     st = dict(stages(Path(run_dir)))
     iters = sorted(k for k in st if is_iteration(k))
     ref = "sft" if "sft" in st else "base"
@@ -180,8 +182,6 @@ def agreement_lines(run_dir: Path) -> list[str]:
     """How often each LLM stage's first pick is the evidence's #1 (hybrid runs): a reranker
     that only copies its first stage can match it, never beat it. Where the two differ, how
     often each was right (hit@1 of the stage and of the evidence's own row)."""
-    from reclaif.evidence.models import evidence_first
-
     run_dir = Path(run_dir)
     f = run_dir / "evidence" / "eval.jsonl"
     if not f.is_file():
@@ -273,27 +273,6 @@ def _plot(run_dir: Path) -> Path | None:
     return out
 
 
-def _judge_rows(run_dir: Path) -> list[list[str]]:
-    rows = []
-    for d in iteration_dirs(run_dir):
-        f = d / "judge_stats.json"
-        if not f.exists():
-            continue
-        s = _read_json(f)
-        agree = (s.get("label_agreement") or {}).get("rate")
-        consistency = s.get("position_consistency")
-        rows.append([d.name, str(s.get("judged", "-")), str(s.get("pairs_kept", "-")),
-                     _pct(s.get("tie_rate")),
-                     _pct(None if consistency is None else 1 - consistency),
-                     _pct(agree), str(s.get("failed", 0)), str(s.get("failed_calls", 0)),
-                     str(s.get("unparseable", 0)), str(s.get("endpoint_retries", 0))])
-    return rows
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
 def _examples(run_dir: Path, n: int) -> list[dict[str, str]]:
     st = [s for s, _ in stages(run_dir)]
     if len(st) < 2:
@@ -314,19 +293,12 @@ def _examples(run_dir: Path, n: int) -> list[dict[str, str]]:
 def _descriptions(run_dir: Path) -> list[str]:
     cfg = _config_text(run_dir)
     notes = []
-    try:
-        from reclaif.judge import RUBRIC_DESCRIPTION
-        from reclaif.teacher import TEACHER_DESCRIPTION
-    except ImportError:
-        return notes
     if "kind: offline" in cfg:
         notes.append("**Teacher (data-derived):** " + TEACHER_DESCRIPTION)
     if "kind: rubric" in cfg:
         notes.append("**Judge (data-derived rubric):** " + RUBRIC_DESCRIPTION)
     manifest = run_dir / "manifest.json"
     if manifest.is_file():
-        from reclaif.pipeline.store import RunStore
-
         entry = RunStore(run_dir).manifest()["phases"].get("evidence")  # damaged: one line
         if entry:
             notes.append(f"**Hybrid mode (evidence in the prompt):** {entry.get('description')} "
@@ -341,15 +313,13 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
     run_dir = Path(run_dir)
     plot = _plot(run_dir)
     head, rows = table_rows(run_dir)
-    judge = _judge_rows(run_dir)
+    judge = judge_tables(run_dir, _read_json)
     timings = _read_json(run_dir / "timings.json", optional=True) \
         if (run_dir / "timings.json").exists() else {}
     shown = _examples(run_dir, examples_shown)
     notes = _descriptions(run_dir)
     context = eval_context(run_dir)
     checks = example_lines(run_dir, _stage_labels(run_dir), context)
-    jhead = ["Iteration", "Judged", "Pairs kept", "Ties", "Position disagreement",
-             "Agrees with labels", "Failed", "Failed calls", "Unparseable", "Endpoint retries"]
 
     md = [f"# RecLAIF run: {run_dir.name}", ""]
     md += [n + "\n" for n in notes]
@@ -358,9 +328,9 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
            table_markdown(run_dir, context), ""]
     if plot:
         md += ["![metrics](plots/metrics.png)", ""]
-    if judge:
-        md += ["## Judge", "", "| " + " | ".join(jhead) + " |", "|" + "---|" * len(jhead)]
-        md += ["| " + " | ".join(r) + " |" for r in judge] + [""]
+    for title, jhead, jrows in judge:
+        md += [f"## {title}", "", "| " + " | ".join(jhead) + " |", "|" + "---|" * len(jhead)]
+        md += ["| " + " | ".join(r) + " |" for r in jrows] + [""]
     if timings:
         md += ["## Wall time per phase (s)", "", "| Phase | Seconds |", "|---|---|"]
         md += [f"| {k} | {v} |" for k, v in timings.items()] + [""]
@@ -392,8 +362,8 @@ def write_report(run_dir: str | Path, examples_shown: int = 3) -> Path:
     if plot:
         b64 = base64.b64encode(plot.read_bytes()).decode()
         parts.append(f'<img alt="metrics" src="data:image/png;base64,{b64}">')
-    if judge:
-        parts += ["<h2>Judge</h2>", table_html(jhead, judge)]
+    for title, jhead, jrows in judge:
+        parts += [f"<h2>{html.escape(title)}</h2>", table_html(jhead, jrows)]
     if timings:
         parts += ["<h2>Wall time per phase (s)</h2>",
                   table_html(["Phase", "Seconds"], [[k, str(v)] for k, v in timings.items()])]

@@ -34,8 +34,8 @@ import yaml
 
 from reclaif.atomic import (atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json,
                             read_jsonl)
-from reclaif.config import (RunConfig, dump_config, from_dict, load_yaml, read_config_text,
-                            to_dict)
+from reclaif.config import RunConfig
+from reclaif.config_load import dump_config, from_dict, load_yaml, read_config_text, to_dict
 from reclaif.errors import ConfigError, ReclaifError
 from reclaif.run_layout import RunLayout, stage_name
 from reclaif.data import resolve_data_dir

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from reclaif.config import RunConfig, load_config
+from reclaif.config import RunConfig
+from reclaif.config_load import load_config
 from reclaif.errors import ConfigError
 from reclaif.pipeline.store import RunStore
 
@@ -28,7 +29,7 @@ def phase_config(run_dir: str | Path, config: str | Path | None = None,
 
 
 def _quiet_other_ranks() -> None:
-    from reclaif.train.strategy import launcher_env
+    from reclaif.train.strategy import launcher_env  # torch: only in the process that trains
 
     if launcher_env()[0] != 0:
         logging.getLogger().setLevel(logging.WARNING)
@@ -37,12 +38,12 @@ def _quiet_other_ranks() -> None:
 def train_phase(phase: str, cfg: RunConfig, run_dir: str | Path, iteration: int = 0) -> None:
     """SFT, or DPO iteration `iteration` (1-based), on `run_dir`'s data, in this process."""
     if phase == "sft":
-        from reclaif.train.sft import run_sft
+        from reclaif.train.sft import run_sft  # torch: only in the process that trains
 
         _quiet_other_ranks()
         run_sft(cfg, Path(run_dir))
     elif phase == "dpo":
-        from reclaif.train.dpo import run_dpo
+        from reclaif.train.dpo import run_dpo  # torch: only in the process that trains
 
         if iteration < 1:
             raise ConfigError(f"train dpo: iteration {iteration} must be at least 1 (1-based)")

@@ -5,7 +5,7 @@ generation prompt (exactly as the samplers render it, reclaif.llm.hf), and the r
 with the end-of-turn token, so the model learns to stop. Only response tokens carry loss
 (paper Eq. 1). A prompt is never cut: prompts are fitted when rendered (fewer candidates,
 reclaif.recommender), and an answer that still does not fit loses its end, or the example is
-refused (_check_room). DPO pairs keep one prompt for both answers (encode_pair).
+refused (answer_room). DPO pairs keep one prompt for both answers (encode_pair).
 
 The batch order is a pure function of (seed, epoch, rank): a rerun that skips the batches a
 train_state checkpoint consumed sees exactly the batches the crashed run would have seen.
@@ -45,7 +45,7 @@ def answer_tokens(tokenizer: Any, answer: str, ended: bool = True) -> list[int]:
             + (_end_ids(tokenizer) if ended else []))
 
 
-def _check_room(example_id: str, prompt: int, answer: int, max_length: int) -> int:
+def answer_room(example_id: str, prompt: int, answer: int, max_length: int) -> int:
     """How many answer tokens fit after the whole prompt. Prompts are never cut (they were
     fitted when rendered: reclaif.recommender.fit_candidates); an answer is cut from the
     right only while a quarter of max_length stays for it, else the example is refused."""
@@ -63,9 +63,9 @@ def _check_room(example_id: str, prompt: int, answer: int, max_length: int) -> i
 def encode(tokenizer: Any, prompt: str, response: str, max_length: int,
            example_id: str = "?") -> dict[str, list[int]]:
     """input_ids = chat(prompt) + response + eos; loss_mask is 1 on response (and eos) only.
-    Too long: see _check_room (the prompt whole, the response cut from the right)."""
+    Too long: see answer_room (the prompt whole, the response cut from the right)."""
     p, r = prompt_tokens(tokenizer, prompt), answer_tokens(tokenizer, response)
-    r = r[:_check_room(example_id, len(p), len(r), max_length)]
+    r = r[:answer_room(example_id, len(p), len(r), max_length)]
     return {"input_ids": p + r, "loss_mask": [0] * len(p) + [1] * len(r)}
 
 
@@ -83,7 +83,7 @@ def encode_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str,
                 rejected_ids: list[int] | None = None) -> dict[str, dict[str, list[int]]]:
     """A preference pair whose chosen and rejected sequences share the SAME prompt tokens, so
     DPO compares the two answers to one context. Too long: the answers are cut from the right
-    to what the whole prompt leaves (_check_room). A truncated answer (stopped at
+    to what the whole prompt leaves (answer_room). A truncated answer (stopped at
     max_new_tokens) gets no end-of-turn token: it never emitted one. `*_ids`: the answer's
     tokens as sampled (end of turn included where emitted), used as they are instead of
     re-tokenising its text, so DPO trains the tokens the policy generated."""
@@ -91,7 +91,7 @@ def encode_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str,
     answers = [list(ids) if ids else answer_tokens(tokenizer, a, not capped)
                for a, capped, ids in ((chosen, chosen_truncated, chosen_ids),
                                       (rejected, rejected_truncated, rejected_ids))]
-    room = _check_room(example_id, len(p), max(len(a) for a in answers), max_length)
+    room = answer_room(example_id, len(p), max(len(a) for a in answers), max_length)
     out = {}
     for side, a in zip(("chosen", "rejected"), answers):
         a = a[:room]
@@ -131,6 +131,19 @@ def pad_batch(seqs: list[dict[str, list[int]]], pad_id: int) -> dict[str, Tensor
         att[i, :n] = 1
         loss[i, :n] = torch.tensor(s["loss_mask"])
     return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
+
+
+def split_head(seqs: list[dict[str, list[int]]], head: int, pad_id: int) -> dict[str, Tensor]:
+    """Encoded rows that begin with the same `head` tokens (shared_head.common_head) as the head
+    once, head_ids [1, head], and each row's remainder right-padded (pad_batch): input_ids,
+    attention_mask, loss_mask [B, R], for shared_head.head_sequence_logps."""
+    first = seqs[0]["input_ids"][:head]
+    if any(s["input_ids"][:head] != first or len(s["input_ids"]) <= head for s in seqs):
+        raise ValueError(f"split_head: the rows do not all begin with the same {head} tokens "
+                         "and go on after them")
+    rest = pad_batch([{k: s[k][head:] for k in ("input_ids", "loss_mask")} for s in seqs],
+                     pad_id)
+    return {"head_ids": torch.tensor([first]), **rest}
 
 
 def collate_pairs(items: list[dict], pad_id: int) -> dict[str, Any]:

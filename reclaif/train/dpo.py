@@ -1,10 +1,12 @@
-"""DPO recipe (paper Eq. 2; IPO, hinge and cDPO by config) for one iteration of RecLAIF.
+"""DPO recipe (paper Eq. 2; IPO, hinge and cDPO by config; S-DPO) for one iteration of RecLAIF.
 
-Reads RUN/iter-NNN/pairs.jsonl (PreferencePair rows) and ref_logps.jsonl, computing the latter
-first when it is absent (the reference is the SFT model or the previous iteration's, by
-`dpo.reference`); the policy starts from the previous checkpoint. The DPO loss is fused into the
-log-prob kernel. Writes iter-NNN/checkpoint/, iter-NNN/train_metrics.json (loss, reward accuracy
-and margins, tokens/s, steps), curves under RUN/tb/iter-NNN, and train_state/step-N.
+Reads RUN/iter-NNN/pairs.jsonl (PreferencePair rows; with dpo.loss_type sdpo, the answer
+groups of reclaif.train.sdpo.load_groups) and ref_logps.jsonl, computing the latter first when it
+is absent (the reference is the SFT model or the previous iteration's, by `dpo.reference`); the
+policy starts from the previous checkpoint. The DPO loss is fused into the log-prob kernel
+(S-DPO's runs each group as one packed row, reclaif.train.groups). Writes iter-NNN/checkpoint/,
+iter-NNN/train_metrics.json (loss, reward accuracy and margins, tokens/s, steps), curves under
+RUN/tb/iter-NNN, and train_state/step-N.
 """
 from __future__ import annotations
 
@@ -19,22 +21,25 @@ import torch
 
 from reclaif.atomic import read_jsonl
 from reclaif.config import DPOConfig, RunConfig, shares_prompt
-from reclaif.errors import DataError
+from reclaif.errors import ConfigError, DataError
 from reclaif.faults import maybe_fail
 from reclaif.llm.models import load_tokenizer, resolve_model
 from reclaif.records import PreferencePair
 from reclaif.run_layout import SFT, RunLayout, stage_name
 from reclaif.train.data import BatchPlan, collate_pairs, count_tokens, encode_pairs
 from reclaif.train.fused_dpo import fused_dpo_loss
+from reclaif.train.groups import encode_groups
 from reclaif.train.loop import StageFiles, finish, finished, total_steps, train_loop
-from reclaif.train.reference import (attach_reference_logps, compute_reference_logps,
-                                     sampled_reference, stale_reason, write_reference_logps)
+from reclaif.train.losses import METRICS
+from reclaif.train.reference import (attach_group_reference_logps, attach_reference_logps,
+                                     compute_group_reference_logps, compute_reference_logps,
+                                     sampled_group_reference, sampled_reference, stale_reason,
+                                     write_reference_logps)
+from reclaif.train.sdpo import SDPOMethod, load_groups
 from reclaif.train.session import TrainLog, epoch_means, hf_model, load_policy, mean_over
 from reclaif.train.strategy import Strategy
 
 log = logging.getLogger(__name__)
-METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-           "logps/chosen", "logps/rejected")
 
 
 def policy_and_reference(cfg: RunConfig, run_dir: Path, iteration: int) -> tuple[str, str]:
@@ -93,16 +98,19 @@ class DPOMethod:
 def reference_logps(strategy: Strategy, t: DPOConfig, ref_file: Path, policy_path: str,
                     ref_path: str, encoded: list[dict], pad_id: int, attn: str,
                     shared: bool) -> int:
-    """Writes the reference log-probs of every pair, once per iteration, before any policy
-    update (the prepared policy is the reference when both start from the same model). Pairs
-    whose answers the reference model sampled, in this dtype, take the sampling pass's sums
-    (sampled_reference); only the rest run a reference forward. Returns how many came from
-    sampling."""
+    """Writes the reference log-probs of every pair (or S-DPO group), once per iteration,
+    before any policy update (the prepared policy is the reference when both start from the
+    same model). Records whose answers the reference model sampled, in this dtype, take the
+    sampling pass's sums (sampled_reference); only the rest run a reference forward. Returns
+    how many came from sampling."""
     dtype = reference_dtype(t)
-    sampled = sampled_reference(encoded, ref_path, dtype)
+    groups = t.loss_type == "sdpo"
+    sampled = (sampled_group_reference if groups else sampled_reference)(encoded, ref_path,
+                                                                         dtype)
     rest = [i for i in range(len(encoded)) if i not in sampled]
-    log.info("reference log-probs: %d of %d pairs from the sampling pass (%s, %s), %d by a "
-             "reference forward", len(sampled), len(encoded), ref_path, dtype, len(rest))
+    log.info("reference log-probs: %d of %d %s from the sampling pass (%s, %s), %d by a "
+             "reference forward", len(sampled), len(encoded), "groups" if groups else "pairs",
+             ref_path, dtype, len(rest))
     computed: list[dict] | None = []
     if rest:
         if ref_path == policy_path:
@@ -114,11 +122,17 @@ def reference_logps(strategy: Strategy, t: DPOConfig, ref_file: Path, policy_pat
         # Under the policy forward's own autocast: in bf16 the first step then has loss log 2
         # and zero margins, as in fp32 (an fp32 reference would be off by the bf16 rounding).
         with strategy.autocast():
-            computed = compute_reference_logps(
-                lambda fn, *a: forward(lambda m, *b: fn(hf_model(m), *b), *a),
-                [encoded[i] for i in rest], pad_id, t.batch_size, t.logprob_chunk,
-                strategy.rank, strategy.world_size, strategy.device, kernel=t.logprob_kernel,
-                shared_prompt=shared)
+            run = lambda fn, *a: forward(lambda m, *b: fn(hf_model(m), *b), *a)  # noqa: E731
+            todo = [encoded[i] for i in rest]
+            if groups:
+                computed = compute_group_reference_logps(
+                    run, todo, pad_id, t.batch_size, t.logprob_chunk, strategy.rank,
+                    strategy.world_size, strategy.device, kernel=t.logprob_kernel)
+            else:
+                computed = compute_reference_logps(
+                    run, todo, pad_id, t.batch_size, t.logprob_chunk, strategy.rank,
+                    strategy.world_size, strategy.device, kernel=t.logprob_kernel,
+                    shared_prompt=shared)
         del forward
         gc.collect()
     if strategy.is_main:
@@ -152,17 +166,26 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     strategy = Strategy(t).setup()
     policy_path, ref_path = policy_and_reference(cfg, run_dir, iteration)
     tokenizer = load_tokenizer(policy_path)
-    pairs_file = layout.pairs(iteration)
-    pairs = [PreferencePair.from_json(r) for r in read_jsonl(pairs_file)]
-    if not pairs:
-        raise DataError(f"{pairs_file}: no preference pairs to train on")
-    encoded = encode_pairs(tokenizer, pairs, t.max_length)
+    groups = t.loss_type == "sdpo"
+    if groups:
+        source, records = load_groups(cfg, run_dir, iteration)
+        encoded = encode_groups(tokenizer, records, t.max_length)
+    else:
+        source = layout.pairs(iteration)
+        records = [PreferencePair.from_json(r) for r in read_jsonl(source)]
+        encoded = encode_pairs(tokenizer, records, t.max_length)
+    if not encoded:
+        raise DataError(f"{source}: no preference {'groups' if groups else 'pairs'} to train on")
     plan = BatchPlan(len(encoded), t.batch_size, strategy.world_size, strategy.rank,
                      t.grad_accum, t.seed)
     total = total_steps(plan, t)
     attn = cfg.recommender.attn_implementation
     policy = load_policy(policy_path, t, strategy, attn)
     shared = shares_prompt(t.prompt_forward, attention_of(policy))
+    if groups and not shared:  # "auto" attention resolved to flash-attention 2
+        raise ConfigError(f"dpo.loss_type sdpo packs each group under a 4D attention mask; "
+                          f"the policy runs {attention_of(policy)} attention, which takes "
+                          "none: set recommender.attn_implementation to sdpa or eager")
     strategy.prepare(policy, total)
     del policy
 
@@ -174,18 +197,23 @@ def run_dpo(cfg: RunConfig, run_dir: str | Path, iteration: int) -> dict:
     if stale or not ref_file.exists():
         reference_logps(strategy, t, ref_file, policy_path, ref_path, encoded,
                         tokenizer.pad_token_id, attn, shared)
-    from_sampling = attach_reference_logps(ref_file, encoded)
+    from_sampling = (attach_group_reference_logps if groups else attach_reference_logps)(
+        ref_file, encoded)
 
     # 3. the shared loop (resumes a run that was cut)
     tlog = TrainLog(run_dir, stage, strategy.is_main, cfg.report.trackers, cfg.name)
-    method = DPOMethod(strategy, t, encoded, tokenizer.pad_token_id, shared)
+    method = (SDPOMethod(strategy, t, encoded, tokenizer.pad_token_id) if groups else
+              DPOMethod(strategy, t, encoded, tokenizer.pad_token_id, shared))
     result = train_loop(strategy, plan, method, t, files, tlog, "dpo")
 
     # 4. the model checkpoint and the metrics
     h = tlog.history
     last_epoch = [s for s in h if s["epoch"] == (h[-1]["epoch"] if h else 0)]
     metrics = {"phase": "dpo", "iteration": iteration, "steps": result.steps,
-               "total_steps": total, "pairs": len(encoded), "policy_init": policy_path,
+               "total_steps": total, "policy_init": policy_path,
+               # a group of n answers holds n - 1 pairs (one each at two answers per prompt)
+               "pairs": sum(len(e["answers"]) - 1 for e in encoded) if groups else len(encoded),
+               **({"groups": len(encoded)} if groups else {}),
                "reference": ref_path, "reference_dtype": reference_dtype(t),
                "reference_from_sampling": from_sampling,
                "loss_type": t.loss_type, "beta": t.beta,

@@ -14,7 +14,8 @@ GEMMs (reclaif/train/triton_ce.py); the torch loop, the reference, runs a dozen 
 The kernel reads hidden states at counted label positions only, so where the pair's body runs
 does not matter to it: pair_hidden either runs prompt+chosen and prompt+rejected as two rows,
 or (shared_prompt) each pair as one row [prompt | chosen | rejected] under a 4D mask, where the
-prompt (most of a recommendation pair's tokens) runs once, and hands it the answers' positions.
+prompt (most of a recommendation pair's tokens) runs once, and hands it the answers' positions;
+there the head every pair's prompt begins with runs once for the micro-batch (shared_head.py).
 
 Public face: `fused_dpo_loss` (the trainer's), `fused_dpo_loss_from_hidden` (the kernel on
 given hidden states: the benches, the tests), `pair_hidden` (also the reference log-probs'
@@ -37,6 +38,7 @@ from reclaif.train.logprobs import (GradWeight, acc_dtype, backprop_chunk, body_
                                     shifted_labels, softmax_inplace, under_autocast,
                                     zero3_partitioned)
 from reclaif.train.losses import check_dpo_args, dpo_loss_grad, dpo_losses, dpo_metrics
+from reclaif.train.shared_head import batch_head, head_support, run_over_head
 
 
 def pair_groups(counts: list[int], pairs: int, chunk: int) -> list[tuple[int, int]]:
@@ -253,17 +255,33 @@ def pair_hidden(model: torch.nn.Module, chosen: dict, rejected: dict, shared_pro
     (shared_prompt=True; eager or sdpa attention, which take a 4D mask as it is): one row per
     pair, [prompt | chosen | rejected] (data.share_prompt), with shared_prompt_mask and both
     answers' positions continuing from the prompt, so the prompt runs once; hidden is then the
-    answers' predictor positions only, [2B, W, H]. Both count the same tokens with the same
-    math; they differ by the order of fp sums. The inputs go to `device` (default: the lm_head
+    answers' predictor positions only, [2B, W, H]; and the tokens all the pairs' prompts begin
+    with (the template's head) run once for all of them, where shared_head.head_support allows
+    (no gradient checkpointing, a plain full-attention cache). Both count the same tokens with
+    the same math; they differ by the order of fp sums. The inputs go to `device` (default: the lm_head
     weight's) in non-blocking copies; labels stay on the host."""
     body, weight = body_and_weight(model)
     dev = device or weight.device
     if shared_prompt:
+        # The pairs' common head (the prompts' instructions) once for all the micro-batch's
+        # pairs, where the model can (shared_head.head_support); their rows go on after it.
+        head = batch_head(chosen) if head_support(model) is None else 0
+        head_ids = chosen["input_ids"][:1, :head]
+        if head:
+            chosen, rejected = ({k: x[k][:, head:] for k in ("input_ids", "attention_mask",
+                                                             "loss_mask")}
+                                for x in (chosen, rejected))
         rows = share_prompt(chosen, rejected)
         dtype = body.get_input_embeddings().weight.dtype  # as HF's own eager masks
         mask = shared_prompt_mask(to_device_async(rows["segment"], dev), dtype)
-        flat = final_hidden(body, to_device_async(rows["input_ids"], dev), mask,
-                             to_device_async(rows["position_ids"], dev)).flatten(0, 1)
+        ids, positions = (to_device_async(rows[k], dev) for k in ("input_ids", "position_ids"))
+        if head:  # every row sees the whole head
+            mask = torch.cat([mask.new_zeros(*mask.shape[:3], head), mask], dim=-1)
+            hidden = run_over_head(body, to_device_async(head_ids, dev), ids, mask,
+                                   positions + head)
+        else:
+            hidden = final_hidden(body, ids, mask, positions)
+        flat = hidden.flatten(0, 1)
         index = to_device_async(rows["gather"], dev)
         return flat[index.flatten()].view(*index.shape, -1), rows["labels"], weight
     T = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reclaif.train.data import PROMPT, pad_batch, render_prompt
+from reclaif.records import AnswerGroup
+from reclaif.train.data import PROMPT, answer_room, answer_tokens, pad_batch, prompt_tokens
 from reclaif.train.fused_dpo import shared_prompt_mask, to_device_async
 from reclaif.train.logprobs import (body_and_weight, final_hidden, sequence_logps,
                                     shifted_labels)
@@ -33,25 +34,44 @@ from reclaif.train.losses import sdpo_losses, sdpo_metrics
 PADDING = -1  # the segment of padding; answer k of a group (chosen: 0) is segment k + 1
 
 
-def encode_group(tokenizer: Any, prompt: str, answers: list[str],
-                 max_length: int) -> list[dict[str, list[int]]]:
+def encode_group(tokenizer: Any, prompt: str, answers: list[str], max_length: int,
+                 truncated: list[bool] | None = None, ids: list[list[int] | None] | None = None,
+                 example_id: str = "?") -> list[dict[str, list[int]]]:
     """A group's answers (chosen first) as rows prompt+answer that share the SAME prompt tokens,
-    cut as encode_pair cuts a pair (reclaif.train.data): answers from the right to what the
-    prompt leaves; the prompt from the left only when that would leave the longest answer under
-    a quarter of max_length."""
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2, got {max_length}")
+    by encode_pair's rules (reclaif.train.data): the prompt whole, the answers cut from the
+    right to what it leaves (too little room: a DataError naming the example); a `truncated`
+    answer (stopped at max_new_tokens) without the end of turn it never emitted; `ids`, an
+    answer's tokens as sampled, used as they are instead of re-tokenising its text."""
     if len(answers) < 2:
         raise ValueError(f"encode_group: a group needs a chosen and a rejected answer, got "
                          f"{len(answers)} answer(s)")
-    end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    p = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    encoded = [tokenizer(a, add_special_tokens=False)["input_ids"] + end for a in answers]
-    longest = max(len(a) for a in encoded)
-    room = max(max_length - len(p), min(longest, max_length // 4), 1)
-    p = p[-(max_length - room):] if len(p) > max_length - room else p
+    capped = list(truncated or []) + [False] * len(answers)
+    sampled = list(ids or []) + [None] * len(answers)
+    p = prompt_tokens(tokenizer, prompt)
+    encoded = [list(t) if t else answer_tokens(tokenizer, a, not c)
+               for a, c, t in zip(answers, capped, sampled)]
+    room = answer_room(example_id, len(p), max(len(a) for a in encoded), max_length)
     return [{"input_ids": p + a[:room], "loss_mask": [0] * len(p) + [1] * len(a[:room])}
             for a in encoded]
+
+
+def encode_groups(tokenizer: Any, groups: list[AnswerGroup], max_length: int) -> list[dict]:
+    """AnswerGroups → {example_id, answers: encode_group's rows}, plus sampled_ref (each
+    answer's log-prob sum from the sampling pass) and sampled_by where every answer carries its
+    sampled tokens and log-prob and is encoded whole (reference.sampled_group_reference)."""
+    out = []
+    for g in groups:
+        ids = [g.chosen_ids, *g.rejected_ids]
+        logps = [g.chosen_logp, *g.rejected_logps]
+        rows = encode_group(tokenizer, g.prompt, [g.chosen, *g.rejected], max_length,
+                            [g.chosen_truncated, *g.rejected_truncated], ids, g.example_id)
+        e: dict[str, Any] = {"example_id": g.example_id, "answers": rows}
+        whole = all(t and sum(r["loss_mask"]) == len(t) for t, r in zip(ids, rows))
+        if whole and all(lp is not None for lp in logps):
+            e["sampled_ref"] = [float(lp) for lp in logps]
+            e["sampled_by"] = dict(g.sampled_by)
+        out.append(e)
+    return out
 
 
 def collate_groups(groups: list[list[dict[str, list[int]]]], pad_id: int) -> dict[str, Any]:
@@ -160,24 +180,32 @@ def split_groups(flat: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor, Tensor
 
 def fused_sdpo_loss(model: torch.nn.Module, batch: dict[str, Any], ref_logps: Tensor,
                     beta: float, chunk_size: int = 1024, kernel: str = "auto",
-                    weight_grad_acc: str = "fp32",
-                    device: torch.device | None = None) -> tuple[Tensor, dict]:
+                    weight_grad_acc: str = "fp32", device: torch.device | None = None,
+                    rpo_alpha: float = 0.0) -> tuple[Tensor, dict]:
     """Mean S-DPO loss over the groups of `batch` (collate_groups) and its metrics (loss,
     rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies as in
     losses.sdpo_metrics; logps/chosen, logps/rejected), as 0-dim detached fp32 tensors.
     ref_logps: the reference's log-prob sums [R] in the batch's row order (group_logps under
-    no_grad with the reference model). With two answers per group it is fused_dpo_loss's
-    sigmoid loss."""
+    no_grad with the reference model). rpo_alpha: RPO's NLL term on the chosen answers, as
+    fused_dpo_loss adds it (rpo_alpha x -sum(chosen log-probs) / chosen tokens; the metrics'
+    loss leaves it out, as there). With two answers per group it is fused_dpo_loss's sigmoid
+    loss."""
     sizes = batch["sizes"]
     R = sum(sizes)
     if ref_logps.shape != (R,):
         raise ValueError(f"fused_sdpo_loss: ref_logps {tuple(ref_logps.shape)} must be [{R}], "
                          "one per answer row")
-    logps, _ = group_logps(model, batch, chunk_size, kernel, weight_grad_acc, device)
+    if not rpo_alpha >= 0:
+        raise ValueError(f"fused_sdpo_loss: rpo_alpha {rpo_alpha} must be >= 0")
+    logps, counts = group_logps(model, batch, chunk_size, kernel, weight_grad_acc, device)
     pc, pr, mask = split_groups(logps, sizes)
     rc, rr, _ = split_groups(ref_logps.to(logps.device, logps.dtype), sizes)
     losses, r_w, r_j = sdpo_losses(pc, pr, rc, rr, beta, mask)
     metrics = sdpo_metrics(losses, r_w, r_j, mask)
     metrics["logps/chosen"] = pc.detach().mean()
     metrics["logps/rejected"] = pr.detach()[mask].mean()
-    return losses.mean(), metrics
+    loss = losses.mean()
+    if rpo_alpha:
+        chosen_tokens = split_groups(counts.to(logps.dtype), sizes)[0].sum().clamp(min=1)
+        loss = loss - rpo_alpha * pc.sum() / chosen_tokens
+    return loss, metrics

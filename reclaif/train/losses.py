@@ -17,6 +17,10 @@ LOSS_TYPES = choices(DPOConfig, "loss_type")
 # The group loss: one chosen answer against several rejected ones (sdpo_losses), not a pair.
 GROUP_LOSS_TYPES = ("sdpo",)
 PAIR_LOSS_TYPES = tuple(t for t in LOSS_TYPES if t not in GROUP_LOSS_TYPES)
+# What a DPO step logs, pairs and groups alike (dpo_metrics' or sdpo_metrics', and the mean
+# sequence log-probs).
+METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+           "logps/chosen", "logps/rejected")
 
 
 def check_dpo_args(beta: float, loss_type: str, label_smoothing: float) -> None:

@@ -23,6 +23,7 @@ from reclaif.atomic import atomic_write_jsonl, read_jsonl
 from reclaif.errors import DataError
 from reclaif.train.data import collate_pairs
 from reclaif.train.fused_dpo import pair_hidden
+from reclaif.train.groups import collate_groups, group_logps
 from reclaif.train.logprobs import sequence_logps
 
 
@@ -142,4 +143,91 @@ def attach_reference_logps(path: str | Path, encoded: list[dict]) -> int:
                 raise DataError(f"{path}:{n}: {side} covers {got} tokens, this tokenisation "
                                 f"{want} (max_length or tokenizer changed); delete it to recompute")
         pair["ref_chosen"], pair["ref_rejected"] = float(row["chosen"]), float(row["rejected"])
+    return sum(1 for row in rows if row.get("source") == "sampling")
+
+
+# ------------------------------------------------------------------ S-DPO's answer groups
+# Rows {"example_id", "answers": [log-prob sum per answer, chosen first], "answer_tokens":
+# [tokens each covers], "dtype", "model", "source"}, in the same file (ref_logps.jsonl): a run's
+# loss type is frozen with its config, and a pair row fails attach_group_reference_logps.
+
+@torch.no_grad()
+def compute_group_reference_logps(forward: Callable[..., Any], encoded: list[dict], pad_id: int,
+                                  batch_size: int, chunk: int, rank: int = 0,
+                                  world_size: int = 1, device: torch.device | str = "cpu",
+                                  kernel: str = "auto") -> list[dict] | None:
+    """compute_reference_logps for groups (encode_groups' records), each group's prompt run
+    once (groups.group_logps, the policy's forward). Rows on rank 0, None elsewhere."""
+    n = len(encoded)
+    per_rank = math.ceil(n / world_size)
+    mine = [rank + world_size * j for j in range(per_rank)]  # >= n: padding, result dropped
+    width = max(len(e["answers"]) for e in encoded)
+    # [index, N, sums..., counts...]; each rank's tensor has one shape for all_gather
+    out = torch.full((per_rank, 2 + 2 * width), -1.0, dtype=torch.float64)
+    dev = torch.device(device)
+    for s in range(0, per_rank, batch_size):
+        idx = mine[s:s + batch_size]
+        items = [encoded[min(i, n - 1)] for i in idx]
+        batch = collate_groups([it["answers"] for it in items], pad_id)
+        sums, counts = forward(lambda m, b: group_logps(m, b, chunk, kernel, device=dev), batch)
+        sums, counts = sums.double().cpu(), counts.double().cpu()
+        start = 0
+        for r, (i, size) in enumerate(zip(idx, batch["sizes"])):
+            row = out[s + r]
+            row[0], row[1] = i, size
+            row[2:2 + size] = sums[start:start + size]
+            row[2 + width:2 + width + size] = counts[start:start + size]
+            start += size
+    if world_size > 1:
+        out = out.to(device)  # NCCL gathers device tensors only
+        parts = [torch.empty_like(out) for _ in range(world_size)]
+        torch.distributed.all_gather(parts, out)
+        out = torch.cat(parts).cpu()
+    if rank != 0:
+        return None
+    rows: dict[int, dict] = {}
+    for values in out.tolist():
+        i, size = int(values[0]), int(values[1])
+        if 0 <= i < n:
+            rows[i] = {"example_id": encoded[i]["example_id"], "answers": values[2:2 + size],
+                       "answer_tokens": [int(c) for c in values[2 + width:2 + width + size]]}
+    return [rows[i] for i in range(n)]
+
+
+def sampled_group_reference(encoded: list[dict], model: str, dtype: str) -> dict[int, dict]:
+    """sampled_reference for groups: the sampling pass's sums where every answer of a group
+    was encoded whole from its sampled tokens (encode_groups' sampled_ref) by `model` in
+    `dtype`; fp32 only, for sampled_reference's reason."""
+    if dtype != "float32":
+        return {}
+    out = {}
+    for i, e in enumerate(encoded):
+        by = e.get("sampled_by") or {}
+        if "sampled_ref" not in e or by.get("dtype") != dtype or not _same_path(
+                by.get("model", ""), model):
+            continue
+        out[i] = {"example_id": e["example_id"], "answers": list(e["sampled_ref"]),
+                  "answer_tokens": [sum(r["loss_mask"]) for r in e["answers"]],
+                  "source": "sampling"}
+    return out
+
+
+def attach_group_reference_logps(path: str | Path, encoded: list[dict]) -> int:
+    """Adds `ref` (the reference's sum per answer) to each encoded group, in order, checking
+    ids and token counts; returns how many rows came from the sampling pass."""
+    rows = read_jsonl(path)
+    if len(rows) != len(encoded):
+        raise DataError(f"{path}: {len(rows)} rows for {len(encoded)} groups; delete it to "
+                        "recompute")
+    for n, (row, group) in enumerate(zip(rows, encoded), 1):
+        if str(row.get("example_id")) != group["example_id"] or "answers" not in row:
+            raise DataError(f"{path}:{n}: not the reference of group {group['example_id']!r} "
+                            f"(example_id {row.get('example_id')!r}, fields {sorted(row)}); "
+                            "delete it to recompute")
+        want = [sum(r["loss_mask"][1:]) for r in group["answers"]]
+        got = row.get("answer_tokens", want)
+        if got != want:
+            raise DataError(f"{path}:{n}: the answers cover {got} tokens, this tokenisation "
+                            f"{want} (max_length or tokenizer changed); delete it to recompute")
+        group["ref"] = [float(x) for x in row["answers"]]
     return sum(1 for row in rows if row.get("source") == "sampling")

@@ -1,6 +1,10 @@
 """SFT recipe (paper Eq. 1): distil the teacher's responses into the recommender, with the loss on
 response tokens only, through the same chunked log-prob kernel DPO uses.
 
+A micro-batch's rows begin with the same prompt head (the recommender's instructions): with
+sft.prompt_forward auto/shared that head runs once for the batch (reclaif.train.shared_head),
+for the same loss and gradients as whole rows.
+
 The loss of an optimizer step is the token mean over the whole step: the summed NLL of the
 response tokens of all its micro-batches on all ranks, divided by their total count. With
 grad_accum > 1 or several ranks that is not the mean of per-micro-batch means (a long answer
@@ -23,14 +27,15 @@ import torch
 
 from reclaif.atomic import read_jsonl
 from reclaif.config import RunConfig, SFTConfig
-from reclaif.errors import DataError
+from reclaif.errors import ConfigError, DataError
 from reclaif.llm.models import load_tokenizer, resolve_model
 from reclaif.run_layout import SFT, RunLayout
-from reclaif.train.data import BatchPlan, count_tokens, encode_sft, pad_batch
+from reclaif.train.data import BatchPlan, count_tokens, encode_sft, pad_batch, split_head
 from reclaif.train.logprobs import model_sequence_logps
 from reclaif.train.losses import sft_loss
 from reclaif.train.loop import StageFiles, finish, finished, total_steps, train_loop
 from reclaif.train.session import TrainLog, epoch_means, hf_model, load_policy, mean_over
+from reclaif.train.shared_head import common_head, head_sequence_logps, head_support
 from reclaif.train.strategy import Strategy
 
 log = logging.getLogger(__name__)
@@ -48,11 +53,32 @@ def sft_step(model, batch: dict, chunk: int, kernel: str = "auto",
 def sft_nll(model, batch: dict, chunk: int, kernel: str = "auto",
             weight_grad_acc: str = "fp32"):
     """The summed NLL of the response tokens of `batch` (the recipe divides by the tokens of
-    the whole accumulation window, over all ranks)."""
+    the whole accumulation window, over all ranks). A batch with head_ids (data.split_head)
+    runs its shared head once."""
+    if "head_ids" in batch:
+        logps, _ = head_sequence_logps(hf_model(model), batch["head_ids"], batch["input_ids"],
+                                       batch["attention_mask"], batch["loss_mask"], chunk,
+                                       kernel=kernel, weight_grad_acc=weight_grad_acc)
+        return -logps.sum()
     logps, _ = model_sequence_logps(hf_model(model), batch["input_ids"], batch["attention_mask"],
                                     batch["loss_mask"], chunk, kernel=kernel,
                                     weight_grad_acc=weight_grad_acc)
     return -logps.sum()
+
+
+def shares_head(cfg: SFTConfig, policy: torch.nn.Module) -> bool:
+    """Whether SFT runs each micro-batch's common prompt head once (sft.prompt_forward), asked
+    of the loaded model: 'shared' where it cannot is an error, 'auto' falls back to whole rows
+    and logs why."""
+    if cfg.prompt_forward == "separate":
+        return False
+    why = head_support(hf_model(policy))
+    if why is None:
+        return True
+    if cfg.prompt_forward == "shared":
+        raise ConfigError(f"sft.prompt_forward: 'shared' cannot run: {why}; use auto or separate")
+    log.info("SFT runs every prompt whole (sft.prompt_forward: auto): %s", why)
+    return False
 
 
 def response_tokens(example: dict) -> int:
@@ -68,7 +94,9 @@ class SFTMethod:
     cfg: SFTConfig
     examples: list[dict]
     pad_id: int
+    shared_head: bool = False  # run each micro-batch's common prompt head once
     step_tokens: float = 1.0  # response tokens of the current step, all micro-batches and ranks
+    head_tokens_saved: int = 0  # head tokens not run again, this process's micro-batches
     _nll: Any = None
     _tokens: int = 0
 
@@ -79,11 +107,15 @@ class SFTMethod:
 
     def loss(self, idx: Sequence[int]) -> torch.Tensor:
         t, strategy = self.cfg, self.strategy
-        batch = strategy.to_device(pad_batch([self.examples[i] for i in idx], self.pad_id))
+        rows = [self.examples[i] for i in idx]
+        head = common_head(rows) if self.shared_head else 0
+        batch = strategy.to_device(split_head(rows, head, self.pad_id) if head
+                                   else pad_batch(rows, self.pad_id))
         with strategy.autocast():
             self._nll = strategy.forward(sft_nll, batch, t.logprob_chunk, t.logprob_kernel,
                                          t.logprob_weight_grad)
-        self._tokens = count_tokens(batch)
+        self._tokens = count_tokens(batch) + head * len(rows)  # the rows' tokens, either way
+        self.head_tokens_saved += head * (len(rows) - 1)
         # Both engines average gradients over ranks and divide by grad_accum: undone here.
         return self._nll * (t.grad_accum * strategy.world_size / self.step_tokens)
 
@@ -114,9 +146,12 @@ def run_sft(cfg: RunConfig, run_dir: str | Path) -> dict:
     total = total_steps(plan, t)
 
     # 2. model, optimizer, schedule; then the shared loop (resumes a run that was cut)
-    strategy.prepare(load_policy(init, t, strategy, cfg.recommender.attn_implementation), total)
+    policy = load_policy(init, t, strategy, cfg.recommender.attn_implementation)
+    shared = shares_head(t, policy)
+    strategy.prepare(policy, total)
+    del policy
     tlog = TrainLog(Path(run_dir), SFT, strategy.is_main, cfg.report.trackers, cfg.name)
-    method = SFTMethod(strategy, t, examples, tokenizer.pad_token_id)
+    method = SFTMethod(strategy, t, examples, tokenizer.pad_token_id, shared)
     result = train_loop(strategy, plan, method, t, files, tlog, "sft")
 
     # 3. the model checkpoint and the metrics
@@ -127,5 +162,6 @@ def run_sft(cfg: RunConfig, run_dir: str | Path) -> dict:
                "epoch_losses": epoch_means(tlog.history, t.epochs),
                "tokens_per_s": tlog.tokens_per_s(), "examples": len(examples),
                "world_size": strategy.world_size, "engine": t.engine, "lora_r": t.lora_r,
-               "preempted": result.preempted}
+               "prompt_forward": "shared" if shared else "separate",
+               "head_tokens_saved": method.head_tokens_saved, "preempted": result.preempted}
     return finish(strategy, tlog, files, tokenizer, metrics, result.preempted)
