@@ -40,7 +40,7 @@ def check() -> int:
 
 def rows(config: str, overrides: list[str]) -> int:
     """SFT's prompts, then each iteration's: the training rows drawn, all used once."""
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
 
     cfg = load_config(config, overrides)
     n = cfg.sft.max_examples + cfg.dpo.iterations * cfg.sampling.max_prompts
@@ -77,14 +77,16 @@ def decode_tokens(samples: Path, tokenizer) -> dict[str, int]:
 
 
 def summary(run_dir: Path, out: Path, baselines: Path | None, wall: float) -> int:
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.llm.models import load_tokenizer
     from reclaif.pipeline.report import table_markdown
     from reclaif.run_layout import SFT, stage_name
 
     cfg = load_config(run_dir / "config.yaml")
-    timings = json.loads((run_dir / "timings.json").read_text())
-    tok = load_tokenizer(cfg.recommender.model, cfg.recommender.cache_dir or None)
+    # a run stopped early (--budget, a failure) is summed up too: the phases that finished
+    timings_file = run_dir / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    tok = None
     phases, problems = {}, []
     for key, seconds in timings.items():
         stage, _, what = key.partition("/")
@@ -92,6 +94,8 @@ def summary(run_dir: Path, out: Path, baselines: Path | None, wall: float) -> in
         samples = {"eval": run_dir / stage / "eval" / "samples.jsonl",
                    "sample": run_dir / stage / "samples.jsonl"}.get(what)
         if samples is not None and samples.exists():
+            if tok is None:  # loaded once, and only where a decoding phase finished
+                tok = load_tokenizer(cfg.recommender.model, cfg.recommender.cache_dir or None)
             row.update(decode_tokens(samples, tok))
             done = row["prompt_tokens"] + row["answer_tokens"]
             row["tokens_per_s"] = round(done / seconds, 1) if seconds else None

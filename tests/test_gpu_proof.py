@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from reclaif.config import load_config
+from reclaif.config_load import load_config
 from reclaif.pipeline.driver import Driver
 
 REPO = Path(__file__).resolve().parents[1]

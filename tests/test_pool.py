@@ -158,7 +158,7 @@ def test_local_pool_skips_done_shards_on_rerun(no_ray, tmp_path):
 
 
 def test_ray_settings_without_ray_are_refused():
-    from reclaif.config import load_config
+    from reclaif.config_load import load_config
     from reclaif.errors import ConfigError
 
     for key in ("ray.num_samplers=2", "ray.num_judges=2", "ray.address=auto",
