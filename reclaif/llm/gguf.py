@@ -2,11 +2,11 @@
 
 transformers reads GGUF through the `gguf` package, which the lent GPU machine lacks and cannot
 fetch (docs/CLUSTER.md, "The GPU proof"); the embedded model is a plain Llama in three tensor
-types, so reading it here is short. `read_llama` gives what transformers' own conversion gives
-(tests/test_gguf.py compares the two tensor by tensor and token by token where `gguf` is
-installed): the config's fields, the state dict under transformers' names (q and k unpermuted
-as llama.cpp permuted them for its rotary layout) and the byte-level BPE tokenizer with the
-chat template. Format: github.com/ggml-org/ggml/blob/master/docs/gguf.md.
+types, so reading it here is short. `read_gguf`, then `llama_config`, `llama_state_dict` and
+`tokenizer` give what transformers' own conversion gives (tests/test_gguf.py holds digests of
+that conversion, tensor by tensor and token by token): the config's fields, the state dict
+under transformers' names (q and k unpermuted as llama.cpp permuted them for its rotary
+layout) and the byte-level BPE tokenizer with the chat template. Format: github.com/ggml-org/ggml/blob/master/docs/gguf.md.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ _CONFIG_KEYS = {"context_length": "max_position_embeddings", "embedding_length":
                 "attention.head_count_kv": "num_key_value_heads",
                 "attention.layer_norm_rms_epsilon": "rms_norm_eps",
                 "rope.freq_base": "rope_theta", "vocab_size": "vocab_size"}
+# tokenizer.ggml.<key> → the token's role (transformers' <role>_token, <role>_token_id)
 _TOKEN_IDS = {"bos_token_id": "bos", "eos_token_id": "eos", "unknown_token_id": "unk",
               "padding_token_id": "pad"}
 # llama.cpp's tensor names → transformers' (blk.N.* under model.layers.N.)
@@ -83,7 +84,10 @@ def _read(f: BinaryIO, fmt: str) -> Any:
 
 def _string(f: BinaryIO) -> str:
     n = _read(f, "<Q")
-    return f.read(n).decode("utf-8")
+    data = f.read(n)
+    if len(data) != n:  # a damaged length would otherwise shift every later read silently
+        raise CheckpointError(f"{f.name}: cut short at byte {f.tell()} (not a whole GGUF file)")
+    return data.decode("utf-8")
 
 
 def _value(f: BinaryIO, kind: int) -> Any:
@@ -172,11 +176,9 @@ def llama_config(g: GGUF) -> dict[str, Any]:
            if f"llama.{key}" in g.metadata}
     if "vocab_size" not in cfg:
         cfg["vocab_size"] = len(g.metadata["tokenizer.ggml.tokens"])
-    for key in _TOKEN_IDS:
+    for key, role in _TOKEN_IDS.items():
         if f"tokenizer.ggml.{key}" in g.metadata:
-            name = "unk_token_id" if key == "unknown_token_id" else \
-                "pad_token_id" if key == "padding_token_id" else key
-            cfg[name] = g.metadata[f"tokenizer.ggml.{key}"]
+            cfg[f"{role}_token_id"] = g.metadata[f"tokenizer.ggml.{key}"]
     # no output.weight: the output layer is the embedding matrix
     cfg["tie_word_embeddings"] = all(t.name != "output.weight" for t in g.tensors)
     return cfg
