@@ -100,28 +100,38 @@ say "data: $ROWS training rows drawn from $DATA/lastfm, every validation prompt"
 "$PY" "$REPO/tests/make_sample.py" --data "$DATA" --out "$WORK/data" --train "$ROWS" \
   --valid 0 > "$WORK/data.log" || { cat "$WORK/data.log" >&2; die "making the data failed"; }
 
-# 2. The baseline table on the CPU, beside the run (it fits its own SASRec models).
-say "baselines: reclaif eval --methods random,popularity,transition,sasrec-bce,sasrec-ce (background)"
-# a quarter of the cores (4 of the H100 machine's 16): the run's evidence fits use the GPU
-THREADS=$(( $(nproc) / 4 )); [ "$THREADS" -ge 1 ] || THREADS=1
-OMP_NUM_THREADS=$THREADS "$PY" -m reclaif.cli eval --examples "$WORK/data" --split valid \
-  --train "$WORK/data" --limit "$LIMIT" --no-diversity \
-  --methods random,popularity,transition,sasrec-bce,sasrec-ce --out "$WORK/baselines.json" \
-  > "$OUTDIR/baselines.md" 2> "$OUTDIR/baselines.log" &
-BASE_PID=$!
+# 2. The baseline table on the CPU, beside the run (it fits its own SASRec models), within the
+# run's budget; a resumed run keeps the table an earlier call finished.
+LIMITED=(); [ "$BUDGET" = 0 ] || LIMITED=(timeout "$BUDGET")
+BASE_PID=""
+if [ -f "$WORK/baselines.json" ]; then
+  say "baselines: the table $WORK/baselines.json made earlier"
+else
+  say "baselines: reclaif eval --methods random,popularity,transition,sasrec-bce,sasrec-ce (background)"
+  # a quarter of the cores (4 of the H100 machine's 16): the run's evidence fits use the GPU
+  THREADS=$(( $(nproc) / 4 )); [ "$THREADS" -ge 1 ] || THREADS=1
+  OMP_NUM_THREADS=$THREADS ${LIMITED[@]+"${LIMITED[@]}"} "$PY" -m reclaif.cli eval \
+    --examples "$WORK/data" --split valid --train "$WORK/data" --limit "$LIMIT" --no-diversity \
+    --methods random,popularity,transition,sasrec-bce,sasrec-ce --out "$WORK/baselines.json" \
+    > "$WORK/baselines.md" 2> "$WORK/baselines.log" &
+  BASE_PID=$!
+fi
 
 # 3. The run: evidence, base eval, teacher answers, SFT, SFT eval, 2 x (sample, judge, DPO, eval).
 say "run: reclaif run --config configs/lastfm-gpu-proof.yaml (progress below)"
 # --budget: timeout's SIGTERM is the command's resumable stop (finished phases are kept), so
 # a device call that runs out of time still brings back what finished, and resumes with --work
-LIMITED=(); [ "$BUDGET" = 0 ] || LIMITED=(timeout "$BUDGET")
 set +e
 ${LIMITED[@]+"${LIMITED[@]}"} "$PY" -m reclaif.cli run --config "$CONFIG" --run-dir "$WORK/run" \
   "${OVR[@]}" 2>&1 | tee "$OUTDIR/run.log"
 RUN_RC=${PIPESTATUS[0]}
-[ "$RUN_RC" = 0 ] || kill "$BASE_PID" 2>/dev/null
-wait "$BASE_PID"
-BASE_RC=$?
+BASE_RC=0
+if [ -n "$BASE_PID" ]; then
+  [ "$RUN_RC" = 0 ] || kill "$BASE_PID" 2>/dev/null
+  wait "$BASE_PID"
+  BASE_RC=$?
+fi
+cp "$WORK/baselines.md" "$WORK/baselines.log" "$OUTDIR/" 2>/dev/null
 [ -f "$WORK/run/config.yaml" ] && cp "$WORK/run/config.yaml" "$OUTDIR/config.yaml"
 [ -f "$WORK/run/report.md" ] && cp "$WORK/run/report.md" "$OUTDIR/report.md"
 

