@@ -160,8 +160,11 @@ class Driver:
             r = self.cfg.ray
             cpus = max(1, r.num_cpus // max(1, r.num_samplers)) if not r.address else 1
             spec = to_dict(self.cfg.recommender)
+            # without Ray the sampler is in this process: 0 leaves its torch threads (the
+            # trainer's too) as they are, ray.num_cpus being the local Ray's
+            threads = cpus if r.enabled else 0
             self._samplers = make_pool(r, SamplerWorker,
-                                       (spec, str(self.data_path), self.top_k, cpus),
+                                       (spec, str(self.data_path), self.top_k, threads),
                                        num_actors=r.num_samplers, num_cpus=cpus if not r.address else 1,
                                        num_gpus=r.gpus_per_sampler,
                                        gpu_keys="ray.num_samplers x ray.gpus_per_sampler")
