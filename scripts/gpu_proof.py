@@ -53,17 +53,14 @@ def rows(config: str, overrides: list[str]) -> int:
     return 0
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def decode_tokens(samples: Path, tokenizer) -> dict[str, int]:
     """Prompt tokens (each prompt prefilled once, chat template included) and answer tokens
     (each answer's own ids, its end of turn included) of one sample file."""
+    from reclaif.atomic import read_jsonl
     from reclaif.llm.models import render_chat
 
     prompt = answer = records = failed = 0
-    for row in _jsonl(samples):
+    for row in read_jsonl(samples):
         records += 1
         if row.get("failed"):
             failed += 1
