@@ -11,7 +11,7 @@
 #   scripts/gpu_proof_device.sh run [-- k=v ..] # device call 2 (carry .gpuproof/b), at once:
 #                                               # joins the weights, runs the proof into $OUT
 # Call 2 again on the same warm machine resumes a run that --budget stopped (.gpuproof/work is
-# kept between calls, being ignored). BUDGET (seconds, default 480) caps the run itself.
+# kept between calls, being ignored). BUDGET (seconds, default 520) caps the run itself.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -61,7 +61,7 @@ the one call 1 left warm; make call 1 again, then call 2 at once"
   fi
   [ "${1:-}" != "--" ] || shift
   exec "$REPO/scripts/gpu_proof.sh" --data "$STAGE/data" --gguf "$model" \
-    --work "$STAGE/work" --budget "${BUDGET:-480}" -- "$@"
+    --work "$STAGE/work" --budget "${BUDGET:-520}" -- "$@"
 }
 
 case "${1:-}" in
