@@ -57,6 +57,7 @@ mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
 WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-proof.XXXXXX")}"
 mkdir -p "$WORK"
+WORK="$(cd "$WORK" && pwd)"  # the run's frozen config holds it: a resume must give the same
 export RECLAIF_CACHE="${RECLAIF_CACHE:-$WORK/cache}"
 
 OVR=()
