@@ -23,6 +23,7 @@ from typing import Any
 
 from reclaif.atomic import replace_dir_durably
 from reclaif.errors import CheckpointError, ReclaifError
+from reclaif.llm import gguf as reader
 
 log = logging.getLogger(__name__)
 DEFAULT_NAME = "default"
@@ -100,8 +101,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     as safetensors in fp32."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from reclaif.llm import gguf as reader
 
     g = reader.read_gguf(gguf)
     config = AutoConfig.for_model("llama", **reader.llama_config(g))
