@@ -112,7 +112,14 @@ def test_tiny_run_without_the_packages_the_gpu_machine_lacks(tmp_path):
     env = _hiding(tmp_path, NOT_ON_DEVICE)
     # the converted weights are reused from the user's cache where the tests put them
     env.setdefault("RECLAIF_CACHE", str(Path.home() / ".cache" / "reclaif"))
-    p = subprocess.run([str(SCRIPT), "--tiny", "--out", str(out), "--work", str(tmp_path / "w")],
+    work = tmp_path / "w"
+    # --budget: stopped (as a device call running out of time is), the summary of what
+    # finished written, and the same --work resumes it
+    p = subprocess.run([str(SCRIPT), "--tiny", "--out", str(out), "--work", str(work),
+                        "--budget", "20"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 1 and "with --work " + str(work) + " resumes it" in p.stderr, p.stderr
+    assert (out / "summary.md").exists() == (work / "run" / "config.yaml").exists()
+    p = subprocess.run([str(SCRIPT), "--tiny", "--out", str(out), "--work", str(work)],
                        capture_output=True, text=True, env=env, timeout=1700)
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
     names = {f.name for f in out.iterdir()}
