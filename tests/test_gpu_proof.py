@@ -71,6 +71,11 @@ def test_a_missing_package_or_missing_data_is_one_clear_line(tmp_path):
                        capture_output=True, text=True, env=_hiding(tmp_path, []), timeout=300)
     assert p.returncode == 1
     assert f"no {tmp_path / 'nowhere'}/lastfm/llara/train.jsonl.gz" in p.stderr
+    p = subprocess.run([str(SCRIPT), "--tiny", "--gguf", str(tmp_path / "none.gguf"), "--out",
+                        str(tmp_path / "out"), "--work", str(tmp_path / "w")],
+                       capture_output=True, text=True, env=_hiding(tmp_path, []), timeout=300)
+    assert p.returncode == 1 and p.stderr.strip().count("\n") == 0, p.stderr
+    assert f"no model weights: no file {tmp_path / 'none.gguf'}" in p.stderr
 
 
 def test_the_scripts_pass_shellcheck():
