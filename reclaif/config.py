@@ -281,7 +281,10 @@ class SFTConfig(TrainConfig):
     enabled: bool = _f(True, "Run SFT on teacher responses before DPO.")
     lr: float = _f(3e-5, "Peak learning rate (AdamW).", gt=0)
     epochs: int = _f(2, "Passes over the teacher data.", ge=1)
-    max_examples: int = _f(0, "Cap on SFT prompts (0 = all training prompts).", ge=0)
+    max_examples: int = _f(0, "Cap on SFT prompts (0 = all training prompts): SFT takes the first "
+                           "N, and DPO's sampling slices start after them, with enabled false "
+                           "too, so a run from another run's SFT checkpoint "
+                           "(recommender.model=RUN/sft/checkpoint) samples fresh prompts.", ge=0)
     prompt_forward: PromptForward = _f("auto", "How a micro-batch's prompts run through the model: "
                                        "shared (the tokens every row begins with, the prompts' "
                                        "instruction head, run once with the KV cache on, then each "

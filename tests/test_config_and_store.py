@@ -129,6 +129,30 @@ def test_sampling_prompts_take_the_next_slice_each_iteration(tmp_path):
         load_config(None, ["sampling.max_prompts=-1"])
 
 
+
+def test_runs_from_another_runs_sft_checkpoint_sample_its_fresh_prompts_alike(tmp_path):
+    # docs/RESULTS.md's S-DPO comparison: one SFT run, then two arms (pairwise N = 2, S-DPO
+    # N = 4) with sft.enabled=false starting from its checkpoint. Both must sample the prompts
+    # the SFT run's own iterations would (the proof run's), none its SFT trained on.
+    from reclaif.pipeline.driver import Driver
+
+    common = ["data.max_train_examples=7", "sampling.max_prompts=2", "sft.max_examples=3",
+              "evidence.mode=none", "data.max_eval_examples=2"]
+    sft = Driver(load_config(None, common), tmp_path / "sft")
+    sft.teacher_data()
+    taught = {r["id"] for r in read_jsonl(sft.store.teacher())}
+    assert taught == {e.id for e in sft.train[:3]}
+    start = [*common, "sft.enabled=false", f"recommender.model={tmp_path / 'sft/sft/checkpoint'}"]
+    arms = [Driver(load_config(None, start), tmp_path / "pairwise"),
+            Driver(load_config(None, [*start, "sampling.num_samples=4", "dpo.loss_type=sdpo"]),
+                   tmp_path / "sdpo")]
+    for i in (1, 2):
+        want = [e.id for e in sft.sampling_prompts(i)]
+        assert len(want) == 2 and not taught & set(want), i
+        assert [[e.id for e in arm.sampling_prompts(i)] for arm in arms] == [want, want], i
+    assert [e.id for e in arms[0].sampling_prompts(3)] == [sft.train[i].id for i in (0, 1)]
+    assert [e.id for e in arms[0].eval] == [e.id for e in arms[1].eval] == [e.id for e in sft.eval]
+
 # ------------------------------------------------------------- hostile and careless configs
 def test_a_billion_laughs_config_is_refused_fast_and_small(tmp_path):
     import resource

@@ -330,34 +330,70 @@ def test_encode_group_gives_every_answer_the_same_prompt(tokenizer, batch):
 
 # ---------------------------------------------------------------- ZeRO-3 on CPU
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_zero3_gradients_equal_single_process(tmp_path):
-    # Two gloo ranks under DeepSpeed ZeRO-3 (tests/zero3_sdpo_worker.py): the packed forward's
-    # 4D mask through a partitioned model, the kernel on a gathered lm_head, accumulation 2.
-    worker = Path(__file__).with_name("zero3_sdpo_worker.py")
+ZERO3_WORKER = Path(__file__).with_name("zero3_sdpo_worker.py")
+
+
+def _zero3_worker_module():
+    spec = importlib.util.spec_from_file_location("zero3_sdpo_worker", ZERO3_WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def zero3_run(tmp_path_factory) -> dict:
+    """One torchrun of tests/zero3_sdpo_worker.py for the ZeRO-3 tests below (its start is
+    most of their cost)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "results.pt"
+    out = tmp_path_factory.mktemp("zero3-sdpo") / "results.pt"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(port), str(worker),
-                           "--out", str(out), "--deadline", "230"],
+                           "--master_addr", "127.0.0.1", "--master_port", str(port),
+                           str(ZERO3_WORKER), "--out", str(out), "--deadline", "230"],
                           env=env, capture_output=True, text=True, timeout=240,
-                          cwd=worker.parents[1])
+                          cwd=ZERO3_WORKER.parents[1])
     assert proc.returncode == 0, f"ZeRO-3 worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    got = torch.load(out)
-    spec = importlib.util.spec_from_file_location("zero3_sdpo_worker", worker)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    want = module.reference(tied=True)
+    return torch.load(out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_zero3_gradients_equal_single_process(zero3_run):
+    # Two gloo ranks under DeepSpeed ZeRO-3 (tests/zero3_sdpo_worker.py): the packed forward's
+    # 4D mask through a partitioned model, the kernel on a gathered lm_head, accumulation 2.
+    got = zero3_run
+    want = _zero3_worker_module().reference(tied=True)
     assert got["losses"] == pytest.approx(want["losses"], abs=1e-5)
     assert want["grads"]["model.embed_tokens.weight"].abs().max() > 1e-3
     assert set(got["grads"]) == set(want["grads"])
     for name, g in want["grads"].items():
         torch.testing.assert_close(got["grads"][name], g, rtol=0, atol=1e-5, msg=name)
     torch.testing.assert_close(got["lm_head_after"], want["lm_head_after"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_zero3_group_reference_logps_reach_rank0_complete_and_in_order(zero3_run):
+    # compute_group_reference_logps over two ZeRO-3 ranks: five groups of 2-4 answers split
+    # 3 + 2 (rank 1 runs a padding record, dropped), gathered to rank 0; the rows equal the
+    # one-rank pass's, one per group, in the input's order; rank 1 gets None.
+    worker = _zero3_worker_module()
+    on_rank0, on_rank1 = zero3_run["reference_rows"]
+    assert on_rank1 is None
+    with torch.no_grad():
+        want = worker.reference_rows(worker.tiny_llama(True))
+    groups = worker.reference_groups()
+    assert [r["example_id"] for r in want] == [g["example_id"] for g in groups]
+    assert [len(r["answers"]) for r in want] == worker.REF_SIZES
+    assert [r["example_id"] for r in on_rank0] == [r["example_id"] for r in want]
+    for got, ref, group in zip(on_rank0, want, groups):
+        assert got["answer_tokens"] == ref["answer_tokens"] == [
+            sum(a["loss_mask"]) for a in group["answers"]]
+        assert got["answers"] == pytest.approx(ref["answers"], abs=1e-5), got["example_id"]
+    sums = [x for r in want for x in r["answers"]]
+    assert len(set(sums)) == len(sums)  # distinct sums: a reordered row would not pass
 
 
 # ---------------------------------------------------------------- the bench (issue 32 item 3)

@@ -2,15 +2,18 @@
 exactly as sigmoid DPO on the same pairs (loss, every step, the weights) and resumes through the
 same loop; with four answers per prompt the driver samples them in one prefill, an LLM judge
 ranks them by pairwise verdicts in both orders, groups.jsonl holds each top answer with every
-answer it beat, and S-DPO trains on it against the sampling pass's reference log-probs. Tiny
-random Llama, real local Ray, the judge model a loopback endpoint (tests/llm_server.py)."""
+answer it beat, and S-DPO trains on it against the sampling pass's reference log-probs; killed
+with SIGKILL while judging and after the reference pass, the rerun ends with the same groups.
+Tiny random Llama, real local Ray, the judge model a loopback endpoint (tests/llm_server.py)."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from reclaif.llm.models import build_tiny_model
 from reclaif.train import session
 from reclaif.train.dpo import run_dpo
 
+REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["sft.enabled=false", "dpo.lr=1.0e-3", "dpo.batch_size=3", "dpo.epochs=2",
          "dpo.max_length=160", "dpo.save_every_steps=100", "dpo.rpo_alpha=0.5"]
 
@@ -87,6 +91,9 @@ OVERRIDES = ["data.max_train_examples=3", "data.max_eval_examples=2", "ray.shard
              "sft.enabled=false", "launch.mode=inprocess", "explainability.kind=rubric",
              "judge.kind=llm", "judge.llm.backend=openai_compat", "judge.llm.model=stub",
              "ray.num_samplers=1", "ray.num_judges=1", "ray.num_cpus=2",
+             # one shard at a time: a kill as shard 0's verdicts are written leaves shard 1
+             # unjudged (the resume test below)
+             "ray.max_in_flight=1",
              "recommender.dtype=float32", "dpo.bf16=false"]
 
 
@@ -98,22 +105,40 @@ def prefer_longer(body: dict):
     return 200, {}, chat_body([f"**Decision:**\n- Chosen Option: {choice}"])
 
 
-@pytest.mark.slow
-def test_four_answers_flow_from_sampling_through_the_llm_judge_to_sdpo(tiny, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def judge_server():
+    """One judge endpoint for the runs below, so their configs are the same."""
+    with serve(prefer_longer) as server:
+        yield server
+
+
+def four_answer_overrides(tiny: Path, server) -> list[str]:
+    return OVERRIDES + [f"recommender.model={tiny}", f"judge.llm.base_url={server.url}"]
+
+
+@pytest.fixture(scope="module")
+def four_answer_run(tiny, judge_server, tmp_path_factory) -> tuple[Path, int]:
+    """The uninterrupted run (the driver in this process) and how many judge requests it made."""
     import ray
 
-    from reclaif.cli import main
-    from reclaif.data import resolve_data_dir
     from reclaif.pipeline.driver import Driver
 
-    run = tmp_path / "run"
-    with serve(prefer_longer) as server:
-        cfg = load_config("configs/quickstart.yaml", OVERRIDES + [
-            f"recommender.model={tiny}", f"judge.llm.base_url={server.url}"])
-        try:
-            Driver(cfg, run).run()
-        finally:
-            ray.shutdown()
+    run = tmp_path_factory.mktemp("four") / "run"
+    before = len(judge_server.requests)
+    cfg = load_config(REPO / "configs/quickstart.yaml", four_answer_overrides(tiny, judge_server))
+    try:
+        Driver(cfg, run).run()
+    finally:
+        ray.shutdown()
+    return run, len(judge_server.requests) - before
+
+
+@pytest.mark.slow
+def test_four_answers_flow_from_sampling_through_the_llm_judge_to_sdpo(four_answer_run, capsys):
+    from reclaif.cli import main
+    from reclaif.data import resolve_data_dir
+
+    run, requests = four_answer_run
     it = run / "iter-001"
     samples = {s["example_id"]: s for s in read_jsonl(it / "samples.jsonl")}
     assert len(samples) == 3
@@ -121,7 +146,7 @@ def test_four_answers_flow_from_sampling_through_the_llm_judge_to_sdpo(tiny, tmp
                for s in samples.values())
     verdicts = read_jsonl(it / "verdicts.jsonl")
     assert all(len(v["ranking"]["comparisons"]) == 6 for v in verdicts)
-    assert len(server.requests) == 3 * 12  # all six pairs of each group, in both orders
+    assert requests == 3 * 12  # all six pairs of each group, in both orders
 
     groups = read_jsonl(it / "groups.jsonl")
     assert groups, "the judge kept no group"
@@ -156,3 +181,47 @@ def test_four_answers_flow_from_sampling_through_the_llm_judge_to_sdpo(tiny, tmp
                  "--examples", str(resolve_data_dir("sample"))]) == 0
     out = capsys.readouterr().out
     assert "groups:               3 (3 of 4 answers)" in out and "top has label first:" in out
+
+
+@pytest.mark.slow
+def test_four_answers_killed_while_judging_and_after_the_reference_resume_to_the_same_groups(
+        tiny, judge_server, four_answer_run, tmp_path):
+    # `reclaif run` as a user runs it, SIGKILLed as the first verdict shard is written (the
+    # rerun judges the other shard only and merges) and after the group reference log-probs
+    # are stored (the rerun reads them back, groups.jsonl already done); the third finishes.
+    # It starts from the clean run's samples (sampling a second time costs most of a run and
+    # is not what this tests): its directory as it was when sampling was done.
+    clean, clean_requests = four_answer_run
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(clean / "config.yaml", run)
+    manifest = json.loads((clean / "manifest.json").read_text())
+    manifest["phases"] = {k: v for k, v in manifest["phases"].items() if k == "iter-001/sample"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "iter-001").mkdir()
+    for name in ("samples.jsonl", "sample_report.json"):
+        shutil.copy(clean / "iter-001" / name, run / "iter-001")
+    before = len(judge_server.requests)
+    env = {**os.environ, "RECLAIF_FAULTS": "iter-001/judge:written:0,dpo:reference",
+           "RECLAIF_FAULT_DIR": str(tmp_path / "faults")}
+    cmd = [sys.executable, "-m", "reclaif.cli", "run", "--config", "configs/quickstart.yaml",
+           "--run-dir", str(run), *four_answer_overrides(tiny, judge_server)]
+    codes = []
+    for _ in range(3):
+        p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        codes.append(p.returncode)
+        if p.returncode != -signal.SIGKILL:
+            break
+    assert codes == [-signal.SIGKILL, -signal.SIGKILL, 0], p.stderr[-3000:]
+    assert sorted(f.name for f in (tmp_path / "faults").iterdir()) == [
+        "dpo_reference", "iter-001_judge_written_0"]
+    assert len(judge_server.requests) - before == clean_requests  # no group judged twice
+
+    got, want = run / "iter-001", clean / "iter-001"
+    assert read_jsonl(got / "groups.jsonl") == read_jsonl(want / "groups.jsonl") != []
+    assert read_jsonl(got / "pairs.jsonl") == read_jsonl(want / "pairs.jsonl")
+    assert read_jsonl(got / "ref_logps.jsonl") == read_jsonl(want / "ref_logps.jsonl")
+    m_got, m_want = (json.loads((d / "train_metrics.json").read_text()) for d in (got, want))
+    assert (m_got["groups"], m_got["reference_from_sampling"]) == (
+        m_want["groups"], m_want["reference_from_sampling"])
+    assert m_got["epoch_losses"] == pytest.approx(m_want["epoch_losses"], abs=1e-6)

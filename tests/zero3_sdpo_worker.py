@@ -3,8 +3,11 @@ loss on packed groups (reclaif.train.groups.fused_sdpo_loss, a 4D mask through t
 model and the chunked kernel on a gathered lm_head) under DeepSpeed ZeRO-3, fp32, gradient
 accumulation 2. Rank 0 saves every micro-batch's loss, the gathered gradients at the
 accumulation boundary and the lm_head after one SGD step; `reference()` is the same without
-ZeRO in one process. The model, the engine config and the reasons for each choice are those of
-zero3_logprobs_worker.py, whose tiny_llama this imports."""
+ZeRO in one process. Before training, both ranks compute the groups' reference log-probs
+(reclaif.train.reference.compute_group_reference_logps, the DPO recipe's reference pass: the
+groups split over the ranks, padded to one count, gathered to rank 0); rank 0 saves what each
+rank returned, `reference_rows()` is the one-rank result. The model, the engine config and the
+reasons for each choice are those of zero3_logprobs_worker.py, whose tiny_llama this imports."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +48,37 @@ def micro_batches() -> list[dict]:
     return out
 
 
+# Five groups for two ranks (one padding record on rank 1), two per forward: every rank must
+# run the same number of ZeRO-3 forwards, and each batch mixes group sizes and lengths.
+REF_SIZES = [4, 2, 3, 4, 2]
+REF_BATCH = 2
+
+
+def reference_groups() -> list[dict]:
+    """encode_groups-shaped records: {"example_id", "answers": rows, chosen first}."""
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for k, n in enumerate(REF_SIZES):
+        prompt = torch.randint(1, 96, (int(torch.randint(3, 9, (1,), generator=g)),),
+                               generator=g).tolist()
+        rows = []
+        for _ in range(n):
+            answer = torch.randint(1, 96, (int(torch.randint(2, 8, (1,), generator=g)),),
+                                   generator=g).tolist()
+            rows.append({"input_ids": prompt + answer,
+                         "loss_mask": [0] * len(prompt) + [1] * len(answer)})
+        out.append({"example_id": f"g{k}", "answers": rows})
+    return out
+
+
+def reference_rows(model: torch.nn.Module, rank: int = 0, world_size: int = 1) -> list | None:
+    from reclaif.train.reference import compute_group_reference_logps
+
+    return compute_group_reference_logps(lambda fn, *a: fn(model, *a), reference_groups(),
+                                         pad_id=0, batch_size=REF_BATCH, chunk=7, rank=rank,
+                                         world_size=world_size, kernel="torch")
+
+
 def micro_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     from reclaif.train.groups import fused_sdpo_loss
 
@@ -78,6 +112,11 @@ def zero3(tied: bool) -> dict | None:
     rank = torch.distributed.get_rank()
     head = engine.module.get_output_embeddings().weight
     assert head.numel() == 0, "lm_head must be partitioned for this test to mean anything"
+    # The reference pass before any update, as the DPO recipe runs it (the policy's engine).
+    with torch.no_grad():
+        ref_rows = reference_rows(engine.module, rank, WORLD)
+    returned = [None] * WORLD
+    torch.distributed.all_gather_object(returned, ref_rows)
     batches, losses, grads = micro_batches(), {}, None
     for step in range(ACCUM):
         i = step * WORLD + rank
@@ -96,7 +135,7 @@ def zero3(tied: bool) -> dict | None:
         return None
     merged = {k: v for d in all_losses for k, v in d.items()}
     return {"losses": [merged[i] for i in range(WORLD * ACCUM)], "grads": grads,
-            "lm_head_after": after}
+            "lm_head_after": after, "reference_rows": returned}
 
 
 def main() -> int:

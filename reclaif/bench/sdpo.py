@@ -9,7 +9,8 @@ log-probs (computed once, before any update, by the packed forward under no_grad
             rejected_1..3], so each prompt runs once;
 - pairwise: THREE steps of fused_dpo_loss (sigmoid, the recipe's shared-prompt forward), step j
             on the pairs (chosen, rejected_j): each prompt runs three times, the chosen answer
-            three times.
+            three times; the head all the step's prompts begin with (shared_head.batch_head,
+            the template's instructions) once per step, as the recipe runs it.
 A step is forward, backward and AdamW; the weights are restored before each timed variant, so
 both start from the same point, and variants alternate within each round. Tokens run: the
 non-padding tokens the model's body processes (packed rows). Peak memory: on CUDA
@@ -38,6 +39,7 @@ from reclaif.teacher import OfflineTeacher
 from reclaif.train.data import collate_pairs
 from reclaif.train.fused_dpo import fused_dpo_loss
 from reclaif.train.groups import collate_groups, encode_group, fused_sdpo_loss, group_logps
+from reclaif.train.shared_head import batch_head, head_support
 
 ANSWERS, TOP_K, BETA = 4, 5, 0.1
 
@@ -115,9 +117,13 @@ def run(*, quick: bool = False, device: str = "cpu", dtype: str = "float32",
 
     prompt_len = [r[0]["loss_mask"].index(1) for r in encoded]
     lengths = [[len(a["input_ids"]) - p for a in rows] for rows, p in zip(encoded, prompt_len)]
+    # pair_hidden runs each pairwise step's common head once, then every row's remainder
+    heads = [batch_head(pb["chosen"]) if head_support(model) is None else 0
+             for pb, _, _ in pair_steps]
     tokens = {"sdpo": sum(p + sum(ls) for p, ls in zip(prompt_len, lengths)),
               "pairwise": sum(3 * p + (ANSWERS - 1) * ls[0] + sum(ls[1:])
-                              for p, ls in zip(prompt_len, lengths))}
+                              for p, ls in zip(prompt_len, lengths))
+              - sum(h * (G - 1) for h in heads)}
     variants = {"sdpo": sdpo, "pairwise": pairwise}
     state = copy.deepcopy(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
@@ -146,6 +152,7 @@ def run(*, quick: bool = False, device: str = "cpu", dtype: str = "float32",
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "dtype": dtype, "threads": torch.get_num_threads(), "groups": G, "answers": ANSWERS,
         "prompt_tokens": prompt_len, "answer_tokens": lengths, "rounds": rounds,
+        "pairwise_head_tokens": heads,
         "optimizer_steps": {"sdpo": 1, "pairwise": ANSWERS - 1},
         "tokens_run": tokens, "seconds": best,
         "tokens_per_s": {v: tokens[v] / best[v] for v in variants},

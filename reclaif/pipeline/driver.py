@@ -328,12 +328,15 @@ class Driver:
     def sampling_prompts(self, i: int) -> list[Example]:
         """Iteration i's prompts: all training prompts, or the i-th slice of max_prompts. With
         sft.max_examples below the training prompts, the slices start after SFT's, so every
-        iteration samples prompts neither SFT nor an earlier iteration saw (until they wrap)."""
+        iteration samples prompts neither SFT nor an earlier iteration saw (until they wrap).
+        Also with sft.enabled false: a run that starts from another run's SFT checkpoint
+        (recommender.model=RUN/sft/checkpoint, the same data and sft.max_examples) samples what
+        that run's iterations sample, never the prompts its SFT trained on."""
         n, total = self.cfg.sampling.max_prompts, len(self.train)
         if not n or n >= total:
             return self.train
         sft = self.cfg.sft
-        offset = sft.max_examples if sft.enabled and 0 < sft.max_examples < total else 0
+        offset = sft.max_examples if 0 < sft.max_examples < total else 0
         start = (offset + (i - 1) * n) % total
         return [self.train[(start + j) % total] for j in range(n)]
 

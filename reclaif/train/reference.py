@@ -62,12 +62,8 @@ def compute_reference_logps(forward: Callable[..., Any], encoded: list[dict], pa
                        batch["chosen"], batch["rejected"]).double().cpu()
         out[s:s + len(idx), 0] = torch.tensor(idx, dtype=torch.float64)
         out[s:s + len(idx), 1:] = vals
-    if world_size > 1:
-        out = out.to(device)  # NCCL gathers device tensors only
-        parts = [torch.empty_like(out) for _ in range(world_size)]
-        torch.distributed.all_gather(parts, out)
-        out = torch.cat(parts).cpu()
-    if rank != 0:
+    out = _gather_to_rank0(out, rank, world_size, device)
+    if out is None:
         return None
     rows: dict[int, dict] = {}
     for i, c, r, nc, nr in out.tolist():
@@ -75,6 +71,19 @@ def compute_reference_logps(forward: Callable[..., Any], encoded: list[dict], pa
             rows[int(i)] = {"example_id": encoded[int(i)]["example_id"], "chosen": c,
                             "rejected": r, "chosen_tokens": int(nc), "rejected_tokens": int(nr)}
     return [rows[i] for i in range(n)]
+
+
+def _gather_to_rank0(out: torch.Tensor, rank: int, world_size: int,
+                     device: torch.device | str) -> torch.Tensor | None:
+    """Every rank's rows [per_rank, C] (one shape on all ranks), concatenated in rank order on
+    rank 0's host; None on the other ranks. Each row carries its record's index, so the caller
+    orders them and drops the padding rows. all_gather, not gather: every backend has it."""
+    if world_size > 1:
+        out = out.to(device)  # NCCL gathers device tensors only
+        parts = [torch.empty_like(out) for _ in range(world_size)]
+        torch.distributed.all_gather(parts, out)
+        out = torch.cat(parts).cpu()
+    return out if rank == 0 else None
 
 
 def sampled_reference(encoded: list[dict], model: str, dtype: str) -> dict[int, dict]:
@@ -178,12 +187,8 @@ def compute_group_reference_logps(forward: Callable[..., Any], encoded: list[dic
             row[2:2 + size] = sums[start:start + size]
             row[2 + width:2 + width + size] = counts[start:start + size]
             start += size
-    if world_size > 1:
-        out = out.to(device)  # NCCL gathers device tensors only
-        parts = [torch.empty_like(out) for _ in range(world_size)]
-        torch.distributed.all_gather(parts, out)
-        out = torch.cat(parts).cpu()
-    if rank != 0:
+    out = _gather_to_rank0(out, rank, world_size, device)
+    if out is None:
         return None
     rows: dict[int, dict] = {}
     for values in out.tolist():
