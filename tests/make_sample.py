@@ -1,6 +1,7 @@
 """Rebuilds the bundled samples (reclaif/data/samples/lastfm/ and beauty/) from ../shared/data.
 
     python tests/make_sample.py [--dataset lastfm|beauty] [--data ../shared/data] [--out DIR]
+                                [--train N] [--valid N]
 
 512 "train" examples drawn (seeded) from the LLaRA train rows, with their seeded candidates, and
 320 "valid" examples drawn from the S-DPO validation prompts with their fixed 20 candidates. The
@@ -8,7 +9,8 @@ two releases come from disjoint users. interactions.jsonl holds every LLaRA trai
 listening sequence (what the evidence models are fitted on: reclaif/evidence). items.jsonl holds
 the artists the examples and sequences reference, with their clean HetRec tags (training users'
 tagging only; stats.json "tags" says how much was kept). Same seed →
-byte-identical files (tests/test_data_sample.py checks).
+byte-identical files (tests/test_data_sample.py checks). `--train N --valid 0` makes the GPU
+proof's data the same way: N training rows and the whole validation split (scripts/gpu_proof.sh).
 
 Beauty (`data.path: sample:beauty`): the benchmark's whole 5-core layout, both splits, as
 `reclaif data prepare` makes them (train 1,776 examples, valid 253; 10 seeded candidates each),
@@ -31,16 +33,24 @@ REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VALID = 512, 320
 
 
-def make_sample(data: Path, out: Path, seed: int = 0) -> dict:
-    """Writes the sample into `out`; returns its stats."""
+def make_sample(data: Path, out: Path, seed: int = 0, n_train: int = N_TRAIN,
+                n_valid: int = N_VALID) -> dict:
+    """Writes the sample into `out`; returns its stats. n_train/n_valid: rows drawn from each
+    release (0: all of it; scripts/gpu_proof.sh takes the whole validation split)."""
     llara, sdpo = data / "lastfm" / "llara", data / "lastfm" / "sdpo"
     names = lastfm.read_id2name(llara / "id2name.txt")
     train, _ = lastfm.load_llara(llara / "train.jsonl.gz", names, "train", seed)
     valid = lastfm.load_sdpo(sdpo / "lastfm-val.json", names, "valid")
     rng = random.Random(seed)
-    # Keep file order inside each split (sorted indices) so a diff of two samples reads well.
-    examples = ([train[i] for i in sorted(rng.sample(range(len(train)), N_TRAIN))]
-                + [valid[i] for i in sorted(rng.sample(range(len(valid)), N_VALID))])
+
+    def draw(rows: list, n: int) -> list:
+        if n > len(rows):
+            raise SystemExit(f"{data}: {n} rows asked of a release of {len(rows)}")
+        # Keep file order (sorted indices) so a diff of two samples reads well.
+        return rows if not n else [rows[i] for i in sorted(rng.sample(range(len(rows)), n))]
+
+    drawn_train, drawn_valid = draw(train, n_train), draw(valid, n_valid)
+    examples = drawn_train + drawn_valid
     # Clean tags: only LLaRA training users' tagging (docs/ARCHITECTURE.md, "Clean tags")
     catalog, provenance = lastfm.hetrec_catalog(data / "lastfm" / lastfm.HETREC_DIRNAME, names,
                                                 llara / lastfm.TRAIN_FILE)
@@ -50,7 +60,7 @@ def make_sample(data: Path, out: Path, seed: int = 0) -> dict:
         items.update((i, catalog[i]) for i in row["items"] if i in catalog and i not in items)
     stats = {"dataset": "lastfm", "source": "LLaRA train.jsonl.gz + S-DPO lastfm-val.json",
              "task": "sequential", "domain": "music", **table1(examples, items),
-             "examples": len(examples), "examples_per_split": {"train": N_TRAIN, "valid": N_VALID},
+             "examples": len(examples), "examples_per_split": {"train": len(drawn_train), "valid": len(drawn_valid)},
              "candidates_per_example": {"20": len(examples)}, "skipped": {}, "seed": seed,
              "limit": 0, "definitions": DEFINITIONS, "tags": dataclasses.asdict(provenance)}
     stats = write_prepared(out, examples, items.values(), stats)
@@ -101,10 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--out", default="", help="default: reclaif/data/samples/DATASET")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=N_TRAIN,
+                   help="lastfm: training rows drawn (0: all 49,824)")
+    p.add_argument("--valid", type=int, default=N_VALID,
+                   help="lastfm: validation prompts drawn (0: all 2,767)")
     a = p.parse_args(argv)
     out = Path(a.out or REPO / "reclaif" / "data" / "samples" / a.dataset)
-    make = make_beauty_sample if a.dataset == "beauty" else make_sample
-    print(make(Path(a.data), out, a.seed))
+    if a.dataset == "beauty":
+        print(make_beauty_sample(Path(a.data), out, a.seed))
+    else:
+        print(make_sample(Path(a.data), out, a.seed, a.train, a.valid))
     return 0
 
 

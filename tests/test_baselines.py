@@ -129,6 +129,29 @@ def test_sasrec_is_seeded(beauty):
     assert [h["loss"] for h in a.history_log] == [h["loss"] for h in b.history_log]
 
 
+def test_sasrec_fits_where_its_device_says_and_loads_on_the_cpu(beauty, tmp_path):
+    """evidence.device: "auto" fits on a GPU where torch sees one, else here; the saved model
+    scores on the CPU whatever device fitted it (its config says "cuda" on the GPU proof)."""
+    import json
+
+    import torch
+
+    sasrec = fast_sasrec("ce")
+    sasrec.config.max_epochs, sasrec.config.device = 1, "auto"
+    sasrec.fit(beauty["train"][:300], beauty["items"])
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(sasrec.model.parameters()).device.type == want
+    sasrec.save(tmp_path)
+    meta = json.loads((tmp_path / "sasrec.json").read_text())
+    meta["config"]["device"] = "cuda"
+    (tmp_path / "sasrec.json").write_text(json.dumps(meta))
+    loaded = SASRecRanker.load(tmp_path)
+    assert next(loaded.model.parameters()).device.type == "cpu"
+    exs = beauty["val"][:5]
+    np.testing.assert_allclose([loaded.scores(e) for e in exs], [sasrec.scores(e) for e in exs],
+                               rtol=1e-5)
+
+
 def test_sasrec_maps_unknown_items_to_oov_and_ranks_them_last(beauty):
     sasrec = fast_sasrec("ce")
     sasrec.config.max_epochs = 1

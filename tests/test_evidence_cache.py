@@ -121,3 +121,13 @@ def test_the_cache_directory_comes_from_config_then_environment(monkeypatch, tmp
     monkeypatch.delenv("RECLAIF_EVIDENCE_CACHE")
     monkeypatch.setenv("RECLAIF_CACHE", str(tmp_path / "all"))
     assert evidence_cache(EvidenceConfig()) == tmp_path / "all" / "evidence"
+
+
+def test_a_fit_on_another_device_is_its_own_entry():
+    """evidence.device: a GPU's fit draws other negatives and sums in another order, so a CPU
+    run never reuses it (nor the reverse); cpu, the default, keeps the keys it always had."""
+    from reclaif.evidence.cache import fit_key
+
+    keys = {d: fit_key([], "items", ["sasrec"], EvidenceConfig(device=d), 0)
+            for d in ("cpu", "auto", "cuda")}
+    assert len(set(keys.values())) == 3

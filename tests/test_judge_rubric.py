@@ -123,6 +123,18 @@ def test_weights_decide_between_relevance_and_explainability(data, teacher):
     assert by_expl.compare(ex, relevant_unexplained, explained_irrelevant).choice == "b"
 
 
+def test_a_diversity_weighted_zero_loads_no_embedder(data, teacher):
+    """judge.weights [1, 0, 1] (the GPU proof, whose machine has no MiniLM): the embedder is
+    never built, and the verdict is the one the other two criteria give."""
+    ex = data.examples[5]
+    good = teacher.respond(ex)
+    bad = _without_target(ex, data.items, good)
+    judge = RubricJudge(data.items, TOP_K, weights=[1, 0, 1], diversity_model="/no/such/model")
+    v = judge.compare(ex, good, bad)
+    assert v.choice == "a" and v.scores_a.diversity == v.scores_b.diversity == 0.0
+    assert judge._diversity is None  # a lookup would have failed on the missing model path
+
+
 def test_injected_instructions_in_an_answer_change_nothing(data, judge, teacher):
     ex = data.examples[5]
     good = teacher.respond(ex)

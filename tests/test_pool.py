@@ -109,3 +109,59 @@ def test_gpu_actors_on_a_cluster_without_those_gpus_are_a_named_error(ray_local,
                                           rf"cluster has {have:g}$"):
         ActorPool(EchoWorker, (str(tmp_path),), num_actors=2, num_cpus=0.5, num_gpus=each,
                   gpu_keys="ray.num_samplers x ray.gpus_per_sampler")
+
+
+# ------------------------------------------- LocalPool: the same contract without Ray (ray.enabled)
+
+def _run_local(tmp_path, mode: str, max_retries: int = 2):
+    """`_run`'s shards through make_pool with ray.enabled false, Ray made unimportable."""
+    from reclaif.config import RayConfig
+    from reclaif.distributed.pool import LocalPool, make_pool
+
+    store = RunStore(tmp_path / "run")
+    shard_dir = store.phase_dir("shards")
+    shards = [[{"id": 2 * i, "x": 2 * i}, {"id": 2 * i + 1, "x": 2 * i + 1}] for i in range(5)]
+    pool = make_pool(RayConfig(enabled=False), EchoWorker, (str(tmp_path),), num_actors=1)
+    assert isinstance(pool, LocalPool)
+    report = pool.run("work", shards, lambda i: (mode,),
+                      write=lambda i, rows: store.write_shard(shard_dir, i, rows),
+                      is_done=lambda i: store.shard_done(shard_dir, i),
+                      max_retries=max_retries, desc=mode)
+    pool.shutdown()
+    assert pool.actors == []
+    return report, store.merge_shards(shard_dir, len(shards), tmp_path / "out.jsonl")
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as where it is absent
+
+
+def test_local_pool_writes_every_shard_in_order_without_ray(no_ray, tmp_path):
+    report, rows = _run_local(tmp_path, "ok")
+    assert [r["y"] for r in rows] == [2 * x for x in range(10)]
+    assert report.shards == 5 and report.retries == 0 and report.failed_records == 0
+
+
+def test_local_pool_marks_a_shard_that_keeps_failing_and_goes_on(no_ray, tmp_path):
+    report, rows = _run_local(tmp_path, "raise", max_retries=2)
+    failed = [r for r in rows if r.get("failed")]
+    assert [r["example_id"] for r in failed] == [4, 5]
+    assert "RuntimeError: endpoint keeps answering 500" in failed[0]["error"]
+    assert report.retries == 2 and report.failed_records == 2 and len(rows) == 10
+
+
+def test_local_pool_skips_done_shards_on_rerun(no_ray, tmp_path):
+    _run_local(tmp_path, "ok")
+    report, rows = _run_local(tmp_path, "ok")
+    assert report.skipped == 5 and len(rows) == 10
+
+
+def test_ray_settings_without_ray_are_refused():
+    from reclaif.config_load import load_config
+    from reclaif.errors import ConfigError
+
+    for key in ("ray.num_samplers=2", "ray.num_judges=2", "ray.address=auto",
+                "ray.gpus_per_sampler=1"):
+        with pytest.raises(ConfigError, match=f"^{key.split('=')[0]}: .*ray.enabled is false"):
+            load_config(None, ["ray.enabled=false", key])

@@ -52,6 +52,9 @@ class SASRecConfig:
     # at all 10 positions costs 10x for transitions seen 10 times over
     all_positions: bool = False
     seed: int = 0
+    # where fit() trains: "cpu", "cuda" (a GPU: the GPU proof fits its six evidence models
+    # there) or "auto" (cuda where torch sees one); a loaded model scores where it was loaded
+    device: str = "cpu"
 
 
 class _Block(nn.Module):
@@ -159,16 +162,18 @@ class SASRecRanker(Ranker):
         rng = np.random.default_rng(cfg.seed)
         self.vocab = {item_id: n + 2 for n, item_id in enumerate(items)}
         fit_ex, val_ex = split_by_user(train, cfg.val_fraction, cfg.seed)
-        x, y = self._training_tensors(fit_ex)
+        device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                              else "cpu" if cfg.device == "auto" else cfg.device)
+        x, y = (t.to(device) for t in self._training_tensors(fit_ex))
         n_tokens = len(self.vocab) + 2
-        self.model = SASRecModel(n_tokens, cfg)
+        self.model = SASRecModel(n_tokens, cfg).to(device)
         opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.98),
                                weight_decay=cfg.weight_decay)
         best, best_state, bad, start = float("-inf"), None, 0, time.monotonic()
         self.history_log = []
         for epoch in range(1, cfg.max_epochs + 1):
             self.model.train()
-            order = torch.from_numpy(rng.permutation(len(x)))
+            order = torch.from_numpy(rng.permutation(len(x))).to(device)
             total = 0.0
             for s in range(0, len(x), cfg.batch_size):
                 idx = order[s: s + cfg.batch_size]
@@ -205,7 +210,7 @@ class SASRecRanker(Ranker):
             logits[:, PAD] = float("-inf")
             return nn.functional.cross_entropy(logits, pos)
         # one uniformly sampled negative per position, never the positive itself
-        neg = torch.randint(2, n_tokens - 1, pos.shape)
+        neg = torch.randint(2, n_tokens - 1, pos.shape, device=pos.device)
         neg = torch.where(neg >= pos, neg + 1, neg).clamp(max=n_tokens - 1)
         pos_logit = (h * table[pos]).sum(-1)
         neg_logit = (h * table[neg]).sum(-1)
@@ -216,7 +221,7 @@ class SASRecRanker(Ranker):
     @torch.no_grad()
     def _last_hidden(self, examples: Sequence[Example]) -> torch.Tensor:
         self.model.eval()
-        seqs = self._left_pad([self._index(history(ex)) for ex in examples])
+        seqs = self._left_pad([self._index(history(ex)) for ex in examples]).to(self._device())
         return torch.cat([self.model(seqs[s: s + 1024])[:, -1] for s in range(0, len(seqs), 1024)])
 
     def _candidate_scores(self, examples: Sequence[Example]) -> torch.Tensor:
@@ -224,7 +229,8 @@ class SASRecRanker(Ranker):
         h = self._last_hidden(examples)
         width = max(len(ex.candidates) for ex in examples)
         idx = torch.tensor([[self.vocab.get(c, PAD) for c in ex.candidates]
-                            + [PAD] * (width - len(ex.candidates)) for ex in examples])
+                            + [PAD] * (width - len(ex.candidates)) for ex in examples],
+                           device=h.device)
         with torch.no_grad():
             out = (self.model.item.weight[idx] * h.unsqueeze(1)).sum(-1)
         return out.masked_fill(idx == PAD, float("-inf"))
@@ -236,18 +242,23 @@ class SASRecRanker(Ranker):
         examples = [ex for ex in examples if history(ex) and targets(ex)]
         if not examples:
             return 0.0
-        tgt = torch.tensor([self.vocab.get(targets(ex)[0], PAD) for ex in examples])
+        tgt = torch.tensor([self.vocab.get(targets(ex)[0], PAD) for ex in examples],
+                           device=self._device())
         if all(len(ex.candidates) > 1 for ex in examples):
             scores = self._candidate_scores(examples)
             t_score = torch.stack([scores[n, ex.candidates.index(targets(ex)[0])]
                                    if targets(ex)[0] in ex.candidates else
-                                   torch.tensor(float("-inf")) for n, ex in enumerate(examples)])
+                                   torch.tensor(float("-inf"), device=scores.device)
+                                   for n, ex in enumerate(examples)])
         else:
             scores = self._last_hidden(examples) @ self.model.item.weight.T
             scores[:, :2] = float("-inf")
             t_score = scores.gather(1, tgt.unsqueeze(1)).squeeze(1)
         rank = (scores > t_score.unsqueeze(1)).sum(1)
         return float((1.0 / (1 + rank.float())).masked_fill(tgt == PAD, 0.0).mean())
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def fit_log(self) -> list[dict]:
         return self.history_log
@@ -259,7 +270,7 @@ class SASRecRanker(Ranker):
         todo = [ex for ex in examples if self._key(ex) not in self._scores]
         for s in range(0, len(todo), 1024):
             chunk = todo[s: s + 1024]
-            for ex, row in zip(chunk, self._candidate_scores(chunk).numpy()):
+            for ex, row in zip(chunk, self._candidate_scores(chunk).cpu().numpy()):
                 self._scores[self._key(ex)] = row[: len(ex.candidates)]
 
     @staticmethod
@@ -282,7 +293,7 @@ class SASRecRanker(Ranker):
         if self.model is None:
             raise ReclaifError("sasrec: nothing to save before fit()")
         buf = io.BytesIO()
-        torch.save(self.model.state_dict(), buf)
+        torch.save({k: v.cpu() for k, v in self.model.state_dict().items()}, buf)
         atomic_write_bytes(directory / "sasrec.pt", buf.getvalue())
         atomic_write_json(directory / "sasrec.json",
                           {"config": dataclasses.asdict(self.config), "vocab": self.vocab,

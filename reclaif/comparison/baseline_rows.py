@@ -34,7 +34,8 @@ def evidence_baselines(cfg: RunConfig, models: EvidenceModels, evaluation: list[
         if method not in rankers:
             # SASRec rows get the evidence model's epoch budget: CE and BCE alike
             rankers[method] = make_ranker(method, cfg.seed,
-                                          sasrec_epochs=cfg.evidence.sasrec_epochs)
+                                          sasrec_epochs=cfg.evidence.sasrec_epochs,
+                                          sasrec_device=cfg.evidence.device)
             if is_learned(method):
                 rankers[method].fit(fit_on, items)
     rows = {}

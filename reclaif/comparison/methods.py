@@ -18,14 +18,16 @@ LEARNED = ("popularity", "sasrec", "transition")  # methods whose fit() reads tr
 
 
 def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = None,
-                max_new_tokens: int = 256, sasrec_epochs: int = 0) -> Ranker:
+                max_new_tokens: int = 256, sasrec_epochs: int = 0,
+                sasrec_device: str = "cpu") -> Ranker:
     """random | popularity | transition | bm25 | tags | dense[:MODEL] | sasrec[-ce|-bce] |
     llm:NAME | model:PATH.
 
     `diversity`: the table's DiversityScorer; the default dense ranker shares its model and
     item vectors (the same all-MiniLM-L6-v2 over the same `Item.text()`). `max_new_tokens`:
     the answer budget of LLM methods (the driver's `eval.max_new_tokens`, to compare alike).
-    `sasrec_epochs`: SASRec's epoch budget (0 = SASRecConfig's own, early-stopped)."""
+    `sasrec_epochs`: SASRec's epoch budget (0 = SASRecConfig's own, early-stopped);
+    `sasrec_device`: where it fits (evidence.device)."""
     if method == "random":
         return RandomRanker(seed=seed)
     if method == "popularity":
@@ -47,7 +49,8 @@ def make_ranker(method: str, seed: int = 0, top_k: int = 3, diversity: Any = Non
         from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker  # torch: only here
         loss = "bce" if method.endswith("bce") else "ce"
         budget = {"max_epochs": sasrec_epochs} if sasrec_epochs else {}
-        return SASRecRanker(SASRecConfig(loss=loss, seed=seed, **budget), name=f"sasrec-{loss}")
+        return SASRecRanker(SASRecConfig(loss=loss, seed=seed, device=sasrec_device, **budget),
+                            name=f"sasrec-{loss}")
     if method.startswith(("llm:", "model:")):
         return LLMRanker(method, top_k=top_k, max_new_tokens=max_new_tokens)
     raise ReclaifError(f"methods: unknown method {method!r}; known: random, popularity, "

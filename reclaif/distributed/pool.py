@@ -1,4 +1,5 @@
-"""Fan shards of work out over Ray actors with backpressure, retries and actor restarts.
+"""Fan shards of work out over Ray actors with backpressure, retries and actor restarts (or, with
+`ray.enabled: false`, run them one after another in this process: `LocalPool`).
 
 Each shard is a list of JSON records. At most `max_in_flight` shards are submitted at once; a
 finished shard is handed to `write` (which writes it atomically) before the next is submitted,
@@ -18,6 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from reclaif.config import RayConfig
 from reclaif.errors import ConfigError, ReclaifError
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,66 @@ class ActorPool:
         if where:
             wait_processes_gone(where, wait_s)
         return where
+
+
+class LocalPool:
+    """One worker in this process, no Ray (`ray.enabled: false`): shards run one after
+    another, a shard whose method raises is retried and then written as failed, as on Ray.
+    For one machine where Ray is not installed (the lent GPU machine: docs/CLUSTER.md, "The GPU
+    proof"); the sampler's model sits in the driver's process until `shutdown` drops it."""
+
+    def __init__(self, worker_cls: type, init_args: tuple) -> None:
+        self.actors = [worker_cls(*init_args)]
+
+    def run(self, method: str, shards: list[list[dict]], args: Callable[[int], tuple],
+            write: Callable[[int, list[dict]], None], is_done: Callable[[int], bool],
+            max_in_flight: int = 1, max_retries: int = 3, desc: str = "") -> PoolReport:
+        """Runs `worker.method(shard_rows, *args(i))` for every shard i not already done."""
+        report = PoolReport(shards=len(shards))
+        pending = deque(i for i in range(len(shards)) if not is_done(i))
+        report.skipped = len(shards) - len(pending)
+        attempts = {i: 0 for i in pending}
+        bar = tqdm(total=len(shards), initial=report.skipped, desc=desc, unit="shard",
+                   disable=None)
+        while pending:
+            i = pending.popleft()
+            try:
+                rows = getattr(self.actors[0], method)(shards[i], *args(i))
+            except Exception as e:  # what a Ray task's failure is (RayTaskError's cause)
+                log.warning("%s: shard %d failed: %s", desc, i, e)
+                ActorPool._retry_or_fail(i, attempts, max_retries, pending, shards, write,
+                                         report, f"{type(e).__name__}: {e}")
+                continue
+            write(i, rows)
+            report.failed_records += sum(1 for r in rows if r.get("failed"))
+            bar.update(1)
+        bar.close()
+        return report
+
+    def shutdown(self, wait_s: float = 0.0) -> list[dict]:
+        """Drops the worker and returns its GPU memory to the device (the trainer that follows
+        runs in this process too)."""
+        import gc
+        import sys
+
+        self.actors = []
+        gc.collect()
+        torch = sys.modules.get("torch")  # loaded by a sampler; a judge may never import it
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return []
+
+
+def make_pool(ray_cfg: RayConfig, worker_cls: type, init_args: tuple, num_actors: int = 1,
+              num_cpus: float = 1, num_gpus: float = 0,
+              gpu_keys: str = "num_gpus") -> ActorPool | LocalPool:
+    """The driver's pools: Ray actors (a local Ray started on first use, or `ray.address`'s
+    cluster), or with `ray.enabled: false` one worker in this process."""
+    if not ray_cfg.enabled:
+        return LocalPool(worker_cls, init_args)
+    init_ray(ray_cfg.address, ray_cfg.num_cpus)
+    return ActorPool(worker_cls, init_args, num_actors=num_actors, num_cpus=num_cpus,
+                     num_gpus=num_gpus, gpu_keys=gpu_keys)
 
 
 def actor_location() -> dict:

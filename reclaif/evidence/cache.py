@@ -75,7 +75,8 @@ def fit_key(windows: Sequence[Example], items_hash: str, sources: Sequence[str],
     h.update(json.dumps({"version": CACHE_VERSION, "code": _code_digest(), "items": items_hash,
                          "sources": list(sources), "order": cfg.order,
                          "sasrec_epochs": cfg.sasrec_epochs,
-                         "sasrec_max_seconds": cfg.sasrec_max_seconds, "seed": seed},
+                         "sasrec_max_seconds": cfg.sasrec_max_seconds, "seed": seed,
+                         **({"device": cfg.device} if cfg.device != "cpu" else {})},
                         sort_keys=True).encode())
     for w in windows:
         h.update(json.dumps([w.id, w.user, w.task, w.context, w.candidates, w.labels],

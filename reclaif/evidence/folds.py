@@ -91,7 +91,7 @@ def _fit_or_load(directory: Path, windows: Sequence[Example], items: dict[str, I
             (directory / "fit.json").unlink(missing_ok=True)
     log.info("evidence: fitting %s on %d windows", directory.name, len(windows))
     m = EvidenceModels.fit(windows, items, sources, cfg.order, cfg.sasrec_epochs,
-                           cfg.sasrec_max_seconds, seed)
+                           cfg.sasrec_max_seconds, seed, cfg.device)
     m.save(directory)
     if reuse:
         cache.publish(reuse.root, key, m.files(directory))

@@ -71,14 +71,15 @@ class EvidenceModels:
     @classmethod
     def fit(cls, windows: Sequence[Example], items: dict[str, Item], sources: Sequence[str],
             order: str = "score", sasrec_epochs: int = 10, sasrec_seconds: float = 0.0,
-            seed: int = 0) -> "EvidenceModels":
+            seed: int = 0, device: str = "cpu") -> "EvidenceModels":
         m = cls(sources=list(sources), order=order,
                 users=sorted({w.user or w.id for w in windows}))
         if "sasrec" in sources:
             from reclaif.baselines.sasrec import SASRecConfig, SASRecRanker  # torch: only here
 
             m.sasrec = SASRecRanker(SASRecConfig(loss="ce", max_epochs=sasrec_epochs,
-                                                 max_seconds=sasrec_seconds, seed=seed),
+                                                 max_seconds=sasrec_seconds, seed=seed,
+                                                 device=device),
                                     name="sasrec-ce")
             m.sasrec.fit(windows, items)
         if "transition" in sources:

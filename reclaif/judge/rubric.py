@@ -79,7 +79,9 @@ class RubricJudge(Judge):
         rec = parse_recommendation(answer, example, self.items, self.top_k)
         # Graded gains: ESCI's Exact/Substitute/Complement grades count; binary labels are unchanged.
         rel = ndcg_at_k(rec.items, example.labels, self.top_k, graded=True) if rec.items else 0.0
-        div = self.diversity.score(rec.items) if len(rec.items) > 1 else None
+        # a diversity weighted 0 changes no verdict: not computed, so no embedder is loaded
+        # (the GPU proof's machine has none: configs/lastfm-gpu-proof.yaml)
+        div = self.diversity.score(rec.items) if len(rec.items) > 1 and self.weights[1] else None
         g = grounding(rec, example, self.items, self.top_k)
         scores = Scores(relevance=to_scale(rel), diversity=to_scale(div or 0.0),
                         explainability=to_scale(g.score))

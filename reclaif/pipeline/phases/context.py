@@ -11,7 +11,7 @@ from reclaif.config_load import to_dict
 from reclaif.data import load_items, resolve_data_dir
 from reclaif.data.heldout import HeldOut
 from reclaif.data.splits import run_splits
-from reclaif.distributed.pool import ActorPool, init_ray
+from reclaif.distributed.pool import ActorPool, LocalPool, make_pool
 from reclaif.distributed.workers import SamplerWorker
 from reclaif.pipeline.store import RunStore
 from reclaif.records import Example, Item
@@ -24,21 +24,23 @@ class Samplers:
 
     def __init__(self, cfg: RunConfig, store: RunStore, data_path: Path) -> None:
         self.cfg, self.store, self.data_path = cfg, store, data_path
-        self._pool: ActorPool | None = None
+        self._pool: ActorPool | LocalPool | None = None
         self._model: str | None = None
 
-    def on(self, model: str) -> ActorPool:
+    def on(self, model: str) -> ActorPool | LocalPool:
         """The pool on `model`: a pool on another checkpoint is released first, so new weights
         come as new actors (no engine swapped inside a process that holds a GPU)."""
         if self._pool is not None and self._model != model:
             self.release()
         if self._pool is None:
             r = self.cfg.ray
-            init_ray(r.address, r.num_cpus)
             cpus = max(1, r.num_cpus // max(1, r.num_samplers)) if not r.address else 1
             spec = to_dict(self.cfg.recommender)
-            self._pool = ActorPool(SamplerWorker,
-                                   (spec, str(self.data_path), self.cfg.data.top_k, cpus),
+            # without Ray the sampler is in this process: 0 leaves its torch threads (the
+            # trainer's too) as they are, ray.num_cpus being the local Ray's
+            threads = cpus if r.enabled else 0
+            self._pool = make_pool(r, SamplerWorker,
+                                   (spec, str(self.data_path), self.cfg.data.top_k, threads),
                                    num_actors=r.num_samplers, num_cpus=cpus if not r.address else 1,
                                    num_gpus=r.gpus_per_sampler,
                                    gpu_keys="ray.num_samplers x ray.gpus_per_sampler")

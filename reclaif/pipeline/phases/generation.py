@@ -96,6 +96,7 @@ def evaluate(run: Run, stage: str, model: str, examples: list[Example] | None = 
         expl = {i: scorer.score(by_id[i], r.raw_text) for i, r in recs.items() if r.valid}
         result = evaluate_rankings(examples, {i: r.items for i, r in recs.items()},
                                    {i: r.valid for i, r in recs.items()}, run.items, e.k,
+                                   None if e.diversity_model == "none" else
                                    DiversityScorer(run.items, e.diversity_model), expl)
         result.update(stage=stage, model=model, split=run.cfg.data.eval_split,
                       held_out=run.held_out.note(),

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from reclaif.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
 from reclaif.config_load import to_dict
-from reclaif.distributed.pool import ActorPool, init_ray
+from reclaif.distributed.pool import ActorPool, LocalPool, make_pool
 from reclaif.distributed.workers import JudgeWorker
 from reclaif.errors import ReclaifError
 from reclaif.judge import preference_pair
@@ -21,11 +21,10 @@ from reclaif.run_layout import stage_name
 
 
 @contextmanager
-def judge_pool(run: Run) -> Iterator[ActorPool]:
+def judge_pool(run: Run) -> Iterator[ActorPool | LocalPool]:
     """ray.num_judges judge actors, shut down when the phase is over."""
     r = run.cfg.ray
-    init_ray(r.address, r.num_cpus)
-    pool = ActorPool(JudgeWorker, (to_dict(run.cfg.judge), str(run.data_path), run.top_k),
+    pool = make_pool(r, JudgeWorker, (to_dict(run.cfg.judge), str(run.data_path), run.top_k),
                      num_actors=r.num_judges, num_cpus=1)
     try:
         yield pool
