@@ -14,7 +14,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_shared_prompt import PAD, V, tiny_llama  # noqa: E402
 
-from reclaif.config import SFTConfig, load_config  # noqa: E402
+from reclaif.config import SFTConfig  # noqa: E402
+from reclaif.config_load import load_config  # noqa: E402
 from reclaif.errors import ConfigError  # noqa: E402
 from reclaif.train import shared_head  # noqa: E402
 from reclaif.train.sft import SFTMethod, shares_head  # noqa: E402

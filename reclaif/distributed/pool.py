@@ -55,6 +55,17 @@ class PoolWorker:
         return actor_location()
 
 
+def _start(shards: list[list[dict]], is_done: Callable[[int], bool],
+           desc: str) -> tuple[PoolReport, deque, dict[int, int], tqdm]:
+    """What both pools' `run` starts from: the report, the shards still to do (done ones
+    skipped: resume), their attempt counts and the progress bar."""
+    report = PoolReport(shards=len(shards))
+    pending = deque(i for i in range(len(shards)) if not is_done(i))
+    report.skipped = len(shards) - len(pending)
+    bar = tqdm(total=len(shards), initial=report.skipped, desc=desc, unit="shard", disable=None)
+    return report, pending, {i: 0 for i in pending}, bar
+
+
 class ActorPool:
     """`num_actors` instances of `worker_cls` (a PoolWorker) as Ray actors."""
 
@@ -83,13 +94,8 @@ class ActorPool:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        report = PoolReport(shards=len(shards))
-        pending = deque(i for i in range(len(shards)) if not is_done(i))
-        report.skipped = len(shards) - len(pending)
-        attempts = {i: 0 for i in pending}
+        report, pending, attempts, bar = _start(shards, is_done, desc)
         in_flight: dict[Any, tuple[int, int, Any]] = {}  # ref → (shard, slot, actor handle)
-        bar = tqdm(total=len(shards), initial=report.skipped, desc=desc, unit="shard",
-                   disable=None)
         while pending or in_flight:
             while pending and len(in_flight) < max_in_flight:
                 i = pending.popleft()
@@ -188,12 +194,7 @@ class LocalPool:
             write: Callable[[int, list[dict]], None], is_done: Callable[[int], bool],
             max_in_flight: int = 1, max_retries: int = 3, desc: str = "") -> PoolReport:
         """Runs `worker.method(shard_rows, *args(i))` for every shard i not already done."""
-        report = PoolReport(shards=len(shards))
-        pending = deque(i for i in range(len(shards)) if not is_done(i))
-        report.skipped = len(shards) - len(pending)
-        attempts = {i: 0 for i in pending}
-        bar = tqdm(total=len(shards), initial=report.skipped, desc=desc, unit="shard",
-                   disable=None)
+        report, pending, attempts, bar = _start(shards, is_done, desc)
         while pending:
             i = pending.popleft()
             try:
