@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from reclaif.config_load import load_config
+from reclaif.llm.models import default_gguf_path
 from reclaif.pipeline.phases import sampling_prompts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,13 +119,17 @@ def test_tiny_run_without_the_packages_the_gpu_machine_lacks(tmp_path):
     # the converted weights are reused from the user's cache where the tests put them
     env.setdefault("RECLAIF_CACHE", str(Path.home() / ".cache" / "reclaif"))
     work = tmp_path / "w"
+    # the weights the embedded model's package ships (the device gets them from ../shared,
+    # which a fresh clone does not have; the script itself must not import the package)
+    gguf = ["--gguf", str(default_gguf_path())]
     # --budget: stopped (as a device call running out of time is), the summary of what
     # finished written, and the same --work resumes it
     p = subprocess.run([str(SCRIPT), "--tiny", "--out", str(out), "--work", str(work),
-                        "--budget", "20"], capture_output=True, text=True, env=env, timeout=600)
+                        "--budget", "20", *gguf],
+                       capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 1 and "with --work " + str(work) + " resumes it" in p.stderr, p.stderr
     assert (out / "summary.md").exists() == (work / "run" / "config.yaml").exists()
-    p = subprocess.run([str(SCRIPT), "--tiny", "--out", str(out), "--work", str(work)],
+    p = subprocess.run([str(SCRIPT), "--tiny", "--out", str(out), "--work", str(work), *gguf],
                        capture_output=True, text=True, env=env, timeout=1700)
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
     names = {f.name for f in out.iterdir()}

@@ -168,6 +168,7 @@ def safetensors_damage(path: Path) -> str | None:
 def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
     """'default' → the converted embedded model; a .gguf file → converted likewise; a local
     path → checked; else a hub name as is."""
+    name = os.fspath(name)  # callers pass checkpoint Paths too
     if name == DEFAULT_NAME:
         return str(default_model_dir(cache_dir))
     if name.endswith(".gguf"):
