@@ -66,6 +66,15 @@ def _run(tmp_path, mode: str, max_retries: int = 2):
     return report, rows
 
 
+def test_local_workers_run_at_the_drivers_priority(ray_local):
+    # Ray's default (+15) would starve the run's samplers beside any other job on the machine.
+    @ray_local.remote
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray_local.get(niceness.remote()) == os.nice(0)
+
+
 def test_every_shard_is_written_once_in_order(ray_local, tmp_path):
     report, rows = _run(tmp_path, "ok")
     assert [r["example_id"] for r in rows] == list(range(10))

@@ -318,6 +318,11 @@ def init_ray(address: str = "", num_cpus: int = 2) -> None:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=False)
     else:
+        # Ray starts a local cluster's workers at nice +15 so its driver stays responsive; here
+        # the workers do the heavy part (sampling, judging, evaluation) while the driver waits
+        # on them, so any other job on the machine (a test run, a second experiment) would take
+        # their CPU and stall the run. They get the driver's priority unless the user set one.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
                  log_to_driver=False, configure_logging=False)
     if getattr(ours, "__module__", "").startswith("reclaif") and \
