@@ -66,6 +66,14 @@ def _start(shards: list[list[dict]], is_done: Callable[[int], bool],
     return report, pending, {i: 0 for i in pending}, bar
 
 
+def _finish(i: int, rows: list[dict], write: Callable[[int, list[dict]], None],
+            report: PoolReport, bar: tqdm) -> None:
+    """A shard's answer, as both pools record it: written, its failed records counted."""
+    write(i, rows)
+    report.failed_records += sum(1 for r in rows if r.get("failed"))
+    bar.update(1)
+
+
 class ActorPool:
     """`num_actors` instances of `worker_cls` (a PoolWorker) as Ray actors."""
 
@@ -124,9 +132,7 @@ class ActorPool:
                 self._retry_or_fail(i, attempts, max_retries, pending, shards, write, report,
                                     f"{type(cause).__name__}: {cause}")
                 continue
-            write(i, rows)
-            report.failed_records += sum(1 for r in rows if r.get("failed"))
-            bar.update(1)
+            _finish(i, rows, write, report, bar)
         bar.close()
         return report
 
@@ -204,9 +210,7 @@ class LocalPool:
                 ActorPool._retry_or_fail(i, attempts, max_retries, pending, shards, write,
                                          report, f"{type(e).__name__}: {e}")
                 continue
-            write(i, rows)
-            report.failed_records += sum(1 for r in rows if r.get("failed"))
-            bar.update(1)
+            _finish(i, rows, write, report, bar)
         bar.close()
         return report
 
