@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("--data", default="sample")
     p.add_argument("--tokens", action="store_true")
+    p.add_argument("--max-length", type=int, default=1152,
+                   help="sft.max_length the --tokens line counts prompts+answers over")
     p.add_argument("--show", type=int, default=0, help="after answers to print")
     a = p.parse_args(argv)
     run = Path(a.run)
@@ -174,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                                 answer_tokens_mean=round(statistics.mean(at), 1),
                                 answer_tokens_max=max(at),
                                 answers_over_128=sum(x > 128 for x in at),
-                                prompt_and_answer_max=max(x + y for x, y in zip(pt, at)))
+                                prompt_and_answer_max=max(x + y for x, y in zip(pt, at)),
+                                prompt_and_answer_over_max_length=sum(
+                                    x + y > a.max_length for x, y in zip(pt, at)))
     for ex, text in list(zip(after, answers))[:a.show]:
         print(ex.id, "\n", text)
     json.dump(result, sys.stdout, indent=1)

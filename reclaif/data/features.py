@@ -117,6 +117,46 @@ def distinctive_features(history: Sequence[str], items: dict[str, Item], domain:
     return [(shown[f], holders[f]) for f in ranked[:k]]
 
 
+# The offline teacher states two, and a hybrid prompt shows the same two below the history
+# (prompts.history_features), so the key features a student learns to state are ones its
+# prompt shows. Two: every answer token costs training time, and on the proof run's 256 SFT
+# prompts each shown feature costs ~7 prompt tokens (the line: 19.5 on average for two, 26.3
+# for three).
+KEY_FEATURES = 2
+SHORT_TITLE_WORDS = 4  # a product named in a reason or key feature: its first words
+
+
+def key_features(history: Sequence[str], items: dict[str, Item], domain: str,
+                 idf: dict[str, float], k: int = KEY_FEATURES) -> list[tuple[str, list[str]]]:
+    """The history's `k` key features, as the offline teacher states them and a hybrid prompt
+    shows them: `distinctive_features`, those two or more history items share first (one
+    item's rare tag says less about a taste than a shared one). A prefix of a longer list, so
+    the teacher's two are the first two the prompt shows."""
+    ranked = distinctive_features(history, items, domain, idf, k=10 ** 6)
+    return ([fh for fh in ranked if len(fh[1]) >= 2] + [fh for fh in ranked if len(fh[1]) < 2]
+            )[:k]
+
+
+def cited_name(item_id: str, items: dict[str, Item], domain: str) -> str:
+    """An item's name as answers cite it: a product's first SHORT_TITLE_WORDS words (the whole
+    title is on its prompt line; every answer token costs training time), an artist's whole
+    name."""
+    item = items.get(item_id)
+    name = item.title if item else item_id
+    words = name.split()
+    return name if domain == "music" or len(words) <= SHORT_TITLE_WORDS else \
+        " ".join(words[:SHORT_TITLE_WORDS]).rstrip(" ,;:-–—&|")
+
+
+def key_feature_phrase(feature: str, holders: Sequence[str], items: dict[str, Item],
+                       domain: str) -> str:
+    """"chillout (Enigma)": a key feature named with the history item that shows it at the
+    fewest tokens (the shortest name in UTF-8 bytes, which tracks tokens better than
+    characters for CJK names; history order breaks ties)."""
+    names = sorted((cited_name(h, items, domain) for h in holders), key=lambda t: len(t.encode()))
+    return f"{feature} ({names[0]})" if names else feature
+
+
 MAX_LINK_FEATURES = 2  # each tag costs ~3 prompt tokens on each of 20 candidate lines
 
 
