@@ -29,8 +29,9 @@ TEACHER_DESCRIPTION = (
     "teacher, used because no LLM endpoint was configured. It sees the labels. Its key "
     "preferences are what sets the history apart: the tags (music; only tags enough artists "
     "carry, so no tagger's private label) or brand, item form, scent and similar fields "
-    "(beauty) of the history items, weighted by how many history items have them times their "
-    "inverse catalogue frequency (so 'rock' does not win every history), each named with a "
+    "(beauty) of the history items, weighted by 1 + ln(how many history items have them) "
+    "times their inverse catalogue frequency (so 'rock' does not win every history), those two "
+    "or more history items share first, each named with a "
     "history item that shows it; for product search, the query's terms. Its "
     "ranking puts the labelled items first, best grade first, and fills the rest of the top-k "
     "greedily by feature overlap with the key preferences minus overlap with the items already "
@@ -52,13 +53,13 @@ _QUERY_STOP = frozenset("a an the and or of for to in on with without by from at
 _WORD_RE = re.compile(r"[0-9a-z]+")
 # Hybrid fillers: linked candidates first among the evidence's top FILL_WINDOW unlabelled ones.
 # A filler whose line shows no link gets "less obvious pick", which the student cannot learn
-# to tie to the user, and a candidate's tag overlap with the history is the one prompt signal
+# to tie to the user; and a candidate's tag overlap with the history is the one prompt signal
 # that beats SASRec on LastFM (SASRec and tag overlap combined: +2.4 Hit@1 points, measured
-# for the proof budget). Measured on
-# the proof run's 256 SFT prompts (tests/teacher_links.py, window 0/3/4/5/6): the teacher's
-# linked reasons 0.797/0.882/0.915/0.939/0.950, its positions 2-3 changed on 0/81/93/101/105;
-# SASRec's #1 stays in its top 3 on all 256 (it is kept first). 5: SASRec's top 5 holds the
-# truth ~94% of the time, the shortlist any reranker of it works within.
+# for the proof budget). On the proof run's 256 SFT prompts (tests/teacher_links.py), window
+# 0/3/4/5/6: the teacher's linked reasons 0.797/0.882/0.915/0.939/0.950, its positions 2-3
+# changed on 0/81/93/101/105; SASRec's #1 stays in every top 3 (it is kept first; without
+# that, window 5 gives 0.949 but drops it from 8). 5: SASRec's top 5 holds the truth ~94% of
+# the time, the shortlist any reranker of it works within.
 FILL_WINDOW = 5
 
 
@@ -114,7 +115,7 @@ class OfflineTeacher(Teacher):
 
     def key_preferences(self, example: Example) -> list[Preference]:
         """Up to two preferences that set this history apart: features (tags, catalog fields)
-        by history items having them x their idf, those two or more items share first, each
+        by (1 + ln(history items having them)) x idf, those two or more items share first, each
         named with the history items that show it."""
         if isinstance(example.context, str):
             terms = [w for w in _WORD_RE.findall(example.context.lower())
@@ -167,6 +168,8 @@ class OfflineTeacher(Teacher):
         so SFT teaches when the evidence is right and the labels overrule it), except that of
         its first FILL_WINDOW unlabelled candidates those whose line shows a link (`_linked`)
         come first; the evidence's #1, when unlabelled, stays first whatever its line."""
+        if isinstance(example.context, str):  # retrieval: no history to link, BM25's order
+            return rest
         head = rest[:FILL_WINDOW]
         keep = head[:1] if head and head[0] == evidence_first(example.evidence) else []
         linked = [c for c in head[len(keep):] if self._linked(c, example, prefs)]

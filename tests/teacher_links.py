@@ -22,6 +22,9 @@ order), answered by this checkout's teacher: "after" only.
 - with --tokens: prompt tokens (mean, max; chat template, the run's tokenizer) and the longest
   answer, as the driver counts them, and how many prompt+answer exceed --max-length; with
   --run, also the run's held-out evaluation prompts rebuilt by this checkout.
+- eval_prompts (with --run): the same measures of this teacher's answers to the run's held-out
+  prompts (their key features do not depend on the label: the distinct share a student that
+  states the prompt's key features would reach on the evaluated users).
 
 The after prompts show all candidates (the driver's fit_answered may drop some where a
 prompt and its answer exceed sft.max_length; the --tokens line says how close they come).
@@ -248,13 +251,18 @@ def main(argv: list[str] | None = None) -> int:
                                                  [r["response"] for r in teacher_rows],
                                                  a.max_length))
         result["after"].update(token_counts(prompts, answers, a.max_length))
-        if a.run:  # the held-out prompts the proof evaluates, as this checkout renders them
-            valid = {ex.id: ex for ex in load_examples(a.data, "valid")}
-            rows = [json.loads(x) for x in (run / "evidence" / "eval.jsonl").open()]
-            held = retagged([dataclasses.replace(valid[r["id"]], candidates=r["candidates"],
-                                                 evidence=r["evidence"]) for r in rows], items)
-            result["eval_prompts"] = token_counts(
-                [render_recommender(ex, items, TOP_K) for ex in held], [], a.max_length)
+    if a.run:  # the held-out prompts the proof evaluates, as this checkout renders them
+        valid = {ex.id: ex for ex in load_examples(a.data, "valid")}
+        rows = [json.loads(x) for x in (run / "evidence" / "eval.jsonl").open()]
+        held = retagged([dataclasses.replace(valid[r["id"]], candidates=r["candidates"],
+                                             evidence=r["evidence"]) for r in rows], items)
+        held_prompts = [render_recommender(ex, items, TOP_K) for ex in held]
+        held_answers = teacher.respond_many(held)
+        # what the teacher would write there: its key features are what a student copying the
+        # prompt's "Distinctive tags" line states, so their distinct share is the student's bar
+        result["eval_prompts"] = measure(list(zip(held, held_prompts, held_answers)), items)
+        if a.tokens:
+            result["eval_prompts"].update(token_counts(held_prompts, held_answers, a.max_length))
     for ex, text in list(zip(after, answers))[:a.show]:
         print(ex.id, "\n", text)
     json.dump(result, sys.stdout, indent=1)

@@ -33,6 +33,18 @@ def test_distinctive_features_prefer_rare_shared_ones_and_name_their_items():
     assert distinctive_features(["f"], items, "music", idf, k=1) == [("jazz", ["f"])]
 
 
+def test_a_rare_tag_on_two_history_items_outranks_a_common_one_on_all():
+    """Sublinear in the count: "pop" on all eight history artists (and half the catalogue)
+    once led every pop fan's key features; "rnb", on two of them and nowhere else, says more
+    about this user (linear: 8 x ln 2 = 5.5 against 2 x ln 10 = 4.6)."""
+    tags = {f"h{n}": "pop, rnb" if n < 2 else "pop" for n in range(8)}
+    tags.update({f"o{n}": "pop" if n < 2 else "jazz" for n in range(12)})
+    items = _items(**tags)
+    idf = feature_idf(items, "music")
+    assert [f for f, _ in distinctive_features(list(tags)[:8], items, "music", idf)] == [
+        "rnb", "pop"]
+
+
 def test_key_features_put_shared_ones_first_and_a_longer_list_extends_a_shorter():
     """One history item's rare tag ("drone", on one artist of seven) outweighs by idf a tag
     two items share ("synth-pop"), yet the shared one is the key feature: a taste, not one
