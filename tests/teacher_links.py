@@ -7,7 +7,8 @@ examples, their tag evidence rewritten by this checkout, answered by this checko
 
 --fit N (no run; any sequential data, Beauty too): the data's first training prompt of each
 of N users, with transition (and for music tag_overlap) evidence fitted on all its training
-windows, not out of fold and without SASRec (seconds; the fillers follow the transitions'
+windows, not out of fold (a label's own transition is counted, so labelled items link more
+often than out of fold) and without SASRec (seconds; the fillers follow the transitions'
 order), answered by this checkout's teacher: "after" only.
 
 - shown: the share of reasons whose every cited tag or field and history item appears on that
@@ -191,10 +192,12 @@ def fitted(data: str, users: int) -> tuple[list[Example], dict[str, Item]]:
     music, tag_overlap) evidence fitted on all the data's training windows."""
     items = load_items(data)
     train = load_examples(data, "train")
-    firsts = list({(ex.user or ex.id): ex for ex in reversed(train)}.values())[::-1][:users]
+    firsts: dict[str, Example] = {}
+    for ex in train:
+        firsts.setdefault(ex.user or ex.id, ex)
     sources = ["transition"] + (["tag_overlap"] if train[0].domain == "music" else [])
     m = EvidenceModels.fit(fit_windows(data, "train", train), items, sources)
-    return [m.annotate(ex, items) for ex in firsts], items
+    return [m.annotate(ex, items) for ex in list(firsts.values())[:users]], items
 
 
 def token_counts(prompts: list[str], answers: list[str], max_length: int) -> dict:
