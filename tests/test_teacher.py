@@ -271,7 +271,6 @@ def _fillers(teacher, ex):
     """The fillers the issue asks for, in order: the evidence's unlabelled candidates best
     first, with those whose line shows a link (a tag link or the transition) ahead of the
     others among the first FILL_WINDOW, the evidence's #1 kept in front."""
-    prefs = teacher.key_preferences(ex)
     rest = [c for c in ex.candidates if ex.labels.get(c, 0) <= 0]
     head = rest[:FILL_WINDOW]
     keep = head[:1] if head and head[0] == evidence_first(ex.evidence) else []
