@@ -264,10 +264,10 @@ def test_hybrid_reasons_link_item_and_history_with_the_rank_as_support(hybrid):
                                       descriptive_idf(items, "music")) is None
         # after the target, the evidence's order (candidates are listed best first), linked
         # ones first among its top FILL_WINDOW (test_fillers_put_linked_candidates_first...)
-        assert rec.items[1:] == _fillers(teacher, ex)[:TOP_K - 1]
+        assert rec.items[1:] == _fillers(ex)[:TOP_K - 1]
 
 
-def _fillers(teacher, ex):
+def _fillers(ex):
     """The fillers the issue asks for, in order: the evidence's unlabelled candidates best
     first, with those whose line shows a link (a tag link or the transition) ahead of the
     others among the first FILL_WINDOW, the evidence's #1 kept in front."""
@@ -293,7 +293,7 @@ def test_fillers_put_candidates_whose_line_shows_a_link_first(hybrid, transition
         for ex in examples:
             rec = parse_recommendation(teacher.respond(ex), ex, items, TOP_K)
             rest = [c for c in ex.candidates if ex.labels.get(c, 0) <= 0]
-            assert rec.items[1:] == _fillers(teacher, ex)[:TOP_K - 1]
+            assert rec.items[1:] == _fillers(ex)[:TOP_K - 1]
             first = evidence_first(ex.evidence)
             assert first is None or first in rec.items  # SASRec's #1 stays in the top 3
             moved += rec.items[1:] != rest[:TOP_K - 1]
