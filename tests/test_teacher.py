@@ -263,7 +263,7 @@ def test_hybrid_reasons_link_item_and_history_with_the_rank_as_support(hybrid):
                 assert candidate_link(item, ex.context, items, "music",
                                       descriptive_idf(items, "music")) is None
         # after the target, the evidence's order (candidates are listed best first), linked
-        # ones first among its top FILL_WINDOW (test_fillers_put_linked_candidates_first...)
+        # ones first among its top FILL_WINDOW (the test after _fillers)
         assert rec.items[1:] == _fillers(ex)[:TOP_K - 1]
 
 
