@@ -3,8 +3,9 @@ the judge cite (idf against catalogue frequency, shared and distinctive features
 import math
 
 from reclaif.data import load_items, resolve_data_dir
-from reclaif.data.features import (MAX_LINK_FEATURES, Link, candidate_link, descriptive_idf,
-                                   distinctive_features, feature_idf, item_features,
+from reclaif.data.features import (MAX_LINK_FEATURES, Link, candidate_link, cited_name,
+                                   descriptive_idf, distinctive_features, feature_idf,
+                                   item_features, key_feature_phrase, key_features,
                                    shared_features)
 from reclaif.records import Item
 
@@ -30,6 +31,42 @@ def test_distinctive_features_prefer_rare_shared_ones_and_name_their_items():
     assert top[0] == ("synth-pop", ["a", "b"])
     assert top[1] == ("rock", ["a", "b", "c"])
     assert distinctive_features(["f"], items, "music", idf, k=1) == [("jazz", ["f"])]
+
+
+def test_a_rare_tag_on_two_history_items_outranks_a_common_one_on_all():
+    """Sublinear in the count: "pop" on all eight history artists (and half the catalogue)
+    once led every pop fan's key features; "rnb", on two of them and nowhere else, says more
+    about this user (linear: 8 x ln 2 = 5.5 against 2 x ln 10 = 4.6)."""
+    tags = {f"h{n}": "pop, rnb" if n < 2 else "pop" for n in range(8)}
+    tags.update({f"o{n}": "pop" if n < 2 else "jazz" for n in range(12)})
+    items = _items(**tags)
+    idf = feature_idf(items, "music")
+    assert [f for f, _ in distinctive_features(list(tags)[:8], items, "music", idf)] == [
+        "rnb", "pop"]
+
+
+def test_key_features_put_shared_ones_first_and_a_longer_list_extends_a_shorter():
+    """One history item's rare tag ("drone", on one artist of seven) outweighs by idf a tag
+    two items share ("synth-pop"), yet the shared one is the key feature: a taste, not one
+    artist's label. The teacher states the first two; a prompt showing more shows them first."""
+    items = _items(a="synth-pop, drone", b="synth-pop, rock", c="rock", d="rock", e="rock",
+                   f="synth-pop", g="jazz")
+    idf = feature_idf(items, "music")
+    assert distinctive_features(["a", "b"], items, "music", idf, k=1) == [("drone", ["a"])]
+    two = key_features(["a", "b"], items, "music", idf)
+    assert two == [("synth-pop", ["a", "b"]), ("drone", ["a"])]
+    assert key_features(["a", "b"], items, "music", idf, k=3)[:2] == two
+    assert key_features(["g"], {"g": Item(id="g", title="G", fields={})}, "music", idf) == []
+
+
+def test_a_key_feature_is_named_with_its_shortest_holder_as_answers_cite_it():
+    items = {"x": Item(id="x", title="Portishead", fields={}),
+             "y": Item(id="y", title="Björk", fields={}),
+             "p": Item(id="p", title="Olaplex No. 3 Hair Perfector Repair Treatment",
+                       fields={})}
+    assert key_feature_phrase("trip-hop", ["x", "y"], items, "music") == "trip-hop (Björk)"
+    assert cited_name("p", items, "beauty") == "Olaplex No. 3 Hair"  # a product: 4 words
+    assert cited_name("p", items, "music") == items["p"].title
 
 
 def test_shared_features_are_true_of_both_sides():

@@ -24,6 +24,8 @@ import unicodedata
 from functools import cache
 from importlib.resources import files
 
+from reclaif.data.features import (KEY_FEATURES, descriptive_idf, key_feature_phrase,
+                                    key_features)
 from reclaif.errors import DataError
 from reclaif.records import Example, Item
 
@@ -172,6 +174,29 @@ EVIDENCE_NOTE = {
 }
 
 
+# The line a hybrid prompt adds below the history's items (names-only prompts are unchanged).
+HISTORY_FEATURES_LABEL = {"music": "Distinctive tags", "beauty": "Distinctive fields"}
+_IDF: dict[str, tuple[dict[str, Item], int, dict[str, float]]] = {}  # per domain: the catalogue
+
+
+def history_features(example: Example, items: dict[str, Item]) -> str:
+    """"Distinctive tags: chillout (Enigma), downtempo (Morcheeba)": in hybrid mode, the
+    history's `features.key_features`, each with the history item named beside it, as the
+    offline teacher states them as its key preferences: the student reads what it learns to
+    state (issue 31). Names-only prompts show names only, as the paper's do. "" for a query,
+    or a history without descriptive features."""
+    label = HISTORY_FEATURES_LABEL.get(example.domain)
+    if not example.evidence or not label or isinstance(example.context, str):
+        return ""
+    cached = _IDF.get(example.domain)
+    if cached is None or cached[0] is not items or cached[1] != len(items):
+        cached = _IDF[example.domain] = (items, len(items),
+                                         descriptive_idf(items, example.domain))
+    top = key_features(example.context, items, example.domain, cached[2], KEY_FEATURES)
+    return f"{label}: " + ", ".join(sanitize(key_feature_phrase(f, h, items, example.domain),
+                                             multiline=False) for f, h in top) if top else ""
+
+
 def _context_values(example: Example, items: dict[str, Item]) -> dict[str, str]:
     """Slots every role shares: the query or the history, the candidates, the evidence note."""
     if isinstance(example.context, str):
@@ -179,8 +204,11 @@ def _context_values(example: Example, items: dict[str, Item]) -> dict[str, str]:
     else:
         query, history_ids = " ".join(example.context), list(example.context)
     note = " " + EVIDENCE_NOTE[example.domain] if example.evidence else ""
+    history = _item_lines(history_ids, items, example.domain)
+    if features := history_features(example, items):
+        history += "\n" + features
     return {"query": sanitize(query, multiline=False),
-            "history": _item_lines(history_ids, items, example.domain),
+            "history": history,
             "candidates": _item_lines(example.candidates, items, example.domain,
                                       example.evidence),
             "evidence_note": note}
