@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit", type=int, default=0, help="without --run: users to build prompts for")
     p.add_argument("--data", default="sample")
     p.add_argument("--tokens", action="store_true")
-    p.add_argument("--max-length", type=int, default=1152,
+    p.add_argument("--max-length", type=int, default=1216,
                    help="sft.max_length the --tokens line counts prompts+answers over")
     p.add_argument("--show", type=int, default=0, help="after answers to print")
     a = p.parse_args(argv)
