@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from reclaif.cli import audit, bench, config, data, export, plan, recommend, run
+from reclaif.cli import audit, bench, compare, config, data, export, plan, recommend, run
 from reclaif.cli import eval as evaluate
 from reclaif.logs import for_terminal, setup_logging
 from reclaif.errors import ReclaifError, Terminated
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.register(sub)
     config.register(sub)
     export.register(sub)
+    compare.register(sub)
     return parser
 
 

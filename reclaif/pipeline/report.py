@@ -20,7 +20,8 @@ from reclaif.errors import ReclaifError
 from reclaif.evidence.models import evidence_first
 from reclaif.judge import RUBRIC_DESCRIPTION
 from reclaif.logs import terminal_safe
-from reclaif.metrics.evaluate import bootstrap_ci, paired_bootstrap_ci
+from reclaif.metrics.evaluate import bootstrap_ci
+from reclaif.metrics.paired import paired_differences
 from reclaif.pipeline.explanations import (EvalContext, eval_context, example_lines,
                                            share_lines)
 from reclaif.pipeline.judge_table import judge_tables
@@ -149,33 +150,15 @@ def table_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
 
 def paired_lines(run_dir: Path) -> list[str]:
     """The last iteration against SFT (and against base without SFT) on the same examples:
-    mean difference and its paired 95% bootstrap interval, per ranking metric."""
+    mean difference and its paired 95% bootstrap interval, per metric (`metrics.paired`)."""
     st = dict(stages(Path(run_dir)))
     iters = sorted(k for k in st if is_iteration(k))
     ref = "sft" if "sft" in st else "base"
     if not iters or ref not in st:
         return []
     last = iters[-1]
-    out = []
-    keys = ["hit@1", "ndcg@3"] if "hit@1" in st[last].get("metrics", {}) else ["ndcg@5"]
-    for key in keys + ["valid_ratio", "explainability"]:
-        a, b = st[last].get("per_example", {}), st[ref].get("per_example", {})
-        name = "valid" if key == "valid_ratio" else key
-        if name not in a or name not in b:
-            continue
-        # Pairs only the examples both stages scored (the base row may cover the first n only)
-        mine = dict(zip(b.get("ids", []), b[name]))
-        common = [(x, mine[i]) for i, x in zip(a.get("ids", []), a[name]) if i in mine]
-        if not common or any(x is None or y is None for x, y in common):
-            continue  # explainability of an invalid answer: unpaired
-        diff = paired_bootstrap_ci([float(x) for x, _ in common], [float(y) for _, y in common],
-                                   BOOTSTRAP)
-        if diff is None:
-            continue
-        mean, lo, hi = diff
-        out.append(f"- {_label(last)} − {_label(ref)}, {key}: {mean:+.3f} "
-                   f"[{lo:+.3f}, {hi:+.3f}] (paired bootstrap, same {len(common)} examples)")
-    return out
+    return [f"- {d.line(_label(last), _label(ref))}"
+            for d in paired_differences(st[last], st[ref], resamples=BOOTSTRAP)]
 
 
 def agreement_lines(run_dir: Path) -> list[str]:
