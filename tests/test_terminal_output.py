@@ -69,7 +69,7 @@ sys.path.insert(0, {tests!r})
 from llm_server import serve
 from reclaif.cli import main
 with serve() as server:
-    server.script = [(200, {{}}, b"{{}}", 60.0)]
+    server.script = [(200, {{}}, b"{{}}", 8.0)]
     print("ready", flush=True)
     sys.exit(main(["recommend", "--backend", "openai_compat", "--base-url", server.url,
                    "--model", "m", "--history", "a", "--candidates", "x", "--retries", "0",

@@ -19,8 +19,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, stage_names: list[str] | 
     for run in (run_a, run_b):
         found[run] = dict(stages(Path(run)))
         if not found[run]:
-            raise ReclaifError(f"{run}: no evaluated stage (no base/, sft/ or iter-NNN/ "
-                               f"eval.json): is it a run directory?")
+            raise ReclaifError(f"{run}: no evaluated stage (no eval.json of the base model, "
+                               f"SFT or an iteration): is it a run directory?")
     a, b = found[run_a], found[run_b]
     names = stage_names or [s for s in a if s in b]
     for s in names:
