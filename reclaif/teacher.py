@@ -101,13 +101,10 @@ class OfflineTeacher(Teacher):
         if top_k < 1:
             raise ConfigError(f"top_k: {top_k} must be at least 1")
         self.items, self.top_k, self.seed = items, top_k, seed
-        self._idf: dict[str, dict[str, float]] = {}  # per domain, computed once
 
     def idf(self, domain: str) -> dict[str, float]:
         """`descriptive_idf`: junk tags never become a key preference or a link."""
-        if domain not in self._idf:
-            self._idf[domain] = descriptive_idf(self.items, domain)
-        return self._idf[domain]
+        return descriptive_idf(self.items, domain)
 
     def title(self, item_id: str, domain: str) -> str:
         """An item's name as answers cite it (`features.cited_name`)."""

@@ -468,18 +468,18 @@ def test_a_shared_tag_the_item_lacks_or_a_history_item_without_it_earns_no_link(
 
 
 def test_a_distinctive_key_feature_named_with_its_items_beats_a_common_bare_tag(music):
-    from reclaif.data.features import distinctive_features
-    from reclaif.judge.explainability import catalog_idf, context_words, key_feature_credit
+    from reclaif.data.features import distinctive_features, feature_idf
+    from reclaif.judge.explainability import context_words, key_feature_credit
 
     teacher = OfflineTeacher(music.items, TOP_K)
     better = 0
     for ex in music.examples:
         feats = distinctive_features(ex.context, music.items, "music",
-                                     catalog_idf(music.items, "music"), k=10 ** 6)
+                                     feature_idf(music.items, "music"), k=10 ** 6)
         ctx = context_words(ex, music.items)
         credit = lambda text: key_feature_credit(text, ex, music.items, feats, ctx)  # noqa: E731
         ours = credit(teacher.key_preferences(ex)[0].phrase)
-        common = max(feats, key=lambda fh: (len(fh[1]), -catalog_idf(music.items, "music")
+        common = max(feats, key=lambda fh: (len(fh[1]), -feature_idf(music.items, "music")
                                              .get(fh[0].casefold(), 0)))[0]
         assert ours >= credit(common) and credit("smooth jazz for rainy days") == 0.0
         better += ours > credit(common)

@@ -47,19 +47,11 @@ class TagRanker(Ranker):
     name: str = "tags"
     items: dict[str, Item] = field(default_factory=dict, repr=False)
 
-    idf: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)  # per domain
-
     def fit(self, train: Sequence[Example], items: dict[str, Item]) -> None:
-        self.items, self.idf = items, {}
-
-    def domain_idf(self, domain: str) -> dict[str, float]:
-        """The catalogue's feature idf for `domain`, computed on first use."""
-        if domain not in self.idf:
-            self.idf[domain] = feature_idf(self.items, domain)
-        return self.idf[domain]
+        self.items = items
 
     def scores(self, example: Example) -> np.ndarray:
-        idf = self.domain_idf(example.domain)
+        idf = feature_idf(self.items, example.domain)
         profile = history_profile(history(example), self.items, example.domain, idf)
         return np.array([overlap_score(self.items.get(c), profile, example.domain, idf)
                          for c in example.candidates])

@@ -61,24 +61,39 @@ def feature_counts(items: dict[str, Item], domain: str) -> dict[str, int]:
     return df
 
 
+# The catalogue-wide idf tables, one per (domain, kind), for the catalogue last asked about:
+# every prompt, teacher answer, rubric score and evidence line needs them, and one LastFM table
+# reads all ~17k artists. Keyed by the catalogue object (held, so its id is never reused) and
+# its size; callers must not change a returned table.
+_IDF_TABLES: dict[tuple[str, bool], tuple[dict[str, Item], int, dict[str, float]]] = {}
+
+
+def _idf_table(items: dict[str, Item], domain: str, descriptive: bool) -> dict[str, float]:
+    hit = _IDF_TABLES.get((domain, descriptive))
+    if hit is None or hit[0] is not items or hit[1] != len(items):
+        df = feature_counts(items, domain)
+        n, floor = max(1, len(items)), 1
+        if descriptive and domain == "music":
+            tagged = sum(bool(item_features(item, domain)) for item in items.values())
+            floor = max(1, math.ceil(MIN_TAG_SHARE * tagged))
+        hit = _IDF_TABLES[(domain, descriptive)] = (
+            items, len(items), {f: math.log(n / d) for f, d in df.items() if d >= floor})
+    return hit[2]
+
+
 def feature_idf(items: dict[str, Item], domain: str) -> dict[str, float]:
     """Each feature's inverse catalogue frequency, log(N / df) with features casefolded: the
-    weight that keeps "rock" (on a quarter of LastFM's artists) from winning every history."""
-    n = max(1, len(items))
-    return {f: math.log(n / d) for f, d in feature_counts(items, domain).items()}
+    weight that keeps "rock" (on a quarter of LastFM's artists) from winning every history.
+    Computed once per catalogue (do not change the table)."""
+    return _idf_table(items, domain, descriptive=False)
 
 
 def descriptive_idf(items: dict[str, Item], domain: str) -> dict[str, float]:
     """`feature_idf` of the features that may name a key feature or a link: for music, the
     tags at least MIN_TAG_SHARE of the tagged artists carry (see there); every catalog field.
-    A feature missing from it is not descriptive (`distinctive_features`, `candidate_link`)."""
-    df = feature_counts(items, domain)
-    n = max(1, len(items))
-    floor = 1
-    if domain == "music":
-        tagged = sum(bool(item_features(item, domain)) for item in items.values())
-        floor = max(1, math.ceil(MIN_TAG_SHARE * tagged))
-    return {f: math.log(n / d) for f, d in df.items() if d >= floor}
+    A feature missing from it is not descriptive (`distinctive_features`, `candidate_link`).
+    Computed once per catalogue (do not change the table)."""
+    return _idf_table(items, domain, descriptive=True)
 
 
 def shared_features(candidate: str, history: Sequence[str], items: dict[str, Item],

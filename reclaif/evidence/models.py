@@ -64,8 +64,6 @@ class EvidenceModels:
     transition: TransitionRanker | None = None
     bm25: object | None = None
     tags: TagRanker | None = None
-    _idf_of: object = field(default=None, repr=False)  # the catalogue _idf was computed on
-    _idf: dict[str, float] = field(default_factory=dict, repr=False)
 
     # -- fitting --------------------------------------------------------------------------
     @classmethod
@@ -168,7 +166,7 @@ class EvidenceModels:
                 if n:
                     parts[c].append(f"{n} {people} next")
         if self.tags is not None and example.domain == "music" and example.context:
-            idf = self._link_idf(items)
+            idf = descriptive_idf(items, "music")
             for c, score in zip(cands, self.tags.scores(example)):
                 text = overlap_text(c, example.context, items, idf, score)
                 if text:
@@ -182,12 +180,6 @@ class EvidenceModels:
             cands = order_by_scores(example, ranked[1])
         return dataclasses.replace(example, candidates=cands,
                                    evidence={c: "; ".join(parts[c]) for c in cands if parts[c]})
-
-    def _link_idf(self, items: dict[str, Item]) -> dict[str, float]:
-        """`descriptive_idf` of the music catalogue, computed once per catalogue."""
-        if self._idf_of is not items:
-            self._idf_of, self._idf = items, descriptive_idf(items, "music")
-        return self._idf
 
     def describe(self) -> str:
         """One sentence for reports: what the evidence is."""

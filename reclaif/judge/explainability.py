@@ -163,18 +163,6 @@ def _says(text: str, phrase: str) -> bool:
     return bool(t) and re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text.casefold()) is not None
 
 
-def catalog_idf(items: dict[str, Item], domain: str) -> dict[str, float]:
-    """`feature_idf` of the catalog, computed once per catalog and domain, not per answer."""
-    key = (id(items), len(items), domain)
-    if key not in _IDF:
-        _IDF.clear()  # one catalog at a time in practice: keep memory flat
-        _IDF[key] = feature_idf(items, domain)
-    return _IDF[key]
-
-
-_IDF: dict = {}
-
-
 def reason_link(reason: str, candidate: str, example: Example, items: dict[str, Item],
                 key_feature_words: set[str] | frozenset[str] = frozenset()) -> str | None:
     """What links `reason`'s item to this user, as a person can check it ("drone: Boris"), or
@@ -232,7 +220,7 @@ def key_feature_credit(text: str, example: Example, items: dict[str, Item],
     kw = content_words(text)
     if isinstance(example.context, str):
         return 1.0 if kw & ctx else 0.0
-    idf = catalog_idf(items, example.domain)
+    idf = feature_idf(items, example.domain)
     matches = [(f, h) for f, h in history_features if _value_words(f) and _value_words(f) <= kw]
     if not matches:
         return KEY_TITLE_ONLY_CREDIT if kw & ctx else 0.0
@@ -247,7 +235,7 @@ def grounding(rec: Recommendation, example: Example, items: dict[str, Item],
     """The data-derived explainability of a parsed answer (see the module docstring)."""
     ctx = context_words(example, items)
     history_features = [] if isinstance(example.context, str) else distinctive_features(
-        example.context, items, example.domain, catalog_idf(items, example.domain), k=10 ** 6)
+        example.context, items, example.domain, feature_idf(items, example.domain), k=10 ** 6)
     texts = [f for f in rec.key_features if str(f).strip()]
     credits = sorted((key_feature_credit(f, example, items, history_features, ctx)
                       for f in texts), reverse=True)

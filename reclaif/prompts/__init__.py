@@ -176,7 +176,6 @@ EVIDENCE_NOTE = {
 
 # The line a hybrid prompt adds below the history's items (names-only prompts are unchanged).
 HISTORY_FEATURES_LABEL = {"music": "Distinctive tags", "beauty": "Distinctive fields"}
-_IDF: dict[str, tuple[dict[str, Item], int, dict[str, float]]] = {}  # per domain: the catalogue
 
 
 def history_features(example: Example, items: dict[str, Item]) -> str:
@@ -188,11 +187,8 @@ def history_features(example: Example, items: dict[str, Item]) -> str:
     label = HISTORY_FEATURES_LABEL.get(example.domain)
     if not example.evidence or not label or isinstance(example.context, str):
         return ""
-    cached = _IDF.get(example.domain)
-    if cached is None or cached[0] is not items or cached[1] != len(items):
-        cached = _IDF[example.domain] = (items, len(items),
-                                         descriptive_idf(items, example.domain))
-    top = key_features(example.context, items, example.domain, cached[2], KEY_FEATURES)
+    top = key_features(example.context, items, example.domain,
+                       descriptive_idf(items, example.domain), KEY_FEATURES)
     return f"{label}: " + ", ".join(sanitize(key_feature_phrase(f, h, items, example.domain),
                                              multiline=False) for f, h in top) if top else ""
 
