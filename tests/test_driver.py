@@ -43,9 +43,9 @@ OVERRIDES = ["data.max_train_examples=4", "data.max_eval_examples=2", "ray.shard
              # Hybrid mode on, its evidence from the fast sources only (a SASRec fit per fold
              # would add minutes per run): the evidence phase is killed and resumed like any.
              "evidence.mode=hybrid", "evidence.sources=[transition,tags]", "evidence.folds=2",
-             # a baseline row the evidence does not fit, fitted on the training split (two
-             # epochs, the quickstart's evidence.sasrec_epochs)
-             "eval.baselines=[sasrec-bce]",
+             # a baseline row the evidence does not fit, fitted on the training split (one
+             # epoch: the row only has to be there)
+             "eval.baselines=[sasrec-bce]", "evidence.sasrec_epochs=1",
              # fp32, not the quickstart's bf16: the pair counts and equalities above were
              # measured in fp32
              "recommender.dtype=float32", "sft.bf16=false", "dpo.bf16=false"]
@@ -175,12 +175,14 @@ def test_sigkill_at_every_phase_then_rerun_equals_the_clean_run(clean_run, confi
         assert _metrics(run_dir, stage) == _metrics(clean_dir, stage), stage
 
 
-@pytest.mark.parametrize("cut", ["empty", "half", "last-byte"])
+# Each run cuts both verdict shards: the one holding the kept pair (the pairs must come out
+# equal) and the other (it must be redone too); over the two runs every kind of cut is made.
+@pytest.mark.parametrize("cuts", [("empty", "half"), ("last-byte", "half")])
 def test_a_verdict_shard_cut_mid_phase_is_redone_and_pairs_equal_the_clean_run(
-        clean_run, config, tmp_path, cut):
-    """The judge phase killed after a shard was cut on disk (a kill mid-write on a filesystem
-    without atomic renames, or a copy that lost its tail): the manifest has no judge entry yet,
-    the cut shard exists. The rerun must redo that shard, never merge it."""
+        clean_run, config, tmp_path, cuts):
+    """The judge phase killed after its shards were cut on disk (a kill mid-write on a
+    filesystem without atomic renames, or a copy that lost its tail): the manifest has no judge
+    entry yet, the cut shards exist. The rerun must redo each cut shard, never merge it."""
     clean_dir, _ = clean_run
     run_dir = Path(shutil.copytree(clean_dir, tmp_path / "run"))
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -191,12 +193,17 @@ def test_a_verdict_shard_cut_mid_phase_is_redone_and_pairs_equal_the_clean_run(
         (run_dir / "iter-001" / name).unlink()
     kept = {p["example_id"] for p in _pairs(clean_dir)}
     shards = sorted((run_dir / "iter-001/verdict_shards").glob("shard-*.jsonl"))
-    shard = next(s for s in shards if kept & {json.loads(x)["example_id"]
+    first = next(s for s in shards if kept & {json.loads(x)["example_id"]
                                               for x in s.read_text().splitlines()})
-    data = shard.read_bytes()
-    shard.write_bytes({"empty": b"", "half": data[: len(data) // 2],
-                       "last-byte": data[:-1]}[cut])
+    others = [s for s in shards if s != first]
+    assert others, shards
+    original = {s: s.read_bytes() for s in (first, others[0])}
+    for shard, cut in zip(original, cuts):
+        data = original[shard]
+        shard.write_bytes({"empty": b"", "half": data[: len(data) // 2],
+                           "last-byte": data[:-1]}[cut])
     p = _run(config, run_dir)
     assert p.returncode == 0, p.stderr[-3000:]
     assert _pairs(run_dir) == _pairs(clean_dir)
-    assert shard.read_bytes() == data
+    for shard, data in original.items():
+        assert shard.read_bytes() == data, shard
