@@ -162,6 +162,8 @@ def test_audit_shows_the_share_of_linked_reasons_and_of_distinct_key_features(ta
     from reclaif.judge.audit import format_report
     text = format_report(audit(ours, exs, items, top_k=TOP_K))
     assert f"of reasons linked to the history ({good['linked']} of {n * TOP_K})" in text
+    assert good["linked"] <= good["linkable"] == bad["linkable"] <= n * TOP_K, good
+    assert f"{good['linkable_share']:.3f} of picks with a link to cite" in text
 
 
 def test_checkable_lines_show_each_reasons_facts(data, answers):

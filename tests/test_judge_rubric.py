@@ -251,6 +251,39 @@ def test_a_longer_tag_of_the_item_is_not_read_as_the_shorter_tag_it_shares(tagge
     assert checked >= 5, checked
 
 
+def test_a_reason_links_only_an_item_that_has_a_link_to_cite(tagged):
+    """`linkable` bounds `reason_link`: a candidate sharing no feature with the history (and
+    without evidence) has nothing a reason could cite, whatever the reason says; one sharing a
+    tag is linked by the reason naming that tag with a history artist that has it."""
+    from reclaif.data.features import shared_features
+    from reclaif.judge.explainability import linkable, reason_link
+
+    examples, items, _ = tagged
+    seen = {True: 0, False: 0}
+    for ex in examples:
+        for c in ex.candidates:
+            shared = shared_features(c, ex.context, items, "music")
+            can = linkable(c, ex, items)
+            assert can == bool(shared), (ex.id, c, shared)
+            seen[can] += 1
+            if shared:
+                feature, holders = shared[0]
+                assert reason_link(f"{feature}, like {items[holders[0]].title}.", c, ex, items)
+            else:  # a tag the history has, said of an item that lacks it, links nothing
+                tag = next(t for h in ex.context for t in item_features(items[h], "music"))
+                assert reason_link(f"{tag}, like {items[ex.context[-1]].title}.", c, ex,
+                                   items) is None
+    assert min(seen.values()) >= 10, seen
+    # hybrid evidence: the transition from the last item is a link of its own
+    import dataclasses
+    ex = examples[0]
+    c = next(c for c in ex.candidates if not linkable(c, ex, items))
+    ex = dataclasses.replace(ex, evidence={c: "SASRec #4; 3 listeners next"})
+    last = items[ex.context[-1]].title
+    assert linkable(c, ex, items)
+    assert reason_link(f"Follows {last}; 3 listeners next.", c, ex, items) == f"follows {last}"
+
+
 @pytest.mark.parametrize("text,score", [
     ("- Reasoning: clear.\nScore: 87", 87.0),
     ("**Score:** 92/100", 92.0),

@@ -74,6 +74,12 @@ def test_report_shows_explanation_shares_and_three_checkable_examples_per_row(tm
             "key-feature sets 0.17 (1 of 6 answers)") in text
     sft = next(line for line in text.splitlines() if line.startswith("- SFT: reasons linked"))
     assert float(sft.split("history ")[1].split()[0]) > 0.5
+    # the same items in both rows: the same picks have a link to cite, and SFT links no more
+    base = next(line for line in text.splitlines() if line.startswith("- Base (zero-shot):"))
+    cite = [line.split("picks with a link to cite ")[1] for line in (base, sft)]
+    assert cite[0] == cite[1], cite
+    linked, can = int(sft.split("(")[1].split()[0]), int(cite[1].split("(")[1].split()[0])
+    assert 0 < linked <= can <= 18, sft
     checks = text.split("## Explanations a person can check")[1]
     for label in ("**Base (zero-shot):**", "**SFT:**"):
         block = checks.split(label)[1].split("**")[0]

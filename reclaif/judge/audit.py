@@ -157,7 +157,8 @@ def format_report(res: dict) -> str:
 def _explanation_line(ex: dict) -> str:
     return (f"{_fmt(ex['linked_share'])} of reasons linked to the history ({ex['linked']} of "
             f"{ex['reasons']}); {_fmt(ex['distinct_feature_share'])} distinct key-feature sets "
-            f"({ex['distinct_feature_sets']} of {ex['feature_sets']} valid answers)")
+            f"({ex['distinct_feature_sets']} of {ex['feature_sets']} valid answers); "
+            f"{_fmt(ex['linkable_share'])} of picks with a link to cite")
 
 
 def _run_top_k(verdicts: Path, default: int = 3) -> int:

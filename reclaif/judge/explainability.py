@@ -163,6 +163,22 @@ def _says(text: str, phrase: str) -> bool:
     return bool(t) and re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text.casefold()) is not None
 
 
+def linkable(candidate: str, example: Example, items: dict[str, Item]) -> bool:
+    """Whether some reason could link `candidate` to this user by `reason_link`'s rule: a
+    feature it shares with the history, or the evidence's transition from the last item
+    (retrieval: a query word its text has). A reason about an item with nothing to cite can
+    only be honest about it, so the share of linked reasons is bounded by the picks'."""
+    item = items.get(candidate)
+    if isinstance(example.context, str):
+        own = item_field_words(item) | content_words(item.title if item else candidate)
+        return bool(own & content_words(example.context))
+    if any(_value_words(f) for f, _ in shared_features(candidate, example.context, items,
+                                                       example.domain)):
+        return True
+    return bool(example.context) and bool(
+        read_evidence(example.evidence.get(candidate, "")).next_counts)
+
+
 def reason_link(reason: str, candidate: str, example: Example, items: dict[str, Item],
                 key_feature_words: set[str] | frozenset[str] = frozenset()) -> str | None:
     """What links `reason`'s item to this user, as a person can check it ("drone: Boris"), or

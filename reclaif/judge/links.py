@@ -5,7 +5,9 @@ history (`reason_link`: a tag or field both really have, named with a history it
 key feature; or the evidence's transition from the last item); of the answers, how many
 distinct key-feature sets there are (the history items an answer names beside a feature are
 left out, so "electronic (A, B)" and "electronic (C)" are the same feature). A model that writes
-"electronic, trance" for every user has a low second share whatever its wording.
+"electronic, trance" for every user has a low second share whatever its wording. Beside the
+first share, its bound: how many picked items have a link to cite at all (`linkable`); where
+that is low, the ranking limits the linked share, not the writing.
 
 `checkable` writes one answer as lines a person can verify: each reason beside the item's own
 tags or fields, what it really shares with the history, and the link the rubric found.
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from reclaif.data.features import item_features, shared_features
-from reclaif.judge.explainability import content_words, reason_link
+from reclaif.judge.explainability import content_words, linkable, reason_link
 from reclaif.records import Example, Item, Recommendation
 
 _NAMES_RE = re.compile(r"\s*\([^()]*\)\s*$")
@@ -31,6 +33,7 @@ class ExplanationShares:
     answers: int = 0
     reasons: int = 0
     linked: int = 0
+    linkable: int = 0  # reasons whose item has a link to cite (`linkable`): linked's bound
     feature_sets: int = 0
     distinct_feature_sets: int = 0
 
@@ -39,11 +42,16 @@ class ExplanationShares:
         return self.linked / self.reasons if self.reasons else None
 
     @property
+    def linkable_share(self) -> float | None:
+        return self.linkable / self.reasons if self.reasons else None
+
+    @property
     def distinct_share(self) -> float | None:
         return self.distinct_feature_sets / self.feature_sets if self.feature_sets else None
 
     def to_json(self) -> dict:
         return {**asdict(self), "linked_share": self.linked_share,
+                "linkable_share": self.linkable_share,
                 "distinct_feature_share": self.distinct_share}
 
     def line(self) -> str:
@@ -53,7 +61,8 @@ class ExplanationShares:
         fmt = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
         return (f"reasons linked to the history {fmt(self.linked_share)} ({self.linked} of "
                 f"{self.reasons}); distinct key-feature sets {fmt(self.distinct_share)} "
-                f"({self.distinct_feature_sets} of {self.feature_sets} answers)")
+                f"({self.distinct_feature_sets} of {self.feature_sets} answers); picks with a "
+                f"link to cite {fmt(self.linkable_share)} ({self.linkable} of {self.reasons})")
 
 
 def feature_set(key_features: list[str]) -> frozenset[str]:
@@ -81,6 +90,7 @@ def explanation_shares(answers: Iterable[tuple[Example, Recommendation]],
             reason = rec.reasons[n] if n < len(rec.reasons) else ""
             out.reasons += 1
             out.linked += reason_link(reason, item, ex, items, words) is not None
+            out.linkable += linkable(item, ex, items)
         fs = feature_set(rec.key_features)
         if fs:
             out.feature_sets += 1
