@@ -282,6 +282,13 @@ def test_a_reason_links_only_an_item_that_has_a_link_to_cite(tagged):
     last = items[ex.context[-1]].title
     assert linkable(c, ex, items)
     assert reason_link(f"Follows {last}; 3 listeners next.", c, ex, items) == f"follows {last}"
+    # retrieval: a query word the item's title or fields have is its link
+    from reclaif.records import Example, Item
+    shop = {"a": Item("a", "Trail running shoes", {"brand": "Acme"}), "b": Item("b", "Blue mug")}
+    q = Example("q1", "retrieval", "running shoes for trail", ["a", "b"], {"a": 1.0})
+    assert linkable("a", q, shop) and not linkable("b", q, shop)
+    assert reason_link("Trail running shoes by Acme.", "a", q, shop) == "query: running, shoe, trail"
+    assert reason_link("A blue mug.", "b", q, shop) is None
 
 
 @pytest.mark.parametrize("text,score", [

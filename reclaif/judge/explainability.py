@@ -163,15 +163,18 @@ def _says(text: str, phrase: str) -> bool:
     return bool(t) and re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text.casefold()) is not None
 
 
+def _text_words(item: Item | None, candidate: str) -> set[str]:
+    """Retrieval: the words a query can share with an item, its fields' and its title's."""
+    return item_field_words(item) | content_words(item.title if item else candidate)
+
+
 def linkable(candidate: str, example: Example, items: dict[str, Item]) -> bool:
     """Whether some reason could link `candidate` to this user by `reason_link`'s rule: a
     feature it shares with the history, or the evidence's transition from the last item
     (retrieval: a query word its text has). A reason about an item with nothing to cite can
     only be honest about it, so the share of linked reasons is bounded by the picks'."""
-    item = items.get(candidate)
     if isinstance(example.context, str):
-        own = item_field_words(item) | content_words(item.title if item else candidate)
-        return bool(own & content_words(example.context))
+        return bool(_text_words(items.get(candidate), candidate) & content_words(example.context))
     if any(_value_words(f) for f, _ in shared_features(candidate, example.context, items,
                                                        example.domain)):
         return True
@@ -189,8 +192,7 @@ def reason_link(reason: str, candidate: str, example: Example, items: dict[str, 
     words = content_words(reason)
     item = items.get(candidate)
     if isinstance(example.context, str):
-        own = item_field_words(item) | content_words(item.title if item else candidate)
-        hits = words & content_words(example.context) & own
+        hits = words & content_words(example.context) & _text_words(item, candidate)
         return f"query: {', '.join(sorted(hits))}" if hits else None
     shared = shared_features(candidate, example.context, items, example.domain)
     own_features = item_features(item, example.domain)

@@ -89,8 +89,9 @@ def explanation_shares(answers: Iterable[tuple[Example, Recommendation]],
         for n, item in enumerate(rec.items):
             reason = rec.reasons[n] if n < len(rec.reasons) else ""
             out.reasons += 1
-            out.linked += reason_link(reason, item, ex, items, words) is not None
-            out.linkable += linkable(item, ex, items)
+            linked = reason_link(reason, item, ex, items, words) is not None
+            out.linked += linked
+            out.linkable += linked or linkable(item, ex, items)  # a linked reason had a link
         fs = feature_set(rec.key_features)
         if fs:
             out.feature_sets += 1
