@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from reclaif.data.features import display_title
 from reclaif.records import Example, Item, Recommendation
 
 # Answer-format headers per domain; the recommender templates show exactly these.
@@ -74,9 +75,13 @@ class _CandidateIndex:
 
     @classmethod
     def build(cls, example: Example, items: dict[str, Item]) -> "_CandidateIndex":
+        """Each candidate by the title its prompt line shows (features.display_title) and,
+        where that is cut, by its whole title too (an answer may name either)."""
         ids = list(dict.fromkeys(example.candidates))
-        titles = [items[i].title if i in items else i for i in ids]
-        return cls(ids, titles)
+        shown = {i: display_title(i, items, example.domain) for i in ids}
+        pairs = list(shown.items()) + [(i, items[i].title) for i in ids
+                                       if i in items and items[i].title != shown[i]]
+        return cls([i for i, _ in pairs], [t for _, t in pairs])
 
     def __post_init__(self) -> None:
         self.exact = {}

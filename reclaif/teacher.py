@@ -18,8 +18,8 @@ from reclaif.errors import ConfigError
 from reclaif.evidence.models import evidence_first, read_evidence
 from reclaif.llm import make_client
 from reclaif.llm.base import LLMClient
-from reclaif.data.features import (candidate_link, cited_name, descriptive_idf, item_features,
-                                    key_feature_phrase, key_features)
+from reclaif.data.features import (candidate_link, cited_name, descriptive_idf, display_title,
+                                    item_features, key_feature_phrase, key_features)
 from reclaif.records import Example, Item
 from reclaif.parsing import format_recommendation
 from reclaif.prompts import display_item, render_recommender
@@ -250,7 +250,7 @@ class OfflineTeacher(Teacher):
     def respond(self, example: Example) -> str:
         prefs = self.key_preferences(example)
         ranked = self.rank(example, prefs)
-        titles = [self.items[i].title if i in self.items else i for i in ranked]
+        titles = [display_title(i, self.items, example.domain) for i in ranked]
         reasons = [self.reason(i, example, prefs) for i in ranked]
         return format_recommendation([p.phrase for p in prefs], titles, reasons, example.domain)
 

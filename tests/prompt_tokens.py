@@ -20,6 +20,7 @@ from reclaif.data.interactions import fit_windows
 from reclaif.evidence.models import EvidenceModels, resolve_sources
 from reclaif.llm.models import render_chat, resolve_model
 from reclaif.prompts import render_recommender
+from reclaif.teacher import OfflineTeacher
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sources {sources}: {len(total)} prompts, mean prompt tokens {np.mean(total):.1f} "
           f"(max {max(total)}), of which candidate evidence {np.mean(evidence):.1f}; "
           f"{np.mean(lines):.1f} tokens per evidence bracket")
+    # what SFT trains on and max_new_tokens must hold: the offline teacher's answers
+    teacher = OfflineTeacher(items, a.top_k)
+    answers = [n_tokens(teacher.respond(ex)) + 1 for ex in annotated]  # + the end of turn
+    print(f"offline teacher answers: mean {np.mean(answers):.1f} tokens (max {max(answers)}); "
+          f"prompt + answer max {max(p + q for p, q in zip(total, answers))}")
     return 0
 
 

@@ -4,9 +4,11 @@ import math
 
 from reclaif.data import load_items, resolve_data_dir
 from reclaif.data.features import (MAX_LINK_FEATURES, Link, candidate_link, cited_name,
-                                   descriptive_idf, distinctive_features, feature_idf,
+                                   descriptive_idf, display_title, distinctive_features,
+                                   feature_idf,
                                    item_features, key_feature_phrase, key_features,
                                    shared_features)
+from reclaif.parsing import normalize
 from reclaif.records import Item
 
 
@@ -119,3 +121,30 @@ def test_junk_tags_of_the_real_catalogue_are_not_descriptive():
     # catalog fields are not free text: every one counts
     beauty = {k: Item(id=k, title=k, fields={"brand": k}) for k in "abc"}
     assert descriptive_idf(beauty, "beauty") == feature_idf(beauty, "beauty")
+
+
+def test_beauty_shows_each_product_by_a_short_prefix_no_other_title_shares():
+    """The bundled Beauty catalogue: titles of ~24 words shown by their first 8, cut on a word
+    and never on a separator; longer only where another title begins with the same 8 (the
+    shades of one cushion differ in their last word), and no two read alike to the parser."""
+    items = load_items("sample:beauty")
+    shown = {i: display_title(i, items, "beauty") for i in items}
+    assert len({normalize(t) for t in shown.values()}) == len(items)
+    for i, t in shown.items():
+        whole = " ".join(items[i].title.split())  # whitespace runs read as one space
+        assert whole.startswith(t) and t[-1] not in " ,;:-–—&|", (t, whole)
+        assert len(t.split()) >= 7 or t == whole, t  # 8 less a trailing separator
+    longer = [t for t in shown.values() if len(t.split()) > 8]
+    assert 2 <= len(longer) <= 10, longer
+    assert any(t.endswith("(No.21") for t in longer) and any(t.endswith("(No.23") for t in longer)
+    words = sum(len(t.split()) for t in shown.values()) / len(shown)
+    assert words < 9 < 20 < sum(len(it.title.split()) for it in items.values()) / len(items)
+
+
+def test_other_domains_show_whole_titles():
+    items = {"a": Item("a", "Godspeed You! Black Emperor and a very long name indeed for a band"),
+             "p": Item("p", " ".join(f"word{n}" for n in range(20)))}
+    assert display_title("a", items, "music") == items["a"].title
+    assert display_title("p", items, "product_search") == items["p"].title
+    assert display_title("p", items, "beauty") == "word0 word1 word2 word3 word4 word5 word6 word7"
+    assert display_title("missing", items, "beauty") == "missing"

@@ -6,6 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lastfm_records import lastfm_examples
 
+from reclaif.data import load_examples, load_items
+from reclaif.data.features import display_title
 from reclaif.parsing import format_recommendation, is_valid, match_candidate, parse_recommendation
 from reclaif.records import Example, Item
 
@@ -204,6 +206,27 @@ def test_match_candidate_order_of_rules(ex0):
     assert match_candidate("\u03bc-ZIQ", ex, items) == "\u00b5-Ziq"  # Greek mu = micro sign
     assert match_candidate("Metallica", ex, items) is None
     assert match_candidate("", ex, items) is None
+
+
+def test_beauty_answers_name_the_displayed_title_or_the_whole_one(real_data):
+    """A Beauty prompt shows each product by its display title (8 words where the whole title
+    has ~24): both name it, on real validation prompts; the cushion shades whose titles differ
+    in their last word only are told apart."""
+    items = load_items("sample:beauty")
+    examples = load_examples("sample:beauty", "valid")[:30]
+    cut = 0
+    for ex in examples:
+        for c in ex.candidates:
+            shown = display_title(c, items, "beauty")
+            cut += shown != items[c].title
+            assert match_candidate(shown, ex, items) == c, shown
+            assert match_candidate(items[c].title, ex, items) == c
+    assert cut >= 200  # most titles are cut: matching them by the whole title alone fails
+    shades = sorted(i for i, it in items.items() if it.title.startswith("UNNY CLUB"))
+    ex = Example("u", "sequential", [], shades, {shades[0]: 1.0}, domain="beauty")
+    text = format_recommendation(["cushion"], [display_title(i, items, "beauty")
+                                               for i in reversed(shades)], ["a", "b"], "beauty")
+    assert parse_recommendation(text, ex, items, 2).items == list(reversed(shades))
 
 
 def test_match_candidate_uses_titles_and_ids():

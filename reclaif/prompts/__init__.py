@@ -24,8 +24,8 @@ import unicodedata
 from functools import cache
 from importlib.resources import files
 
-from reclaif.data.features import (KEY_FEATURES, descriptive_idf, key_feature_phrase,
-                                    key_features)
+from reclaif.data.features import (KEY_FEATURES, descriptive_idf, display_title,
+                                   key_feature_phrase, key_features)
 from reclaif.errors import DataError
 from reclaif.records import Example, Item
 
@@ -127,15 +127,10 @@ def _field(item: Item, name: str) -> str:
     return ""
 
 
-def item_title(item_id: str, items: dict[str, Item]) -> str:
-    """The title shown for an item id; an id missing from the catalog shows as itself."""
-    item = items.get(item_id)
-    return item.title if item is not None else item_id
-
-
 def display_item(item_id: str, items: dict[str, Item], domain: str) -> str:
-    """One item as a prompt line: title, then the domain's display fields in parentheses."""
-    title = sanitize(item_title(item_id, items), multiline=False)
+    """One item as a prompt line: its `display_title`, then the domain's display fields in
+    parentheses."""
+    title = sanitize(display_title(item_id, items, domain), multiline=False)
     if len(title) > MAX_TITLE_CHARS:
         title = title[: MAX_TITLE_CHARS - 1] + "…"
     item = items.get(item_id)
