@@ -9,13 +9,13 @@ each for one call with the defaults, where the config promised 6.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from reclaif.config import LLMSpec
 from reclaif.errors import LLMError
 from reclaif.llm.base import LLMClient
 from reclaif.llm.retry import Backoff, Retryable
+from reclaif.llm.threads import map_in_threads
 
 log = logging.getLogger(__name__)
 DEFAULT_BEDROCK_MODEL = "anthropic.claude-3-sonnet-20240229-v1:0"
@@ -61,10 +61,9 @@ class BedrockClient(LLMClient):
         out: list[list[str]] = [[] for _ in prompts]
         if not jobs:
             return out
-        workers = max(1, min(self.spec.max_concurrency, len(jobs)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            texts = list(pool.map(
-                lambda job: self.converse(job[1], temperature, top_p, max_new_tokens), jobs))
+        texts = map_in_threads(lambda job: self.converse(job[1], temperature, top_p,
+                                                         max_new_tokens),
+                               jobs, self.spec.max_concurrency)
         for (i, _), text in zip(jobs, texts):
             out[i].append(text)
         return out

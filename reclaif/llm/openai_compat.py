@@ -21,13 +21,13 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from reclaif.config import LLMSpec
 from reclaif.errors import ConfigError, LLMError
 from reclaif.llm.base import Completion, LLMClient, Settled
 from reclaif.llm.retry import Backoff, Retryable, parse_retry_after
+from reclaif.llm.threads import map_in_threads
 from reclaif.logs import secret_from_env
 
 # An answer is a few KB (n choices of a few hundred tokens); 8 MiB is far past any real one and
@@ -76,11 +76,9 @@ class OpenAICompatClient(LLMClient):
         (with the retries it cost) instead of failing the others, which are never re-asked."""
         if not prompts:
             return []
-        workers = max(1, min(self.spec.max_concurrency, len(prompts)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(
-                lambda ip: self._settle(ip[1], n, temperature, top_p, max_new_tokens,
-                                        seed + ip[0]), enumerate(prompts)))
+        return map_in_threads(
+            lambda ip: self._settle(ip[1], n, temperature, top_p, max_new_tokens, seed + ip[0]),
+            list(enumerate(prompts)), self.spec.max_concurrency)
 
     def sample(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
                top_p: float = 1.0, max_new_tokens: int = 256,
@@ -88,11 +86,10 @@ class OpenAICompatClient(LLMClient):
         """`generate` with each choice's finish_reason ("length": truncated at max_tokens)."""
         if not prompts:
             return []
-        workers = max(1, min(self.spec.max_concurrency, len(prompts)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(
-                lambda ip: self.completions(ip[1], n, temperature, top_p, max_new_tokens,
-                                            seed + ip[0]), enumerate(prompts)))
+        return map_in_threads(
+            lambda ip: self.completions(ip[1], n, temperature, top_p, max_new_tokens,
+                                        seed + ip[0]),
+            list(enumerate(prompts)), self.spec.max_concurrency)
 
     def _settle(self, prompt: str, n: int, temperature: float, top_p: float,
                 max_new_tokens: int, seed: int) -> Settled:
