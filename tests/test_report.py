@@ -44,6 +44,34 @@ def test_agreement_counts_copies_and_overrides(tmp_path):
     assert line in table_markdown(tmp_path)
 
 
+def test_the_last_trained_stage_is_paired_with_each_baseline_row(tmp_path):
+    """Issue 29's bars ("above BM25", "within 0.02 of SASRec-CE") as paired differences on the
+    run's own examples: SFT's while no iteration has been evaluated, then the last one's."""
+    from reclaif.pipeline.report import baseline_paired_lines
+
+    ids = [f"e{i}" for i in range(8)]
+    _write(tmp_path / "config.yaml", {"data": {"dataset": "beauty"}})
+    _write(tmp_path / "evidence/baselines.json", {
+        "sasrec-ce": {"metrics": {"hit@1": 0.5}, "per_example": {
+            "ids": ids, "hit@1": [1, 1, 1, 1, 0, 0, 0, 0], "valid": [1] * 8}},
+        "bm25": {"metrics": {"hit@1": 0.25}, "per_example": {
+            "ids": ids, "hit@1": [1, 0, 1, 0, 0, 0, 0, 0], "valid": [1] * 8}}})
+    _write(tmp_path / "sft/eval.json", {"metrics": {"hit@1": 0.5}, "per_example": {
+        "ids": ids, "hit@1": [1, 1, 1, 1, 0, 0, 0, 0], "valid": [1] * 8,
+        "explainability": [50.0] * 8}})
+    lines = baseline_paired_lines(tmp_path)
+    assert [line.split(" [")[0] for line in lines] == [
+        "- SFT − SASRec-CE (evidence model), hit@1: +0.000", "- SFT − BM25, hit@1: +0.250"]
+    assert all("same 8 examples" in line for line in lines)
+    # the iteration, scored on 4 of them only, is paired on those 4
+    _write(tmp_path / "iter-001/eval.json", {"metrics": {"hit@1": 1.0}, "per_example": {
+        "ids": ids[4:], "hit@1": [1, 1, 1, 1], "valid": [1] * 4}})
+    lines = baseline_paired_lines(tmp_path)
+    assert lines[1].startswith("- DPO-Iter1 − BM25, hit@1: +1.000") and "same 4" in lines[1]
+    assert lines[1] in table_markdown(tmp_path, context=None)
+    assert baseline_paired_lines(tmp_path / "missing") == []
+
+
 def test_no_agreement_lines_in_names_only_runs(tmp_path):
     _write(tmp_path / "evidence/eval.jsonl", [{"id": "e1", "candidates": ["x"], "evidence": {}}])
     assert agreement_lines(tmp_path) == []

@@ -21,7 +21,7 @@ from reclaif.evidence.models import evidence_first
 from reclaif.judge import RUBRIC_DESCRIPTION
 from reclaif.logs import terminal_safe
 from reclaif.metrics.evaluate import bootstrap_ci
-from reclaif.metrics.paired import paired_differences
+from reclaif.metrics.paired import default_metrics, paired_differences
 from reclaif.pipeline.explanations import (EvalContext, eval_context, example_lines,
                                            share_lines)
 from reclaif.pipeline.judge_table import judge_tables
@@ -126,9 +126,11 @@ def evidence_rows(run_dir: Path) -> list[tuple[str, dict]]:
     if not isinstance(rows, dict):
         raise ReclaifError(f"{f}: damaged (not a JSON object); rerun the same `reclaif run` "
                            "command to redo the evidence phase")
+    # BM25 is the evidence of retrieval runs; in a sequential run it is an eval.baselines row
+    retrieval = _columns(Path(run_dir)) == RETRIEVAL_COLUMNS
     names = {"random": "Random", "popularity": "Popularity", "transition": "Transition",
              "sasrec-ce": "SASRec-CE (evidence model)", "sasrec-bce": "SASRec-BCE",
-             "bm25": "BM25 (evidence)"}
+             "bm25": "BM25 (evidence)" if retrieval else "BM25"}
     return [(names.get(k, k), v) for k, v in rows.items()]
 
 
@@ -159,6 +161,22 @@ def paired_lines(run_dir: Path) -> list[str]:
     last = iters[-1]
     return [f"- {d.line(_label(last), _label(ref))}"
             for d in paired_differences(st[last], st[ref], resamples=BOOTSTRAP)]
+
+
+def baseline_paired_lines(run_dir: Path) -> list[str]:
+    """The last trained stage (the last iteration, else SFT) against each baseline row on the
+    same examples, ranking metrics only (a baseline is always valid and explains nothing): the
+    paired form of "above BM25" or "within 0.02 of SASRec", which overlapping intervals of
+    two separate rows cannot show."""
+    st = dict(stages(Path(run_dir)))
+    trained = sorted(k for k in st if is_iteration(k)) or ([SFT] if SFT in st else [])
+    if not trained:
+        return []
+    last = st[trained[-1]]
+    ranked = [m for m in default_metrics(last) if m not in ("valid_ratio", "explainability")]
+    return [f"- {d.line(_label(trained[-1]), label)}"
+            for label, row in evidence_rows(Path(run_dir))
+            for d in paired_differences(last, row, ranked, resamples=BOOTSTRAP)]
 
 
 def agreement_lines(run_dir: Path) -> list[str]:
@@ -207,7 +225,7 @@ def table_markdown(run_dir: Path, context: EvalContext | None | bool = True) -> 
     head, rows = table_rows(Path(run_dir))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    paired = paired_lines(Path(run_dir))
+    paired = paired_lines(Path(run_dir)) + baseline_paired_lines(Path(run_dir))
     if paired:
         lines += [""] + paired
     agree = agreement_lines(Path(run_dir))
