@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import difflib
 import re
-import unicodedata
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from reclaif.data.features import display_title
+from reclaif.data.features import display_title, normalize
 from reclaif.records import Example, Item, Recommendation
 
 # Answer-format headers per domain; the recommender templates show exactly these.
@@ -25,7 +24,6 @@ LIST_HEADER = {"music": "Recommended Artists/Bands (from most to least likely)",
                "beauty": "Recommended Products (from most to least likely)",
                "product_search": "Ranked Products (from most to least relevant)"}
 
-_ARTICLES = {"the", "a", "an"}
 # A list marker: "1.", "1)", "(1)", "#1", "No. 1", bullets; repeated ("- 1.") is fine.
 _MARKER_RE = re.compile(
     r"^(?:\s*(?:[-*•·▪◦‣+>]|\(?#?\d{1,2}[.):]|#\d{1,2}|no\.\s*\d{1,2}[.):]?)\s+)+", re.IGNORECASE)
@@ -49,21 +47,6 @@ MAX_FUZZY_CHARS = 160
 # The template's own placeholder copied instead of filled in: "[Description]".
 _PLACEHOLDER_RE = re.compile(r"\[[^\]]*\]")
 _QUOTES = "\"'“”‘’`«»"
-
-
-def normalize(text: str) -> str:
-    """Casefold, strip accents, punctuation, symbols, a leading article and extra whitespace."""
-    text = unicodedata.normalize("NFKD", text.casefold())
-    kept = []
-    for c in text:
-        cat = unicodedata.category(c)
-        if cat == "Mn":
-            continue
-        kept.append(" " if cat[0] in "PSZC" else c)
-    words = "".join(kept).split()
-    if len(words) > 1 and words[0] in _ARTICLES:  # "The Horrors" = "Horrors"; inner words stay
-        words = words[1:]
-    return " ".join(words)
 
 
 @dataclass

@@ -5,10 +5,8 @@ import math
 from reclaif.data import load_items, resolve_data_dir
 from reclaif.data.features import (MAX_LINK_FEATURES, Link, candidate_link, cited_name,
                                    descriptive_idf, display_title, distinctive_features,
-                                   feature_idf,
-                                   item_features, key_feature_phrase, key_features,
-                                   shared_features)
-from reclaif.parsing import normalize
+                                   feature_idf, item_features, key_feature_phrase,
+                                   key_features, normalize, shared_features)
 from reclaif.records import Item
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -169,6 +170,25 @@ def cited_name(item_id: str, items: dict[str, Item], domain: str) -> str:
         " ".join(words[:SHORT_TITLE_WORDS]).rstrip(" ,;:-–—&|")
 
 
+_ARTICLES = {"the", "a", "an"}
+
+
+def normalize(text: str) -> str:
+    """A name as the parser matches it (reclaif.parsing): casefolded, without accents,
+    punctuation, symbols, a leading article and extra whitespace."""
+    text = unicodedata.normalize("NFKD", text.casefold())
+    kept = []
+    for c in text:
+        cat = unicodedata.category(c)
+        if cat == "Mn":
+            continue
+        kept.append(" " if cat[0] in "PSZC" else c)
+    words = "".join(kept).split()
+    if len(words) > 1 and words[0] in _ARTICLES:  # "The Horrors" = "Horrors"; inner words stay
+        words = words[1:]
+    return " ".join(words)
+
+
 # A product's name on its prompt line and in a recommendation, per domain: its first words,
 # more where the catalogue needs them to tell it apart. Beauty's 5-core titles average 24
 # words of search keywords ("... Face Masks for Women | Moisturizing Face Mask for Girls |
@@ -183,7 +203,7 @@ _DISPLAY_TABLES: dict[str, tuple[dict[str, Item], int, dict[str, str]]] = {}
 def display_title(item_id: str, items: dict[str, Item], domain: str) -> str:
     """An item's title as prompts show it and answers name it: where DISPLAY_TITLE_WORDS has
     the domain, the shortest prefix of at least that many words that no other catalogue title
-    begins with (parsing.normalize's reading, so the parser tells any two apart); else whole.
+    begins with (`normalize`'s reading, the parser's, so it tells any two apart); else whole.
     An id missing from the catalogue shows as itself."""
     item = items.get(item_id)
     if item is None:
@@ -200,8 +220,6 @@ def display_title(item_id: str, items: dict[str, Item], domain: str) -> str:
 def _unique_prefixes(items: dict[str, Item], words: int) -> dict[str, str]:
     """Each title cut to its first `words` words, or more until no other title's prefix of as
     many words reads the same (a whole shorter title counts as its own prefix)."""
-    from reclaif.parsing import normalize  # parsing needs no catalogue features: no cycle
-
     split = {i: item.title.split() for i, item in items.items()}
     out: dict[str, str] = {}
     pending, n = dict(split), words
