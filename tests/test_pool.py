@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import time
 
 import pytest
 
@@ -17,6 +20,8 @@ class EchoWorker(PoolWorker):
         self.marker_dir = marker_dir
 
     def work(self, rows: list[dict], mode: str) -> list[dict]:
+        if mode == "slow":  # a sampler's shard: minutes
+            time.sleep(60)
         marker = os.path.join(self.marker_dir, f"{mode}-{rows[0]['x']}")
         if mode == "die" and rows[0]["x"] == 4 and not os.path.exists(marker):
             open(marker, "w").close()
@@ -35,8 +40,6 @@ def ray_local():
 
     # The worker class lives in this test module, which Ray workers cannot import by name.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    import signal
-
     from reclaif.cli import _terminate
 
     before = signal.signal(signal.SIGTERM, _terminate)  # as `reclaif run` has it
@@ -64,6 +67,25 @@ def _run(tmp_path, mode: str, max_retries: int = 2):
         pool.shutdown()
     rows = store.merge_shards(shard_dir, len(shards), tmp_path / "out.jsonl")
     return report, rows
+
+
+def test_sigterm_while_shards_are_in_flight_stops_the_run_at_once(ray_local, tmp_path):
+    """`reclaif run`'s handler raises Terminated in the main thread, which must not sit in a
+    C++ wait until the shard in flight (60 s here) ends."""
+    from reclaif.cli import _terminate
+    from reclaif.errors import Terminated
+
+    before = signal.signal(signal.SIGTERM, _terminate)
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    start = time.monotonic()
+    try:
+        timer.start()
+        with pytest.raises(Terminated):
+            _run(tmp_path, "slow")
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, before)
+    assert time.monotonic() - start < 20, "the driver waited for the shard in flight"
 
 
 def test_local_workers_run_at_the_drivers_priority(ray_local):

@@ -74,6 +74,29 @@ def _finish(i: int, rows: list[dict], write: Callable[[int, list[dict]], None],
     bar.update(1)
 
 
+WAIT_SLICE_S = 1.0  # how long one ray.wait may block (see _wait_one)
+
+
+def _wait_one(refs: list) -> Any:
+    """The first of `refs` to finish. Waits in slices: a ray.wait without a timeout (Ray 2.x)
+    lost a SIGTERM sent while it blocked, so `reclaif run` went on for the rest of the phase
+    (tests/test_pool.py). With a timeout, Ray's wait runs Python's signal handlers as it
+    waits, and one that raises (the command's Terminated, Ctrl-C's KeyboardInterrupt) comes out
+    as a SystemError around it, unwrapped here."""
+    import ray
+
+    while True:
+        try:
+            done, _ = ray.wait(refs, num_returns=1, timeout=WAIT_SLICE_S)
+        except SystemError as e:
+            cause = e.__context__
+            if isinstance(cause, BaseException) and not isinstance(cause, Exception):
+                raise cause from None
+            raise
+        if done:
+            return done[0]
+
+
 class ActorPool:
     """`num_actors` instances of `worker_cls` (a PoolWorker) as Ray actors."""
 
@@ -112,8 +135,7 @@ class ActorPool:
                 slot = load.index(min(load))  # the least busy actor
                 actor = self.actors[slot]
                 in_flight[getattr(actor, method).remote(shards[i], *args(i))] = (i, slot, actor)
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            ref = done[0]
+            ref = _wait_one(list(in_flight))
             i, slot, actor = in_flight.pop(ref)
             try:
                 rows = ray.get(ref)
